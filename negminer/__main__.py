@@ -1,0 +1,3 @@
+from negminer.cli import main
+
+main()

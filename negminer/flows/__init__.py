@@ -1,0 +1,1 @@
+"""Prefect tasks and flows: the only package that imports prefect."""

@@ -1,0 +1,1 @@
+"""Encoders, the FAISS index, candidate search and negative-selection strategies."""

@@ -1,0 +1,86 @@
+"""Embed a text column through the embedding store into an aligned ``.npy`` file.
+
+Only texts the store has never seen under this model are sent to the model; they are
+embedded in chunks, and each chunk is stored as soon as it is done, so a killed run resumes
+from the last finished chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from negminer.mining.encoder import encode
+from negminer.storage.embedding_store import EmbeddingStore
+from negminer.textkeys import content_hashes
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+
+class EmbedResult(NamedTuple):
+    path: Path
+    rows: int
+    embedded: int
+    reused: int
+    seconds: float
+
+
+def embed_to_file(
+    texts: list[str],
+    out_path: str | Path,
+    *,
+    model: SentenceTransformer,
+    store: EmbeddingStore,
+    batch_size: int = 32,
+    chunk_size: int = 4096,
+    show_progress_bar: bool = False,
+) -> EmbedResult:
+    """Write the embeddings of `texts` to `out_path` (float32, shape (len(texts), dim)).
+
+    Example:
+        >>> embed_to_file(["a claim"], "anchors.npy", model=model, store=store)  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    out_path = Path(out_path)
+    hashes = content_hashes(texts)
+    missing = _missing_unique(store, hashes)
+    for first in range(0, len(missing), chunk_size):
+        rows = missing[first : first + chunk_size]
+        vectors = encode(
+            [texts[i] for i in rows], model, batch_size=batch_size, show_progress_bar=show_progress_bar
+        )
+        store.add(hashes.take(rows), vectors)
+        logger.info("embedded %d/%d new texts", min(first + chunk_size, len(missing)), len(missing))
+    positions = store.lookup(hashes)
+    out = np.lib.format.open_memmap(
+        _tmp_path(out_path), mode="w+", dtype=np.float32, shape=(len(texts), store.dim)
+    )
+    for first in range(0, len(texts), 65536):
+        out[first : first + 65536] = store.fetch(positions[first : first + 65536])
+    out.flush()
+    del out
+    _tmp_path(out_path).replace(out_path)
+    return EmbedResult(out_path, len(texts), len(missing), len(texts) - len(missing), time.perf_counter() - start)
+
+
+def _missing_unique(store: EmbeddingStore, hashes) -> np.ndarray:
+    """Row numbers of the first occurrence of each hash the store lacks."""
+    absent = np.nonzero(store.lookup(hashes) < 0)[0]
+    if len(absent) == 0:
+        return absent
+    keys = np.frombuffer(
+        b"".join(h.as_py() for h in hashes.take(absent)), dtype="V16"
+    )
+    _, first = np.unique(keys, return_index=True)
+    return np.sort(absent[first])
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.partial.npy")

@@ -1,0 +1,184 @@
+"""Exact inner-product search over the document pool, streamed to a candidate table.
+
+Contract of the candidate table (one row per anchor and retrieved document, ranked by score):
+``anchor_idx`` int32, ``doc_idx`` int32, ``rank`` int32 (0-based raw rank, positives
+included), ``score`` float32 (cosine), ``positive_score`` float32 (lowest cosine between the
+anchor and any of its known positives), ``is_positive`` bool (a known positive by id),
+``same_text_as_positive`` bool (normalised text equals a positive's), ``same_text_as_anchor``
+bool.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("anchor_idx", pa.int32()),
+        ("doc_idx", pa.int32()),
+        ("rank", pa.int32()),
+        ("score", pa.float32()),
+        ("positive_score", pa.float32()),
+        ("is_positive", pa.bool_()),
+        ("same_text_as_positive", pa.bool_()),
+        ("same_text_as_anchor", pa.bool_()),
+    ]
+)
+
+
+class SearchResult(NamedTuple):
+    path: Path
+    rows: int
+    depth: int
+    seconds: float
+
+
+class _Exclusions(NamedTuple):
+    positive_keys: np.ndarray  # sorted anchor_idx * n_docs + doc_idx
+    positive_group_keys: np.ndarray  # sorted anchor_idx * n_groups + text group of positive
+    doc_group: np.ndarray  # (n_docs,) text group of each doc
+    anchor_group: np.ndarray  # (n_anchors,) text group of the anchor's text, -1 if no doc has it
+    n_groups: int
+
+
+def build_index(doc_vectors: np.ndarray):
+    """An exact inner-product FAISS index over `doc_vectors` (n_docs, dim), float32."""
+    import faiss
+
+    index = faiss.IndexFlatIP(doc_vectors.shape[1])
+    index.add(np.ascontiguousarray(doc_vectors, dtype=np.float32))
+    return index
+
+
+def positive_scores(
+    anchor_vectors: np.ndarray, doc_vectors: np.ndarray, pair_anchor: np.ndarray, pair_doc: np.ndarray
+) -> np.ndarray:
+    """Cosine of each (anchor, positive) pair, shape (n_pairs,)."""
+    out = np.empty(len(pair_anchor), np.float32)
+    for first in range(0, len(out), 65536):
+        a = anchor_vectors[pair_anchor[first : first + 65536]]
+        d = doc_vectors[pair_doc[first : first + 65536]]
+        out[first : first + 65536] = np.einsum("ij,ij->i", a, d)
+    return out
+
+
+def search_candidates(
+    anchor_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    out_path: str | Path,
+    *,
+    pair_anchor: np.ndarray,
+    pair_doc: np.ndarray,
+    doc_text_keys: list[bytes],
+    anchor_text_keys: list[bytes],
+    search_depth: int = 100,
+    batch_size: int = 4096,
+) -> SearchResult:
+    """Retrieve the top candidates of every anchor and write the candidate table.
+
+    Each anchor gets ``search_depth`` plus its number of known positives candidates (capped
+    at the pool size), so excluding positives never leaves it short.
+
+    Args:
+        anchor_vectors: (n_anchors, dim) normalised float32.
+        doc_vectors: (n_docs, dim) normalised float32.
+        out_path: where the candidate table (Parquet) is written atomically.
+        pair_anchor: (n_pairs,) anchor_idx of each known positive pair.
+        pair_doc: (n_pairs,) doc_idx of each known positive pair.
+        doc_text_keys: normalised-text key of each doc.
+        anchor_text_keys: normalised-text key of each anchor.
+        search_depth: candidates per anchor besides its positives.
+        batch_size: anchors searched at once.
+
+    Example:
+        >>> search_candidates(a, d, "candidates.parquet", pair_anchor=pa_, pair_doc=pd_,
+        ...                   doc_text_keys=dk, anchor_text_keys=ak)  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    out_path = Path(out_path)
+    n_anchors, n_docs = len(anchor_vectors), len(doc_vectors)
+    exclusions = _exclusions(pair_anchor, pair_doc, doc_text_keys, anchor_text_keys, n_docs)
+    pos_score = np.full(n_anchors, np.inf, np.float32)
+    np.minimum.at(pos_score, pair_anchor, positive_scores(anchor_vectors, doc_vectors, pair_anchor, pair_doc))
+    max_positives = int(np.bincount(pair_anchor, minlength=1).max()) if len(pair_anchor) else 0
+    depth = min(n_docs, search_depth + max_positives)
+    index = build_index(doc_vectors)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    rows = 0
+    with pq.ParquetWriter(tmp, CANDIDATE_SCHEMA, compression="zstd") as writer:
+        for first in range(0, n_anchors, batch_size):
+            queries = np.ascontiguousarray(anchor_vectors[first : first + batch_size], np.float32)
+            scores, ids = index.search(queries, depth)
+            batch = _candidate_batch(first, scores, ids, pos_score, exclusions, n_docs)
+            writer.write_table(batch)
+            rows += batch.num_rows
+    tmp.replace(out_path)
+    logger.info("searched %d anchors × %d docs, depth %d", n_anchors, n_docs, depth)
+    return SearchResult(out_path, rows, depth, time.perf_counter() - start)
+
+
+def _exclusions(
+    pair_anchor: np.ndarray,
+    pair_doc: np.ndarray,
+    doc_text_keys: list[bytes],
+    anchor_text_keys: list[bytes],
+    n_docs: int,
+) -> _Exclusions:
+    groups: dict[bytes, int] = {}
+    doc_group = np.fromiter((groups.setdefault(k, len(groups)) for k in doc_text_keys), np.int64, n_docs)
+    anchor_group = np.fromiter((groups.get(k, -1) for k in anchor_text_keys), np.int64, len(anchor_text_keys))
+    n_groups = max(len(groups), 1)
+    pair_anchor = pair_anchor.astype(np.int64)
+    return _Exclusions(
+        positive_keys=np.unique(pair_anchor * n_docs + pair_doc),
+        positive_group_keys=np.unique(pair_anchor * n_groups + doc_group[pair_doc]),
+        doc_group=doc_group,
+        anchor_group=anchor_group,
+        n_groups=n_groups,
+    )
+
+
+def _candidate_batch(
+    first: int,
+    scores: np.ndarray,
+    ids: np.ndarray,
+    pos_score: np.ndarray,
+    ex: _Exclusions,
+    n_docs: int,
+) -> pa.Table:
+    n, depth = ids.shape
+    anchor = np.repeat(np.arange(first, first + n, dtype=np.int64), depth)
+    doc = ids.reshape(-1).astype(np.int64)
+    valid = doc >= 0
+    anchor, doc, score = anchor[valid], doc[valid], scores.reshape(-1)[valid]
+    rank = np.tile(np.arange(depth, dtype=np.int32), n)[valid]
+    group = ex.doc_group[doc]
+    return pa.table(
+        {
+            "anchor_idx": anchor.astype(np.int32),
+            "doc_idx": doc.astype(np.int32),
+            "rank": rank,
+            "score": score.astype(np.float32),
+            "positive_score": pos_score[anchor],
+            "is_positive": _isin_sorted(anchor * n_docs + doc, ex.positive_keys),
+            "same_text_as_positive": _isin_sorted(anchor * ex.n_groups + group, ex.positive_group_keys),
+            "same_text_as_anchor": ex.anchor_group[anchor] == group,
+        },
+        schema=CANDIDATE_SCHEMA,
+    )
+
+
+def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    if len(sorted_keys) == 0:
+        return np.zeros(len(values), bool)
+    pos = np.searchsorted(sorted_keys, values).clip(max=len(sorted_keys) - 1)
+    return sorted_keys[pos] == values

@@ -1,0 +1,1 @@
+"""Reading and validating inputs, dataset versions, the embedding store."""

@@ -1,0 +1,105 @@
+"""Content-addressed embedding store, reused across runs and datasets.
+
+Layout: ``STORE/<model fingerprint>/shard-<digest>.npy`` (float32 vectors, shape (n, dim))
+and ``shard-<digest>.keys.npy`` (uint8, shape (n, 16): blake2b of each exact text). A shard
+is visible once its keys file exists; the vectors are written first, both atomically, and
+shard names are digests of their keys, so concurrent writers never corrupt each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from negminer.errors import StorageError
+from negminer.storage.atomic import write_bytes_atomic, write_npy_atomic
+from negminer.textkeys import KEY_BYTES
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingStore:
+    """Vectors of one model, keyed by the hash of the exact text.
+
+    Example:
+        >>> store = EmbeddingStore("store", model_fingerprint="ab12…", dim=384)  # doctest: +SKIP
+        >>> found = store.lookup(hashes)  # -1 where missing  # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | Path, *, model_fingerprint: str, dim: int) -> None:
+        self.folder = Path(root) / model_fingerprint
+        self.dim = dim
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._check_meta(model_fingerprint)
+        self._refresh()
+
+    def _check_meta(self, fingerprint: str) -> None:
+        meta_path = self.folder / "meta.json"
+        meta = {"model_fingerprint": fingerprint, "dim": self.dim, "dtype": "float32"}
+        if not meta_path.exists():
+            write_bytes_atomic(meta_path, json.dumps(meta).encode())
+            return
+        stored = json.loads(meta_path.read_text())
+        if stored.get("dim") != self.dim:
+            raise StorageError(
+                f"{meta_path}: stored embeddings have dimension {stored.get('dim')}, "
+                f"the model gives {self.dim}; remove the folder to re-embed"
+            )
+
+    def _refresh(self) -> None:
+        self._shards = sorted(self.folder.glob("shard-*.keys.npy"))
+        keys = [np.load(p) for p in self._shards]
+        self._offsets = np.cumsum([0] + [len(k) for k in keys])
+        flat = np.concatenate(keys).tobytes() if keys else b""
+        count = len(flat) // KEY_BYTES
+        self._keys = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(KEY_BYTES), count, [None, pa.py_buffer(flat)]
+        )
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def lookup(self, hashes: pa.Array) -> np.ndarray:
+        """Positions of `hashes` in the store (int64, -1 where absent)."""
+        if len(self._keys) == 0:
+            return np.full(len(hashes), -1, np.int64)
+        found = pc.index_in(hashes, value_set=self._keys)
+        return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def fetch(self, positions: np.ndarray) -> np.ndarray:
+        """Vectors at store `positions` (all ≥ 0), shape (len(positions), dim)."""
+        out = np.empty((len(positions), self.dim), np.float32)
+        shard_of = np.searchsorted(self._offsets, positions, side="right") - 1
+        for shard in np.unique(shard_of):
+            rows = np.nonzero(shard_of == shard)[0]
+            vectors = np.load(self._vector_path(self._shards[shard]), mmap_mode="r")
+            out[rows] = vectors[positions[rows] - self._offsets[shard]]
+        return out
+
+    def add(self, hashes: pa.Array, vectors: np.ndarray) -> None:
+        """Store `vectors` (n, dim) under `hashes` (n 16-byte keys) as one new shard."""
+        if vectors.shape != (len(hashes), self.dim):
+            raise StorageError(f"vectors of shape {vectors.shape} do not match {len(hashes)} keys")
+        keys = np.frombuffer(_key_bytes(hashes), np.uint8).reshape(-1, KEY_BYTES)
+        name = hashlib.blake2b(keys.tobytes(), digest_size=12).hexdigest()
+        keys_path = self.folder / f"shard-{name}.keys.npy"
+        write_npy_atomic(self._vector_path(keys_path), np.asarray(vectors, np.float32))
+        write_npy_atomic(keys_path, keys)
+        self._refresh()
+
+    @staticmethod
+    def _vector_path(keys_path: Path) -> Path:
+        return keys_path.with_name(keys_path.name.replace(".keys.npy", ".vec.npy"))
+
+
+def _key_bytes(hashes: pa.Array) -> bytes:
+    hashes = hashes.cast(pa.binary(KEY_BYTES))
+    if hashes.offset or hashes.null_count:
+        hashes = pa.concat_arrays([hashes])
+    return hashes.buffers()[1].to_pybytes()[hashes.offset * KEY_BYTES : (hashes.offset + len(hashes)) * KEY_BYTES]

@@ -1,0 +1,149 @@
+"""End-to-end: the real CLI, the real packaged model, the shipped SciFact sample."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "negminer", *args], capture_output=True, text=True, env=env, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def mined(sample_dir: Path, store_root: Path, tmp_path_factory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("datasets")
+    result = run_cli(
+        "mine", str(sample_dir / "pairs.parquet"),
+        "--corpus", str(sample_dir / "corpus.parquet"),
+        "--out", str(out), "--name", "sample", "--num-negatives", "3",
+        "--store", str(store_root),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = Path(result.stdout.strip().splitlines()[-1])
+    return out, version
+
+
+def test_mine_writes_complete_version(mined: tuple[Path, Path]) -> None:
+    from negminer.storage.versions import latest_version, verify_version
+
+    out, version = mined
+    assert version.parent == out / "sample"
+    assert verify_version(version) == []
+    assert latest_version(out / "sample") == version.name
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert set(manifest["files"]) >= {"triplets.parquet", "candidates.parquet", "rejects.parquet"}
+    assert manifest["model"]["fingerprint"] and manifest["config"]["mine"]["num_negatives"] == 3
+    assert not list((out / "sample").glob(".staging-*"))
+
+
+def test_triplets_are_text_only_and_exclude_positives(mined: tuple[Path, Path], sample_dir: Path) -> None:
+    _, version = mined
+    triplets = pq.read_table(version / "triplets.parquet")
+    assert triplets.column_names == ["anchor", "positive", "negative"]
+    assert all(str(t) == "string" for t in triplets.schema.types)
+    pairs = pq.read_table(sample_dir / "pairs.parquet").to_pylist()
+    positives: dict[str, set[str]] = {}
+    for row in pairs:
+        positives.setdefault(row["anchor"], set()).add(row["positive"])
+    rows = triplets.to_pylist()
+    assert rows
+    for row in rows:
+        assert row["negative"] not in positives[row["anchor"]]
+        assert row["positive"] in positives[row["anchor"]]
+    per_pair = {}
+    for row in rows:
+        per_pair.setdefault((row["anchor"], row["positive"]), []).append(row["negative"])
+    assert all(len(negs) == 3 for negs in per_pair.values())
+
+
+def test_negatives_are_the_top_scoring_non_positives(mined: tuple[Path, Path]) -> None:
+    _, version = mined
+    cands = pq.read_table(version / "candidates.parquet").to_pylist()
+    by_anchor: dict[int, list[dict]] = {}
+    for row in cands:
+        by_anchor.setdefault(row["anchor_idx"], []).append(row)
+    for rows in by_anchor.values():
+        eligible = sorted(
+            (r for r in rows if not (r["is_positive"] or r["same_text_as_positive"] or r["same_text_as_anchor"])),
+            key=lambda r: r["rank"],
+        )
+        chosen = sorted((r for r in rows if r["negative_slot"] is not None), key=lambda r: r["negative_slot"])
+        assert [r["doc_idx"] for r in chosen] == [r["doc_idx"] for r in eligible[:3]]
+
+
+def test_second_run_embeds_nothing(mined: tuple[Path, Path], sample_dir: Path, store_root: Path) -> None:
+    out, first = mined
+    result = run_cli(
+        "mine", str(sample_dir / "pairs.parquet"),
+        "--corpus", str(sample_dir / "corpus.parquet"),
+        "--out", str(out), "--name", "sample", "--num-negatives", "3",
+        "--store", str(store_root),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    second = Path(result.stdout.strip().splitlines()[-1])
+    assert second.name == "v0002"
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["parent"] == first.name
+    assert manifest["counts"]["embedding"]["docs"]["embedded"] == 0
+    assert manifest["counts"]["embedding"]["anchors"]["embedded"] == 0
+    for name in ("triplets.parquet", "candidates.parquet"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+
+
+def test_triplets_train_one_step_with_mnrl(mined: tuple[Path, Path], model, tmp_path: Path) -> None:
+    import datasets
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    _, version = mined
+    train = datasets.load_dataset("parquet", data_files=str(version / "triplets.parquet"), split="train")
+    train = train.select(range(8))
+    before = next(model.parameters()).detach().clone()
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "train"), max_steps=1, per_device_train_batch_size=8,
+        learning_rate=1e-3, report_to="none", save_strategy="no", use_cpu=True,
+    )
+    import copy
+
+    student = copy.deepcopy(model)
+    trainer = SentenceTransformerTrainer(
+        model=student, args=args, train_dataset=train, loss=MultipleNegativesRankingLoss(student)
+    )
+    output = trainer.train()
+    assert output.global_step == 1
+    assert output.training_loss > 0
+    assert not next(student.parameters()).detach().equal(before)
+
+
+def test_missing_pairs_file_is_one_line_error(tmp_path: Path) -> None:
+    result = run_cli("mine", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "out"))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "nope.parquet" in lines[0] and "not found" in lines[0]
+    assert not (tmp_path / "out" / "nope").exists() or not any((tmp_path / "out" / "nope").glob("v*"))
+
+
+def test_unknown_config_key_names_it(tmp_path: Path, sample_dir: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("mine:\n  num_negatves: 4\n")
+    result = run_cli("mine", str(sample_dir / "pairs.parquet"), "--out", str(tmp_path), "--config", str(config))
+    assert result.returncode != 0
+    assert "mine.num_negatves" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_mine() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0 and "mine" in result.stdout
