@@ -31,7 +31,9 @@ ZSTD_LEVEL = 19  # slow to write, smallest files; the bytes are the same on ever
 def build(source: Path, out: Path) -> dict[str, int]:
     """Write ``pairs.parquet`` and ``corpus.parquet`` under `out`; return row counts."""
     corpus = pq.read_table(source / "corpus.parquet").to_pylist()
-    queries = {r["query_id"]: r["text"] for r in pq.read_table(source / "queries.parquet").to_pylist()}
+    queries = {
+        r["query_id"]: r["text"] for r in pq.read_table(source / "queries.parquet").to_pylist()
+    }
     splits = pq.read_table(source / "query_splits.parquet").to_pylist()
     qrels = pq.read_table(source / "qrels.parquet").to_pylist()
 

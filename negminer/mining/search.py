@@ -5,7 +5,8 @@ Contract of the candidate table (one row per anchor and retrieved document, rank
 included), ``score`` float32 (cosine), ``positive_score`` float32 (lowest cosine between the
 anchor and any of its known positives), ``is_positive`` bool (a known positive by id),
 ``same_text_as_positive`` bool (normalised text equals a positive's), ``same_text_as_anchor``
-bool.
+bool. Anchors whose normalised texts are equal share their positives: a positive of one is
+never a negative of the other.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class SearchResult(NamedTuple):
 
 
 class _Exclusions(NamedTuple):
-    positive_keys: np.ndarray  # sorted anchor_idx * n_docs + doc_idx
-    positive_group_keys: np.ndarray  # sorted anchor_idx * n_groups + text group of positive
+    anchor_family: np.ndarray  # (n_anchors,) smallest anchor_idx with the same normalised text
+    positive_keys: np.ndarray  # sorted anchor_family * n_docs + doc_idx
+    positive_group_keys: np.ndarray  # sorted anchor_family * n_groups + text group of positive
     doc_group: np.ndarray  # (n_docs,) text group of each doc
     anchor_group: np.ndarray  # (n_anchors,) text group of the anchor's text, -1 if no doc has it
     n_groups: int
@@ -109,7 +111,7 @@ def search_candidates(
     exclusions = _exclusions(pair_anchor, pair_doc, doc_text_keys, anchor_text_keys, n_docs)
     pos_score = np.full(n_anchors, np.inf, np.float32)
     np.minimum.at(pos_score, pair_anchor, positive_scores(anchor_vectors, doc_vectors, pair_anchor, pair_doc))
-    max_positives = int(np.bincount(pair_anchor, minlength=1).max()) if len(pair_anchor) else 0
+    max_positives = _max_positives_per_family(pair_anchor, anchor_text_keys)
     depth = min(n_docs, search_depth + max_positives)
     index = build_index(doc_vectors)
     tmp = out_path.with_name(f".{out_path.name}.partial")
@@ -137,10 +139,15 @@ def _exclusions(
     doc_group = np.fromiter((groups.setdefault(k, len(groups)) for k in doc_text_keys), np.int64, n_docs)
     anchor_group = np.fromiter((groups.get(k, -1) for k in anchor_text_keys), np.int64, len(anchor_text_keys))
     n_groups = max(len(groups), 1)
-    pair_anchor = pair_anchor.astype(np.int64)
+    first_with_text: dict[bytes, int] = {}
+    family = np.fromiter(
+        (first_with_text.setdefault(k, i) for i, k in enumerate(anchor_text_keys)), np.int64, len(anchor_text_keys)
+    )
+    pair_family = family[pair_anchor]
     return _Exclusions(
-        positive_keys=np.unique(pair_anchor * n_docs + pair_doc),
-        positive_group_keys=np.unique(pair_anchor * n_groups + doc_group[pair_doc]),
+        anchor_family=family,
+        positive_keys=np.unique(pair_family * n_docs + pair_doc),
+        positive_group_keys=np.unique(pair_family * n_groups + doc_group[pair_doc]),
         doc_group=doc_group,
         anchor_group=anchor_group,
         n_groups=n_groups,
@@ -162,6 +169,7 @@ def _candidate_batch(
     anchor, doc, score = anchor[valid], doc[valid], scores.reshape(-1)[valid]
     rank = np.tile(np.arange(depth, dtype=np.int32), n)[valid]
     group = ex.doc_group[doc]
+    family = ex.anchor_family[anchor]
     return pa.table(
         {
             "anchor_idx": anchor.astype(np.int32),
@@ -169,8 +177,8 @@ def _candidate_batch(
             "rank": rank,
             "score": score.astype(np.float32),
             "positive_score": pos_score[anchor],
-            "is_positive": _isin_sorted(anchor * n_docs + doc, ex.positive_keys),
-            "same_text_as_positive": _isin_sorted(anchor * ex.n_groups + group, ex.positive_group_keys),
+            "is_positive": _isin_sorted(family * n_docs + doc, ex.positive_keys),
+            "same_text_as_positive": _isin_sorted(family * ex.n_groups + group, ex.positive_group_keys),
             "same_text_as_anchor": ex.anchor_group[anchor] == group,
         },
         schema=CANDIDATE_SCHEMA,
@@ -182,3 +190,11 @@ def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), bool)
     pos = np.searchsorted(sorted_keys, values).clip(max=len(sorted_keys) - 1)
     return sorted_keys[pos] == values
+
+
+def _max_positives_per_family(pair_anchor: np.ndarray, anchor_text_keys: list[bytes]) -> int:
+    if len(pair_anchor) == 0:
+        return 0
+    family: dict[bytes, int] = {}
+    ids = np.fromiter((family.setdefault(k, len(family)) for k in anchor_text_keys), np.int64)
+    return int(np.bincount(ids[pair_anchor]).max())

@@ -1,0 +1,100 @@
+"""embed_to_file with the real packaged model and a fresh embedding store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from negminer.mining.embedding import embed_to_file
+from negminer.mining.encoder import embedding_dimension, model_fingerprint, resolve_model_path
+from negminer.storage.embedding_store import EmbeddingStore
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "Vitamin D supplementation reduces fracture risk.",
+    "The mitochondria is the powerhouse of the cell.",
+    "Vitamin D supplementation reduces fracture risk.",
+    "Aspirin lowers the risk of colorectal cancer.",
+    "vitamin d supplementation reduces fracture risk.",
+]
+
+
+@pytest.fixture
+def store(tmp_path, model):
+    return EmbeddingStore(
+        tmp_path / "store",
+        model_fingerprint=model_fingerprint(resolve_model_path(None)),
+        dim=embedding_dimension(model),
+    )
+
+
+def reference(model, texts: list[str]) -> np.ndarray:
+    return model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def test_vectors_equal_the_model_normalised_embeddings(tmp_path, model, store):
+    result = embed_to_file(TEXTS, tmp_path / "out.npy", model=model, store=store)
+    vectors = np.load(result.path)
+    assert result.path == tmp_path / "out.npy"
+    assert vectors.dtype == np.float32
+    assert vectors.shape == (len(TEXTS), embedding_dimension(model))
+    np.testing.assert_allclose(vectors, reference(model, TEXTS), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # only the output is left in the folder, no partial file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy", "store"]
+
+
+def test_duplicate_texts_are_embedded_once(tmp_path, model, store):
+    result = embed_to_file(TEXTS, tmp_path / "out.npy", model=model, store=store)
+    # the lowercase variant is a different exact text, so it counts
+    assert result.rows == 5
+    assert result.embedded == 4
+    assert len(store) == 4
+    vectors = np.load(result.path)
+    np.testing.assert_array_equal(vectors[0], vectors[2])
+
+
+def test_second_call_embeds_nothing_and_reuses_all(tmp_path, model, store):
+    first = embed_to_file(TEXTS, tmp_path / "first.npy", model=model, store=store)
+    second = embed_to_file(TEXTS, tmp_path / "second.npy", model=model, store=store)
+    assert second.embedded == 0
+    assert second.reused == len(TEXTS)
+    assert second.rows == len(TEXTS)
+    np.testing.assert_array_equal(np.load(first.path), np.load(second.path))
+
+
+def test_a_reopened_store_is_reused(tmp_path, model, store):
+    embed_to_file(TEXTS, tmp_path / "first.npy", model=model, store=store)
+    reopened = EmbeddingStore(
+        tmp_path / "store",
+        model_fingerprint=model_fingerprint(resolve_model_path(None)),
+        dim=embedding_dimension(model),
+    )
+    again = embed_to_file(TEXTS[::-1], tmp_path / "again.npy", model=model, store=reopened)
+    assert again.embedded == 0 and again.reused == len(TEXTS)
+    np.testing.assert_array_equal(np.load(again.path), np.load(tmp_path / "first.npy")[::-1])
+
+
+def test_only_new_texts_are_embedded(tmp_path, model, store):
+    embed_to_file(TEXTS[:2], tmp_path / "first.npy", model=model, store=store)
+    texts = [TEXTS[1], "A brand new sentence.", TEXTS[0], "A brand new sentence."]
+    result = embed_to_file(texts, tmp_path / "second.npy", model=model, store=store)
+    assert result.embedded == 1
+    assert result.rows == 4
+    np.testing.assert_allclose(np.load(result.path), reference(model, texts), atol=1e-5)
+
+
+def test_small_chunks_give_the_same_vectors(tmp_path, model, store):
+    result = embed_to_file(
+        TEXTS, tmp_path / "out.npy", model=model, store=store, chunk_size=1, batch_size=2
+    )
+    assert result.embedded == 4
+    assert len(list(store.folder.glob("shard-*.keys.npy"))) == 4
+    np.testing.assert_allclose(np.load(result.path), reference(model, TEXTS), atol=1e-5)
+
+
+def test_empty_text_list(tmp_path, model, store):
+    result = embed_to_file([], tmp_path / "out.npy", model=model, store=store)
+    assert result.rows == 0 and result.embedded == 0
+    assert np.load(result.path).shape == (0, embedding_dimension(model))

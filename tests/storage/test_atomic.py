@@ -1,0 +1,104 @@
+"""Atomic writes: all or nothing, no temp files left behind."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from negminer.storage.atomic import (
+    atomic_write,
+    sha256_file,
+    write_bytes_atomic,
+    write_npy_atomic,
+    write_parquet_atomic,
+)
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def failing_writer(handle):
+    handle.write(b"half of the new cont")
+    raise Boom("disk on fire")
+
+
+def test_writer_error_keeps_old_content_and_leaves_no_temp_file(tmp_path):
+    target = tmp_path / "data.bin"
+    target.write_bytes(b"old content")
+    with pytest.raises(Boom):
+        atomic_write(target, failing_writer)
+    assert target.read_bytes() == b"old content"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_writer_error_on_a_new_file_creates_nothing(tmp_path):
+    with pytest.raises(Boom):
+        atomic_write(tmp_path / "new.bin", failing_writer)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_also_cleans_up(tmp_path):
+    target = tmp_path / "data.bin"
+    target.write_bytes(b"old content")
+
+    def interrupted(handle):
+        handle.write(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, interrupted)
+    assert target.read_bytes() == b"old content"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_successful_write_replaces_the_content(tmp_path):
+    target = tmp_path / "data.bin"
+    target.write_bytes(b"old content")
+    returned = atomic_write(target, lambda handle: handle.write(b"new content"))
+    assert returned == target
+    assert target.read_bytes() == b"new content"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.bin"]
+
+
+def test_parent_folders_are_created(tmp_path):
+    target = tmp_path / "a" / "b" / "c.txt"
+    write_bytes_atomic(str(target), b"hi")
+    assert target.read_bytes() == b"hi"
+
+
+def test_parquet_and_npy_round_trip(tmp_path):
+    table = pa.table({"x": [1, 2, 3], "y": ["a", "b", "c"]})
+    write_parquet_atomic(tmp_path / "t.parquet", table)
+    assert pq.read_table(tmp_path / "t.parquet").equals(table)
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    write_npy_atomic(tmp_path / "a.npy", array)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "t.parquet"]
+
+
+def test_failing_parquet_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "t.parquet"
+    old = pa.table({"x": [1]})
+    write_parquet_atomic(target, old)
+
+    def broken_write_table(table, where, **kwargs):
+        where.write(b"PAR1 and then nothing")
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(pq, "write_table", broken_write_table)
+    with pytest.raises(OSError, match="no space"):
+        write_parquet_atomic(target, pa.table({"x": [2, 3]}))
+    monkeypatch.undo()
+    assert pq.read_table(target).equals(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_sha256_file(tmp_path):
+    data = bytes(range(256)) * 5000
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()

@@ -1,0 +1,655 @@
+"""Tests for negminer.storage.inputs.prepare_inputs: anchors, the document pool, pairs, rejects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from negminer.config import InputConfig
+from negminer.errors import InputError
+from negminer.storage.inputs import prepare_inputs
+from negminer.storage.readers import REJECT_SCHEMA
+from negminer.textkeys import text_key
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def hashed_id(text: str) -> str:
+    return f"h:{text_key(text).hex()}"
+
+
+def pair_view(prepared) -> list[tuple[str, str, int]]:
+    """(anchor_id, doc_id, source_row) for every pair, in pair order."""
+    anchor_ids = prepared.anchors.column("anchor_id").to_pylist()
+    doc_ids = prepared.docs.column("doc_id").to_pylist()
+    return [
+        (anchor_ids[a], doc_ids[d], row)
+        for a, d, row in zip(
+            prepared.pairs.column("anchor_idx").to_pylist(),
+            prepared.pairs.column("doc_idx").to_pylist(),
+            prepared.pairs.column("source_row").to_pylist(),
+            strict=True,
+        )
+    ]
+
+
+def reject_view(prepared) -> list[tuple[str, int, str | None, str, str | None]]:
+    return [
+        (Path(r["source_file"]).name, r["source_row"], r["column"], r["reason"], r["value"])
+        for r in prepared.rejects.to_pylist()
+    ]
+
+
+CORPUS_ROWS = [
+    {"id": "d1", "title": "First", "text": "Alpha beta gamma."},
+    {"id": "d2", "title": "Second", "text": "Delta epsilon."},
+    {"id": "d3", "title": None, "text": "Zeta eta."},
+]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    return write_parquet(tmp_path / "corpus.parquet", CORPUS_ROWS)
+
+
+# --- the real sample ------------------------------------------------------------------------
+
+
+def test_scifact_sample_prepares_without_rejects(sample_dir):
+    prepared = prepare_inputs(sample_dir / "pairs.parquet", sample_dir / "corpus.parquet")
+
+    source = pq.read_table(sample_dir / "pairs.parquet").to_pylist()
+    # 200 distinct query ids, 800 corpus docs that hold every positive, one pair per qrel row.
+    assert (prepared.anchors.num_rows, prepared.docs.num_rows, prepared.pairs.num_rows) == (
+        200,
+        800,
+        225,
+    )
+    assert prepared.rejects.num_rows == 0
+    assert prepared.counts == {"corpus_in": 800, "pairs_in": 225, "rejected_rows": 0}
+    assert all(prepared.docs.column("from_corpus").to_pylist())
+    assert pair_view(prepared) == [
+        (row["anchor_id"], row["positive_id"], i) for i, row in enumerate(source, start=1)
+    ]
+
+
+def test_table_schemas_follow_the_contract(corpus, tmp_path):
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet", [{"anchor": "Query one.", "positive": "Delta epsilon."}]
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    key = pa.binary(16)
+    assert prepared.anchors.schema == pa.schema(
+        [
+            ("anchor_idx", pa.int32()),
+            ("anchor_id", pa.string()),
+            ("text", pa.string()),
+            ("text_key", key),
+        ]
+    )
+    assert prepared.docs.schema == pa.schema(
+        [
+            ("doc_idx", pa.int32()),
+            ("doc_id", pa.string()),
+            ("text", pa.string()),
+            ("title", pa.string()),
+            ("text_key", key),
+            ("from_corpus", pa.bool_()),
+        ]
+    )
+    assert prepared.pairs.schema == pa.schema(
+        [
+            ("pair_idx", pa.int32()),
+            ("anchor_idx", pa.int32()),
+            ("doc_idx", pa.int32()),
+            ("source_row", pa.int64()),
+        ]
+    )
+    assert prepared.rejects.schema == REJECT_SCHEMA
+    assert prepared.docs.column("doc_idx").to_pylist() == [0, 1, 2]
+    assert prepared.docs.column("title").to_pylist() == ["First", "Second", None]
+    assert prepared.docs.column("text_key").to_pylist() == [
+        text_key(r["text"]) for r in CORPUS_ROWS
+    ]
+
+
+def test_same_inputs_give_equal_tables(corpus, tmp_path):
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet",
+        [
+            {"anchor": "Query one.", "positive": "New doc."},
+            {"anchor": "Query two.", "positive": "Zeta eta."},
+        ],
+    )
+
+    first, second = prepare_inputs(pairs, corpus), prepare_inputs(pairs, corpus)
+
+    for name in ("anchors", "docs", "pairs", "rejects"):
+        assert getattr(first, name).equals(getattr(second, name))
+
+
+# --- several positives per anchor -----------------------------------------------------------
+
+
+def test_sample_anchor_with_two_positives_is_one_anchor(tmp_path, sample_dir):
+    sample = pq.read_table(sample_dir / "pairs.parquet").to_pylist()
+    # Query 85 has two relevant abstracts, query 0 one (see the sample's README).
+    rows = [
+        {"anchor": r["anchor"], "positive": r["positive"]}
+        for r in sample
+        if r["anchor_id"] in ("0", "85")
+    ]
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+    prepared = prepare_inputs(pairs)
+
+    assert prepared.anchors.num_rows == 2
+    assert prepared.pairs.column("anchor_idx").to_pylist() == [0, 1, 1]
+    assert prepared.pairs.column("doc_idx").to_pylist() == [0, 1, 2]
+    assert prepared.anchors.column("anchor_id").to_pylist() == [
+        hashed_id(rows[0]["anchor"]),
+        hashed_id(rows[1]["anchor"]),
+    ]
+
+
+def test_same_anchor_text_up_to_case_and_whitespace_is_one_anchor(tmp_path):
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet",
+        [
+            {"anchor": "What causes X?", "positive": "Doc A."},  # 1
+            {"anchor": "  what causes\tx? ", "positive": "Doc B."},  # 2 same anchor
+            {"anchor": "Another question?", "positive": "doc  a."},  # 3 same doc as row 1
+            {"anchor": "WHAT CAUSES X?", "positive": "DOC A."},  # 4 duplicate of row 1
+        ],
+    )
+
+    prepared = prepare_inputs(pairs)
+
+    assert prepared.anchors.column("text").to_pylist() == ["What causes X?", "Another question?"]
+    assert prepared.anchors.column("anchor_id").to_pylist() == [
+        hashed_id("What causes X?"),
+        hashed_id("Another question?"),
+    ]
+    assert prepared.docs.column("text").to_pylist() == ["Doc A.", "Doc B."]
+    assert prepared.docs.column("from_corpus").to_pylist() == [False, False]
+    assert pair_view(prepared) == [
+        (hashed_id("What causes X?"), hashed_id("Doc A."), 1),
+        (hashed_id("What causes X?"), hashed_id("Doc B."), 2),
+        (hashed_id("Another question?"), hashed_id("Doc A."), 3),
+    ]
+    assert prepared.counts["duplicate_pairs"] == 1
+    assert prepared.counts["pairs_in"] == 4
+    assert prepared.rejects.num_rows == 0
+
+
+def test_same_anchor_id_groups_positives(tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"anchor_id": "q1", "anchor": "Claim.", "positive_id": "p1", "positive": "Doc one."},
+            {"anchor_id": "q1", "anchor": "Claim.", "positive_id": "p2", "positive": "Doc two."},
+            {
+                "anchor_id": "q2",
+                "anchor": "Other claim.",
+                "positive_id": "p1",
+                "positive": "Doc one.",
+            },
+        ],
+    )
+
+    prepared = prepare_inputs(pairs)
+
+    assert prepared.anchors.column("anchor_id").to_pylist() == ["q1", "q2"]
+    assert pair_view(prepared) == [("q1", "p1", 1), ("q1", "p2", 2), ("q2", "p1", 3)]
+
+
+# --- positives resolved to corpus documents -------------------------------------------------
+
+
+def test_positive_resolves_to_corpus_doc_by_id(corpus, tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"anchor": "Query one.", "positive_id": "d2", "positive": "  DELTA   epsilon. "},
+            {"anchor": "Query two.", "positive_id": "d9", "positive": "Brand new doc."},
+        ],
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert prepared.docs.column("doc_id").to_pylist() == ["d1", "d2", "d3", "d9"]
+    assert prepared.docs.column("from_corpus").to_pylist() == [True, True, True, False]
+    assert prepared.docs.column("text").to_pylist()[1] == "Delta epsilon."  # the corpus text wins
+    assert prepared.docs.column("title").to_pylist()[3] is None
+    assert prepared.pairs.column("doc_idx").to_pylist() == [1, 3]
+
+
+def test_positive_resolves_to_corpus_doc_by_normalized_text(corpus, tmp_path):
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet",
+        [
+            {"anchor": "Query one.", "positive": "alpha BETA\tgamma."},
+            {"anchor": "Query two.", "positive": "\u00a0Zeta  ETA.\n"},
+            {"anchor": "Query three.", "positive": "Theta."},
+        ],
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert prepared.pairs.column("doc_idx").to_pylist() == [0, 2, 3]
+    assert prepared.docs.column("doc_id").to_pylist() == ["d1", "d2", "d3", hashed_id("Theta.")]
+    assert prepared.docs.column("from_corpus").to_pylist() == [True, True, True, False]
+
+
+def test_corpus_without_ids_gets_hashed_ids(tmp_path):
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"text": "Alpha."}, {"text": "Beta."}])
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"anchor": "Query.", "positive": "ALPHA."}])
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert prepared.docs.column("doc_id").to_pylist() == [hashed_id("Alpha."), hashed_id("Beta.")]
+    assert prepared.pairs.column("doc_idx").to_pylist() == [0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="inputs._resolve_positive: a positive_id not in the pool adds a new document without "
+    "checking by_key, so a positive whose normalised text matches a corpus document is not "
+    "that document (the module contract says 'id or normalised text')",
+)
+def test_positive_with_unknown_id_resolves_to_corpus_doc_by_text(corpus, tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"anchor": "Query one.", "positive_id": "x7", "positive": "ALPHA beta  gamma."}],
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert prepared.pairs.column("doc_idx").to_pylist() == [0]
+    assert prepared.docs.num_rows == 3
+
+
+# --- column overrides -----------------------------------------------------------------------
+
+OVERRIDES = InputConfig(
+    anchor_column="query",
+    positive_column="document",
+    anchor_id_column="qid",
+    positive_id_column="did",
+    text_column="body",
+    id_column="doc_key",
+    title_column="heading",
+)
+
+
+def test_input_config_overrides_column_names(tmp_path):
+    corpus = write_parquet(
+        tmp_path / "corpus.parquet",
+        [
+            {"doc_key": "d1", "heading": "H1", "body": "Alpha."},
+            {"doc_key": "d2", "heading": "H2", "body": "Beta."},
+        ],
+    )
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet",
+        [
+            {"qid": "q1", "query": "Query one.", "did": "d2", "document": "Beta."},
+            {"qid": "q2", "query": "Same text.", "did": "d3", "document": "same   TEXT."},
+            {"qid": "q3", "query": "Query three.", "did": "d1", "document": "Alpha."},
+        ],
+    )
+
+    prepared = prepare_inputs(pairs, corpus, config=OVERRIDES)
+
+    assert pair_view(prepared) == [("q1", "d2", 1), ("q3", "d1", 3)]
+    assert prepared.docs.column("title").to_pylist() == ["H1", "H2"]
+    assert reject_view(prepared) == [
+        ("pairs.parquet", 2, "document", "anchor_equals_positive", "Same text.")
+    ]
+
+
+def test_default_config_on_renamed_corpus_names_the_missing_column(tmp_path):
+    corpus = write_parquet(tmp_path / "corpus.parquet", [{"doc_key": "d1", "body": "Alpha."}])
+    pairs = write_parquet(tmp_path / "pairs.parquet", [{"anchor": "Query.", "positive": "Alpha."}])
+
+    with pytest.raises(InputError, match="missing required column") as err:
+        prepare_inputs(pairs, corpus)
+
+    assert (err.value.path, err.value.column) == (str(corpus), "text")
+
+
+# --- row-level problems ---------------------------------------------------------------------
+
+
+def test_anchor_equal_to_positive_is_quarantined(tmp_path):
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet",
+        [
+            {"anchor": "Same text.", "positive": "  same TEXT. "},  # 1
+            {"anchor": "Query two.", "positive": "Doc two."},  # 2
+        ],
+    )
+
+    prepared = prepare_inputs(pairs)
+
+    assert pair_view(prepared) == [(hashed_id("Query two."), hashed_id("Doc two."), 2)]
+    assert reject_view(prepared) == [
+        ("pairs.parquet", 1, "positive", "anchor_equals_positive", "Same text.")
+    ]
+    assert prepared.counts == {"pairs_in": 2, "rejected_rows": 1}
+
+
+def test_nulls_and_blank_texts_in_pairs_and_corpus_are_quarantined(tmp_path):
+    corpus = write_parquet(
+        tmp_path / "corpus.parquet",
+        [{"id": "d1", "text": "Alpha."}, {"id": "d2", "text": None}, {"id": "d3", "text": " \n "}],
+    )
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet",
+        [
+            {"anchor": "Query one.", "positive": "Alpha."},  # 1
+            {"anchor": None, "positive": "Beta."},  # 2
+            {"anchor": "Query three.", "positive": "\t"},  # 3
+        ],
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert pair_view(prepared) == [(hashed_id("Query one."), "d1", 1)]
+    assert prepared.docs.column("doc_id").to_pylist() == ["d1"]
+    assert sorted(reject_view(prepared)) == [
+        ("corpus.parquet", 2, "text", "null_value", None),
+        ("corpus.parquet", 3, "text", "empty_text", " \n "),
+        ("pairs.parquet", 2, "anchor", "null_value", None),
+        ("pairs.parquet", 3, "positive", "empty_text", "\t"),
+    ]
+    assert prepared.counts == {"corpus_in": 3, "pairs_in": 3, "rejected_rows": 4}
+
+
+def test_fail_mode_raises_on_blank_text_naming_file_row_and_column(tmp_path):
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet",
+        [{"query": "Query one.", "document": "Doc."}, {"query": "  ", "document": "Doc two."}],
+    )
+
+    with pytest.raises(InputError, match="empty text") as err:
+        prepare_inputs(pairs, config=OVERRIDES.model_copy(update={"on_bad_rows": "fail"}))
+
+    assert (err.value.path, err.value.row, err.value.column) == (str(pairs), 2, "query")
+    assert f"{pairs}, row 2, column 'query'" in str(err.value)
+
+
+def test_conflicting_anchor_id_is_quarantined(tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"anchor_id": "q1", "anchor": "First claim.", "positive": "P1."},  # 1
+            {"anchor_id": "q1", "anchor": "first   CLAIM.", "positive": "P2."},  # 2 same text: fine
+            {"anchor_id": "q1", "anchor": "A different claim.", "positive": "P3."},  # 3 conflict
+            {"anchor_id": "q2", "anchor": "A different claim.", "positive": "P3."},  # 4
+        ],
+    )
+
+    prepared = prepare_inputs(pairs)
+
+    assert prepared.anchors.column("anchor_id").to_pylist() == ["q1", "q2"]
+    assert prepared.anchors.column("text").to_pylist() == ["First claim.", "A different claim."]
+    assert pair_view(prepared) == [
+        ("q1", hashed_id("P1."), 1),
+        ("q1", hashed_id("P2."), 2),
+        ("q2", hashed_id("P3."), 4),
+    ]
+    assert reject_view(prepared) == [("pairs.jsonl", 3, "anchor_id", "conflicting_id", "q1")]
+
+
+def test_conflicting_positive_id_is_quarantined(corpus, tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {
+                "anchor": "Query one.",
+                "positive_id": "d1",
+                "positive": "Not alpha at all.",
+            },  # 1 vs corpus
+            {
+                "anchor": "Query two.",
+                "positive_id": "d1",
+                "positive": "ALPHA beta gamma.",
+            },  # 2 fine
+            {"anchor": "Query three.", "positive_id": "p1", "positive": "Doc one."},  # 3 new doc
+            {"anchor": "Query four.", "positive_id": "p1", "positive": "Doc two."},  # 4 vs row 3
+        ],
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert pair_view(prepared) == [
+        (hashed_id("Query two."), "d1", 2),
+        (hashed_id("Query three."), "p1", 3),
+    ]
+    assert reject_view(prepared) == [
+        ("pairs.jsonl", 1, "positive_id", "conflicting_id", "d1"),
+        ("pairs.jsonl", 4, "positive_id", "conflicting_id", "p1"),
+    ]
+    assert prepared.docs.column("doc_id").to_pylist() == ["d1", "d2", "d3", "p1"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="inputs._index_pairs registers the anchor before resolving the positive: a row "
+    "quarantined for a conflicting positive_id still leaves its anchor (with no pair) in anchors",
+)
+def test_row_quarantined_for_its_positive_adds_no_anchor(corpus, tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"anchor": "Query one.", "positive_id": "d1", "positive": "Not alpha at all."},
+            {"anchor": "Query two.", "positive_id": "d2", "positive": "Delta epsilon."},
+        ],
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert prepared.anchors.column("text").to_pylist() == ["Query two."]
+    assert sorted(set(prepared.pairs.column("anchor_idx").to_pylist())) == list(
+        range(prepared.anchors.num_rows)
+    )
+
+
+def test_conflicting_corpus_id_is_quarantined_and_duplicates_counted(tmp_path):
+    corpus = write_parquet(
+        tmp_path / "corpus.parquet",
+        [
+            {"id": "d1", "text": "Alpha."},  # 1
+            {"id": "d2", "text": "Beta."},  # 2
+            {"id": "d1", "text": "Gamma."},  # 3 conflict
+            {"id": "d2", "text": " BETA. "},  # 4 same document again
+        ],
+    )
+    pairs = write_parquet(tmp_path / "pairs.parquet", [{"anchor": "Query.", "positive": "Gamma."}])
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert prepared.docs.column("doc_id").to_pylist() == ["d1", "d2", hashed_id("Gamma.")]
+    assert prepared.docs.column("from_corpus").to_pylist() == [True, True, False]
+    assert reject_view(prepared) == [("corpus.parquet", 3, "id", "conflicting_id", "d1")]
+    assert prepared.counts == {
+        "corpus_in": 4,
+        "corpus_duplicate_rows": 1,
+        "pairs_in": 1,
+        "rejected_rows": 1,
+    }
+
+
+def test_fail_mode_raises_on_conflicting_corpus_id(tmp_path):
+    corpus = write_parquet(
+        tmp_path / "corpus.parquet",
+        [{"doc_key": "d1", "body": "Alpha."}, {"doc_key": "d1", "body": "Gamma."}],
+    )
+    pairs = write_parquet(tmp_path / "pairs.parquet", [{"query": "Query.", "document": "Alpha."}])
+
+    with pytest.raises(InputError, match="conflicting id") as err:
+        prepare_inputs(pairs, corpus, config=OVERRIDES.model_copy(update={"on_bad_rows": "fail"}))
+
+    assert (err.value.path, err.value.row, err.value.column) == (str(corpus), 2, "doc_key")
+
+
+def test_fail_mode_raises_on_conflicting_anchor_id(tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"anchor_id": "q1", "anchor": "Claim one.", "positive": "P1."},
+            {"anchor_id": "q1", "anchor": "Claim two.", "positive": "P2."},
+        ],
+    )
+
+    with pytest.raises(InputError, match="conflicting id") as err:
+        prepare_inputs(pairs, config=InputConfig(on_bad_rows="fail"))
+
+    assert (err.value.path, err.value.row, err.value.column) == (str(pairs), 2, "anchor_id")
+
+
+def test_fail_mode_raises_on_anchor_equal_to_positive(tmp_path):
+    pairs = write_parquet(tmp_path / "pairs.parquet", [{"anchor": "Same.", "positive": "SAME."}])
+
+    with pytest.raises(InputError, match="anchor equals positive") as err:
+        prepare_inputs(pairs, config=InputConfig(on_bad_rows="fail"))
+
+    assert (err.value.row, err.value.column) == (1, "positive")
+
+
+def test_format_rejects_from_jsonl_and_csv_reach_prepared_rejects(tmp_path):
+    corpus = tmp_path / "corpus.csv"
+    corpus.write_bytes(b"id,text\nd1,Alpha.\nd2,caf\xe9\nd3,Gamma.,extra\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(
+        b'{"anchor": "Q1.", "positive": "Alpha."}\n'
+        b"not json\n"
+        b'{"anchor": "Q3.", "positive": "New."}\n'
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert pair_view(prepared) == [
+        (hashed_id("Q1."), "d1", 1),
+        (hashed_id("Q3."), hashed_id("New."), 3),
+    ]
+    assert [(f, row, reason) for f, row, _, reason, _ in reject_view(prepared)] == [
+        ("corpus.csv", 2, "invalid_utf8"),
+        ("corpus.csv", 3, "wrong_field_count"),
+        ("pairs.jsonl", 2, "invalid_json"),
+    ]
+    assert prepared.counts["corpus_in"] == 3
+    assert prepared.counts["pairs_in"] == 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="inputs.prepare_inputs counts pairs_in as kept rows + reader rejects, and the JSONL "
+    "reader lists a non-string row twice (non_string + null_value): 3 rows count as 4",
+)
+def test_pairs_in_counts_each_input_row_once(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        '{"anchor": "Q1.", "positive": "P1."}\n'
+        '{"anchor": 2, "positive": "P2."}\n'
+        '{"anchor": "Q3.", "positive": "P3."}\n',
+        encoding="utf-8",
+    )
+
+    prepared = prepare_inputs(pairs)
+
+    assert prepared.counts["pairs_in"] == 3
+    assert prepared.counts["rejected_rows"] == 1
+
+
+# --- empty and all-bad inputs ---------------------------------------------------------------
+
+
+def test_empty_jsonl_corpus_raises(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(b"")
+    pairs = write_parquet(tmp_path / "pairs.parquet", [{"anchor": "Query.", "positive": "Doc."}])
+
+    with pytest.raises(InputError) as err:
+        prepare_inputs(pairs, corpus)
+
+    assert err.value.path == str(corpus)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="readers._quarantine_rows crashes with ArrowNotImplementedError on a table with no "
+    "rows, so prepare_inputs never reaches its 'corpus is empty' InputError",
+)
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_empty_corpus_raises_input_error(tmp_path, fmt):
+    if fmt == "parquet":
+        corpus = tmp_path / "corpus.parquet"
+        pq.write_table(
+            pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}), corpus
+        )
+    else:
+        corpus = tmp_path / "corpus.csv"
+        corpus.write_text("id,text\n", encoding="utf-8")
+    pairs = write_parquet(tmp_path / "pairs.parquet", [{"anchor": "Query.", "positive": "Doc."}])
+
+    with pytest.raises(InputError, match="corpus is empty") as err:
+        prepare_inputs(pairs, corpus)
+
+    assert err.value.path == str(corpus)
+
+
+def test_corpus_with_only_bad_rows_leaves_the_positives(tmp_path):
+    corpus = write_parquet(tmp_path / "corpus.parquet", [{"text": ""}, {"text": "   "}])
+    pairs = write_parquet(tmp_path / "pairs.parquet", [{"anchor": "Query.", "positive": "Doc."}])
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert prepared.docs.column("doc_id").to_pylist() == [hashed_id("Doc.")]
+    assert [(f, row, reason) for f, row, _, reason, _ in reject_view(prepared)] == [
+        ("corpus.parquet", 1, "empty_text"),
+        ("corpus.parquet", 2, "empty_text"),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
+def test_all_pairs_bad_raises(tmp_path, fmt):
+    rows = [
+        {"anchor": "", "positive": "Doc one."},
+        {"anchor": "Query two.", "positive": " "},
+        {"anchor": "Same.", "positive": "same."},
+    ]
+    path = tmp_path / f"pairs.{fmt}"
+    if fmt == "parquet":
+        write_parquet(path, rows)
+    elif fmt == "jsonl":
+        write_jsonl(path, rows)
+    else:
+        path.write_text(
+            "anchor,positive\n" + "".join(f"{r['anchor']},{r['positive']}\n" for r in rows)
+        )
+
+    with pytest.raises(InputError, match="no valid") as err:
+        prepare_inputs(path)
+
+    assert err.value.path == str(path)
+
+
+def test_missing_pairs_file_raises(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        prepare_inputs(tmp_path / "missing.parquet")
