@@ -38,15 +38,20 @@ def load_retrieval_set(name: str, split: str) -> RetrievalSet:
     queries = pq.read_table(folder / "queries.parquet")
     queries = queries.filter(pc.is_in(queries.column("query_id"), value_set=ids))
     qrels_table = pq.read_table(folder / "qrels.parquet")
-    qrels_table = qrels_table.filter(pc.and_(pc.is_in(qrels_table.column("query_id"), value_set=ids),
-                                             pc.greater(qrels_table.column("score"), 0)))
+    qrels_table = qrels_table.filter(
+        pc.and_(pc.is_in(qrels_table.column("query_id"), value_set=ids), pc.greater(qrels_table.column("score"), 0))
+    )
     qrels: dict[str, set[str]] = {}
-    for qid, did in zip(qrels_table.column("query_id").to_pylist(), qrels_table.column("doc_id").to_pylist(), strict=True):
+    for qid, did in zip(
+        qrels_table.column("query_id").to_pylist(), qrels_table.column("doc_id").to_pylist(), strict=True
+    ):
         qrels.setdefault(qid, set()).add(did)
     return RetrievalSet(corpus, queries, qrels)
 
 
-def hidden_positive_inputs(data: RetrievalSet, *, min_relevant: int = 2) -> tuple[pa.Table, pa.Table, dict[str, set[str]]]:
+def hidden_positive_inputs(
+    data: RetrievalSet, *, min_relevant: int = 2
+) -> tuple[pa.Table, pa.Table, dict[str, set[str]]]:
     """(pairs, corpus, hidden) for the protocol: one given positive per query, the rest hidden.
 
     pairs: anchor_id, anchor, positive_id, positive. corpus: id, title, text.
@@ -54,13 +59,16 @@ def hidden_positive_inputs(data: RetrievalSet, *, min_relevant: int = 2) -> tupl
     """
     doc_text = dict(zip(data.corpus.column("doc_id").to_pylist(), data.corpus.column("text").to_pylist(), strict=True))
     rows, hidden = [], {}
-    for qid, text in zip(data.queries.column("query_id").to_pylist(), data.queries.column("text").to_pylist(), strict=True):
+    for qid, text in zip(
+        data.queries.column("query_id").to_pylist(), data.queries.column("text").to_pylist(), strict=True
+    ):
         relevant = sorted(data.qrels.get(qid, ()))
         if len(relevant) < min_relevant:
             continue
         given = relevant[0]
         rows.append({"anchor_id": qid, "anchor": text, "positive_id": given, "positive": doc_text[given]})
         hidden[qid] = set(relevant[1:])
-    corpus = pa.table({"id": data.corpus.column("doc_id"), "title": data.corpus.column("title"),
-                       "text": data.corpus.column("text")})
+    corpus = pa.table(
+        {"id": data.corpus.column("doc_id"), "title": data.corpus.column("title"), "text": data.corpus.column("text")}
+    )
     return pa.Table.from_pylist(rows), corpus, hidden

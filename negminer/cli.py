@@ -91,7 +91,7 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as err:  # noqa: BLE001 - last-resort CLI boundary: one line, no traceback
+    except Exception as err:
         import click
 
         if isinstance(err, click.exceptions.ClickException):

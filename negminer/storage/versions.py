@@ -114,12 +114,12 @@ def _publish(dataset_dir: Path, staging: Path, manifest: dict[str, Any], parent:
         existing = [int(p.name[1:]) for p in dataset_dir.iterdir() if _VERSION_RE.match(p.name)]
         version = f"v{max(existing, default=0) + 1:04d}"
         full = {
+            **manifest,
             "schema_version": SCHEMA_VERSION,
             "negminer_version": __version__,
             "version": version,
             "parent": parent if parent is not None else latest_version(dataset_dir),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            **manifest,
         }
         write_bytes_atomic(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True).encode())
         target = dataset_dir / version

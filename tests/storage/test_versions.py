@@ -97,11 +97,6 @@ def test_explicit_parent_is_recorded(tmp_path):
     assert latest_version(tmp_path / "ds") == "v0003"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="write_version lets the caller's manifest override version/parent/created_at "
-    "(the caller's keys are spread after the filled-in ones in _publish)",
-)
 def test_version_parent_and_created_at_are_filled_in_even_if_the_manifest_has_them(tmp_path):
     # e.g. a refilter that starts from the parent's manifest
     write_version(tmp_path, "ds", tables=tables(), manifest={})

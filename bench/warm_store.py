@@ -1,0 +1,37 @@
+"""Embed the shared retrieval sets once into the benchmark store (bench/.cache/store).
+
+Benchmarks that measure quality (not cold speed) read vectors from this store, so they do not
+repeat ~10 minutes of CPU embedding. Run: python -m bench.warm_store [nfcorpus scifact]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from bench.common import SHARED_DATA, STORE
+from negminer.mining.embedding import embed_to_file
+from negminer.mining.encoder import embedding_dimension, load_model, model_fingerprint, resolve_model_path
+from negminer.storage.embedding_store import EmbeddingStore
+
+
+def main(names: list[str]) -> None:
+    model = load_model(device="cpu")
+    store = EmbeddingStore(
+        STORE, model_fingerprint=model_fingerprint(resolve_model_path(None)), dim=embedding_dimension(model)
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            for stem in ("queries", "corpus"):
+                texts = (
+                    pq.read_table(SHARED_DATA / name / f"{stem}.parquet", columns=["text"]).column("text").to_pylist()
+                )
+                result = embed_to_file(texts, Path(tmp) / "x.npy", model=model, store=store, chunk_size=512)
+                print(name, stem, result.rows, "embedded", result.embedded, f"{result.seconds:.1f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["nfcorpus", "scifact"])
