@@ -75,6 +75,22 @@ def mine(
     typer.echo(version)
 
 
+@app.command()
+def verify(
+    version: Annotated[Path, typer.Argument(help="A dataset version folder, or ROOT/NAME for its LATEST.")],
+) -> None:
+    """Check that a dataset version is complete: manifest present, every file's rows and sha256 match."""
+    from negminer.errors import StorageError
+    from negminer.storage.versions import LATEST, verify_version
+
+    if (version / LATEST).exists():
+        version = version / (version / LATEST).read_text().strip()
+    problems = verify_version(version)
+    if problems:
+        raise StorageError(f"{version}: " + "; ".join(problems))
+    typer.echo(f"ok {version}")
+
+
 def _default_name(pairs: Path) -> str:
     return pairs.stem if pairs.is_file() else pairs.name
 

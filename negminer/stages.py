@@ -115,7 +115,9 @@ def embed_stage(work_dir: str | Path, *, config: EmbedConfig, store_root: str | 
     path = resolve_model_path(config.model)
     model = _cached_model(config.model, config.device, config.max_seq_length)
     fingerprint = model_fingerprint(path)
-    store = EmbeddingStore(store_root, model_fingerprint=fingerprint, dim=embedding_dimension(model))
+    # Vectors depend on the truncation length too: a non-default one gets its own store folder.
+    store_key = fingerprint if config.max_seq_length is None else f"{fingerprint}-seq{config.max_seq_length}"
+    store = EmbeddingStore(store_root, model_fingerprint=store_key, dim=embedding_dimension(model))
     results = {}
     for stem in ("anchors", "docs"):
         texts = pq.read_table(work_dir / f"{stem}.parquet", columns=["text"]).column("text").to_pylist()
@@ -128,7 +130,13 @@ def embed_stage(work_dir: str | Path, *, config: EmbedConfig, store_root: str | 
             chunk_size=config.chunk_size,
             show_progress_bar=len(texts) > 2000,
         )
-        results[stem] = {"rows": result.rows, "embedded": result.embedded, "reused": result.reused, "seconds": round(result.seconds, 3)}
+        results[stem] = {
+            "rows": result.rows,
+            "embedded": result.embedded,
+            "reused": result.reused,
+            "truncated": result.truncated,
+            "seconds": round(result.seconds, 3),
+        }
     ref = {
         "model": {"name": config.model or "all-MiniLM-L6-v2", "path": str(path), "fingerprint": fingerprint},
         "dim": store.dim,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from negminer.mining.encoder import encode
+from negminer.mining.encoder import encode, token_lengths
 from negminer.storage.embedding_store import EmbeddingStore
 from negminer.textkeys import content_hashes
 
@@ -30,6 +30,7 @@ class EmbedResult(NamedTuple):
     embedded: int
     reused: int
     seconds: float
+    truncated: int = 0  # texts longer than the model's max_seq_length (-1 counts as unknown)
 
 
 def embed_to_file(
@@ -56,7 +57,8 @@ def embed_to_file(
         vectors = encode(
             [texts[i] for i in rows], model, batch_size=batch_size, show_progress_bar=show_progress_bar
         )
-        store.add(hashes.take(rows), vectors)
+        lengths = token_lengths([texts[i] for i in rows], model)
+        store.add(hashes.take(rows), vectors, token_lengths=lengths)
         logger.info("embedded %d/%d new texts", min(first + chunk_size, len(missing)), len(missing))
     positions = store.lookup(hashes)
     out = np.lib.format.open_memmap(
@@ -67,7 +69,11 @@ def embed_to_file(
     out.flush()
     del out
     _tmp_path(out_path).replace(out_path)
-    return EmbedResult(out_path, len(texts), len(missing), len(texts) - len(missing), time.perf_counter() - start)
+    truncated = int(np.sum(store.token_lengths(positions) > model.max_seq_length))
+    if truncated:
+        logger.warning("%d of %d texts exceed max_seq_length %d and were truncated", truncated, len(texts), model.max_seq_length)
+    seconds = time.perf_counter() - start
+    return EmbedResult(out_path, len(texts), len(missing), len(texts) - len(missing), seconds, truncated)
 
 
 def _missing_unique(store: EmbeddingStore, hashes) -> np.ndarray:

@@ -88,6 +88,22 @@ def embedding_dimension(model: SentenceTransformer) -> int:
     return int(getter())
 
 
+def token_lengths(texts: list[str], model: SentenceTransformer, *, batch_size: int = 4096) -> np.ndarray:
+    """Untruncated token count of each text (special tokens included), shape (len(texts),)."""
+    import transformers
+
+    out = np.empty(len(texts), np.int32)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # silence "sequence longer than max length"
+    try:
+        for first in range(0, len(texts), batch_size):
+            ids = model.tokenizer(texts[first : first + batch_size], truncation=False)["input_ids"]
+            out[first : first + len(ids)] = [len(i) for i in ids]
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return out
+
+
 def encode(
     texts: list[str],
     model: SentenceTransformer,

@@ -1,7 +1,8 @@
 """Content-addressed embedding store, reused across runs and datasets.
 
 Layout: ``STORE/<model fingerprint>/shard-<digest>.npy`` (float32 vectors, shape (n, dim))
-and ``shard-<digest>.keys.npy`` (uint8, shape (n, 16): blake2b of each exact text). A shard
+and ``shard-<digest>.keys.npy`` (uint8, shape (n, 16): blake2b of each exact text), plus
+``shard-<digest>.len.npy`` (int32 untruncated token counts; -1 where unknown). A shard
 is visible once its keys file exists; the vectors are written first, both atomically, and
 shard names are digests of their keys, so concurrent writers never corrupt each other.
 """
@@ -82,7 +83,18 @@ class EmbeddingStore:
             out[rows] = vectors[positions[rows] - self._offsets[shard]]
         return out
 
-    def add(self, hashes: pa.Array, vectors: np.ndarray) -> None:
+    def token_lengths(self, positions: np.ndarray) -> np.ndarray:
+        """Untruncated token counts at store `positions` (-1 where the shard has none)."""
+        out = np.full(len(positions), -1, np.int32)
+        shard_of = np.searchsorted(self._offsets, positions, side="right") - 1
+        for shard in np.unique(shard_of):
+            path = self._suffixed(self._shards[shard], ".len.npy")
+            if path.exists():
+                rows = np.nonzero(shard_of == shard)[0]
+                out[rows] = np.load(path)[positions[rows] - self._offsets[shard]]
+        return out
+
+    def add(self, hashes: pa.Array, vectors: np.ndarray, *, token_lengths: np.ndarray | None = None) -> None:
         """Store `vectors` (n, dim) under `hashes` (n 16-byte keys) as one new shard."""
         if vectors.shape != (len(hashes), self.dim):
             raise StorageError(f"vectors of shape {vectors.shape} do not match {len(hashes)} keys")
@@ -90,12 +102,18 @@ class EmbeddingStore:
         name = hashlib.blake2b(keys.tobytes(), digest_size=12).hexdigest()
         keys_path = self.folder / f"shard-{name}.keys.npy"
         write_npy_atomic(self._vector_path(keys_path), np.asarray(vectors, np.float32))
+        if token_lengths is not None:
+            write_npy_atomic(self._suffixed(keys_path, ".len.npy"), np.asarray(token_lengths, np.int32))
         write_npy_atomic(keys_path, keys)
         self._refresh()
 
     @staticmethod
-    def _vector_path(keys_path: Path) -> Path:
-        return keys_path.with_name(keys_path.name.replace(".keys.npy", ".vec.npy"))
+    def _suffixed(keys_path: Path, suffix: str) -> Path:
+        return keys_path.with_name(keys_path.name.replace(".keys.npy", suffix))
+
+    @classmethod
+    def _vector_path(cls, keys_path: Path) -> Path:
+        return cls._suffixed(keys_path, ".vec.npy")
 
 
 def _key_bytes(hashes: pa.Array) -> bytes:
