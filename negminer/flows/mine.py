@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from negminer import stages
-from negminer.config import EmbedConfig, InputConfig, MineConfig, PipelineConfig
+from negminer.config import EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
 
 
 @task(name="read", cache_policy=NO_CACHE)
@@ -25,8 +25,8 @@ def embed_task(work_dir: str, config: EmbedConfig, store_root: str) -> dict[str,
 
 
 @task(name="search", cache_policy=NO_CACHE)
-def search_task(work_dir: str, config: MineConfig) -> dict[str, Any]:
-    return stages.search_stage(work_dir, config=config)
+def search_task(work_dir: str, config: MineConfig, index_config: IndexConfig) -> dict[str, Any]:
+    return stages.search_stage(work_dir, config=config, index_config=index_config)
 
 
 @task(name="select", cache_policy=NO_CACHE)
@@ -71,7 +71,7 @@ def mine_flow(
     logger.info("read %s", read_ref["counts"])
     embed_ref = embed_task(work_dir, config.embed, store_root)
     logger.info("embedded %s", embed_ref["embedding"])
-    search_ref = search_task(work_dir, config.mine)
+    search_ref = search_task(work_dir, config.mine, config.index)
     select_ref = select_task(work_dir, search_ref["candidates"], config.mine)
     logger.info("selected %s", select_ref["counts"])
     refs = {"read": read_ref, "embed": embed_ref, "search": search_ref, "select": select_ref}

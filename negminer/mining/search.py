@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -84,6 +84,7 @@ def search_candidates(
     anchor_text_keys: list[bytes],
     search_depth: int = 100,
     batch_size: int = 4096,
+    index: Any = None,
 ) -> SearchResult:
     """Retrieve the top candidates of every anchor and write the candidate table.
 
@@ -100,6 +101,8 @@ def search_candidates(
         anchor_text_keys: normalised-text key of each anchor.
         search_depth: candidates per anchor besides its positives.
         batch_size: anchors searched at once.
+        index: a FAISS index over `doc_vectors` (see :mod:`negminer.mining.index`); None
+            builds an exact inner-product index.
 
     Example:
         >>> search_candidates(a, d, "candidates.parquet", pair_anchor=pa_, pair_doc=pd_,
@@ -113,7 +116,7 @@ def search_candidates(
     np.minimum.at(pos_score, pair_anchor, positive_scores(anchor_vectors, doc_vectors, pair_anchor, pair_doc))
     max_positives = _max_positives_per_family(pair_anchor, anchor_text_keys)
     depth = min(n_docs, search_depth + max_positives)
-    index = build_index(doc_vectors)
+    index = build_index(doc_vectors) if index is None else index
     tmp = out_path.with_name(f".{out_path.name}.partial")
     rows = 0
     with pq.ParquetWriter(tmp, CANDIDATE_SCHEMA, compression="zstd") as writer:

@@ -1,0 +1,168 @@
+"""FAISS index choice: exact inner product up to a size, approximate beyond it, with the
+approximate index tuned at run time until its recall@k against exact search reaches a target.
+
+Contract: :func:`build_search_index` returns the index and an :class:`IndexReport` (the
+factory string, search parameters and measured recall) that the manifest records. Exact
+search has recall 1.0 by construction and is not measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, NamedTuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FLAT = "Flat"
+
+
+class IndexReport(NamedTuple):
+    factory: str
+    params: dict[str, int]
+    recall: float | None
+    recall_sample: int
+    k: int
+    gpu: bool
+    seconds: float
+
+
+def choose_factory(n_docs: int, dim: int, *, kind: str = "auto", exact_max_docs: int = 200_000) -> str:
+    """The FAISS factory string for `kind` ("auto", "flat" or any factory string)."""
+    if kind.lower() == "flat":
+        return FLAT
+    if kind != "auto":
+        return kind
+    if n_docs <= exact_max_docs:
+        return FLAT
+    nlist = 1 << round(math.log2(4 * math.sqrt(n_docs)))
+    # float32 vectors above ~4 GB are stored as 8-bit scalars (a quarter of the memory).
+    storage = "SQ8" if n_docs * dim * 4 > 4 * 1024**3 else "Flat"
+    return f"IVF{nlist},{storage}"
+
+
+def exact_topk(queries: np.ndarray, doc_vectors: np.ndarray, k: int, *, block: int = 1_000_000) -> np.ndarray:
+    """Exact top-k doc ids by inner product, streaming the docs in blocks; shape (n_queries, k)."""
+    import faiss
+
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for first in range(0, len(doc_vectors), block):
+        part = np.ascontiguousarray(doc_vectors[first : first + block], np.float32)
+        flat = faiss.IndexFlatIP(part.shape[1])
+        flat.add(part)
+        scores, ids = flat.search(queries, min(k, len(part)))
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_ids = np.concatenate([best_ids, ids + first], axis=1)
+        order = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(best_scores, order, axis=1)
+        best_ids = np.take_along_axis(best_ids, order, axis=1)
+    return best_ids
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of each query's exact top-k found by the approximate search."""
+    hits = [len(set(a.tolist()) & set(e.tolist())) / max(len(e), 1) for a, e in zip(approx, exact, strict=True)]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def build_search_index(
+    doc_vectors: np.ndarray,
+    *,
+    sample_queries: np.ndarray,
+    k: int,
+    kind: str = "auto",
+    exact_max_docs: int = 200_000,
+    min_recall: float = 0.98,
+    use_gpu: bool | None = None,
+    seed: int = 12,
+) -> tuple[Any, IndexReport]:
+    """Build the index for `doc_vectors` (n_docs, dim) and tune it to `min_recall`.
+
+    Args:
+        doc_vectors: normalised float32 document vectors (may be a memory map).
+        sample_queries: (m, dim) anchors used to measure recall@k of an approximate index.
+        k: the depth the search will use (recall is measured at this k).
+        kind: "auto", "flat", or a FAISS factory string such as "IVF4096,Flat" or "HNSW32".
+        exact_max_docs: "auto" uses exact search up to this many docs.
+        min_recall: target recall@k against exact search on the sample.
+        use_gpu: put the index on all GPUs; None means when faiss sees one.
+        seed: seed for the training sample.
+
+    Example:
+        >>> index, report = build_search_index(docs, sample_queries=anchors[:1000], k=100)  # doctest: +SKIP
+        >>> report.recall  # doctest: +SKIP
+    """
+    import faiss
+
+    start = time.perf_counter()
+    n_docs, dim = doc_vectors.shape
+    factory = choose_factory(n_docs, dim, kind=kind, exact_max_docs=exact_max_docs)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        index.train(_training_sample(doc_vectors, index, seed))
+    for first in range(0, n_docs, 1_000_000):
+        index.add(np.ascontiguousarray(doc_vectors[first : first + 1_000_000], np.float32))
+    gpu = _want_gpu(use_gpu)
+    if gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    if factory == FLAT:
+        return index, IndexReport(factory, {}, None, 0, k, gpu, time.perf_counter() - start)
+    params, recall = _tune(index, doc_vectors, sample_queries, k, min_recall)
+    report = IndexReport(factory, params, recall, len(sample_queries), k, gpu, time.perf_counter() - start)
+    logger.info("index %s %s: recall@%d %.4f on %d anchors", factory, params, k, recall, len(sample_queries))
+    return index, report
+
+
+def _training_sample(doc_vectors: np.ndarray, index: Any, seed: int) -> np.ndarray:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    wanted = 64 * ivf.nlist if ivf is not None else 100_000
+    n = len(doc_vectors)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, wanted), replace=False))
+    return np.ascontiguousarray(doc_vectors[rows], np.float32)
+
+
+def _want_gpu(use_gpu: bool | None) -> bool:
+    import faiss
+
+    available = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    if use_gpu and not available:
+        logger.warning("use_gpu requested but faiss sees no GPU; searching on CPU")
+    return available if use_gpu is None else bool(use_gpu and available)
+
+
+def _tune(index: Any, doc_vectors: np.ndarray, queries: np.ndarray, k: int, min_recall: float) -> tuple[dict, float]:
+    """Double nprobe (IVF) or efSearch (HNSW) until recall@k reaches `min_recall`."""
+    import faiss
+
+    queries = np.ascontiguousarray(queries, np.float32)
+    exact = exact_topk(queries, doc_vectors, k)
+    space = faiss.GpuParameterSpace() if _is_gpu(index) else faiss.ParameterSpace()
+    name, value, limit = _knob(index)
+    while True:
+        space.set_index_parameter(index, name, value)
+        _, approx = index.search(queries, k)
+        recall = recall_at_k(approx, exact)
+        if recall >= min_recall or value >= limit:
+            if recall < min_recall:
+                logger.warning("index recall@%d %.4f stays below %.2f at %s=%d", k, recall, min_recall, name, value)
+            return {name: value}, recall
+        value = min(value * 2, limit)
+
+
+def _knob(index: Any) -> tuple[str, int, int]:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index) if not _is_gpu(index) else None
+    if ivf is not None:
+        return "nprobe", min(8, ivf.nlist), ivf.nlist
+    return "efSearch", 64, 8192
+
+
+def _is_gpu(index: Any) -> bool:
+    return "Gpu" in type(index).__name__

@@ -1,0 +1,51 @@
+"""Index choice and run-time recall tuning (real FAISS, synthetic clustered vectors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from negminer.mining.index import build_search_index, choose_factory, exact_topk, recall_at_k
+
+
+def clustered(n: int, dim: int = 32, clusters: int = 50, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((clusters, dim))
+    points = centers[rng.integers(0, clusters, n)] + 0.4 * rng.standard_normal((n, dim))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_choose_factory() -> None:
+    assert choose_factory(1000, 384) == "Flat"
+    assert choose_factory(1000, 384, kind="flat") == "Flat"
+    assert choose_factory(10, 384, kind="HNSW32") == "HNSW32"
+    assert choose_factory(1_000_000, 384, exact_max_docs=10).startswith("IVF4096,")
+    assert choose_factory(10_000_000, 384, exact_max_docs=10).endswith(",SQ8")
+
+
+def test_exact_topk_in_blocks_matches_brute_force() -> None:
+    docs, queries = clustered(2000), clustered(30, seed=1)
+    expected = np.argsort(-(queries @ docs.T), axis=1, kind="stable")[:, :10]
+    got = exact_topk(queries, docs, 10, block=300)
+    assert recall_at_k(got, expected) == 1.0
+
+
+def test_recall_at_k() -> None:
+    assert recall_at_k(np.array([[1, 2, 3, 4]]), np.array([[1, 2, 5, 6]])) == 0.5
+
+
+@pytest.mark.parametrize("kind", ["IVF64,Flat", "HNSW16"])
+def test_approximate_index_is_tuned_to_the_recall_target(kind: str) -> None:
+    docs, queries = clustered(20_000), clustered(200, seed=2)
+    index, report = build_search_index(docs, sample_queries=queries, k=20, kind=kind, min_recall=0.98)
+    assert report.factory == kind and report.recall >= 0.98 and report.params
+    _, ids = index.search(queries, 20)
+    assert recall_at_k(ids, exact_topk(queries, docs, 20)) >= 0.98
+
+
+def test_flat_index_is_exact_and_not_measured() -> None:
+    docs = clustered(500)
+    index, report = build_search_index(docs, sample_queries=docs[:10], k=5)
+    assert report.factory == "Flat" and report.recall is None
+    _, ids = index.search(docs[:10], 1)
+    assert ids[:, 0].tolist() == list(range(10))
