@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from negminer.config import InputConfig
 from negminer.errors import InputError
-from negminer.storage.readers import REJECT_SCHEMA, read_table
+from negminer.storage.readers import REJECT_SCHEMA, bad_row_error, order_rejects, read_table, reject_record
 from negminer.textkeys import text_key
 
 logger = logging.getLogger(__name__)
@@ -93,24 +93,23 @@ def prepare_inputs(
         >>> prepared.docs.num_rows  # doctest: +SKIP
     """
     counter: Counter[str] = Counter()
-    rejects: list[dict] = []
     pool = _Pool()
-    corpus_rejects = REJECT_SCHEMA.empty_table()
+    rejects = []
     if corpus_path is not None:
-        corpus_rejects = _add_corpus(Path(corpus_path), config, pool, counter, rejects)
+        rejects.append(_add_corpus(Path(corpus_path), config, pool, counter))
     pairs_read = read_table(
         pairs_path,
         required={"anchor": config.anchor_column, "positive": config.positive_column},
         optional={"anchor_id": config.anchor_id_column, "positive_id": config.positive_id_column},
         text_columns=("anchor", "positive"),
-        on_bad_rows=config.on_bad_rows,
+        on_bad_rows="quarantine",  # fail mode raises below, on the first bad row of any kind
     )
-    anchors, pairs = _index_pairs(Path(pairs_path), pairs_read.table, config, pool, counter, rejects)
+    index_rejects: list[dict] = []
+    anchors, pairs = _index_pairs(Path(pairs_path), pairs_read.table, config, pool, counter, index_rejects)
+    rejects.append(_file_rejects(pairs_read.rejects, index_rejects, config))
     if not pairs["pair_idx"]:
         raise InputError("no valid (anchor, positive) rows remain after validation", path=str(pairs_path))
-    all_rejects = pa.concat_tables(
-        [corpus_rejects, pairs_read.rejects, pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)]
-    )
+    all_rejects = pa.concat_tables(rejects)
     counter["pairs_in"] += pairs_read.table.num_rows + pairs_read.rejects.num_rows
     counter["rejected_rows"] = all_rejects.num_rows
     return PreparedInputs(
@@ -129,29 +128,30 @@ def prepare_inputs(
     )
 
 
-def _conflict(
-    config: InputConfig, path: Path, row: int, column: str, reason: str, value: str, rejects: list[dict]
-) -> None:
-    if config.on_bad_rows == "fail":
-        raise InputError(reason.replace("_", " "), path=str(path), row=row, column=column)
-    rejects.append(
-        {"source_file": str(path), "source_row": row, "column": column, "reason": reason, "value": value[:200]}
-    )
+def _conflict(path: Path, row: int, column: str, reason: str, value: str, rejects: list[dict]) -> None:
+    rejects.append(reject_record(path, row, column, reason, value))
 
 
-def _add_corpus(
-    path: Path, config: InputConfig, pool: _Pool, counter: Counter[str], rejects: list[dict]
-) -> pa.Table:
+def _file_rejects(read_rejects: pa.Table, more: list[dict], config: InputConfig) -> pa.Table:
+    """One file's rejects in row order; in fail mode, the error for the first of them."""
+    rejects = order_rejects([read_rejects, pa.Table.from_pylist(more, schema=REJECT_SCHEMA)])
+    if rejects.num_rows and config.on_bad_rows == "fail":
+        raise bad_row_error(rejects.slice(0, 1).to_pylist()[0])
+    return rejects
+
+
+def _add_corpus(path: Path, config: InputConfig, pool: _Pool, counter: Counter[str]) -> pa.Table:
     read = read_table(
         path,
         required={"text": config.text_column},
         optional={"id": config.id_column, "title": config.title_column},
         text_columns=("text",),
-        on_bad_rows=config.on_bad_rows,
+        on_bad_rows="quarantine",  # fail mode raises in _file_rejects
     )
     table = read.table
     ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * table.num_rows
     titles = table.column("title").to_pylist() if "title" in table.column_names else [None] * table.num_rows
+    conflicts: list[dict] = []
     for text, doc_id, title, row in zip(
         table.column("text").to_pylist(), ids, titles, table.column("source_row").to_pylist(), strict=True
     ):
@@ -160,7 +160,7 @@ def _add_corpus(
         known = pool.by_id.get(doc_id)
         if known is not None:
             if pool.keys[known] != key:
-                _conflict(config, path, row, config.id_column, "conflicting_id", doc_id, rejects)
+                _conflict(path, row, config.id_column, "conflicting_id", doc_id, conflicts)
             else:
                 counter["corpus_duplicate_rows"] += 1
             continue
@@ -168,7 +168,16 @@ def _add_corpus(
     counter["corpus_in"] = table.num_rows + read.rejects.num_rows
     if table.num_rows == 0 and read.rejects.num_rows == 0:
         raise InputError("corpus is empty", path=str(path))
-    return read.rejects
+    return _file_rejects(read.rejects, conflicts, config)
+
+
+class _Conflict(Exception):
+    """A row whose id names a different text than the one already registered under it."""
+
+    def __init__(self, column: str, value: str) -> None:
+        super().__init__(column, value)
+        self.column = column
+        self.value = value
 
 
 def _index_pairs(
@@ -179,6 +188,7 @@ def _index_pairs(
     counter: Counter[str],
     rejects: list[dict],
 ) -> tuple[dict[str, list], dict[str, list]]:
+    """Register anchors and positives of accepted rows only; a rejected row changes nothing."""
     n = table.num_rows
     anchor_ids = table.column("anchor_id").to_pylist() if "anchor_id" in table.column_names else [None] * n
     pos_ids = table.column("positive_id").to_pylist() if "positive_id" in table.column_names else [None] * n
@@ -197,16 +207,16 @@ def _index_pairs(
     for anchor, positive, anchor_id, pos_id, row in rows:
         a_key, p_key = text_key(anchor), text_key(positive)
         if a_key == p_key:
-            _conflict(config, path, row, config.positive_column, "anchor_equals_positive", anchor, rejects)
+            _conflict(path, row, config.positive_column, "anchor_equals_positive", anchor, rejects)
             continue
-        anchor_idx = _resolve_anchor(anchor, a_key, anchor_id, anchors, anchor_by_id)
-        if anchor_idx is None:
-            _conflict(config, path, row, config.anchor_id_column, "conflicting_id", anchor_id, rejects)
+        try:
+            known_anchor = _find_anchor(a_key, anchor_id, anchors, anchor_by_id, config)
+            known_doc = _find_positive(p_key, pos_id, pool, config)
+        except _Conflict as conflict:
+            _conflict(path, row, conflict.column, "conflicting_id", conflict.value, rejects)
             continue
-        doc_idx = _resolve_positive(positive, p_key, pos_id, pool)
-        if doc_idx is None:
-            _conflict(config, path, row, config.positive_id_column, "conflicting_id", pos_id, rejects)
-            continue
+        anchor_idx = _add_anchor(anchor, a_key, anchor_id, anchors, anchor_by_id, known_anchor)
+        doc_idx = _add_positive(positive, p_key, pos_id, pool, known_doc)
         if (anchor_idx, doc_idx) in seen_pairs:
             counter["duplicate_pairs"] += 1
             continue
@@ -218,13 +228,24 @@ def _index_pairs(
     return anchors, pairs
 
 
-def _resolve_anchor(
-    text: str, key: bytes, anchor_id: str | None, anchors: dict[str, list], by_id: dict[str, int]
+def _find_anchor(
+    key: bytes, anchor_id: str | None, anchors: dict[str, list], by_id: dict[str, int], config: InputConfig
 ) -> int | None:
+    """The known anchor with this id (None for a new one); raises _Conflict for another text."""
     anchor_id = anchor_id or f"h:{key.hex()}"
     known = by_id.get(anchor_id)
+    if known is not None and anchors["key"][known] != key:
+        raise _Conflict(config.anchor_id_column, anchor_id)
+    return known
+
+
+def _add_anchor(
+    text: str, key: bytes, anchor_id: str | None, anchors: dict[str, list], by_id: dict[str, int], known: int | None
+) -> int:
+    """Add a new anchor, or return the known one."""
     if known is not None:
-        return known if anchors["key"][known] == key else None
+        return known
+    anchor_id = anchor_id or f"h:{key.hex()}"
     by_id[anchor_id] = len(anchors["id"])
     anchors["id"].append(anchor_id)
     anchors["text"].append(text)
@@ -232,16 +253,27 @@ def _resolve_anchor(
     return by_id[anchor_id]
 
 
-def _resolve_positive(text: str, key: bytes, pos_id: str | None, pool: _Pool) -> int | None:
+def _find_positive(key: bytes, pos_id: str | None, pool: _Pool, config: InputConfig) -> int | None:
+    """The pool document this positive is, by id first, else by normalised text (None: new).
+
+    Raises _Conflict when the id is known with another text.
+    """
     if pos_id:
         known = pool.by_id.get(pos_id)
         if known is not None:
-            return known if pool.keys[known] == key else None
-        return pool.add(pos_id, text, None, key, corpus=False)
-    known = pool.by_key.get(key)
-    if known is not None:
-        return known
-    return pool.add(f"h:{key.hex()}", text, None, key, corpus=False)
+            if pool.keys[known] != key:
+                raise _Conflict(config.positive_id_column, pos_id)
+            return known
+    return pool.by_key.get(key)
+
+
+def _add_positive(text: str, key: bytes, pos_id: str | None, pool: _Pool, known: int | None) -> int:
+    """Add a new positive to the pool, or record `pos_id` as another name of the known doc."""
+    if known is None:
+        return pool.add(pos_id or f"h:{key.hex()}", text, None, key, corpus=False)
+    if pos_id:
+        pool.by_id.setdefault(pos_id, known)
+    return known
 
 
 def _anchor_table(anchors: dict[str, list]) -> pa.Table:

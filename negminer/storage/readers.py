@@ -7,6 +7,14 @@ rows with ``source_file``, ``source_row``, ``column`` and ``reason``. File-level
 (missing file, unreadable or corrupt file, missing required column) always raise
 :class:`~negminer.errors.InputError`; row-level problems are quarantined or raised depending on
 ``on_bad_rows``.
+
+Every input row ends up exactly once in ``table`` or in ``rejects`` (blank JSONL/CSV lines are
+skipped and counted in neither); a row with any bad value is rejected once, with the first
+problem found. ``rejects`` is ordered by ``source_row``, and with ``on_bad_rows="fail"`` the
+error names the first bad row in file order. Reason codes: ``invalid_json``,
+``not_an_object``, ``non_string``, ``invalid_unicode`` (JSONL); ``invalid_utf8`` (all
+formats); ``wrong_field_count``, ``unparseable_csv`` (CSV); ``null_value``, ``empty_text``
+(text columns). ``docs/bad_inputs.md`` catalogues them.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ import csv
 import io
 import json
 import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -39,11 +50,26 @@ REJECT_SCHEMA = pa.schema(
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 JSONL_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 CSV_SUFFIXES = {".csv", ".tsv"}
+VALUE_CHARS = 200  # characters of a bad value kept in rejects
+LISTED_COLUMNS = 50  # file columns named in a missing-column message
+CSV_FIELD_LIMIT = 2**31 - 1  # the largest limit the csv module accepts on every platform
+# What pyarrow raises for a corrupt file (UnicodeDecodeError: a column name that is not UTF-8).
+PARQUET_ERRORS = (pa.ArrowException, OSError, UnicodeDecodeError)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ReadResult(NamedTuple):
     table: pa.Table
     rejects: pa.Table
+
+
+class _Raw(NamedTuple):
+    """What a format reader found: wanted columns as read, their row numbers, parse rejects."""
+
+    table: pa.Table
+    rows: pa.Array
+    rejects: list[dict]
+    columns: list[str]
 
 
 def empty_rejects() -> pa.Table:
@@ -68,275 +94,487 @@ def read_table(
         on_bad_rows: quarantine bad rows (returned in ``rejects``) or raise on the first.
 
     Returns:
-        ReadResult with ``table`` of shape (rows kept, canonical columns + source_row).
+        ReadResult with ``table`` of shape (rows kept, canonical columns + source_row) and
+        ``rejects`` of shape (rows quarantined, 5) in :data:`REJECT_SCHEMA`.
+
+    Raises:
+        InputError: for file-level problems, and for the first bad row when
+            ``on_bad_rows="fail"``.
 
     Example:
         >>> read_table("pairs.jsonl", required={"anchor": "anchor", "positive": "positive"})  # doctest: +SKIP
     """
     path = Path(path)
     optional = optional or {}
-    if not path.exists():
-        raise InputError("file not found", path=str(path))
     wanted = {**required, **optional}
-    raw, format_rejects = _read_any(path, list(wanted.values()), on_bad_rows)
-    missing = [col for col in required.values() if col not in raw.column_names]
-    if missing:
-        raise InputError(
-            f"missing required column(s) {missing}; the file has {raw.column_names}. "
-            "Rename them or pass the column names as options.",
-            path=str(path),
-            column=missing[0],
-        )
-    present = {canon: col for canon, col in wanted.items() if col in raw.column_names}
+    raw = _read_any(path, list(dict.fromkeys(wanted.values())), list(required.values()), on_bad_rows)
+    _check_required(path, list(required.values()), raw.columns)
+    present = {canon: col for canon, col in wanted.items() if col in raw.table.column_names}
     table = pa.table(
-        {canon: raw.column(col) for canon, col in present.items()}
-        | {"source_row": raw.column("source_row")}
+        {canon: _as_string(raw.table.column(col), path, col) for canon, col in present.items()}
+        | {"source_row": raw.rows}
     )
-    table = _cast_to_string(table, path, present)
-    table, row_rejects = _quarantine_rows(table, path, present, text_columns, on_bad_rows)
-    rejects = pa.concat_tables([format_rejects, row_rejects])
+    table, utf8_rejects = _drop_invalid_utf8(table, path, present)
+    table, text_rejects = _check_texts(table, path, present, text_columns)
+    rejects = order_rejects([pa.Table.from_pylist(raw.rejects, schema=REJECT_SCHEMA), utf8_rejects, text_rejects])
+    if rejects.num_rows and on_bad_rows == "fail":
+        raise bad_row_error(rejects.slice(0, 1).to_pylist()[0])
     if rejects.num_rows:
         logger.warning("%s: quarantined %d row(s)", path, rejects.num_rows)
     return ReadResult(table, rejects)
 
 
-def _read_any(path: Path, columns: list[str], on_bad_rows: OnBadRows) -> tuple[pa.Table, pa.Table]:
+# --- files and formats ------------------------------------------------------------------------
+
+
+def _read_any(path: Path, columns: list[str], required: list[str], on_bad_rows: OnBadRows) -> _Raw:
+    if not path.exists():
+        raise InputError("file not found", path=str(path))
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in PARQUET_SUFFIXES)
-        if not files:
-            raise InputError("folder holds no .parquet files", path=str(path))
-        tables = [_read_parquet(p, columns) for p in files]
-        return _number_rows(_concat(tables, path)), empty_rejects()
+        return _read_parquet_files(_parquet_files(path), columns, required, folder=path)
+    if not path.is_file():
+        raise InputError("not a regular file", path=str(path))
     suffix = path.suffix.lower()
     if suffix in PARQUET_SUFFIXES:
-        return _number_rows(_read_parquet(path, columns)), empty_rejects()
+        return _read_parquet_files([path], columns, required, folder=None)
     if suffix in JSONL_SUFFIXES:
         return _read_jsonl(path, columns, on_bad_rows)
     if suffix in CSV_SUFFIXES:
-        return _read_csv(path, columns, on_bad_rows)
+        return _read_csv(path, columns)
     raise InputError(
         f"unknown file type {suffix!r}; use .parquet, .jsonl or .csv (or a folder of .parquet)",
         path=str(path),
     )
 
 
-def _read_parquet(path: Path, columns: list[str]) -> pa.Table:
+def _open_error(path: Path, err: OSError) -> InputError:
+    return InputError(f"cannot read file ({err.strerror or err})", path=str(path))
+
+
+def _check_readable(path: Path) -> None:
     try:
-        schema = pq.read_schema(path)
-        present = [c for c in columns if c in schema.names]
-        return pq.read_table(path, columns=present)
-    except (pa.ArrowInvalid, OSError) as err:
+        with path.open("rb"):
+            pass
+    except OSError as err:
+        raise _open_error(path, err) from err
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    """The folder's Parquet files by name; hidden (``.``) and metadata (``_``) entries skipped."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise _open_error(folder, err) from err
+    files = [
+        p
+        for p in entries
+        if p.suffix.lower() in PARQUET_SUFFIXES and p.name[0] not in "._" and p.is_file()
+    ]
+    if not files:
+        raise InputError("folder holds no .parquet files", path=str(folder))
+    return files
+
+
+def _check_required(path: Path, required: list[str], file_columns: list[str]) -> None:
+    missing = [col for col in required if col not in file_columns]
+    if not missing:
+        return
+    shown = file_columns[:LISTED_COLUMNS] + (["..."] if len(file_columns) > LISTED_COLUMNS else [])
+    raise InputError(
+        f"missing required column(s) {missing}; the file has {shown}. "
+        "Rename them or pass the column names as options.",
+        path=str(path),
+        column=missing[0],
+    )
+
+
+def _check_unique(path: Path, columns: list[str], file_columns: list[str]) -> None:
+    for col in columns:
+        count = file_columns.count(col)
+        if count > 1:
+            raise InputError(
+                f"the file has {count} columns named {col!r}; rename all but one", path=str(path), column=col
+            )
+
+
+def _number_rows(num_rows: int) -> pa.Array:
+    return pa.array(np.arange(1, num_rows + 1, dtype=np.int64))
+
+
+def reject_record(path: Path, row: int, column: str | None, reason: str, value: object) -> dict:
+    """One row of :data:`REJECT_SCHEMA`; the value is shortened and made safe to store."""
+    text = None if value is None else _printable(value if isinstance(value, str) else str(value))
+    return {
+        "source_file": _source_file(path),
+        "source_row": row,
+        "column": column,
+        "reason": reason,
+        "value": None if text is None else text[:VALUE_CHARS],
+    }
+
+
+def _printable(text: str) -> str:
+    """Text safe to store: lone surrogates are written as ``\\udXXX`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _undecoded(text: str) -> str:
+    """Text decoded with ``surrogateescape``, with each undecodable byte shown as ``\\xNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return _printable(text)
+
+
+def _source_file(path: Path) -> str:
+    """The path as stored in rejects (a file name with undecodable bytes shows them as escapes)."""
+    return _undecoded(str(path))
+
+
+def bad_row_error(reject: dict) -> InputError:
+    """The error for a reject record in ``on_bad_rows='fail'`` mode: names file, row and column."""
+    value = reject["value"]
+    shown = "" if value is None else f" (value {value[:80]!r})"
+    return InputError(
+        f"{reject['reason'].replace('_', ' ')}{shown}; fix the row, or set on_bad_rows to "
+        "'quarantine' to set it aside",
+        path=reject["source_file"],
+        row=reject["source_row"],
+        column=reject["column"],
+    )
+
+
+# --- Parquet ----------------------------------------------------------------------------------
+
+
+def _read_parquet_files(
+    files: list[Path], columns: list[str], required: list[str], *, folder: Path | None
+) -> _Raw:
+    parts = [_read_parquet(p, columns) for p in files]
+    names = list(dict.fromkeys(name for _, file_names in parts for name in file_names))
+    if folder is not None:
+        _check_required(folder, required, names)
+        for path, (table, file_names) in zip(files, parts, strict=True):
+            if table.num_rows:  # an empty part file may lack columns
+                _check_required(path, required, file_names)
+        _check_folder_types(folder, files, [table for table, _ in parts])
+    tables = [_strings_only(table, p) for (table, _), p in zip(parts, files, strict=True)]
+    table = tables[0] if len(tables) == 1 else _concat(tables, folder or files[0])
+    return _Raw(table, _number_rows(table.num_rows), [], names)
+
+
+def _read_parquet(path: Path, columns: list[str]) -> tuple[pa.Table, list[str]]:
+    """The wanted columns of one file, and all the file's column names."""
+    _check_readable(path)
+    try:
+        names = pq.read_schema(path).names
+    except PARQUET_ERRORS as err:
         raise InputError(f"not a readable Parquet file ({err})", path=str(path)) from err
+    _check_unique(path, columns, names)
+    try:
+        return pq.read_table(path, columns=[c for c in columns if c in names]), names
+    except PARQUET_ERRORS as err:
+        raise InputError(f"not a readable Parquet file ({err})", path=str(path)) from err
+
+
+def _is_text_type(dtype: pa.DataType) -> bool:
+    if pa.types.is_dictionary(dtype):
+        return _is_text_type(dtype.value_type)
+    return (
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_string_view(dtype)
+        or pa.types.is_null(dtype)
+    )
+
+
+def _check_folder_types(folder: Path, files: list[Path], tables: list[pa.Table]) -> None:
+    """Files of a folder must agree on each column's type (any kind of string counts as one)."""
+    first: dict[str, tuple[str, Path]] = {}
+    for path, table in zip(files, tables, strict=True):
+        for field in table.schema:
+            kind = "string" if _is_text_type(field.type) else str(field.type)
+            seen_kind, seen_path = first.setdefault(field.name, (kind, path))
+            if seen_kind != kind:
+                raise InputError(
+                    f"Parquet files in the folder disagree on schema: column {field.name!r} is "
+                    f"{seen_kind} in {seen_path.name} but {kind} in {path.name}",
+                    path=str(folder),
+                    column=field.name,
+                )
+
+
+def _strings_only(table: pa.Table, path: Path) -> pa.Table:
+    for i, field in enumerate(table.schema):
+        table = table.set_column(i, field.name, _as_string(table.column(i), path, field.name))
+    return table
+
+
+def _as_string(column: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
+    """Any kind of string column (or an all-null one) as ``string``; other types raise."""
+    if pa.types.is_string(column.type):
+        return column
+    if _is_text_type(column.type):
+        return column.cast(pa.string())
+    raise InputError(
+        f"must hold strings but has type {column.type}; convert the column to strings",
+        path=str(path),
+        column=name,
+    )
 
 
 def _concat(tables: list[pa.Table], path: Path) -> pa.Table:
     try:
         return pa.concat_tables(tables, promote_options="permissive")
-    except pa.ArrowInvalid as err:
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
         raise InputError(f"Parquet files in the folder disagree on schema ({err})", path=str(path)) from err
 
 
-def _number_rows(table: pa.Table) -> pa.Table:
-    return table.append_column("source_row", pa.array(range(1, table.num_rows + 1), pa.int64()))
+# --- JSONL ------------------------------------------------------------------------------------
 
 
-def _reject(path: Path, row: int, column: str | None, reason: str, value: object) -> dict:
-    text = None if value is None else str(value)[:200]
-    return {"source_file": str(path), "source_row": row, "column": column, "reason": reason, "value": text}
-
-
-def _bad_row(
-    on_bad_rows: OnBadRows, path: Path, row: int, column: str | None, reason: str, value: object
-) -> dict:
-    if on_bad_rows == "fail":
-        raise InputError(reason.replace("_", " "), path=str(path), row=row, column=column)
-    return _reject(path, row, column, reason, value)
-
-
-def _read_jsonl(path: Path, columns: list[str], on_bad_rows: OnBadRows) -> tuple[pa.Table, pa.Table]:
-    data: dict[str, list] = {c: [] for c in columns}
+def _read_jsonl(path: Path, columns: list[str], on_bad_rows: OnBadRows) -> _Raw:
+    data: dict[str, list[str | None]] = {c: [] for c in columns}
     rows: list[int] = []
     rejects: list[dict] = []
+    keys: dict[str, None] = {}
     try:
         handle = path.open("rb")
     except OSError as err:
-        raise InputError(f"cannot open file ({err.strerror})", path=str(path)) from err
+        raise _open_error(path, err) from err
     with handle:
         for row, raw_line in enumerate(handle, start=1):
-            if not raw_line.strip():
-                continue
-            record = _parse_json_line(raw_line, path, row, on_bad_rows, rejects)
+            record = _parse_json_line(raw_line, path, row, rejects)
             if record is None:
                 continue
-            for col in columns:
-                data[col].append(record.get(col))
+            keys.update(dict.fromkeys(record))
+            values = _record_values(record, columns, path, row, rejects)
+            if values is None:
+                continue
+            for col, value in zip(columns, values, strict=True):
+                data[col].append(value)
             rows.append(row)
-    seen = [c for c in columns if any(v is not None for v in data[c])] if rows else []
-    arrays = {c: pa.array([_as_text(v) for v in data[c]], pa.string()) for c in seen}
-    non_string = _non_string_rejects(data, seen, rows, path, on_bad_rows)
-    table = pa.table(arrays | {"source_row": pa.array(rows, pa.int64())})
-    return table, pa.Table.from_pylist(rejects + non_string, schema=REJECT_SCHEMA)
+    if not keys and not rows:
+        raise _no_valid_rows(path, rejects, on_bad_rows)
+    table = pa.table({c: pa.array(data[c], pa.string()) for c in columns if c in keys})
+    return _Raw(table, pa.array(rows, pa.int64()), rejects, list(keys))
 
 
-def _parse_json_line(
-    raw_line: bytes, path: Path, row: int, on_bad_rows: OnBadRows, rejects: list[dict]
-) -> dict | None:
+def _parse_json_line(raw_line: bytes, path: Path, row: int, rejects: list[dict]) -> dict | None:
+    """The line's object, or None for a blank line or (with a reject added) a bad one."""
     try:
-        line = raw_line.decode("utf-8")
+        line = raw_line.decode("utf-8-sig" if row == 1 else "utf-8")
     except UnicodeDecodeError:
-        rejects.append(_bad_row(on_bad_rows, path, row, None, "invalid_utf8", raw_line[:200]))
+        rejects.append(reject_record(path, row, None, "invalid_utf8", _shown_line(raw_line)))
+        return None
+    if not line.strip():
         return None
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
-        rejects.append(_bad_row(on_bad_rows, path, row, None, "invalid_json", line))
+    except (ValueError, RecursionError):  # JSONDecodeError, too many digits, too deep
+        rejects.append(reject_record(path, row, None, "invalid_json", line.rstrip("\r\n")))
         return None
     if not isinstance(record, dict):
-        rejects.append(_bad_row(on_bad_rows, path, row, None, "not_an_object", line))
+        rejects.append(reject_record(path, row, None, "not_an_object", line.rstrip("\r\n")))
         return None
     return record
 
 
-def _as_text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+def _shown_line(raw_line: bytes) -> str:
+    return raw_line[: VALUE_CHARS * 4].decode("utf-8", "backslashreplace").rstrip("\r\n")
 
 
-def _non_string_rejects(
-    data: dict[str, list], columns: list[str], rows: list[int], path: Path, on_bad_rows: OnBadRows
-) -> list[dict]:
-    out = []
-    for col in columns:
-        for value, row in zip(data[col], rows, strict=True):
-            if value is not None and not isinstance(value, str):
-                out.append(_bad_row(on_bad_rows, path, row, col, "non_string", value))
-    return out
+def _record_values(
+    record: dict, columns: list[str], path: Path, row: int, rejects: list[dict]
+) -> list[str | None] | None:
+    """The wanted values of one object, or None (with one reject added) if any is bad."""
+    values = [record.get(col) for col in columns]
+    for col, value in zip(columns, values, strict=True):
+        if value is not None and not isinstance(value, str):
+            rejects.append(reject_record(path, row, col, "non_string", _json_text(value)))
+            return None
+        if value is not None and _SURROGATE.search(value):
+            rejects.append(reject_record(path, row, col, "invalid_unicode", value))
+            return None
+    return values
 
 
-def _read_csv(path: Path, columns: list[str], on_bad_rows: OnBadRows) -> tuple[pa.Table, pa.Table]:
+def _json_text(value: object) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return repr(value)
+
+
+def _no_valid_rows(path: Path, rejects: list[dict], on_bad_rows: OnBadRows) -> InputError:
+    if rejects and on_bad_rows == "fail":
+        return bad_row_error(rejects[0])
+    if not rejects:
+        return InputError("no valid rows: the file is empty", path=str(path))
+    first = rejects[0]
+    return InputError(
+        f"no valid rows: all {len(rejects)} non-blank line(s) were rejected, the first at row "
+        f"{first['source_row']} ({first['reason'].replace('_', ' ')})",
+        path=str(path),
+    )
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, columns: list[str]) -> _Raw:
+    """Parse records with the csv module; undecodable bytes quarantine their own record only.
+
+    The file is decoded with ``surrogateescape`` so every byte survives parsing; a record whose
+    fields hold an escaped byte is rejected as ``invalid_utf8`` with its record number.
+    """
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         payload = path.read_bytes()
     except OSError as err:
-        raise InputError(f"cannot open file ({err.strerror})", path=str(path)) from err
-    try:
-        text = payload.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return _read_csv_lines(path, payload, columns, delimiter, on_bad_rows)
-    return _csv_rows_to_table(path, io.StringIO(text, newline=""), columns, delimiter, on_bad_rows, [])
-
-
-def _read_csv_lines(
-    path: Path, payload: bytes, columns: list[str], delimiter: str, on_bad_rows: OnBadRows
-) -> tuple[pa.Table, pa.Table]:
-    """Slow path for files with invalid UTF-8: find and quarantine the bad lines."""
-    good: list[str] = []
+        raise _open_error(path, err) from err
+    text = payload.decode("utf-8-sig", "surrogateescape")
+    # The limit is process-wide: raise it (never lower it) so no field of this file hits it.
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(text) + 1, CSV_FIELD_LIMIT)))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = _csv_header(reader, path)
+    _check_unique(path, columns, header)
+    index = {name: i for i, name in enumerate(header)}
+    present = [c for c in columns if c in index]
+    data: dict[str, list[str]] = {c: [] for c in present}
+    rows: list[int] = []
     rejects: list[dict] = []
-    for line_no, raw_line in enumerate(payload.splitlines(keepends=True)):
-        try:
-            good.append(raw_line.decode("utf-8-sig" if line_no == 0 else "utf-8"))
-        except UnicodeDecodeError:
-            if line_no == 0:
-                raise InputError("header is not valid UTF-8", path=str(path), row=0) from None
-            rejects.append(_bad_row(on_bad_rows, path, line_no, None, "invalid_utf8", raw_line))
-            good.append("\x00SKIP\n")
-    return _csv_rows_to_table(
-        path, io.StringIO("".join(good), newline=""), columns, delimiter, on_bad_rows, rejects
-    )
+    for row, record in enumerate(_csv_records(reader, path, rejects), start=1):
+        if not record or not _csv_record_ok(record, len(header), path, row, delimiter, rejects):
+            continue
+        for col in present:
+            data[col].append(record[index[col]])
+        rows.append(row)
+    table = pa.table({c: pa.array(data[c], pa.string()) for c in present})
+    return _Raw(table, pa.array(rows, pa.int64()), rejects, header)
 
 
-def _csv_rows_to_table(
-    path: Path,
-    handle: io.StringIO,
-    columns: list[str],
-    delimiter: str,
-    on_bad_rows: OnBadRows,
-    rejects: list[dict],
-) -> tuple[pa.Table, pa.Table]:
-    reader = csv.reader(handle, delimiter=delimiter)
+def _csv_header(reader: Iterator[list[str]], path: Path) -> list[str]:
     try:
         header = next(reader)
     except StopIteration:
         raise InputError("file is empty (no header row)", path=str(path)) from None
     except csv.Error as err:
         raise InputError(f"cannot parse header ({err})", path=str(path), row=0) from err
-    index = {name: i for i, name in enumerate(header)}
-    present = [c for c in columns if c in index]
-    data: dict[str, list] = {c: [] for c in present}
-    rows: list[int] = []
+    if any(_SURROGATE.search(name) for name in header):
+        raise InputError("header is not valid UTF-8", path=str(path), row=0)
+    return header
+
+
+def _csv_records(reader: Iterator[list[str]], path: Path, rejects: list[dict]) -> Iterator[list[str]]:
+    """Yield each record (``[]`` for a blank line or an unparseable record) in file order."""
     row = 0
     while True:
-        try:
-            record = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as err:
-            row += 1
-            rejects.append(_bad_row(on_bad_rows, path, row, None, "unparseable_csv", str(err)))
-            continue
         row += 1
-        if record == ["\x00SKIP"] or not record:
-            continue
-        if len(record) != len(header):
-            rejects.append(_bad_row(on_bad_rows, path, row, None, "wrong_field_count", record))
-            continue
-        for col in present:
-            data[col].append(record[index[col]])
-        rows.append(row)
-    arrays = {c: pa.array(data[c], pa.string()) for c in present}
-    table = pa.table(arrays | {"source_row": pa.array(rows, pa.int64())})
-    return table, pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            rejects.append(reject_record(path, row, None, "unparseable_csv", str(err)))
+            yield []
 
 
-def _cast_to_string(table: pa.Table, path: Path, present: dict[str, str]) -> pa.Table:
-    for canon, col in present.items():
-        column = table.column(canon)
-        if pa.types.is_string(column.type):
-            continue
-        if pa.types.is_large_string(column.type) or pa.types.is_dictionary(column.type):
-            table = table.set_column(table.schema.get_field_index(canon), canon, column.cast(pa.string()))
-            continue
-        raise InputError(
-            f"must hold strings but has type {column.type}", path=str(path), column=col
-        )
-    return table
+def _csv_record_ok(
+    record: list[str], width: int, path: Path, row: int, delimiter: str, rejects: list[dict]
+) -> bool:
+    if any(_SURROGATE.search(field) for field in record):
+        rejects.append(reject_record(path, row, None, "invalid_utf8", _undecoded(delimiter.join(record))))
+        return False
+    if len(record) != width:
+        rejects.append(reject_record(path, row, None, "wrong_field_count", delimiter.join(record)))
+        return False
+    return True
 
 
-def _quarantine_rows(
-    table: pa.Table,
-    path: Path,
-    present: dict[str, str],
-    text_columns: tuple[str, ...],
-    on_bad_rows: OnBadRows,
-) -> tuple[pa.Table, pa.Table]:
-    bad_mask = pa.array([False] * table.num_rows)
+# --- row checks -------------------------------------------------------------------------------
+
+
+def _drop_invalid_utf8(table: pa.Table, path: Path, present: dict[str, str]) -> tuple[pa.Table, pa.Table]:
+    """Quarantine rows whose string values are not valid UTF-8 (Parquet does not check)."""
+    first_bad: dict[int, str] = {}
+    for canon in present:
+        for position in _invalid_utf8_positions(table.column(canon)):
+            first_bad.setdefault(position, canon)
+    if not first_bad:
+        return table, empty_rejects()
+    positions = sorted(first_bad)
+    rows = table.column("source_row").take(positions).to_pylist()
     rejects = []
-    for canon in text_columns:
+    for pos, row in zip(positions, rows, strict=True):
+        canon = first_bad[pos]
+        value = _binary_text(table.column(canon)[pos])
+        rejects.append(reject_record(path, row, present[canon], "invalid_utf8", value))
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[positions] = False
+    return table.filter(pa.array(keep)), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+
+
+def _invalid_utf8_positions(column: pa.ChunkedArray) -> list[int]:
+    positions: list[int] = []
+    offset = 0
+    for chunk in column.chunks:
+        try:
+            chunk.validate(full=True)
+        except pa.ArrowInvalid:
+            values = chunk.view(pa.binary()).to_pylist()
+            positions.extend(offset + i for i, value in enumerate(values) if value is not None and not _is_utf8(value))
+        offset += len(chunk)
+    return positions
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _binary_text(scalar: pa.Scalar) -> str:
+    return scalar.cast(pa.binary()).as_py()[: VALUE_CHARS * 4].decode("utf-8", "backslashreplace")
+
+
+def _check_texts(
+    table: pa.Table, path: Path, present: dict[str, str], text_columns: tuple[str, ...]
+) -> tuple[pa.Table, pa.Table]:
+    """Quarantine rows with a null or blank text; each row once, for its first problem."""
+    bad = pa.array(np.zeros(table.num_rows, dtype=bool))
+    rejects = []
+    for canon in (c for c in text_columns if c in present):
         column = table.column(canon)
         is_null = pc.is_null(column)
         is_blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column), ""), False)
         for mask, reason in ((is_null, "null_value"), (is_blank, "empty_text")):
-            hit = pc.and_not(mask, bad_mask)
-            if not pc.any(hit).as_py():
-                continue
-            rows = table.filter(hit)
-            first_row = rows.column("source_row")[0].as_py()
-            if on_bad_rows == "fail":
-                raise InputError(reason.replace("_", " "), path=str(path), row=first_row, column=present[canon])
-            rejects.append(_reject_table(rows, path, present[canon], reason, canon))
-            bad_mask = pc.or_(bad_mask, hit)
-    kept = table.filter(pc.invert(bad_mask))
-    return kept, pa.concat_tables(rejects) if rejects else empty_rejects()
+            hit = pc.and_not(mask, bad)
+            if pc.any(hit).as_py():
+                rejects.append(_reject_table(table.filter(hit), path, present[canon], reason, canon))
+                bad = pc.or_(bad, hit)
+    return table.filter(pc.invert(bad)), pa.concat_tables(rejects) if rejects else empty_rejects()
 
 
 def _reject_table(rows: pa.Table, path: Path, column: str, reason: str, canon: str) -> pa.Table:
     n = rows.num_rows
     return pa.table(
         {
-            "source_file": pa.array([str(path)] * n, pa.string()),
+            "source_file": pa.array([_source_file(path)] * n, pa.string()),
             "source_row": rows.column("source_row"),
             "column": pa.array([column] * n, pa.string()),
             "reason": pa.array([reason] * n, pa.string()),
-            "value": rows.column(canon).cast(pa.string()),
+            "value": pc.utf8_slice_codeunits(rows.column(canon), 0, VALUE_CHARS),
         },
         schema=REJECT_SCHEMA,
     )
+
+
+def order_rejects(parts: list[pa.Table]) -> pa.Table:
+    """All rejects in file order (the sort is stable: parse problems first within a row)."""
+    rejects = pa.concat_tables(parts)
+    if rejects.num_rows < 2:
+        return rejects
+    return rejects.take(pc.sort_indices(rejects, sort_keys=[("source_row", "ascending")]))

@@ -265,12 +265,6 @@ def test_corpus_without_ids_gets_hashed_ids(tmp_path):
     assert prepared.pairs.column("doc_idx").to_pylist() == [0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inputs._resolve_positive: a positive_id not in the pool adds a new document without "
-    "checking by_key, so a positive whose normalised text matches a corpus document is not "
-    "that document (the module contract says 'id or normalised text')",
-)
 def test_positive_with_unknown_id_resolves_to_corpus_doc_by_text(corpus, tmp_path):
     pairs = write_jsonl(
         tmp_path / "pairs.jsonl",
@@ -448,11 +442,6 @@ def test_conflicting_positive_id_is_quarantined(corpus, tmp_path):
     assert prepared.docs.column("doc_id").to_pylist() == ["d1", "d2", "d3", "p1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inputs._index_pairs registers the anchor before resolving the positive: a row "
-    "quarantined for a conflicting positive_id still leaves its anchor (with no pair) in anchors",
-)
 def test_row_quarantined_for_its_positive_adds_no_anchor(corpus, tmp_path):
     pairs = write_jsonl(
         tmp_path / "pairs.jsonl",
@@ -557,11 +546,6 @@ def test_format_rejects_from_jsonl_and_csv_reach_prepared_rejects(tmp_path):
     assert prepared.counts["pairs_in"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inputs.prepare_inputs counts pairs_in as kept rows + reader rejects, and the JSONL "
-    "reader lists a non-string row twice (non_string + null_value): 3 rows count as 4",
-)
 def test_pairs_in_counts_each_input_row_once(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(
@@ -591,11 +575,6 @@ def test_empty_jsonl_corpus_raises(tmp_path):
     assert err.value.path == str(corpus)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._quarantine_rows crashes with ArrowNotImplementedError on a table with no "
-    "rows, so prepare_inputs never reaches its 'corpus is empty' InputError",
-)
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_empty_corpus_raises_input_error(tmp_path, fmt):
     if fmt == "parquet":
@@ -653,3 +632,182 @@ def test_all_pairs_bad_raises(tmp_path, fmt):
 def test_missing_pairs_file_raises(tmp_path):
     with pytest.raises(InputError, match="file not found"):
         prepare_inputs(tmp_path / "missing.parquet")
+
+
+# --- more of the bad-input catalogue --------------------------------------------------------
+
+
+def test_unreadable_pairs_file_raises_naming_it(tmp_path, monkeypatch):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"anchor": "Query.", "positive": "Doc."}])
+    real_open = Path.open
+
+    def fake_open(self, *args, **kwargs):
+        if self == pairs:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", fake_open)
+
+    with pytest.raises(InputError, match="Permission denied") as err:
+        prepare_inputs(pairs)
+
+    assert err.value.path == str(pairs)
+
+
+def test_corrupt_corpus_raises_naming_it(tmp_path):
+    corpus = tmp_path / "corpus.parquet"
+    corpus.write_bytes(b"PAR1" + bytes(range(256)) + b"PAR1")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"anchor": "Query.", "positive": "Doc."}])
+
+    with pytest.raises(InputError, match="not a readable Parquet file") as err:
+        prepare_inputs(pairs, corpus)
+
+    assert err.value.path == str(corpus)
+
+
+def test_wrong_column_type_in_pairs_raises(tmp_path):
+    pairs = write_parquet(tmp_path / "pairs.parquet", [{"anchor": "Query.", "positive": 7}])
+
+    with pytest.raises(InputError, match="must hold strings") as err:
+        prepare_inputs(pairs)
+
+    assert (err.value.path, err.value.column) == (str(pairs), "positive")
+
+
+def test_empty_jsonl_pairs_say_no_valid_rows(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b"\n")
+
+    with pytest.raises(InputError, match="no valid rows") as err:
+        prepare_inputs(pairs)
+
+    assert err.value.path == str(pairs)
+
+
+def test_fail_mode_raises_on_the_first_bad_row_of_any_kind(tmp_path):
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet",
+        [
+            {"anchor": "Same.", "positive": "same."},  # 1: found while indexing
+            {"anchor": "", "positive": "Doc."},  # 2: found by the reader
+        ],
+    )
+
+    with pytest.raises(InputError, match="anchor equals positive") as err:
+        prepare_inputs(pairs, config=InputConfig(on_bad_rows="fail"))
+
+    assert (err.value.row, err.value.column) == (1, "positive")
+
+
+def test_fail_mode_raises_on_a_reader_reject_before_a_later_conflict(tmp_path):
+    pairs = write_parquet(
+        tmp_path / "pairs.parquet",
+        [{"anchor": "Query.", "positive": None}, {"anchor": "Same.", "positive": "same."}],
+    )
+
+    with pytest.raises(InputError, match="null value") as err:
+        prepare_inputs(pairs, config=InputConfig(on_bad_rows="fail"))
+
+    assert (err.value.row, err.value.column) == (1, "positive")
+
+
+def test_fail_mode_raises_on_a_conflicting_positive_id(tmp_path, corpus):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [{"anchor": "Query.", "positive_id": "d1", "positive": "Not alpha."}],
+    )
+
+    with pytest.raises(InputError, match="conflicting id") as err:
+        prepare_inputs(pairs, corpus, config=InputConfig(on_bad_rows="fail"))
+
+    assert (err.value.path, err.value.row, err.value.column) == (str(pairs), 1, "positive_id")
+
+
+def test_rejects_are_ordered_by_file_then_row(tmp_path, corpus):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"anchor": "Same.", "positive": "SAME."},  # 1 conflict found while indexing
+            {"anchor": "", "positive": "Doc."},  # 2 reader reject
+            {"anchor": "Query three.", "positive_id": "d1", "positive": "Other."},  # 3 conflict
+            {"anchor": "Query four.", "positive": "Doc four."},  # 4 kept
+        ],
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert [(f, row, reason) for f, row, _, reason, _ in reject_view(prepared)] == [
+        ("pairs.jsonl", 1, "anchor_equals_positive"),
+        ("pairs.jsonl", 2, "empty_text"),
+        ("pairs.jsonl", 3, "conflicting_id"),
+    ]
+
+
+def test_unknown_positive_id_matched_by_text_names_that_doc_from_then_on(corpus, tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"anchor": "Query one.", "positive_id": "x7", "positive": "Alpha beta gamma."},  # 1 -> d1
+            {"anchor": "Query two.", "positive_id": "x7", "positive": "alpha BETA gamma."},  # 2 -> d1
+            {"anchor": "Query three.", "positive_id": "x7", "positive": "Other text."},  # 3 conflict
+        ],
+    )
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert pair_view(prepared) == [(hashed_id("Query one."), "d1", 1), (hashed_id("Query two."), "d1", 2)]
+    assert reject_view(prepared) == [("pairs.jsonl", 3, "positive_id", "conflicting_id", "x7")]
+    assert prepared.docs.num_rows == 3
+
+
+def test_positive_with_new_id_and_text_of_an_earlier_positive_is_that_doc(tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"anchor": "Query one.", "positive_id": "p1", "positive": "Doc one."},
+            {"anchor": "Query two.", "positive_id": "p2", "positive": "DOC ONE."},
+        ],
+    )
+
+    prepared = prepare_inputs(pairs)
+
+    assert prepared.docs.column("doc_id").to_pylist() == ["p1"]
+    assert prepared.pairs.column("doc_idx").to_pylist() == [0, 0]
+
+
+def test_row_quarantined_for_its_anchor_adds_no_positive(tmp_path):
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"anchor_id": "q1", "anchor": "Claim one.", "positive": "P1."},
+            {"anchor_id": "q1", "anchor": "Claim two.", "positive": "P2."},  # conflict
+        ],
+    )
+
+    prepared = prepare_inputs(pairs)
+
+    assert prepared.docs.column("text").to_pylist() == ["P1."]
+
+
+def test_invalid_utf8_in_parquet_pairs_is_quarantined(tmp_path):
+    raw = pa.array([b"Query one.", b"Query \xff."], pa.binary())
+    anchors = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"anchor": anchors, "positive": ["Doc one.", "Doc two."]}), pairs)
+
+    prepared = prepare_inputs(pairs)
+
+    assert pair_view(prepared) == [(hashed_id("Query one."), hashed_id("Doc one."), 1)]
+    assert reject_view(prepared) == [("pairs.parquet", 2, "anchor", "invalid_utf8", "Query \\xff.")]
+    assert prepared.counts == {"pairs_in": 2, "rejected_rows": 1}
+
+
+def test_whitespace_only_corpus_text_is_quarantined_in_every_format(tmp_path):
+    corpus = tmp_path / "corpus.csv"
+    corpus.write_text("id,text\nd1,Alpha.\nd2,  \n", encoding="utf-8")
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"anchor": "Query.", "positive": "Alpha."}])
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert reject_view(prepared) == [("corpus.csv", 2, "text", "empty_text", "  ")]
+    assert prepared.counts["corpus_in"] == 2

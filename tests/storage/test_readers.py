@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
@@ -456,11 +457,6 @@ def test_jsonl_non_string_fails_in_fail_mode(tmp_path):
     assert (err.value.row, err.value.column) == (2, "positive")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._read_jsonl keeps a row whose value is not a string in `table` (as null) while "
-    "also listing it in `rejects`; a text column then adds a second null_value reject for it",
-)
 def test_jsonl_non_string_row_is_quarantined_exactly_once(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(
@@ -538,11 +534,6 @@ def test_jsonl_invalid_utf8_is_quarantined_and_good_rows_kept(tmp_path):
     assert "latin-1" in result.rejects.column("value")[0].as_py()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._parse_json_line decodes with 'utf-8', not 'utf-8-sig': a byte-order mark "
-    "makes the first line invalid_json (CSV strips it)",
-)
 def test_jsonl_with_byte_order_mark_keeps_first_row(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(
@@ -555,11 +546,6 @@ def test_jsonl_with_byte_order_mark_keeps_first_row(tmp_path):
     assert result.rejects.num_rows == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._read_jsonl: a JSON escape for a lone surrogate (valid JSON syntax) raises "
-    "UnicodeEncodeError from pa.array instead of quarantining the row",
-)
 def test_jsonl_lone_surrogate_is_quarantined(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text(
@@ -656,11 +642,6 @@ def test_csv_multiline_quoted_field_counts_as_one_row(tmp_path):
     assert rows_of(result.table) == [1, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._read_csv_lines numbers invalid-UTF-8 lines by physical line, but the csv "
-    "reader numbers records: after a multi-line record the reject and a kept row share a number",
-)
 def test_csv_invalid_utf8_after_multiline_record_has_record_number(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_bytes(
@@ -676,11 +657,6 @@ def test_csv_invalid_utf8_after_multiline_record_has_record_number(tmp_path):
     assert rows_of(result.rejects) == [2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._read_csv_lines replaces a bad line inside a quoted multi-line field with a "
-    "placeholder line, leaving the quote open: the rest of the file becomes one bad record",
-)
 def test_csv_invalid_utf8_inside_multiline_field_keeps_later_rows(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_bytes(
@@ -695,11 +671,6 @@ def test_csv_invalid_utf8_inside_multiline_field_keeps_later_rows(tmp_path):
     assert result.table.column("anchor").to_pylist() == ["a1", "a3"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._csv_rows_to_table uses the csv module's default field_size_limit (131072 "
-    "characters): a valid CSV row with a longer text is quarantined as unparseable_csv",
-)
 def test_csv_long_text_field_is_read(tmp_path):
     long_text = "word " * 40_000  # 200,000 characters, a long full-text document
     path = tmp_path / "corpus.csv"
@@ -716,12 +687,6 @@ def test_csv_long_text_field_is_read(tmp_path):
 # --- empty inputs and other bugs ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._quarantine_rows builds its mask with pa.array([]) (type null) when the table "
-    "has no rows: pc.and_not raises ArrowNotImplementedError for a header-only CSV or an empty "
-    "Parquet file",
-)
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_file_with_no_data_rows_reads_as_empty(tmp_path, fmt):
     if fmt == "parquet":
@@ -740,11 +705,6 @@ def test_file_with_no_data_rows_reads_as_empty(tmp_path, fmt):
     assert result.rejects.num_rows == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._quarantine_rows crashes (ArrowNotImplementedError) when every CSV row was "
-    "already rejected for its field count, instead of returning those rejects",
-)
 def test_csv_with_every_row_malformed_returns_rejects(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("anchor,positive\na1\na2,p2,x\n", encoding="utf-8")
@@ -758,11 +718,6 @@ def test_csv_with_every_row_malformed_returns_rejects(tmp_path):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers.read_table's missing-column message lists only the wanted columns it read "
-    "plus the internal 'source_row', never the file's real column names",
-)
 def test_missing_column_message_lists_the_file_columns(tmp_path):
     path = write_rows(tmp_path, [{"question": "a1", "positive": "p1"}], "parquet")
 
@@ -773,11 +728,6 @@ def test_missing_column_message_lists_the_file_columns(tmp_path):
     assert "source_row" not in str(err.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._concat catches pa.ArrowInvalid, but pyarrow raises pa.ArrowTypeError when "
-    "folder files disagree on a column type: the error escapes as ArrowTypeError",
-)
 def test_folder_with_conflicting_schemas_raises_input_error(tmp_path):
     folder = tmp_path / "pairs"
     folder.mkdir()
@@ -788,11 +738,6 @@ def test_folder_with_conflicting_schemas_raises_input_error(tmp_path):
         read_table(folder, required=PAIRS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._read_any matches folder entries with a case-sensitive suffix, unlike single "
-    "files: a folder of part-0.PARQUET 'holds no .parquet files'",
-)
 def test_folder_with_uppercase_suffix_is_read(tmp_path):
     folder = tmp_path / "pairs"
     folder.mkdir()
@@ -801,11 +746,6 @@ def test_folder_with_uppercase_suffix_is_read(tmp_path):
     assert read_table(folder, required=PAIRS).table.num_rows == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers._cast_to_string rejects a Parquet column of type null (what pandas writes for "
-    "an all-None column), even for an optional id column",
-)
 def test_all_null_optional_parquet_column_is_read_as_nulls(tmp_path):
     path = tmp_path / "pairs.parquet"
     pq.write_table(
@@ -819,11 +759,6 @@ def test_all_null_optional_parquet_column_is_read_as_nulls(tmp_path):
     assert result.table.column("anchor_id").to_pylist() == [None]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="readers: Parquet string columns are not checked for valid UTF-8; the bad value "
-    "passes read_table and later raises UnicodeDecodeError (e.g. in to_pylist)",
-)
 def test_parquet_invalid_utf8_is_quarantined_or_raises_input_error(tmp_path):
     raw = pa.array([b"a1", b"caf\xe9", b"a3"], pa.binary())
     anchors = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())  # unvalidated bytes
@@ -836,3 +771,432 @@ def test_parquet_invalid_utf8_is_quarantined_or_raises_input_error(tmp_path):
         return
     assert rows_of(result.table) == [1, 3]
     assert rows_of(result.rejects) == [2]
+
+
+# --- unreadable files -----------------------------------------------------------------------
+
+
+def deny_open(monkeypatch, denied: Path) -> None:
+    """Make `denied` unreadable even for root: Path.open raises EACCES for it."""
+    real_open = Path.open
+
+    def fake_open(self, *args, **kwargs):
+        if self == denied:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", fake_open)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
+def test_permission_denied_raises_input_error(tmp_path, monkeypatch, fmt):
+    path = write_rows(tmp_path, [{"anchor": "a1", "positive": "p1"}], fmt)
+    deny_open(monkeypatch, path)
+
+    with pytest.raises(InputError, match=r"cannot read file \(Permission denied") as err:
+        read_table(path, required=PAIRS, text_columns=TEXTS)
+
+    assert err.value.path == str(path)
+
+
+def test_permission_denied_on_a_folder_file_names_that_file(tmp_path, monkeypatch):
+    folder = write_rows(tmp_path, [{"anchor": "a1", "positive": "p1"}] * 2, "folder")
+    deny_open(monkeypatch, folder / "part-1.parquet")
+
+    with pytest.raises(InputError, match="Permission denied") as err:
+        read_table(folder, required=PAIRS)
+
+    assert err.value.path == str(folder / "part-1.parquet")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file_mode_raises_input_error(tmp_path):
+    path = write_rows(tmp_path, [{"anchor": "a1", "positive": "p1"}], "jsonl")
+    path.chmod(0)
+
+    with pytest.raises(InputError, match="cannot read file"):
+        read_table(path, required=PAIRS)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_named_pipe_is_not_read(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    os.mkfifo(path)
+
+    with pytest.raises(InputError, match="not a regular file") as err:
+        read_table(path, required=PAIRS)
+
+    assert err.value.path == str(path)
+
+
+# --- fail mode stops at the first bad row in file order -------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "folder", "jsonl"])
+def test_fail_mode_raises_on_first_row_across_columns_and_reasons(tmp_path, fmt):
+    rows = [
+        {"anchor": "a1", "positive": "p1"},
+        {"anchor": "a2", "positive": " "},  # 2: empty positive (the second text column)
+        {"anchor": None, "positive": "p3"},  # 3: null anchor (the first column, first reason)
+    ]
+    path = write_rows(tmp_path, rows, fmt)
+
+    with pytest.raises(InputError, match="empty text") as err:
+        read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="fail")
+
+    assert (err.value.row, err.value.column) == (2, "positive")
+
+
+def test_fail_mode_raises_on_a_value_before_a_later_parse_error(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"anchor": "", "positive": "p1"}\n{oops}\n', encoding="utf-8")
+
+    with pytest.raises(InputError, match="empty text") as err:
+        read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="fail")
+
+    assert (err.value.row, err.value.column) == (1, "anchor")
+
+
+def test_fail_mode_raises_on_a_parse_error_before_a_later_value(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("anchor,positive\na1\na2,\n", encoding="utf-8")
+
+    with pytest.raises(InputError, match="wrong field count") as err:
+        read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="fail")
+
+    assert (err.value.row, err.value.column) == (1, None)
+
+
+def test_fail_mode_message_shows_the_value_and_the_fix(tmp_path):
+    path = write_rows(tmp_path, [{"anchor": "a1", "positive": "\t"}], "parquet")
+
+    with pytest.raises(InputError) as err:
+        read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="fail")
+
+    assert "'\\t'" in str(err.value)
+    assert "on_bad_rows" in str(err.value)
+
+
+def test_rejects_are_in_row_order(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(
+        b'{"anchor": "a1", "positive": ""}\n'  # 1 empty_text (checked after parsing)
+        b"{oops}\n"  # 2 invalid_json (found while parsing)
+        b'{"anchor": null, "positive": "p3"}\n'  # 3 null_value
+        b'{"anchor": "caf\xe9", "positive": "p4"}\n'  # 4 invalid_utf8
+    )
+
+    rejects = read_table(path, required=PAIRS, text_columns=TEXTS).rejects
+
+    assert rows_of(rejects) == [1, 2, 3, 4]
+
+
+# --- empty and all-invalid JSONL ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", [b"", b"\n\n  \n", b"\xef\xbb\xbf"])
+def test_empty_jsonl_says_there_are_no_valid_rows(tmp_path, payload):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(payload)
+
+    with pytest.raises(InputError, match="no valid rows: the file is empty") as err:
+        read_table(path, required=PAIRS)
+
+    assert err.value.path == str(path)
+
+
+def test_jsonl_with_only_invalid_lines_says_there_are_no_valid_rows(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"{oops}\n\n[1]\n")
+
+    with pytest.raises(InputError, match=r"no valid rows: all 2 .* first at row 1 \(invalid json\)") as err:
+        read_table(path, required=PAIRS)
+
+    assert err.value.path == str(path)
+
+
+def test_jsonl_with_only_invalid_lines_in_fail_mode_names_the_first(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"\n[1]\n{oops}\n")
+
+    with pytest.raises(InputError, match="not an object") as err:
+        read_table(path, required=PAIRS, on_bad_rows="fail")
+
+    assert err.value.row == 2
+
+
+def test_jsonl_key_that_is_always_null_is_a_column_of_nulls(tmp_path):
+    path = write_rows(
+        tmp_path, [{"anchor": "a1", "positive": None}, {"anchor": "a2", "positive": None}], "jsonl"
+    )
+
+    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+
+    assert result.table.num_rows == 0
+    assert reject_keys(result.rejects) == [(1, "positive", "null_value"), (2, "positive", "null_value")]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_missing_column_message_lists_the_columns_of_text_formats(tmp_path, fmt):
+    path = write_rows(tmp_path, [{"question": "a1", "answer": "p1"}], fmt)
+
+    with pytest.raises(InputError) as err:
+        read_table(path, required=PAIRS)
+
+    assert "the file has ['question', 'answer']" in str(err.value)
+
+
+# --- JSONL values ---------------------------------------------------------------------------
+
+
+def test_jsonl_non_string_optional_value_rejects_the_row(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        '{"anchor": "a1", "positive": "p1", "anchor_id": 3}\n'
+        '{"anchor": "a2", "positive": "p2", "positive_id": {"id": "d2"}}\n'
+        '{"anchor": "a3", "positive": "p3", "anchor_id": "q3"}\n',
+        encoding="utf-8",
+    )
+
+    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS)
+
+    assert rows_of(result.table) == [3]
+    assert result.rejects.select(["source_row", "column", "reason", "value"]).to_pylist() == [
+        {"source_row": 1, "column": "anchor_id", "reason": "non_string", "value": "3"},
+        {"source_row": 2, "column": "positive_id", "reason": "non_string", "value": '{"id": "d2"}'},
+    ]
+
+
+def test_jsonl_lone_surrogate_reason_and_value_are_stored_safely(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"anchor": "bad \\udc80 text", "positive": "p1"}\n', encoding="utf-8")
+
+    rejects = read_table(path, required=PAIRS, text_columns=TEXTS).rejects
+
+    assert reject_keys(rejects) == [(1, "anchor", "invalid_unicode")]
+    assert rejects.column("value").to_pylist() == ["bad \\udc80 text"]
+    pq.write_table(rejects, tmp_path / "rejects.parquet")  # every value is valid UTF-8
+
+
+def test_jsonl_surrogate_pair_escape_is_valid_text(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"anchor": "smile \\ud83d\\ude00", "positive": "p1"}\n', encoding="utf-8")
+
+    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+
+    assert result.table.column("anchor").to_pylist() == ["smile \U0001f600"]
+
+
+def test_jsonl_lone_surrogate_fails_in_fail_mode(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"anchor": "a1", "positive": "p \\ud800"}\n', encoding="utf-8")
+
+    with pytest.raises(InputError, match="invalid unicode") as err:
+        read_table(path, required=PAIRS, on_bad_rows="fail")
+
+    assert (err.value.row, err.value.column) == (1, "positive")
+
+
+@pytest.mark.parametrize(
+    "line", ["[" * 100_000 + "]" * 100_000, '{"anchor": ' + "9" * 5000 + ', "positive": "p"}']
+)
+def test_jsonl_pathological_lines_are_invalid_json(tmp_path, line):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(line + '\n{"anchor": "a2", "positive": "p2"}\n', encoding="utf-8")
+
+    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+
+    assert rows_of(result.table) == [2]
+    assert reject_keys(result.rejects) == [(1, None, "invalid_json")]
+
+
+def test_jsonl_invalid_utf8_value_is_readable(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b'{"anchor": "caf\xe9", "positive": "p"}\r\n')
+
+    with pytest.raises(InputError, match="no valid rows"):
+        read_table(path, required=PAIRS)
+
+    path.write_bytes(b'{"anchor": "a", "positive": "p"}\n{"anchor": "caf\xe9", "positive": "p"}\r\n')
+    rejects = read_table(path, required=PAIRS).rejects
+    assert rejects.column("value").to_pylist() == ['{"anchor": "caf\\xe9", "positive": "p"}']
+
+
+# --- CSV values -----------------------------------------------------------------------------
+
+
+def test_csv_invalid_utf8_reject_value_shows_the_byte(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"anchor,positive\na1,p1\ncaf\xe9,p2\n")
+
+    rejects = read_table(path, required=PAIRS, text_columns=TEXTS).rejects
+
+    assert rejects.column("value").to_pylist() == ["caf\\xe9,p2"]
+    pq.write_table(rejects, tmp_path / "rejects.parquet")
+
+
+def test_csv_invalid_utf8_in_multiline_field_rejects_one_record(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b'anchor,positive\n"one\ntw\xffo\nthree",p1\na2,p2\n"x\ny",p3\n')
+
+    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+
+    assert rows_of(result.table) == [2, 3]
+    assert reject_keys(result.rejects) == [(1, None, "invalid_utf8")]
+
+
+def test_duplicate_wanted_column_raises(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("anchor,positive,anchor\na1,p1,a1b\n", encoding="utf-8")
+
+    with pytest.raises(InputError, match="2 columns named 'anchor'") as err:
+        read_table(path, required=PAIRS)
+
+    assert err.value.column == "anchor"
+
+
+def test_duplicate_parquet_column_raises(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    columns = [pa.array(["a"]), pa.array(["p"]), pa.array(["b"])]
+    table = pa.Table.from_arrays(columns, names=["anchor", "positive", "anchor"])
+    pq.write_table(table, path)
+
+    with pytest.raises(InputError, match="2 columns named 'anchor'"):
+        read_table(path, required=PAIRS)
+
+
+def test_duplicate_unwanted_column_is_ignored(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("anchor,x,positive,x\na1,1,p1,2\n", encoding="utf-8")
+
+    assert read_table(path, required=PAIRS).table.num_rows == 1
+
+
+# --- Parquet values and folders -------------------------------------------------------------
+
+
+def unvalidated_strings(values: list[bytes | None]) -> pa.Array:
+    raw = pa.array(values, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers(), null_count=raw.null_count)
+
+
+def test_parquet_invalid_utf8_names_row_and_column(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    table = pa.table(
+        {
+            "anchor": ["a1", "a2", "a3", "a4"],
+            "positive": unvalidated_strings([b"p1", b"p\xff2", None, b"p4"]),
+            "anchor_id": unvalidated_strings([b"q1", b"q2", b"q3", b"q\xc34"]),
+        }
+    )
+    pq.write_table(table, path)
+
+    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS)
+
+    assert rows_of(result.table) == [1]
+    assert result.rejects.select(["source_row", "column", "reason", "value"]).to_pylist() == [
+        {"source_row": 2, "column": "positive", "reason": "invalid_utf8", "value": "p\\xff2"},
+        {"source_row": 3, "column": "positive", "reason": "null_value", "value": None},
+        {"source_row": 4, "column": "anchor_id", "reason": "invalid_utf8", "value": "q\\xc34"},
+    ]
+
+
+def test_parquet_invalid_utf8_fails_in_fail_mode(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"anchor": unvalidated_strings([b"a1", b"\xe9"]), "positive": ["p1", "p2"]}), path)
+
+    with pytest.raises(InputError, match="invalid utf8") as err:
+        read_table(path, required=PAIRS, on_bad_rows="fail")
+
+    assert (err.value.row, err.value.column) == (2, "anchor")
+
+
+def test_parquet_invalid_utf8_in_dictionary_column_is_quarantined(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    anchors = unvalidated_strings([b"a1", b"\xe9", b"a1"]).dictionary_encode()
+    pq.write_table(pa.table({"anchor": anchors, "positive": ["p1", "p2", "p3"]}), path)
+
+    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+
+    assert rows_of(result.table) == [1, 3]
+    assert reject_keys(result.rejects) == [(2, "anchor", "invalid_utf8")]
+
+
+def test_all_null_required_parquet_column_quarantines_every_row(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"anchor": ["a1", "a2"], "positive": pa.array([None, None], pa.null())}), path)
+
+    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+
+    assert result.table.num_rows == 0
+    assert reject_keys(result.rejects) == [(1, "positive", "null_value"), (2, "positive", "null_value")]
+
+
+def test_folder_merges_every_kind_of_string_column(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    kinds = [
+        pa.array(["a0"], pa.string()),
+        pa.array(["a1"], pa.large_string()),
+        pa.array(["a2"]).dictionary_encode(),
+        pa.array([None], pa.null()),
+    ]
+    for i, anchors in enumerate(kinds):
+        pq.write_table(pa.table({"anchor": anchors, "positive": [f"p{i}"]}), folder / f"part-{i}.parquet")
+
+    result = read_table(folder, required=PAIRS, text_columns=TEXTS)
+
+    assert result.table.column("anchor").to_pylist() == ["a0", "a1", "a2"]
+    assert reject_keys(result.rejects) == [(4, "anchor", "null_value")]
+
+
+def test_folder_with_conflicting_schemas_names_the_files(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    pq.write_table(pa.table({"anchor": ["a1"], "positive": ["p1"]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"anchor": [2], "positive": ["p2"]}), folder / "part-1.parquet")
+
+    with pytest.raises(InputError) as err:
+        read_table(folder, required=PAIRS)
+
+    assert err.value.path == str(folder)
+    assert err.value.column == "anchor"
+    assert "string in part-0.parquet but int64 in part-1.parquet" in str(err.value)
+
+
+def test_folder_file_missing_a_required_column_is_named(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    pq.write_table(pa.table({"anchor": ["a1"], "positive": ["p1"]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"anchor": ["a2"], "answer": ["p2"]}), folder / "part-1.parquet")
+
+    with pytest.raises(InputError, match="missing required column") as err:
+        read_table(folder, required=PAIRS)
+
+    assert (err.value.path, err.value.column) == (str(folder / "part-1.parquet"), "positive")
+    assert "['anchor', 'answer']" in str(err.value)
+
+
+def test_folder_skips_hidden_and_metadata_files(tmp_path):
+    folder = write_rows(tmp_path, [{"anchor": "a1", "positive": "p1"}] * 2, "folder")
+    (folder / "._part-0.parquet").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (folder / "_common_metadata.parquet").write_bytes(b"not read")
+    (folder / "sub.parquet").mkdir()
+
+    assert read_table(folder, required=PAIRS).table.num_rows == 2
+
+
+def test_every_reject_table_writes_to_parquet(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(
+        b'{"anchor": "\\ud800", "positive": "p"}\n'
+        b'{"anchor": "\xff\xfe", "positive": "p"}\n'
+        b'{"anchor": ["\\udfff"], "positive": "p"}\n'
+        b'{"anchor": "a", "positive": "p"}\n'
+    )
+
+    rejects = read_table(path, required=PAIRS, text_columns=TEXTS).rejects
+
+    assert rejects.num_rows == 3
+    rejects.validate(full=True)
+    pq.write_table(rejects, tmp_path / "rejects.parquet")
