@@ -1,0 +1,120 @@
+"""negminer vs sentence-transformers' mine_hard_negatives on NFCorpus train, one process.
+
+Prints wall times and the ratios of issue 7: negminer cold / ST cold (target <= 1.0),
+negminer warm (embeddings stored) / ST cold (target <= 0.2), and negminer cold over
+embedding-only time for the same texts (target <= 1.15). Same model (packaged
+all-MiniLM-L6-v2), batch size 32, 5 negatives, top-k, exact FAISS search.
+
+Run: python -m bench.mine_vs_st [--dataset nfcorpus] [--split train] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from bench.common import hidden_positive_inputs, load_retrieval_set
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def embedding_only(anchors: list[str], docs: list[str]) -> float:
+    from negminer.mining.encoder import encode, load_model
+
+    model = load_model(device="cpu")
+    start = time.perf_counter()
+    encode(anchors, model, batch_size=32)
+    encode(docs, model, batch_size=32)
+    return time.perf_counter() - start
+
+
+def st_cold(pairs, corpus_texts: list[str], num_negatives: int) -> float:
+    import datasets
+    from sentence_transformers.util import mine_hard_negatives
+
+    from negminer.mining.encoder import load_model
+
+    model = load_model(device="cpu")
+    dataset = datasets.Dataset.from_dict(
+        {"anchor": pairs.column("anchor").to_pylist(), "positive": pairs.column("positive").to_pylist()}
+    )
+    start = time.perf_counter()
+    mine_hard_negatives(
+        dataset, model, corpus=corpus_texts, num_negatives=num_negatives, use_faiss=True, batch_size=32, verbose=False
+    )
+    return time.perf_counter() - start
+
+
+def negminer_run(pairs_path: Path, corpus_path: Path, out: Path, store: Path, num_negatives: int) -> tuple[float, str]:
+    from negminer.config import PipelineConfig
+    from negminer.flows.mine import mine_flow
+
+    config = PipelineConfig.from_dict({"mine": {"num_negatives": num_negatives}})
+    start = time.perf_counter()
+    version = mine_flow(
+        pairs=str(pairs_path), out=str(out), name="bench", corpus=str(corpus_path), config=config, store=str(store)
+    )
+    return time.perf_counter() - start, version
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="nfcorpus")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--limit", type=int, default=None, help="first N pairs only (quick check)")
+    parser.add_argument("--num-negatives", type=int, default=5)
+    args = parser.parse_args()
+    pairs, corpus, _ = hidden_positive_inputs(load_retrieval_set(args.dataset, args.split))
+    if args.limit:
+        pairs = pairs.slice(0, args.limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        pq.write_table(pairs, tmp / "pairs.parquet")
+        pq.write_table(corpus, tmp / "corpus.parquet")
+        anchors = sorted(set(pairs.column("anchor").to_pylist()))
+        docs = sorted(set(corpus.column("text").to_pylist()) | set(pairs.column("positive").to_pylist()))
+        corpus_texts = corpus.column("text").to_pylist()
+        print(
+            f"{args.dataset}/{args.split}: {pairs.num_rows} pairs, {len(anchors)} anchors, {len(docs)} docs", flush=True
+        )
+        timings = {"embedding only": embedding_only(anchors, docs)}
+        gc.collect()
+        timings["sentence-transformers cold"] = st_cold(pairs, corpus_texts, args.num_negatives)
+        gc.collect()
+        timings["negminer cold"], _ = negminer_run(
+            tmp / "pairs.parquet", tmp / "corpus.parquet", tmp / "out", tmp / "store", args.num_negatives
+        )
+        timings["negminer warm"], version = negminer_run(
+            tmp / "pairs.parquet", tmp / "corpus.parquet", tmp / "out", tmp / "store", args.num_negatives
+        )
+        print_report(timings, Path(version))
+
+
+def print_report(timings: dict[str, float], version: Path) -> None:
+    import json
+
+    manifest = json.loads((version / "manifest.json").read_text())
+    st = timings["sentence-transformers cold"]
+    print("\n| run | wall s |\n|---|---|")
+    for name, seconds in timings.items():
+        print(f"| {name} | {seconds:.1f} |")
+    print(f"\nnegminer cold / ST cold = {timings['negminer cold'] / st:.3f}  (target <= 1.0)")
+    print(f"negminer warm / ST cold = {timings['negminer warm'] / st:.3f}  (target <= 0.2)")
+    print(
+        f"negminer cold / embedding only = {timings['negminer cold'] / timings['embedding only']:.3f}  (target <= 1.15)"
+    )
+    print(f"warm run embedded: {manifest['counts']['embedding']}")
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
