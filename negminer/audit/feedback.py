@@ -1,0 +1,344 @@
+"""Feed reviewers' decisions into the next selection (``mine`` / ``refilter``).
+
+Contract: :func:`apply_decisions` takes the candidate table (``anchor_idx``, ``doc_idx``, as
+searched or as stored in a version), the effective decisions of the dataset (one row per
+``(anchor_id, doc_id)``, see :func:`negminer.audit.queries.latest_decisions`) and the
+version's ``anchors`` / ``docs`` / ``pairs`` tables, and returns:
+
+* the candidates with a bool column ``excluded_by_audit`` (replacing one already there):
+  ``select_negatives`` drops those rows with reason ``audit_decision``. With no decisions at
+  all the tables pass through unchanged (no column is added);
+* the pairs to train on: dropped pairs removed and, with ``extra_positives=True``, a pair
+  appended for each document confirmed relevant that was not yet a positive;
+* the dropped ``pair_idx`` and counts for the manifest.
+
+What each decision on ``(anchor, doc)`` does:
+
+=============  ==================================================  ==========================
+decision       doc is a candidate (not a positive)                 doc is a labelled positive
+=============  ==================================================  ==========================
+is_positive    never a negative again (+ extra positive if on)     stays a positive
+is_negative    eligible as a negative; curation's flag cleared     the pair is dropped
+drop_pair      never a negative again                              the pair is dropped
+skip           nothing                                             nothing
+=============  ==================================================  ==========================
+
+:func:`unflag_decided` removes pairs a reviewer already decided from a new flagged table, so
+a confirmed negative is not flagged again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from negminer.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+EXCLUDED_COLUMN = "excluded_by_audit"
+CURATION_FLAG_COLUMN = "flagged_false_negative"
+AUDIT_REASON = "audit_decision"
+_DECISION_COLUMNS = ("anchor_id", "doc_id", "decision")
+_ZERO_COUNTS = (
+    "decisions",
+    "is_positive",
+    "is_negative",
+    "drop_pair",
+    "skip",
+    "unmatched",
+    "applied",
+    "excluded_candidates",
+    "unflagged_candidates",
+    "dropped_pairs",
+    "extra_positives",
+)
+
+
+class Feedback(NamedTuple):
+    """Result of :func:`apply_decisions`."""
+
+    candidates: pa.Table
+    pairs: pa.Table
+    dropped_pair_idx: np.ndarray
+    counts: dict[str, int]
+
+
+class _Keys(NamedTuple):
+    """Decisions resolved to (anchor_idx * n_docs + doc_idx) keys, by effect."""
+
+    exclude: np.ndarray
+    drop: np.ndarray
+    extra: np.ndarray
+    confirm: np.ndarray
+    counts: dict[str, int]
+
+
+def apply_decisions(
+    candidates: pa.Table,
+    decisions: pa.Table,
+    *,
+    anchors: pa.Table,
+    docs: pa.Table,
+    pairs: pa.Table,
+    extra_positives: bool = False,
+) -> Feedback:
+    """Apply reviewers' decisions to a candidate table and the training pairs.
+
+    Args:
+        candidates: (n,) candidate rows with ``anchor_idx`` and ``doc_idx``.
+        decisions: effective decisions, columns ``anchor_id``, ``doc_id``, ``decision``; when
+            a pair appears twice the last row wins.
+        anchors: the version's anchors (``anchor_id``; ``anchor_idx`` or row position).
+        docs: the version's docs (``doc_id``; ``doc_idx`` or row position).
+        pairs: the version's pairs (``pair_idx``, ``anchor_idx``, ``doc_idx``).
+        extra_positives: turn documents confirmed relevant into extra positive pairs.
+
+    Returns:
+        Feedback(candidates + ``excluded_by_audit``, pairs to train on, dropped pair_idx
+        (sorted), counts: ``decisions``, one per decision kind, ``unmatched`` (anchor or doc
+        not in this version), ``excluded_candidates``, ``unflagged_candidates`` (curation's
+        ``flagged_false_negative`` cleared by a confirmed negative), ``dropped_pairs``,
+        ``extra_positives``, ``applied`` (matched decisions other than skip)).
+
+    Example:
+        >>> decisions = load_decisions("datasets", "scifact")  # doctest: +SKIP
+        >>> fb = apply_decisions(cands, decisions, anchors=a, docs=d, pairs=p)  # doctest: +SKIP
+        >>> select_negatives(fb.candidates, ...)  # doctest: +SKIP
+    """
+    _check_columns(decisions, _DECISION_COLUMNS, "decisions")
+    _check_columns(candidates, ("anchor_idx", "doc_idx"), "candidates")
+    _check_columns(pairs, ("pair_idx", "anchor_idx", "doc_idx"), "pairs")
+    if decisions.num_rows == 0:  # nothing reviewed: the tables pass through untouched
+        return Feedback(candidates, pairs, np.empty(0, np.int64), dict.fromkeys(_ZERO_COUNTS, 0))
+    anchors, docs = _with_positions(anchors, "anchor_idx"), _with_positions(docs, "doc_idx")
+    n_docs = int(pc.max(docs.column("doc_idx")).as_py() or 0) + 1 if docs.num_rows else 1
+    pair_keys = _keys(pairs.column("anchor_idx"), pairs.column("doc_idx"), n_docs)
+    keys = _resolve(decisions, anchors=anchors, docs=docs, pair_keys=pair_keys, n_docs=n_docs)
+    candidate_keys = _keys(candidates.column("anchor_idx"), candidates.column("doc_idx"), n_docs)
+    excluded = np.isin(candidate_keys, keys.exclude)
+    if EXCLUDED_COLUMN in candidates.column_names:
+        candidates = candidates.drop_columns([EXCLUDED_COLUMN])
+    candidates = candidates.append_column(EXCLUDED_COLUMN, pa.array(excluded, pa.bool_()))
+    candidates, unflagged = _clear_confirmed_flags(candidates, np.isin(candidate_keys, keys.confirm))
+    dropped = np.isin(pair_keys, keys.drop)
+    dropped_idx = np.sort(pairs.column("pair_idx").to_numpy()[dropped])
+    kept = pairs.filter(pa.array(~dropped))
+    extra = _extra_pairs(pairs, keys.extra if extra_positives else np.empty(0, np.int64), n_docs)
+    counts = {
+        **keys.counts,
+        "excluded_candidates": int(excluded.sum()),
+        "unflagged_candidates": unflagged,
+        "dropped_pairs": len(dropped_idx),
+        "extra_positives": extra.num_rows,
+    }
+    logger.info("audit decisions applied: %s", counts)
+    return Feedback(candidates, pa.concat_tables([kept, extra]), dropped_idx, counts)
+
+
+def _clear_confirmed_flags(candidates: pa.Table, confirmed: np.ndarray) -> tuple[pa.Table, int]:
+    """Clear curation's ``flagged_false_negative`` where a reviewer confirmed the negative."""
+    if CURATION_FLAG_COLUMN not in candidates.column_names:
+        return candidates, 0
+    position = candidates.column_names.index(CURATION_FLAG_COLUMN)
+    flag = pc.fill_null(candidates.column(CURATION_FLAG_COLUMN).cast(pa.bool_()), False).to_numpy(zero_copy_only=False)
+    cleared = flag & confirmed
+    return candidates.set_column(position, CURATION_FLAG_COLUMN, pa.array(flag & ~confirmed)), int(cleared.sum())
+
+
+def _check_columns(table: pa.Table, columns: tuple[str, ...], what: str) -> None:
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise InputError(f"{what} table lacks column(s) {', '.join(missing)}")
+
+
+def _with_positions(table: pa.Table, idx_column: str) -> pa.Table:
+    """`table` with its `idx_column`; when absent, row positions are the indices."""
+    if idx_column in table.column_names:
+        return table
+    return table.append_column(idx_column, pa.array(np.arange(table.num_rows, dtype=np.int32)))
+
+
+def _keys(anchor_idx: pa.ChunkedArray, doc_idx: pa.ChunkedArray, n_docs: int) -> np.ndarray:
+    anchor = anchor_idx.to_numpy().astype(np.int64)
+    return anchor * n_docs + doc_idx.to_numpy().astype(np.int64)
+
+
+def _resolve(decisions: pa.Table, *, anchors: pa.Table, docs: pa.Table, pair_keys: np.ndarray, n_docs: int) -> _Keys:
+    """Map decisions' ids to keys and sort them by effect; unknown ids are counted, not fatal."""
+    anchor_of = _index_of(anchors, "anchor_id", "anchor_idx", decisions.column("anchor_id"))
+    doc_of = _index_of(docs, "doc_id", "doc_idx", decisions.column("doc_id"))
+    latest: dict[tuple[str, str], str] = {}
+    for anchor_id, doc_id, decision in zip(*(decisions.column(c).to_pylist() for c in _DECISION_COLUMNS), strict=True):
+        latest[(anchor_id, doc_id)] = decision
+    counts = {"decisions": len(latest), "is_positive": 0, "is_negative": 0, "drop_pair": 0, "skip": 0, "unmatched": 0}
+    effects: dict[str, list[int]] = {"exclude": [], "drop": [], "extra": [], "confirm": []}
+    positives = set(pair_keys.tolist())
+    for (anchor_id, doc_id), decision in latest.items():
+        if decision not in ("is_positive", "is_negative", "drop_pair", "skip"):
+            raise InputError(f"unknown decision {decision!r} for pair ({anchor_id!r}, {doc_id!r})")
+        if anchor_id not in anchor_of or doc_id not in doc_of:
+            counts["unmatched"] += 1
+            continue
+        counts[decision] += 1
+        key = anchor_of[anchor_id] * n_docs + doc_of[doc_id]
+        for effect in _effects(decision, is_pair=key in positives):
+            effects[effect].append(key)
+    counts["applied"] = counts["decisions"] - counts["unmatched"] - counts["skip"]
+    arrays = {name: np.unique(np.asarray(keys, np.int64)) for name, keys in effects.items()}
+    return _Keys(arrays["exclude"], arrays["drop"], arrays["extra"], arrays["confirm"], counts)
+
+
+def _effects(decision: str, *, is_pair: bool) -> tuple[str, ...]:
+    """What a decision does to a (anchor, doc): see the module docstring's table."""
+    if decision == "drop_pair":
+        return ("drop", "exclude")
+    if decision == "is_positive":
+        return () if is_pair else ("exclude", "extra")
+    if decision == "is_negative":
+        return ("drop",) if is_pair else ("confirm",)
+    return ()
+
+
+def _index_of(table: pa.Table, id_column: str, idx_column: str, wanted: pa.ChunkedArray) -> dict[str, int]:
+    """id -> idx for the ids in `wanted` (only those rows are converted to Python)."""
+    ids = table.column(id_column)
+    found = table.filter(pc.is_in(ids, value_set=pc.cast(wanted, ids.type).combine_chunks()))
+    return dict(zip(found.column(id_column).to_pylist(), found.column(idx_column).to_pylist(), strict=True))
+
+
+def _extra_pairs(pairs: pa.Table, keys: np.ndarray, n_docs: int) -> pa.Table:
+    """New positive pairs for `keys`, numbered after the existing pair_idx, other columns null."""
+    start = int(pc.max(pairs.column("pair_idx")).as_py() or 0) + 1 if pairs.num_rows else 0
+    columns = {
+        "pair_idx": np.arange(start, start + len(keys)),
+        "anchor_idx": keys // n_docs,
+        "doc_idx": keys % n_docs,
+    }
+    arrays = [
+        pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(len(keys), f.type) for f in pairs.schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=pairs.schema)
+
+
+def unflag_decided(flagged: pa.Table, decisions: pa.Table) -> tuple[pa.Table, int]:
+    """Remove flagged rows whose pair already has a decision other than ``skip``.
+
+    Args:
+        flagged: a new flagged table (``anchor_id``, ``doc_id``, ...).
+        decisions: effective decisions (``anchor_id``, ``doc_id``, ``decision``).
+
+    Returns:
+        (flagged rows still to review, number removed).
+    """
+    _check_columns(flagged, ("anchor_id", "doc_id"), "flagged")
+    _check_columns(decisions, _DECISION_COLUMNS, "decisions")
+    decided = decisions.filter(pc.not_equal(decisions.column("decision"), "skip"))
+    decided_keys = pc.binary_join_element_wise(decided.column("anchor_id"), decided.column("doc_id"), "\x1f")
+    flagged_keys = pc.binary_join_element_wise(
+        pc.cast(flagged.column("anchor_id"), pa.string()), pc.cast(flagged.column("doc_id"), pa.string()), "\x1f"
+    )
+    resolved = pc.is_in(flagged_keys, value_set=decided_keys.combine_chunks())
+    kept = flagged.filter(pc.invert(resolved))
+    return kept, flagged.num_rows - kept.num_rows
+
+
+def load_decisions(root: str | Path, name: str, *, db_url: str | None = None) -> pa.Table:
+    """The effective decisions of dataset `name`, or an empty table when there is no database.
+
+    Args:
+        root: the datasets root; the default database is ``ROOT/audit.db``.
+        name: the dataset name.
+        db_url: a SQLAlchemy URL overriding the default (else ``$NEGMINER_AUDIT_DB``).
+
+    Example:
+        >>> decisions = load_decisions("datasets", "scifact-sample")  # doctest: +SKIP
+    """
+    from negminer.audit.db import DB_FILE, ENV_DB_URL, default_url, open_db
+    from negminer.audit.queries import DECISIONS_SCHEMA, latest_decisions
+
+    url = db_url or os.environ.get(ENV_DB_URL)
+    if url is None:
+        if not (Path(root) / DB_FILE).exists():
+            return DECISIONS_SCHEMA.empty_table()
+        url = default_url(root)
+    engine = open_db(url)
+    try:
+        return latest_decisions(engine, name)
+    finally:
+        engine.dispose()
+
+
+def feedback_for_dataset(
+    root: str | Path,
+    name: str,
+    tables: dict[str, pa.Table],
+    *,
+    db_url: str | None = None,
+    extra_positives: bool = False,
+) -> Feedback:
+    """:func:`apply_decisions` with dataset `name`'s decisions from the database beside `root`.
+
+    The database is ``ROOT/audit.db``, or `db_url` / ``$NEGMINER_AUDIT_DB``; with none, or no
+    decisions, the tables pass through unchanged and every count is zero.
+
+    Args:
+        root: the datasets root.
+        name: the dataset name (decisions are keyed by it).
+        tables: ``candidates``, ``anchors``, ``docs`` and ``pairs``.
+        db_url: a SQLAlchemy URL overriding the default database.
+        extra_positives: turn documents confirmed relevant into extra positive pairs.
+
+    Example:
+        >>> fb = feedback_for_dataset("datasets", "scifact", tables)  # doctest: +SKIP
+        >>> derive_dataset(fb.candidates, anchors=a, docs=d, pairs=fb.pairs, config=mine)  # doctest: +SKIP
+    """
+    decisions = load_decisions(root, name, db_url=db_url)
+    return apply_decisions(
+        tables["candidates"],
+        decisions,
+        anchors=tables["anchors"],
+        docs=tables["docs"],
+        pairs=tables["pairs"],
+        extra_positives=extra_positives,
+    )
+
+
+def feedback_for_version(
+    version_dir: str | Path,
+    tables: dict[str, pa.Table],
+    *,
+    db_url: str | None = None,
+    extra_positives: bool = False,
+) -> Feedback:
+    """:func:`feedback_for_dataset` for a stored version ``ROOT/NAME/vNNNN`` (``refilter``'s parent)."""
+    version_dir = Path(version_dir).resolve()
+    return feedback_for_dataset(
+        version_dir.parent.parent, version_dir.parent.name, tables, db_url=db_url, extra_positives=extra_positives
+    )
+
+
+def feedback_for_work_dir(
+    work_dir: str | Path,
+    tables: dict[str, pa.Table],
+    *,
+    db_url: str | None = None,
+    extra_positives: bool = False,
+) -> Feedback:
+    """:func:`feedback_for_dataset` for a run's work folder ``ROOT/NAME/.work/KEY`` (the select stage).
+
+    A work folder laid out otherwise names no dataset: the tables pass through unchanged.
+    """
+    work_dir = Path(work_dir).resolve()
+    if work_dir.parent.name != ".work":
+        logger.debug("%s is not ROOT/NAME/.work/KEY: no audit decisions applied", work_dir)
+        return Feedback(tables["candidates"], tables["pairs"], np.empty(0, np.int64), dict.fromkeys(_ZERO_COUNTS, 0))
+    return feedback_for_dataset(
+        work_dir.parents[2], work_dir.parents[1].name, tables, db_url=db_url, extra_positives=extra_positives
+    )
