@@ -1,47 +1,98 @@
-"""The `mine` flow: read → embed → search → select → write, one task per stage.
+"""The `mine` flow: read → embed → index → search → strategy → (curate) → write → report.
 
-Tasks are thin adapters over :mod:`negminer.stages`; they pass paths and small dicts, never
-arrays, models or texts.
+One task per stage, each a thin adapter over :mod:`negminer.stages`; tasks pass paths and
+small dicts, never arrays, models or texts. Embedding is planned once, then mapped over
+shards of the texts the store lacks (each shard is a unit of caching, retry and resume).
+
+Caching: the stages that later runs reuse (read, embed, index, search) cache on
+``INPUTS + TASK_SOURCE`` with their small results persisted inside the run's work folder,
+which is keyed by the inputs' content; removing the folder (``gc``, pruning) drops its cache
+entries with it, so a cache hit always points at files that exist. Strategy, write and report
+run every time. Retries are for I/O errors only (:class:`StorageError`, transient
+``OSError``), never for bad input or configuration.
 """
 
+import re
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import Task, flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from negminer import stages
 from negminer.config import EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
+from negminer.errors import NegminerError, StorageError
+from negminer.storage.retention import work_lock
+
+# The parent run's work folder only says where an index may be extended from: the index
+# built either way is the same, so it is not part of the cache key.
+REUSED = (INPUTS - "parent") + TASK_SOURCE
+RESULTS_FOLDER = ".results"
 
 
-@task(name="read", cache_policy=NO_CACHE)
+def retry_on_io_error(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry a failed task only when it failed on I/O that may succeed on a second try."""
+    try:
+        state.result()
+    except StorageError:
+        return True
+    except NegminerError:
+        return False
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    except Exception:  # any other failure is a bug or bad input: never retried
+        return False
+    return False
+
+
+IO_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": retry_on_io_error}
+PERSISTED: dict[str, Any] = {"cache_policy": REUSED, "persist_result": True, "result_serializer": "json"}
+
+
+@task(name="read", **PERSISTED, **IO_RETRIES)
 def read_task(pairs: str, corpus: str | None, work_dir: str, config: InputConfig) -> dict[str, Any]:
     return stages.read_stage(pairs, corpus, work_dir, config=config)
 
 
-@task(name="embed", cache_policy=NO_CACHE)
+@task(name="embed-plan", **PERSISTED, **IO_RETRIES)
+def embed_plan_task(work_dir: str, config: EmbedConfig, store_root: str) -> dict[str, Any]:
+    return stages.embed_plan_stage(work_dir, config=config, store_root=store_root)
+
+
+@task(name="embed-shard", **PERSISTED, **IO_RETRIES)
+def embed_shard_task(shard: dict[str, Any], config: EmbedConfig, store_root: str) -> dict[str, Any]:
+    return stages.embed_shard_stage(shard, config=config, store_root=store_root)
+
+
+@task(name="embed", **PERSISTED, **IO_RETRIES)
 def embed_task(work_dir: str, config: EmbedConfig, store_root: str) -> dict[str, Any]:
-    return stages.embed_stage(work_dir, config=config, store_root=store_root)
+    return stages.embed_assemble_stage(work_dir, config=config, store_root=store_root)
 
 
-@task(name="search", cache_policy=NO_CACHE)
-def search_task(work_dir: str, config: MineConfig, index_config: IndexConfig) -> dict[str, Any]:
-    return stages.search_stage(work_dir, config=config, index_config=index_config)
+@task(name="index", **PERSISTED, **IO_RETRIES)
+def index_task(work_dir: str, config: IndexConfig, mine: MineConfig, parent: str | None) -> dict[str, Any]:
+    return stages.index_stage(work_dir, config=config, mine=mine, parent=parent)
 
 
-@task(name="select", cache_policy=NO_CACHE)
-def select_task(work_dir: str, candidates: str, config: MineConfig) -> dict[str, Any]:
+@task(name="search", **PERSISTED, **IO_RETRIES)
+def search_task(work_dir: str, config: MineConfig, index_config: IndexConfig, index: dict[str, Any]) -> dict[str, Any]:
+    return stages.search_stage(work_dir, config=config, index_config=index_config, index_ref=index)
+
+
+@task(name="strategy", cache_policy=NO_CACHE)
+def strategy_task(work_dir: str, candidates: str, config: MineConfig) -> dict[str, Any]:
     return stages.select_stage(work_dir, candidates, config=config)
 
 
-@task(name="write", cache_policy=NO_CACHE)
-def write_task(
-    work_dir: str,
-    root: str,
-    name: str,
-    config: PipelineConfig,
-    refs: dict[str, dict[str, Any]],
-) -> str:
+@task(name="write", cache_policy=NO_CACHE, **IO_RETRIES)
+def write_task(work_dir: str, root: str, name: str, config: PipelineConfig, refs: dict[str, Any]) -> str:
     return stages.write_stage(
         work_dir,
         root,
@@ -50,11 +101,80 @@ def write_task(
         read_ref=refs["read"],
         embed_ref=refs["embed"],
         search_ref=refs["search"],
-        select_ref=refs["select"],
+        select_ref=refs["strategy"],
+        curate_ref=refs.get("curate"),
     )
 
 
-@flow(name="negminer-mine", log_prints=False)
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(version: str, name: str, timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Publish the run's markdown summary, its top flagged pairs and a link to the version."""
+    report = stages.report_stage(version, timings=timings)
+    key = artifact_key(name)
+    create_markdown_artifact(markdown=report["markdown"], key=f"{key}-report", description=f"negminer run {version}")
+    create_table_artifact(
+        table=report["flagged"],
+        key=f"{key}-flagged",
+        description=f"top {len(report['flagged'])} of {report['flagged_total']} flagged pairs (lowest quality first)",
+    )
+    create_link_artifact(link=report["link"], link_text=version, key=f"{key}-version", description="dataset version")
+    return {"version": version, "flagged": report["flagged_total"]}
+
+
+def artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "negminer-" + (re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "dataset")
+
+
+class _Tasks(NamedTuple):
+    read: Task
+    embed_plan: Task
+    embed_shard: Task
+    embed: Task
+    index: Task
+    search: Task
+
+
+def _cached_in(work_dir: Path) -> _Tasks:
+    """The reusable tasks with their results persisted in the run's work folder."""
+    storage = work_dir / RESULTS_FOLDER
+    tasks = (read_task, embed_plan_task, embed_shard_task, embed_task, index_task, search_task)
+    return _Tasks(*(t.with_options(result_storage=storage) for t in tasks))
+
+
+class _Clock:
+    """Wall time per stage, and whether Prefect served it from cache, for the run report."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, dict[str, Any]] = {}
+
+    def run(self, stage: str, task_: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        state = task_(*args, return_state=True, **kwargs)
+        result = state.result()
+        self.add(stage, time.perf_counter() - start, cached=state.name == "Cached")
+        return result
+
+    def add(self, stage: str, seconds: float, *, cached: bool) -> None:
+        self.timings[stage] = {"seconds": round(seconds, 3), "cached": cached}
+
+
+def _embed(tasks: _Tasks, work_dir: str, config: EmbedConfig, store_root: str, clock: _Clock) -> dict[str, Any]:
+    plan = clock.run("embed-plan", tasks.embed_plan, work_dir, config, store_root)
+    start = time.perf_counter()
+    futures = tasks.embed_shard.map(plan["shards"], unmapped(config), unmapped(store_root))
+    done = [future.result() for future in futures]
+    cached = bool(futures) and all(f.state.name == "Cached" for f in futures)
+    clock.add(f"embed-shards ({len(done)})", time.perf_counter() - start, cached=cached)
+    return clock.run("embed", tasks.embed, work_dir, config, store_root)
+
+
+@flow(
+    name="negminer-mine",
+    flow_run_name="mine-{name}",
+    task_runner=ThreadPoolTaskRunner(max_workers=1),  # one model per process: shards run in turn
+    log_prints=False,
+)
 def mine_flow(
     pairs: str,
     out: str,
@@ -65,14 +185,23 @@ def mine_flow(
 ) -> str:
     """Mine hard negatives for `pairs` (against `corpus`) into a new version of `out`/`name`."""
     logger = get_run_logger()
-    work_dir = str(stages.work_dir_for(out, name, pairs=pairs, corpus=corpus, config=config))
+    work_dir = stages.work_dir_for(out, name, pairs=pairs, corpus=corpus, config=config)
     store_root = store or str(Path(out) / ".embeddings")
-    read_ref = read_task(pairs, corpus, work_dir, config.input)
-    logger.info("read %s", read_ref["counts"])
-    embed_ref = embed_task(work_dir, config.embed, store_root)
-    logger.info("embedded %s", embed_ref["embedding"])
-    search_ref = search_task(work_dir, config.mine, config.index)
-    select_ref = select_task(work_dir, search_ref["candidates"], config.mine)
-    logger.info("selected %s", select_ref["counts"])
-    refs = {"read": read_ref, "embed": embed_ref, "search": search_ref, "select": select_ref}
-    return write_task(work_dir, out, name, config, refs)
+    clock = _Clock()
+    with work_lock(work_dir):
+        tasks, w = _cached_in(work_dir), str(work_dir)
+        read_ref = clock.run("read", tasks.read, pairs, corpus, w, config.input)
+        logger.info("read %s", read_ref["counts"])
+        embed_ref = _embed(tasks, w, config.embed, store_root, clock)
+        logger.info("embedded %s", embed_ref["embedding"])
+        parent = stages.parent_work_dir(out, name)
+        index_ref = clock.run("index", tasks.index, w, config.index, config.mine, parent=parent)
+        search_ref = clock.run("search", tasks.search, w, config.mine, config.index, index_ref)
+        strategy_ref = clock.run("strategy", strategy_task, w, search_ref["candidates"], config.mine)
+        logger.info("selected %s", strategy_ref["counts"])
+        refs = {"read": read_ref, "embed": embed_ref, "search": search_ref, "strategy": strategy_ref}
+        # curate: the curation stage runs here; its reference goes to write as refs["curate"]
+        # ({"tables": {"flagged": path, ...}, "counts": {"flagged_by_kind": {...}, ...}}).
+        version = clock.run("write", write_task, w, out, name, config, refs)
+    clock.run("report", report_task, version, name, dict(clock.timings))
+    return version

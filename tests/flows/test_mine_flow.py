@@ -1,59 +1,159 @@
-"""The `mine` flow against a real Prefect server (prefect_test_harness)."""
+"""The `mine` flow against a real Prefect server (prefect_test_harness): task structure, cache
+reuse across runs, incremental embedding, artifacts."""
 
 from __future__ import annotations
 
 import json
+import time
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def small_inputs(sample_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
-    """30 sample pairs and 120 docs (their positives included) as JSONL and CSV."""
-    import pyarrow.csv as pcsv
-
-    folder = tmp_path_factory.mktemp("small")
-    pairs = pq.read_table(sample_dir / "pairs.parquet").slice(0, 30)
-    corpus = pq.read_table(sample_dir / "corpus.parquet")
-    wanted = set(pairs.column("positive_id").to_pylist())
-    rows = [r for r in corpus.to_pylist() if r["id"] in wanted]
-    rows += [r for r in corpus.to_pylist() if r["id"] not in wanted][: 120 - len(rows)]
-    with (folder / "pairs.jsonl").open("w") as handle:
-        for row in pairs.to_pylist():
-            handle.write(json.dumps(row) + "\n")
-    import pyarrow as pa
-
-    pcsv.write_csv(pa.Table.from_pylist(rows), folder / "corpus.csv")
-    return folder / "pairs.jsonl", folder / "corpus.csv"
-
-
-def test_mine_flow_runs_on_prefect_server(prefect_harness, small_inputs, store_root, tmp_path) -> None:
-    from prefect import get_client
-
+def run_flow(inputs: dict[str, Path], pairs: str, out: Path, store: Path) -> tuple[Path, str]:
     from negminer.config import PipelineConfig
     from negminer.flows.mine import mine_flow
 
-    pairs, corpus = small_inputs
-    config = PipelineConfig.from_dict({"mine": {"num_negatives": 2, "output_format": "n-tuple"}})
+    config = PipelineConfig.from_dict({"embed": {"max_seq_length": 64, "chunk_size": 16}, "mine": {"num_negatives": 2}})
     state = mine_flow(
-        pairs=str(pairs), out=str(tmp_path), name="flowtest", corpus=str(corpus),
-        config=config, store=str(store_root), return_state=True,
+        pairs=str(inputs[pairs]), out=str(out), name="tiny", corpus=str(inputs["corpus"]),
+        config=config, store=str(store), return_state=True,
     )
-    assert state.is_completed()
-    version = Path(state.result())
-    triplets = pq.read_table(version / "triplets.parquet")
-    assert triplets.column_names == ["anchor", "positive", "negative_1", "negative_2"]
-    assert triplets.num_rows == pq.read_table(version / "pairs.parquet").num_rows
+    assert state.is_completed(), state
+    return Path(state.result()), str(state.state_details.flow_run_id)
 
-    import asyncio
 
-    async def task_names() -> set[str]:
-        async with get_client() as client:
-            runs = await client.read_task_runs()
-            return {r.name.split("-")[0] for r in runs if r.flow_run_id == state.state_details.flow_run_id}
+def task_states(flow_run_id: str, *, last: str = "report", timeout: float = 60) -> dict[str, list[str]]:
+    """Task name -> final state names of the flow run's task runs.
 
-    assert {"read", "embed", "search", "select", "write"} <= asyncio.run(task_names())
+    Task-run states reach the server as events, a moment after the flow returns: wait until
+    the `last` task is recorded and every run is final.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        states = defaultdict(list)
+        for run in runs:
+            states[run.task_key.rsplit("-", 1)[0].removesuffix("_task")].append(run.state.name if run.state else "")
+        final = all(run.state is not None and run.state.is_final() for run in runs)
+        if (last in states and final) or time.monotonic() > deadline:
+            return dict(states)
+        time.sleep(0.5)
+
+
+def manifest(version: Path) -> dict:
+    return json.loads((version / "manifest.json").read_text())
+
+
+def store_rows(store: Path) -> int:
+    return sum(len(np.load(p)) for p in store.glob("*/shard-*.keys.npy"))
+
+
+@pytest.fixture(scope="module")
+def two_runs(prefect_harness, tiny_inputs, tmp_path_factory) -> dict:
+    """The same inputs mined twice into one dataset, with a private store."""
+    out, store = tmp_path_factory.mktemp("same"), tmp_path_factory.mktemp("store")
+    first, first_id = run_flow(tiny_inputs, "pairs40", out, store)
+    stored = store_rows(store)
+    second, second_id = run_flow(tiny_inputs, "pairs40", out, store)
+    return {"out": out, "store": store, "first": first, "second": second, "stored_after_first": stored,
+            "first_states": task_states(first_id), "second_states": task_states(second_id),
+            "second_id": second_id}
+
+
+def test_one_task_per_stage_and_shards_are_mapped(two_runs) -> None:
+    states = two_runs["first_states"]
+    stages = {"read", "embed_plan", "embed_shard", "embed", "index", "search", "strategy", "write", "report"}
+    assert stages <= set(states)
+    # 37 anchors + 100 docs, 16 texts per shard
+    assert len(states["embed_shard"]) == 9
+    assert all(s == "Completed" for names in states.values() for s in names)
+
+
+def test_second_run_with_same_inputs_is_served_from_cache(two_runs) -> None:
+    states = two_runs["second_states"]
+    for stage in ("read", "embed_plan", "embed", "index", "search"):
+        assert states[stage] == ["Cached"], (stage, states)
+    assert states.get("strategy") == ["Completed"] and states.get("write") == ["Completed"], states
+    assert "embed_shard" not in states or set(states["embed_shard"]) == {"Cached"}
+    assert store_rows(two_runs["store"]) == two_runs["stored_after_first"]
+    first, second = two_runs["first"], two_runs["second"]
+    assert (first.name, second.name) == ("v0001", "v0002")
+    for name in ("triplets.parquet", "candidates.parquet", "pairs.parquet"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    assert manifest(second)["counts"]["embedding"]["anchors"]["embedded"] == 0
+    changes = manifest(second)["changes"]
+    assert changes["parent"] == "v0001" and changes["triplets"] == {"added": 0, "removed": 0, "kept": 80}
+
+
+def test_five_percent_new_pairs_embed_only_those(two_runs, tiny_inputs) -> None:
+    out, store = two_runs["out"], two_runs["store"]
+    old = pq.read_table(tiny_inputs["pairs40"])
+    new = pq.read_table(tiny_inputs["pairs42"])
+    corpus = set(pq.read_table(tiny_inputs["corpus"]).column("text").to_pylist())
+    new_texts = set(new.column("anchor").to_pylist()) - set(old.column("anchor").to_pylist())
+    new_texts |= set(new.column("positive").to_pylist()) - set(old.column("positive").to_pylist()) - corpus
+    assert new.num_rows - old.num_rows == 2 and len(new_texts) >= 1
+    before = store_rows(store)
+
+    version, flow_run_id = run_flow(tiny_inputs, "pairs42", out, store)
+
+    counts = manifest(version)["counts"]["embedding"]
+    assert counts["anchors"]["embedded"] + counts["docs"]["embedded"] == len(new_texts)
+    assert store_rows(store) - before == len(new_texts)
+    assert task_states(flow_run_id)["embed_shard"] == ["Completed"]  # one shard of new texts
+    index = manifest(version)["index"]
+    assert index["extended_from"] == {"work": manifest(two_runs["second"])["work"]["key"], "rows": 100}
+    changes = manifest(version)["changes"]
+    assert changes["pairs"] == {"added": 2, "removed": 0, "kept": 40}
+    assert changes["triplets"]["added"] == 4 and changes["triplets"]["removed"] == 0
+    assert set(changes["score_quantiles_drift"]) == {"negative", "candidate", "positive_retrieved"}
+    # the superseded work folder was pruned; the new one is kept as the next run's cache
+    assert [p.name for p in (out / "tiny" / ".work").iterdir()] == [manifest(version)["work"]["key"]]
+
+
+def test_run_publishes_report_table_and_link(two_runs) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[two_runs["second_id"]]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) == {"negminer-tiny-report", "negminer-tiny-flagged", "negminer-tiny-version"}
+    report = by_key["negminer-tiny-report"].data
+    assert "| triplet_rows | 80 |" in report and "| surplus |" in report
+    assert "## Time per stage" in report and "| embed | " in report and "cached" in report
+    assert "Changes against v0001" in report
+    assert two_runs["second"].as_uri() in by_key["negminer-tiny-version"].data
+    assert by_key["negminer-tiny-flagged"].type == "table"
+
+
+def test_retries_only_io_errors() -> None:
+    from prefect.states import Failed
+
+    from negminer.errors import ConfigError, InputError, StorageError
+    from negminer.flows.mine import retry_on_io_error
+
+    retried = {type(e).__name__: retry_on_io_error(None, None, Failed(data=e)) for e in (
+        StorageError("disk"), OSError(5, "I/O error"), InputError("bad row"), ConfigError("bad key"),
+        FileNotFoundError("gone"), ValueError("bug"),
+    )}
+    assert retried == {"StorageError": True, "OSError": True, "InputError": False, "ConfigError": False,
+                       "FileNotFoundError": False, "ValueError": False}
+
+
+def test_artifact_keys_are_valid() -> None:
+    from negminer.flows.mine import artifact_key
+
+    assert artifact_key("SciFact_sample.v2") == "negminer-scifact-sample-v2"

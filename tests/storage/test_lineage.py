@@ -1,0 +1,66 @@
+"""What changed against the parent version, and the per-version summaries `negminer runs` prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from negminer.storage.lineage import quantile_drift, version_changes, version_summaries
+from negminer.storage.versions import write_version
+
+
+def tables(pairs: list[tuple[str, str]], triplets: list[tuple[str, str, str]], docs: list[str]) -> dict[str, pa.Table]:
+    anchors = sorted({a for a, _ in pairs})
+    return {
+        "triplets": pa.table({k: [t[i] for t in triplets] for i, k in enumerate(("anchor", "positive", "negative"))}),
+        "anchors": pa.table({"anchor_idx": list(range(len(anchors))), "anchor_id": anchors}),
+        "docs": pa.table({"doc_idx": list(range(len(docs))), "doc_id": docs}),
+        "pairs": pa.table(
+            {"anchor_idx": [anchors.index(a) for a, _ in pairs], "doc_idx": [docs.index(d) for _, d in pairs]}
+        ),
+    }
+
+
+def test_changes_count_rows_added_removed_and_quantile_drift(tmp_path: Path) -> None:
+    old = tables(
+        [("q1", "d1"), ("q2", "d2")], [("a", "p", "n1"), ("a", "p", "n1"), ("b", "p", "n2")], ["d1", "d2", "d3"]
+    )
+    quantiles = {"score_quantiles": {"negative": {"q50": 0.5, "q95": 0.7}}}
+    parent = write_version(tmp_path, "ds", tables=old, manifest=quantiles)
+    new = tables([("q1", "d1"), ("q3", "d4")], [("a", "p", "n1"), ("b", "p", "n2"), ("c", "p", "n3")],
+                 ["d1", "d2", "d3", "d4"])
+
+    changes = version_changes(parent, tables=new, score_quantiles={"negative": {"q50": 0.55, "q99": 0.9}})
+
+    assert changes["parent"] == "v0001"
+    assert changes["triplets"] == {"added": 1, "removed": 1, "kept": 2}  # one duplicate row of the parent dropped
+    assert changes["pairs"] == {"added": 1, "removed": 1, "kept": 1}
+    assert changes["docs"] == {"added": 1, "removed": 0, "kept": 3}
+    assert changes["score_quantiles_drift"] == {"negative": {"q50": 0.05}}
+
+
+def test_first_version_has_no_changes() -> None:
+    assert version_changes(None, tables={}, score_quantiles={}) is None
+
+
+def test_quantile_drift_skips_kinds_and_quantiles_missing_on_one_side() -> None:
+    old = {"negative": {"q01": 0.1}, "candidate": {"q50": 0.3}}
+    drift = quantile_drift(old, {"negative": {"q01": 0.25, "q50": 0.4}, "positive": {"q50": 1.0}})
+    assert drift == {"negative": {"q01": 0.15}}
+
+
+def test_summaries_list_versions_with_counts_and_latest(tmp_path: Path) -> None:
+    t = tables([("q1", "d1")], [("a", "p", "n")], ["d1"])
+    counts = {"pairs": 1, "triplet_rows": 1, "negatives": 1, "rejected_rows": 0,
+              "embedding": {"anchors": {"embedded": 1}, "docs": {"embedded": 2}}}
+    write_version(tmp_path, "ds", tables=t, manifest={"counts": counts})
+    changes = {"triplets": {"added": 0, "removed": 0}}
+    write_version(tmp_path, "ds", tables=t, manifest={"counts": counts, "changes": changes})
+
+    summaries = version_summaries(tmp_path / "ds")
+
+    assert [(s.version, s.parent, s.latest) for s in summaries] == [("v0001", None, False), ("v0002", "v0001", True)]
+    assert summaries[0].embedded == 3 and summaries[0].added is None
+    assert (summaries[1].pairs, summaries[1].triplet_rows, summaries[1].added) == (1, 1, 0)
+    assert version_summaries(tmp_path / "missing") == []

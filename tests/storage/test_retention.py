@@ -1,0 +1,124 @@
+"""Retention: gc keeps the newest versions and LATEST, removes embeddings only removed versions
+used, never a shard another dataset or a running flow needs; stale staging and idle work folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from negminer.errors import StorageError
+from negminer.storage.retention import collect_garbage, prune_work_dirs, work_lock
+from negminer.storage.versions import LATEST, list_versions, remove_stale_staging, write_version
+
+FOLDER = "model-fp"
+
+
+def make_shard(root: Path, name: str) -> None:
+    folder = root / ".embeddings" / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in (".keys.npy", ".vec.npy", ".len.npy"):
+        np.save(folder / f"{name}{suffix}", np.zeros((2, 4), np.float32))
+
+
+def shards(root: Path) -> set[str]:
+    return {p.name.removesuffix(".keys.npy") for p in (root / ".embeddings" / FOLDER).glob("*.keys.npy")}
+
+
+def version(root: Path, name: str, shard_names: list[str], work: str) -> str:
+    (root / name / ".work" / work).mkdir(parents=True, exist_ok=True)
+    entry = {"path": ".embeddings", "folder": FOLDER, "shards": shard_names}
+    manifest = {"embedding_store": entry, "work": {"key": work}}
+    return write_version(root, name, tables={"triplets": pa.table({"a": [1]})}, manifest=manifest).name
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for shard in ("shard-a", "shard-b", "shard-c", "shard-d", "shard-other", "shard-unnamed"):
+        make_shard(tmp_path, shard)
+    version(tmp_path, "ds", ["shard-a", "shard-b"], "w1")
+    version(tmp_path, "ds", ["shard-b", "shard-c", "shard-other"], "w2")
+    version(tmp_path, "ds", ["shard-b", "shard-d"], "w3")
+    version(tmp_path, "other", ["shard-other"], "x1")
+    return tmp_path
+
+
+def test_gc_removes_old_versions_and_only_their_embeddings(root: Path) -> None:
+    result = collect_garbage(root, "ds", keep=1)
+
+    assert result.versions == ["v0001", "v0002"]
+    assert list_versions(root / "ds") == ["v0003"]
+    # a and c were used only by removed versions; b and d by v0003; "other" by another dataset
+    assert shards(root) == {"shard-b", "shard-d", "shard-other", "shard-unnamed"}
+    assert not list((root / ".embeddings" / FOLDER).glob("shard-a.*"))
+    assert sorted(result.work_dirs) == ["w1", "w2"]
+    assert sorted(p.name for p in (root / "ds" / ".work").iterdir()) == ["w3"]
+    assert result.bytes_freed > 0
+
+
+def test_gc_dry_run_removes_nothing(root: Path) -> None:
+    result = collect_garbage(root, "ds", keep=1, dry_run=True)
+
+    assert result.versions == ["v0001", "v0002"] and len(result.shards) == 2
+    assert list_versions(root / "ds") == ["v0001", "v0002", "v0003"]
+    assert len(shards(root)) == 6
+
+
+def test_gc_never_removes_latest(root: Path) -> None:
+    (root / "ds" / LATEST).write_text("v0001\n")  # rolled back by hand
+
+    collect_garbage(root, "ds", keep=1)
+
+    assert list_versions(root / "ds") == ["v0001", "v0003"]
+    assert "shard-a" in shards(root) and "shard-c" not in shards(root)
+
+
+def test_gc_keeps_work_folders_in_use(root: Path) -> None:
+    with work_lock(root / "ds" / ".work" / "w1"):
+        result = collect_garbage(root, "ds", keep=1)
+    assert result.work_dirs == ["w2"]
+    assert (root / "ds" / ".work" / "w1").is_dir()
+
+
+def test_gc_keeps_shards_a_running_flow_has_assembled(root: Path) -> None:
+    work = root / "ds" / ".work" / "running"
+    work.mkdir()
+    (work / "embed.json").write_text(json.dumps(
+        {"store": {"root": str(root / ".embeddings"), "folder": FOLDER, "shards": ["shard-a"]}}
+    ))
+    with work_lock(work):
+        collect_garbage(root, "ds", keep=1)
+    assert "shard-a" in shards(root) and "shard-c" not in shards(root)
+
+
+def test_gc_rejects_keep_below_one(root: Path) -> None:
+    with pytest.raises(StorageError, match="--keep"):
+        collect_garbage(root, "ds", keep=0)
+    with pytest.raises(StorageError, match="no such dataset"):
+        collect_garbage(root, "missing", keep=1)
+
+
+def test_prune_skips_kept_and_busy_work_folders(tmp_path: Path) -> None:
+    for key in ("a", "b", "c"):
+        (tmp_path / "ds" / ".work" / key).mkdir(parents=True)
+    with work_lock(tmp_path / "ds" / ".work" / "b"):
+        removed = prune_work_dirs(tmp_path / "ds", keep={"a"})
+    assert [p.name for p in removed] == ["c"]
+    assert sorted(p.name for p in (tmp_path / "ds" / ".work").iterdir()) == ["a", "b"]
+
+
+def test_stale_staging_of_dead_writers_is_removed(tmp_path: Path) -> None:
+    host = socket.gethostname()
+    dead = tmp_path / f".staging-{host}-999999999-0123456789ab"  # above any pid_max: no such process
+    alive = tmp_path / f".staging-{host}-{os.getpid()}-ba9876543210"
+    for path in (dead, alive):
+        path.mkdir()
+        (path / "triplets.parquet").write_bytes(b"partial")
+
+    assert remove_stale_staging(tmp_path) == [dead]
+    assert alive.is_dir() and not dead.exists()
