@@ -14,9 +14,11 @@ from typing import Annotated
 
 import typer
 
+from negminer.audit.cli import audit_app
 from negminer.errors import NegminerError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hard-negative mining and curation.")
+app.add_typer(audit_app, name="audit")
 
 _OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -24,6 +26,8 @@ _OFFLINE_ENV = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
+    # Prefect's temporary server needs ~13 s on a new database, more on a busy machine (default 20 s).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
@@ -42,6 +46,12 @@ def _main(
     os.environ["NEGMINER_DEBUG"] = "1" if debug else ""
 
 
+_STRATEGY_HELP = (
+    "Preset: naive, positive-aware, semi-hard, calibrated or simans (docs/strategies.md); "
+    "options set in --config override it."
+)
+
+
 @app.command()
 def mine(
     pairs: Annotated[Path, typer.Argument(help="Pairs file (Parquet/JSONL/CSV) or folder of Parquet files.")],
@@ -52,11 +62,12 @@ def mine(
     num_negatives: Annotated[int | None, typer.Option("--num-negatives", help="Negatives per anchor.")] = None,
     model: Annotated[str | None, typer.Option("--model", help="Local sentence-transformers folder.")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="Embedding store (default ROOT/.embeddings).")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", help=_STRATEGY_HELP)] = None,
 ) -> None:
     """Embed, mine hard negatives and write a dataset version; prints its path last."""
     from negminer.config import PipelineConfig
 
-    overrides = {"mine.num_negatives": num_negatives, "embed.model": model}
+    overrides = {"mine.num_negatives": num_negatives, "embed.model": model, "mine.strategy": strategy}
     pipeline = (
         PipelineConfig.from_yaml(config, **overrides)
         if config
@@ -89,6 +100,84 @@ def verify(
     if problems:
         raise StorageError(f"{version}: " + "; ".join(problems))
     typer.echo(f"ok {version}")
+
+
+@app.command()
+def refilter(
+    version: Annotated[Path, typer.Argument(help="A dataset version folder (ROOT/NAME/VERSION).")],
+    config: Annotated[Path | None, typer.Option("--config", help="YAML config; its mine section is used.")] = None,
+    strategy: Annotated[str | None, typer.Option("--strategy", help=_STRATEGY_HELP)] = None,
+    num_negatives: Annotated[int | None, typer.Option("--num-negatives", help="Negatives per anchor.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Datasets root (default: the parent's).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Dataset name (default: the parent's).")] = None,
+) -> None:
+    """Derive a new version from VERSION's stored candidates, without embedding or searching; prints its path last."""
+    from negminer.refilter import refilter as refilter_version
+    from negminer.refilter import refilter_config
+
+    settings = refilter_config(version, config, strategy=strategy, num_negatives=num_negatives)
+    result = refilter_version(version, mine=settings, root=out, name=name)
+    typer.echo(f"{result.counts['negatives']} negatives, {result.counts['anchors_short']} anchors short, "
+               f"{result.seconds:.2f} s", err=True)
+    typer.echo(str(result.path))
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", help="YAML file: pipeline sections plus run (pairs, out, name).")],
+    cron: Annotated[str | None, typer.Option("--cron", help='Cron string, e.g. "0 3 * * *".')] = None,
+    timezone: Annotated[str | None, typer.Option("--timezone", help="IANA time zone (default UTC).")] = None,
+    deployment: Annotated[str | None, typer.Option("--deployment", help="Deployment name.")] = None,
+) -> None:
+    """Create a Prefect deployment of `mine` on a cron schedule and serve it (needs PREFECT_API_URL)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        typer.echo("warning: PREFECT_API_URL is not set: the temporary server has no scheduler, "
+                   "so scheduled runs will not be created (run `prefect server start`)", err=True)
+    from negminer.flows.serve import serve_mine
+
+    serve_mine(config, cron=cron, timezone=timezone, deployment=deployment)
+
+
+@app.command()
+def runs(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    out: Annotated[Path, typer.Option("--out", help="Datasets root folder.")] = Path("datasets"),
+) -> None:
+    """List a dataset's versions with their counts, oldest first (* marks LATEST)."""
+    from negminer.errors import StorageError
+    from negminer.storage.lineage import version_summaries
+
+    summaries = version_summaries(out / name)
+    if not summaries:
+        raise StorageError(f"{out / name}: no complete versions")
+    header = ("version", "created_at", "parent", "pairs", "triplets", "negatives", "rejected", "embedded",
+              "+rows", "-rows")
+    rows = [
+        (f"{s.version}{' *' if s.latest else ''}", s.created_at, s.parent, s.pairs, s.triplet_rows,
+         s.negatives, s.rejected, s.embedded, s.added, s.removed)
+        for s in summaries
+    ]
+    cells = [[("-" if v is None else str(v)) for v in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@app.command()
+def gc(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    keep: Annotated[int, typer.Option("--keep", help="Newest versions to keep (LATEST is always kept).")],
+    out: Annotated[Path, typer.Option("--out", help="Datasets root folder.")] = Path("datasets"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be removed.")] = False,
+) -> None:
+    """Remove old versions, the stored embeddings only they used, and idle work folders."""
+    from negminer.storage.retention import collect_garbage
+
+    result = collect_garbage(out, name, keep=keep, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} {len(result.versions)} version(s) {' '.join(result.versions)}".rstrip())
+    typer.echo(f"{verb} {len(result.shards)} embedding shard(s), {len(result.work_dirs)} work folder(s), "
+               f"{len(result.staging)} stale staging folder(s): {result.bytes_freed / 1e6:.1f} MB")
 
 
 def _default_name(pairs: Path) -> str:

@@ -20,8 +20,40 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from negminer.errors import ConfigError
 
 OnBadRows = Literal["fail", "quarantine"]
-SamplingStrategy = Literal["top", "random"]
-OutputFormat = Literal["triplet", "n-tuple"]
+CurationAction = Literal["drop", "quarantine", "keep"]
+CurationClassifier = Literal["hist_gradient_boosting", "logistic_regression"]
+CurationIssueRule = Literal["confident_joint", "find_label_issues"]
+SamplingStrategy = Literal["top", "random", "simans"]
+OutputFormat = Literal["triplet", "n-tuple", "labeled-pair", "labeled-list"]
+StrategyName = Literal["naive", "positive-aware", "semi-hard", "calibrated", "simans"]
+
+# Every selection setting a preset fixes; options not named here (num_negatives, seed,
+# output_format, search_depth, ...) keep their own defaults. See docs/strategies.md.
+_SELECTION_OFF: dict[str, Any] = {
+    "range_min": 0,
+    "range_max": None,
+    "min_score": None,
+    "max_score": None,
+    "min_score_percentile": None,
+    "max_score_percentile": None,
+    "absolute_margin": None,
+    "relative_margin": None,
+    "semi_hard_margin": None,
+    "sampling_strategy": "top",
+}
+STRATEGY_PRESETS: dict[str, dict[str, Any]] = {
+    # sentence-transformers' mine_hard_negatives defaults: the top-k non-positives.
+    "naive": {**_SELECTION_OFF},
+    # NV-Retriever TopK-PercPos (95%): negatives at most 95% of the positive's score.
+    "positive-aware": {**_SELECTION_OFF, "relative_margin": 0.05},
+    # FaceNet semi-hard (alpha 0.2 on squared distances = 0.1 cosine), sampled at random.
+    "semi-hard": {**_SELECTION_OFF, "semi_hard_margin": 0.1, "sampling_strategy": "random"},
+    # Below the 75th percentile of this run's positive scores: portable across score scales.
+    "calibrated": {**_SELECTION_OFF, "max_score_percentile": 75.0},
+    # SimANS: weight exp(-a·(score − positive − b)²), peaked 0.1 below the positive. The
+    # defaults of MineConfig (docs/strategies.md: lowest FN rate at full coverage).
+    "simans": {**_SELECTION_OFF, "sampling_strategy": "simans", "simans_a": 50.0, "simans_b": -0.1},
+}
 
 
 class _Frozen(BaseModel):
@@ -57,11 +89,33 @@ class EmbedConfig(_Frozen):
     chunk_size: int = Field(
         4096, ge=1, description="Texts embedded per stored shard (the unit of resume)."
     )
+    anchor_vectors: str | None = Field(
+        None, description="Precomputed anchor vectors (Parquet id+embedding, or .npz ids+vectors) instead of a model."
+    )
+    doc_vectors: str | None = Field(None, description="Precomputed doc vectors, the same formats; needs anchor_vectors.")
+
+    @model_validator(mode="after")
+    def _check_precomputed(self) -> EmbedConfig:
+        if (self.anchor_vectors is None) != (self.doc_vectors is None):
+            raise ValueError("anchor_vectors and doc_vectors are given together or not at all")
+        return self
+
+    @property
+    def precomputed(self) -> bool:
+        return self.anchor_vectors is not None
 
 
 class MineConfig(_Frozen):
-    """How candidates are retrieved and negatives chosen (sentence-transformers' names)."""
+    """How candidates are retrieved and negatives chosen (sentence-transformers' names).
 
+    ``strategy`` names a preset from :data:`STRATEGY_PRESETS`; options given explicitly
+    (in the YAML file or on the command line) override the preset's values. Without a preset
+    the defaults equal the ``simans`` preset (``naive`` gives sentence-transformers' top-k).
+    """
+
+    strategy: StrategyName | None = Field(
+        None, description="Named preset of selection settings; explicit options override it."
+    )
     num_negatives: int = Field(3, ge=1)
     search_depth: int = Field(
         100, ge=1, description="Candidates retrieved per anchor (before excluding positives)."
@@ -72,12 +126,37 @@ class MineConfig(_Frozen):
     )
     min_score: float | None = None
     max_score: float | None = None
+    min_score_percentile: float | None = Field(
+        None, ge=0, le=100, description="min_score as a percentile of this run's positive scores."
+    )
+    max_score_percentile: float | None = Field(
+        None, ge=0, le=100, description="max_score as a percentile of this run's positive scores."
+    )
     absolute_margin: float | None = Field(None, ge=0)
     relative_margin: float | None = Field(None, ge=0, lt=1)
-    sampling_strategy: SamplingStrategy = "top"
+    semi_hard_margin: float | None = Field(
+        None, gt=0, description="Keep positive − m <= score < positive (FaceNet semi-hard)."
+    )
+    sampling_strategy: SamplingStrategy = Field(
+        "simans", description="top, random or simans; the default is chosen in docs/strategies.md."
+    )
+    simans_a: float = Field(
+        50.0, gt=0, description="SimANS sharpness a in exp(-a·(score − positive − b)²)."
+    )
+    simans_b: float = Field(-0.1, description="SimANS offset b: the peak sits at positive + b.")
     output_format: OutputFormat = "triplet"
+    output_scores: bool = Field(
+        False, description="Also write scored.parquet: the training view plus a scores column."
+    )
     seed: int = 12
     search_batch_size: int = Field(4096, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("strategy") in STRATEGY_PRESETS:
+            return {**STRATEGY_PRESETS[data["strategy"]], **data}
+        return data
 
     @model_validator(mode="after")
     def _check_ranges(self) -> MineConfig:
@@ -87,21 +166,124 @@ class MineConfig(_Frozen):
             raise ValueError(
                 f"range_max ({self.range_max}) must be <= search_depth ({self.search_depth})"
             )
-        if (
-            self.min_score is not None
-            and self.max_score is not None
-            and self.min_score >= self.max_score
-        ):
-            raise ValueError(f"min_score ({self.min_score}) must be < max_score ({self.max_score})")
+        _check_bounds("min_score", self.min_score, "max_score", self.max_score)
+        _check_bounds(
+            "min_score_percentile",
+            self.min_score_percentile,
+            "max_score_percentile",
+            self.max_score_percentile,
+        )
         return self
 
 
+def _check_bounds(low_name: str, low: float | None, high_name: str, high: float | None) -> None:
+    if low is not None and high is not None and low >= high:
+        raise ValueError(f"{low_name} ({low}) must be < {high_name} ({high})")
+
+
+class CurateConfig(_Frozen):
+    """Confident-learning curation of the candidate pairs (see docs/curation.md).
+
+    Each (anchor, document) pair is a binary example: given positives are label 1, mined
+    candidates label 0. Out-of-sample probabilities from anchor-grouped cross-validation go
+    to cleanlab; flagged pairs are acted on by the policy of their kind.
+    """
+
+    enabled: bool = Field(True, description="Run the curation stage between search and select.")
+    max_rank: int = Field(
+        100, ge=1, description="Candidates with raw rank below this are scored and can be flagged."
+    )
+    tail_samples: int = Field(
+        50, ge=0, description="Random documents per anchor from outside the window, as label-0 rows."
+    )
+    n_splits: int = Field(5, ge=2, description="Folds of the anchor-grouped cross-validation.")
+    classifier: CurationClassifier = "logistic_regression"
+    neighbor_anchors: int = Field(
+        32, ge=1, description="Nearest other anchors used by the neighbourhood features."
+    )
+    cross_anchor: bool = Field(
+        False,
+        description="Add features from other anchors' positives (is the document a positive of a "
+        "similar anchor?). Sound when each anchor's positives were chosen independently; off by "
+        "default because a positive shared by many anchors makes them learn popularity.",
+    )
+    second_view: bool = Field(
+        True, description="Adjust candidates' relevance by their similarity to the anchor's positives (EM)."
+    )
+    false_negative_quantile: float | None = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="Also flag a candidate whose relevance reaches this quantile of the relevance "
+        "of the given positives in the window: lower flags more (None: cleanlab's flags only).",
+    )
+    near_duplicate_threshold: float = Field(
+        0.95, gt=0, le=1, description="Cosine to a positive at or above which a candidate is a near-duplicate."
+    )
+    false_negative_action: CurationAction = "drop"
+    false_positive_action: CurationAction = "quarantine"
+    near_duplicate_action: CurationAction = "drop"
+    cross_encoder: str | None = Field(
+        None, description="Local sentence-transformers CrossEncoder folder; adds its score as a feature."
+    )
+    cross_encoder_batch_size: int = Field(64, ge=1)
+    issue_rule: CurationIssueRule = Field(
+        "confident_joint",
+        description="cleanlab verdict that flags a pair: membership of an off-diagonal cell of the "
+        "confident joint, or cleanlab.filter.find_label_issues (which also needs the model to "
+        "prefer the other class).",
+    )
+    batched_above: int = Field(
+        5_000_000, ge=1, description="Rows above which find_label_issues runs batched (find_label_issues rule)."
+    )
+    seed: int = 12
+
+
+class IndexConfig(_Frozen):
+    """Which FAISS index searches the pool: exact up to a size, approximate beyond it."""
+
+    kind: str = Field("auto", description='"auto", "flat", or a FAISS factory string ("IVF4096,Flat", "HNSW32").')
+    exact_max_docs: int = Field(200_000, ge=1, description='"auto" searches exactly up to this many docs.')
+    min_recall: float = Field(0.98, gt=0, le=1, description="Recall@k an approximate index is tuned to reach.")
+    recall_sample: int = Field(1000, ge=10, description="Anchors used to measure recall at run time.")
+    use_gpu: bool | None = Field(None, description="None uses a GPU when faiss sees one.")
+
+
+class RunConfig(_Frozen):
+    """What a deployed (scheduled) run mines: the ``run`` section that ``negminer serve`` reads.
+
+    Relative paths are resolved against the YAML file's folder when the deployment is served.
+    """
+
+    pairs: str = Field(description="Pairs file or folder of Parquet files.")
+    out: str = Field(description="Datasets root folder.")
+    name: str = Field(description="Dataset name: versions go to OUT/NAME/vNNNN.")
+    corpus: str | None = None
+    store: str | None = Field(None, description="Embedding store (default OUT/.embeddings).")
+
+
+class ScheduleConfig(_Frozen):
+    """When ``negminer serve`` runs the deployment (``--cron`` / ``--timezone`` override these)."""
+
+    cron: str | None = Field(None, description='Cron string, e.g. "0 3 * * *" for 03:00 every day.')
+    timezone: str | None = Field(None, description="IANA time zone of the cron string; None is UTC.")
+    deployment: str = Field("nightly", description="Name of the Prefect deployment.")
+
+
 class PipelineConfig(_Frozen):
-    """Everything one mining run needs besides its input paths."""
+    """Everything one mining run needs besides its input paths.
+
+    The optional ``run`` and ``schedule`` sections describe a deployment (``negminer serve``);
+    ``negminer mine`` ignores them.
+    """
 
     input: InputConfig = InputConfig()
     embed: EmbedConfig = EmbedConfig()
     mine: MineConfig = MineConfig()
+    index: IndexConfig = IndexConfig()
+    curate: CurateConfig = CurateConfig()
+    run: RunConfig | None = None
+    schedule: ScheduleConfig | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> PipelineConfig:

@@ -9,10 +9,10 @@ usable, and tested, without Prefect.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import shutil
 import time
 from functools import cache
 from pathlib import Path
@@ -20,17 +20,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from negminer.config import EmbedConfig, InputConfig, MineConfig, PipelineConfig
+from negminer.config import EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
 from negminer.errors import InputError
 from negminer.mining.encoder import embedding_dimension, load_model, model_fingerprint, resolve_model_path
-from negminer.storage.atomic import sha256_file, write_bytes_atomic, write_parquet_atomic
+from negminer.storage.atomic import sha256_file, write_bytes_atomic, write_npy_atomic, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
-
-QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
 def fingerprint_input(path: str | Path | None) -> dict[str, Any] | None:
@@ -56,11 +53,18 @@ def work_dir_for(
         "pairs": fingerprint_input(pairs)["sha256"],
         "corpus": (fingerprint_input(corpus) or {}).get("sha256"),
         "input": config.input.model_dump(),
-        "model": model_fingerprint(resolve_model_path(config.embed.model)),
+        "model": _embedding_source_fingerprint(config.embed),
         "max_seq_length": config.embed.max_seq_length,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return Path(root) / name / ".work" / digest
+
+
+def _embedding_source_fingerprint(config: EmbedConfig) -> str:
+    if config.precomputed:
+        files = (fingerprint_input(config.anchor_vectors), fingerprint_input(config.doc_vectors))
+        return "precomputed:" + "+".join(f["sha256"] for f in files)
+    return model_fingerprint(resolve_model_path(config.model))
 
 
 def _done(path: Path) -> dict[str, Any] | None:
@@ -104,54 +108,252 @@ def _cached_model(model: str | None, device: str | None, max_seq_length: int | N
     return load_model(model, device=device, max_seq_length=max_seq_length)
 
 
-def embed_stage(work_dir: str | Path, *, config: EmbedConfig, store_root: str | Path) -> dict[str, Any]:
-    """Embed anchors and docs through the embedding store into anchors.npy / docs.npy."""
-    from negminer.mining.embedding import embed_to_file
+def _store_key(config: EmbedConfig) -> str:
+    fingerprint = model_fingerprint(resolve_model_path(config.model))
+    # Vectors depend on the truncation length too: a non-default one gets its own store folder.
+    return fingerprint if config.max_seq_length is None else f"{fingerprint}-seq{config.max_seq_length}"
+
+
+def _open_store(config: EmbedConfig, store_root: str | Path):
     from negminer.storage.embedding_store import EmbeddingStore
+
+    model = _cached_model(config.model, config.device, config.max_seq_length)
+    return EmbeddingStore(store_root, model_fingerprint=_store_key(config), dim=embedding_dimension(model))
+
+
+def _texts(work_dir: Path, stem: str) -> list[str]:
+    return pq.read_table(work_dir / f"{stem}.parquet", columns=["text"]).column("text").to_pylist()
+
+
+def embed_plan_stage(work_dir: str | Path, *, config: EmbedConfig, store_root: str | Path) -> dict[str, Any]:
+    """Plan the embedding: the anchor and doc texts the store lacks, in shards of `chunk_size`.
+
+    Writes ``embed-plan.parquet`` (``text``, ``hash``; one row group per shard) and returns
+    one reference per shard. The plan is fixed once written, so a resumed run embeds exactly
+    the shards, and batches, of an uninterrupted one: the same vectors, the same bytes.
+    """
+    from negminer.mining.embedding import missing_unique
+    from negminer.storage.atomic import atomic_write
+    from negminer.textkeys import content_hashes
+
+    work_dir = Path(work_dir)
+    if ref := _done(work_dir / "embed-plan.json"):
+        return ref
+    if config.precomputed:
+        counts = {stem: {"rows": 0, "embedded": 0, "reused": 0} for stem in ("anchors", "docs")}
+        return _finish(work_dir / "embed-plan.json", {"shards": [], "counts": counts, "texts": 0})
+    store = _open_store(config, store_root)
+    texts: list[str] = []
+    hashes: list[bytes] = []
+    counts = {}
+    for stem in ("anchors", "docs"):
+        stem_texts = _texts(work_dir, stem)
+        stem_hashes = content_hashes(stem_texts)
+        before, seen = len(hashes), set(hashes)
+        for row in missing_unique(store, stem_hashes):
+            if (key := stem_hashes[row].as_py()) not in seen:
+                texts.append(stem_texts[row])
+                hashes.append(key)
+        embedded = len(hashes) - before
+        counts[stem] = {"rows": len(stem_texts), "embedded": embedded, "reused": len(stem_texts) - embedded}
+    plan = pa.table({"text": pa.array(texts, pa.string()), "hash": pa.array(hashes, pa.binary(16))})
+    path = work_dir / "embed-plan.parquet"
+    atomic_write(path, lambda h: pq.write_table(plan, h, row_group_size=config.chunk_size, compression="zstd"))
+    metadata = pq.ParquetFile(path).metadata
+    shards = [
+        {"plan": str(path), "shard": i, "rows": metadata.row_group(i).num_rows}
+        for i in range(metadata.num_row_groups if plan.num_rows else 0)
+    ]
+    return _finish(work_dir / "embed-plan.json", {"shards": shards, "counts": counts, "texts": plan.num_rows})
+
+
+def embed_shard_stage(shard: dict[str, Any], *, config: EmbedConfig, store_root: str | Path) -> dict[str, Any]:
+    """Embed one planned shard into the store (nothing when the store already holds it)."""
+    from negminer.mining.embedding import embed_into_store
+
+    start = time.perf_counter()
+    table = pq.ParquetFile(shard["plan"]).read_row_group(shard["shard"])
+    store = _open_store(config, store_root)
+    hashes = table.column("hash").combine_chunks()
+    absent = np.nonzero(store.lookup(hashes) < 0)[0]
+    if len(absent):
+        texts = table.column("text").to_pylist()
+        embed_into_store(
+            [texts[i] for i in absent], hashes.take(absent), store=store, batch_size=config.batch_size,
+            model=_cached_model(config.model, config.device, config.max_seq_length),
+        )
+    return {"shard": shard["shard"], "rows": table.num_rows, "embedded": len(absent),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_root: str | Path) -> dict[str, Any]:
+    """Write anchors.npy / docs.npy from the store once the planned shards are in it.
+
+    Texts still missing (a shard removed by ``gc`` meanwhile) are embedded here, with a warning.
+    """
+    from negminer.mining.embedding import embed_to_file
+    from negminer.textkeys import content_hashes
 
     work_dir = Path(work_dir)
     if ref := _done(work_dir / "embed.json"):
         return ref
-    path = resolve_model_path(config.model)
+    if config.precomputed:
+        return _finish(work_dir / "embed.json", _load_precomputed(work_dir, config))
+    plan = embed_plan_stage(work_dir, config=config, store_root=store_root)
     model = _cached_model(config.model, config.device, config.max_seq_length)
-    fingerprint = model_fingerprint(path)
-    # Vectors depend on the truncation length too: a non-default one gets its own store folder.
-    store_key = fingerprint if config.max_seq_length is None else f"{fingerprint}-seq{config.max_seq_length}"
-    store = EmbeddingStore(store_root, model_fingerprint=store_key, dim=embedding_dimension(model))
-    results = {}
+    store = _open_store(config, store_root)
+    results, shards = {}, set()
     for stem in ("anchors", "docs"):
-        texts = pq.read_table(work_dir / f"{stem}.parquet", columns=["text"]).column("text").to_pylist()
+        texts = _texts(work_dir, stem)
         result = embed_to_file(
-            texts,
-            work_dir / f"{stem}.npy",
-            model=model,
-            store=store,
-            batch_size=config.batch_size,
-            chunk_size=config.chunk_size,
-            show_progress_bar=len(texts) > 2000,
+            texts, work_dir / f"{stem}.npy", model=model, store=store,
+            batch_size=config.batch_size, chunk_size=config.chunk_size,
         )
-        results[stem] = {
-            "rows": result.rows,
-            "embedded": result.embedded,
-            "reused": result.reused,
-            "truncated": result.truncated,
-            "seconds": round(result.seconds, 3),
-        }
+        if result.embedded:
+            logger.warning("%d %s texts were missing from the store after its shards; embedded now",
+                           result.embedded, stem)
+        shards.update(store.shard_names(store.lookup(content_hashes(texts))))
+        results[stem] = {**plan["counts"][stem], "truncated": result.truncated}
+    path = resolve_model_path(config.model)
+    model_ref = {"name": config.model or "all-MiniLM-L6-v2", "path": str(path), "fingerprint": model_fingerprint(path)}
     ref = {
-        "model": {"name": config.model or "all-MiniLM-L6-v2", "path": str(path), "fingerprint": fingerprint},
+        "model": model_ref,
         "dim": store.dim,
         "embedding": results,
+        "store": {"root": str(Path(store_root).resolve()), "folder": store.folder.name, "shards": sorted(shards)},
     }
     return _finish(work_dir / "embed.json", ref)
 
 
-def search_stage(work_dir: str | Path, *, config: MineConfig) -> dict[str, Any]:
-    """Retrieve `search_depth` candidates per anchor into candidates-d<depth>.parquet."""
+def _load_precomputed(work_dir: Path, config: EmbedConfig) -> dict[str, Any]:
+    """anchors.npy / docs.npy from the user's vectors files, matched by anchor_id / doc_id."""
+    from negminer.mining.precomputed import vectors_for
+
+    results, dims = {}, set()
+    sources = (("anchors", "anchor_id", config.anchor_vectors), ("docs", "doc_id", config.doc_vectors))
+    for stem, id_column, source in sources:
+        ids = pq.read_table(work_dir / f"{stem}.parquet", columns=[id_column]).column(id_column).to_pylist()
+        vectors = vectors_for(ids, source, what=stem[:-1])
+        write_npy_atomic(work_dir / f"{stem}.npy", vectors)
+        dims.add(vectors.shape[1])
+        results[stem] = {"rows": len(ids), "embedded": 0, "reused": len(ids), "truncated": 0}
+    if len(dims) > 1:
+        raise InputError(f"anchor and doc vectors differ in dimension: {sorted(dims)}", path=config.doc_vectors)
+    model = {"name": "precomputed", "path": None, "fingerprint": _embedding_source_fingerprint(config)}
+    return {"model": model, "dim": dims.pop(), "embedding": results, "store": None}
+
+
+def embed_stage(work_dir: str | Path, *, config: EmbedConfig, store_root: str | Path) -> dict[str, Any]:
+    """Embed anchors and docs through the embedding store into anchors.npy / docs.npy.
+
+    Plan, embed every shard, assemble: what the flow runs as separate (cached, mapped) tasks.
+    """
+    if ref := _done(Path(work_dir) / "embed.json"):
+        return ref
+    plan = embed_plan_stage(work_dir, config=config, store_root=store_root)
+    for shard in plan["shards"]:
+        embed_shard_stage(shard, config=config, store_root=store_root)
+    return embed_assemble_stage(work_dir, config=config, store_root=store_root)
+
+
+def _index_key(config: IndexConfig, mine: MineConfig) -> str:
+    """Names the index files: the index settings plus what tunes it (search depth, seed)."""
+    key = {"index": config.model_dump(mode="json"), "search_depth": mine.search_depth, "seed": mine.seed}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def index_stage(
+    work_dir: str | Path, *, config: IndexConfig, mine: MineConfig, parent: str | Path | None = None
+) -> dict[str, Any]:
+    """Build the search index over docs.npy into ``index-<key>.faiss``, or extend the parent's.
+
+    `parent` is the work folder of the dataset's LATEST version. When its docs are the first
+    docs of this run (same texts in the same order, embedded through the same store) and the
+    index type is unchanged, its index is loaded and only the new docs are added; a flat index
+    extended so is identical to a rebuilt one. Otherwise the index is built from scratch.
+    """
+    from negminer.mining.index import build_search_index, choose_factory, extend_search_index, save_index
+
+    work_dir = Path(work_dir)
+    key = _index_key(config, mine)
+    if ref := _done(work_dir / f"index-{key}.json"):
+        return ref
+    anchor_vectors = np.load(work_dir / "anchors.npy", mmap_mode="r")
+    doc_vectors = np.load(work_dir / "docs.npy", mmap_mode="r")
+    sample = np.random.default_rng(mine.seed).permutation(len(anchor_vectors))[: config.recall_sample]
+    k = min(mine.search_depth, len(doc_vectors))
+    factory = choose_factory(*doc_vectors.shape, kind=config.kind, exact_max_docs=config.exact_max_docs)
+    base = _parent_index(work_dir, Path(parent) if parent else None, key=key, factory=factory)
+    if base is None:
+        index, report = build_search_index(
+            doc_vectors, sample_queries=anchor_vectors[np.sort(sample)], k=k, kind=config.kind,
+            exact_max_docs=config.exact_max_docs, min_recall=config.min_recall, use_gpu=config.use_gpu,
+            seed=mine.seed,
+        )
+    else:
+        index, report = extend_search_index(
+            base[0], doc_vectors, first_new=base[0].ntotal, factory=factory,
+            sample_queries=anchor_vectors[np.sort(sample)], k=k, min_recall=config.min_recall,
+        )
+    path = save_index(index, work_dir / f"index-{key}.faiss")
+    ref = {
+        "key": key,
+        "path": str(path),
+        "rows": len(doc_vectors),
+        **{f: v for f, v in report._asdict().items() if f != "seconds"},
+        "extended_from": None if base is None else {"work": base[1], "rows": base[0].ntotal},
+        "seconds": round(report.seconds, 3),
+    }
+    return _finish(work_dir / f"index-{key}.json", ref)
+
+
+def _parent_index(work_dir: Path, parent: Path | None, *, key: str, factory: str) -> tuple[Any, str] | None:
+    """The parent run's index and work key, when this run's docs extend the parent's docs."""
+    import faiss
+
+    if parent is None or parent.resolve() == work_dir.resolve():
+        return None
+    old_ref = _done(parent / f"index-{key}.json")
+    if old_ref is None or old_ref["factory"] != factory or not Path(old_ref["path"]).exists():
+        return None
+    if _store_of(parent) != _store_of(work_dir) or None in _store_of(work_dir):
+        return None
+    old_docs = pq.read_table(parent / "docs.parquet", columns=["text"]).column("text")
+    new_docs = pq.read_table(work_dir / "docs.parquet", columns=["text"]).column("text")
+    if len(old_docs) > len(new_docs) or not new_docs.slice(0, len(old_docs)).equals(old_docs):
+        return None
+    index = faiss.read_index(old_ref["path"])
+    if index.ntotal != len(old_docs):
+        return None
+    logger.info("extending the index of %s (%d docs) by %d docs", parent.name, len(old_docs),
+                len(new_docs) - len(old_docs))
+    return index, parent.name
+
+
+def _store_of(work_dir: Path) -> tuple[str | None, str | None]:
+    """(store root, model folder) that a work folder's vectors came from."""
+    store = (_done(work_dir / "embed.json") or {}).get("store") or {}
+    return store.get("root"), store.get("folder")
+
+
+def search_stage(
+    work_dir: str | Path,
+    *,
+    config: MineConfig,
+    index_config: IndexConfig = IndexConfig(),
+    index_ref: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Retrieve `search_depth` candidates per anchor into candidates-d<depth>-<index key>.parquet.
+
+    `index_ref` is :func:`index_stage`'s result; without it the index is built here.
+    """
+    from negminer.mining.index import load_index
     from negminer.mining.search import search_candidates
 
     work_dir = Path(work_dir)
-    done_path = work_dir / f"search-d{config.search_depth}.json"
-    if ref := _done(done_path):
+    index_ref = index_ref or index_stage(work_dir, config=index_config, mine=config)
+    stem = f"d{config.search_depth}-{index_ref['key']}"
+    if ref := _done(work_dir / f"search-{stem}.json"):
         return ref
     pairs = pq.read_table(work_dir / "pairs.parquet")
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["text_key"])
@@ -159,90 +361,59 @@ def search_stage(work_dir: str | Path, *, config: MineConfig) -> dict[str, Any]:
     result = search_candidates(
         np.load(work_dir / "anchors.npy", mmap_mode="r"),
         np.load(work_dir / "docs.npy", mmap_mode="r"),
-        work_dir / f"candidates-d{config.search_depth}.parquet",
+        work_dir / f"candidates-{stem}.parquet",
         pair_anchor=pairs.column("anchor_idx").to_numpy(),
         pair_doc=pairs.column("doc_idx").to_numpy(),
         doc_text_keys=docs.column("text_key").to_pylist(),
         anchor_text_keys=anchors.column("text_key").to_pylist(),
         search_depth=config.search_depth,
         batch_size=config.search_batch_size,
+        index=load_index(index_ref["path"], params=index_ref["params"], use_gpu=index_config.use_gpu),
     )
-    ref = {"candidates": str(result.path), "rows": result.rows, "depth": result.depth, "seconds": round(result.seconds, 3)}
-    return _finish(done_path, ref)
+    ref = {
+        "candidates": str(result.path),
+        "rows": result.rows,
+        "depth": result.depth,
+        "index": {k: v for k, v in index_ref.items() if k not in ("path", "seconds")},
+        "seconds": round(result.seconds, 3),
+    }
+    return _finish(work_dir / f"search-{stem}.json", ref)
 
 
 def select_stage(work_dir: str | Path, candidates_path: str | Path, *, config: MineConfig) -> dict[str, Any]:
-    """Apply the strategy and build the training view; writes selected.parquet and triplets.parquet."""
-    from negminer.mining.formats import negatives_by_anchor, training_view
-    from negminer.mining.strategies import select_negatives, stable_hash64
+    """Apply the strategy and build the views; writes selected/triplets[/scored]/pairs-scored.
+
+    The selection itself is :func:`negminer.mining.derive.derive_dataset`, which ``refilter``
+    shares; this stage adds each pair's cosine (from the vectors) to the pairs table.
+    """
+    from negminer.audit.feedback import feedback_for_work_dir
+    from negminer.mining.derive import derive_dataset, with_pair_scores
 
     work_dir = Path(work_dir)
     start = time.perf_counter()
+    pairs = with_pair_scores(
+        pq.read_table(work_dir / "pairs.parquet"),
+        np.load(work_dir / "anchors.npy", mmap_mode="r"),
+        np.load(work_dir / "docs.npy", mmap_mode="r"),
+    )
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
-    docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text"])
-    pairs = pq.read_table(work_dir / "pairs.parquet")
-    selection = select_negatives(
-        pq.read_table(candidates_path),
-        anchor_hash=stable_hash64(anchors.column("anchor_id").to_pylist()),
-        doc_hash=stable_hash64(docs.column("doc_id").to_pylist()),
-        **config.model_dump(include=_SELECT_OPTIONS),
-    )
-    candidates = _with_ids(selection.candidates, anchors, docs)
-    chosen = candidates.filter(pc.is_valid(candidates.column("negative_slot")))
-    grid = negatives_by_anchor(chosen, anchors.num_rows, config.num_negatives)
-    view = training_view(
-        pairs, anchors.column("text").combine_chunks(), docs.column("text").combine_chunks(), grid,
-        output_format=config.output_format,
-    )
-    write_parquet_atomic(work_dir / "selected.parquet", candidates)
-    write_parquet_atomic(work_dir / "triplets.parquet", view)
+    docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text", "text_key"])
+    inputs = {"candidates": pq.read_table(candidates_path), "anchors": anchors, "docs": docs, "pairs": pairs}
+    audit = feedback_for_work_dir(work_dir, inputs)  # reviewers' decisions (negminer audit)
+    derived = derive_dataset(audit.candidates, anchors=anchors, docs=docs, pairs=audit.pairs, config=config)
+    names = {"candidates": "selected", "triplets": "triplets", "scored": "scored", "pairs": "pairs-scored"}
+    tables = {**derived.tables, "pairs": pairs}
+    paths = {stem: str(work_dir / f"{names[stem]}.parquet") for stem in tables}
+    for stem, table in tables.items():
+        write_parquet_atomic(paths[stem], table)
     return {
-        "selected": str(work_dir / "selected.parquet"),
-        "triplets": str(work_dir / "triplets.parquet"),
-        "counts": {
-            "triplet_rows": view.num_rows,
-            "negatives": chosen.num_rows,
-            "anchors_short": selection.anchors_short,
-            "dropped_by_reason": selection.reason_counts,
-        },
-        "score_quantiles": _quantiles(candidates, chosen, pairs),
+        "selected": paths["candidates"],
+        "triplets": paths["triplets"],
+        "tables": paths,
+        "counts": {**derived.counts, "audit": audit.counts},
+        "selection": derived.selection,
+        "score_quantiles": derived.score_quantiles,
         "seconds": round(time.perf_counter() - start, 3),
-    }
-
-
-_SELECT_OPTIONS = {
-    "num_negatives",
-    "range_min",
-    "range_max",
-    "min_score",
-    "max_score",
-    "absolute_margin",
-    "relative_margin",
-    "sampling_strategy",
-    "seed",
-}
-
-
-def _with_ids(candidates: pa.Table, anchors: pa.Table, docs: pa.Table) -> pa.Table:
-    anchor_idx = candidates.column("anchor_idx")
-    doc_idx = candidates.column("doc_idx")
-    out = candidates.add_column(0, "anchor_id", anchors.column("anchor_id").take(anchor_idx))
-    out = out.add_column(1, "doc_id", docs.column("doc_id").take(doc_idx))
-    margin = pc.subtract(out.column("score"), out.column("positive_score"))
-    return out.append_column("score_minus_positive", margin)
-
-
-def _quantiles(candidates: pa.Table, chosen: pa.Table, pairs: pa.Table) -> dict[str, dict[str, float]]:
-    def q(values: np.ndarray) -> dict[str, float]:
-        if len(values) == 0:
-            return {}
-        return {f"q{round(p * 100):02d}": round(float(np.quantile(values, p)), 4) for p in QUANTILES}
-
-    positive = candidates.filter(candidates.column("is_positive"))
-    return {
-        "negative": q(chosen.column("score").to_numpy()),
-        "candidate": q(candidates.column("score").to_numpy()),
-        "positive_retrieved": q(positive.column("score").to_numpy()),
     }
 
 
@@ -256,11 +427,25 @@ def write_stage(
     embed_ref: dict[str, Any],
     search_ref: dict[str, Any],
     select_ref: dict[str, Any],
+    curate_ref: dict[str, Any] | None = None,
 ) -> str:
-    """Publish the dataset version (manifest last, LATEST replaced) and clear the work folder."""
-    from negminer.storage.versions import write_version
+    """Publish the dataset version (manifest last, LATEST replaced); prune older work folders.
+
+    The manifest depends only on the inputs, the config and the parent (no timings), so a
+    resumed run writes the bytes an uninterrupted one would. ``changes`` compares the version
+    with its parent, the LATEST version when it is written. This run's work folder is kept as
+    the cache of the next run; the dataset's other idle work folders are removed.
+
+    `curate_ref` (the curation stage's reference, optional) adds its ``tables`` (stem -> path,
+    e.g. ``{"flagged": ...}``) to the version and its ``counts`` (e.g. ``flagged_by_kind``).
+    """
+    from negminer.storage.lineage import version_changes
+    from negminer.storage.retention import prune_work_dirs
+    from negminer.storage.versions import latest_version, remove_stale_staging, write_version
 
     work_dir = Path(work_dir)
+    dataset_dir = Path(root) / name
+    remove_stale_staging(dataset_dir)
     tables = {
         "triplets": pq.read_table(select_ref["triplets"]),
         "candidates": pq.read_table(select_ref["selected"]),
@@ -269,6 +454,9 @@ def write_stage(
         "docs": pq.read_table(work_dir / "docs.parquet"),
         "pairs": pq.read_table(work_dir / "pairs.parquet"),
     }
+    tables.update({stem: pq.read_table(path) for stem, path in select_ref.get("tables", {}).items()})
+    tables.update({stem: pq.read_table(path) for stem, path in (curate_ref or {}).get("tables", {}).items()})
+    parent = latest_version(dataset_dir)
     manifest = {
         "name": name,
         "config": config.model_dump(mode="json"),
@@ -277,12 +465,63 @@ def write_stage(
         "counts": {
             **read_ref["counts"],
             **select_ref["counts"],
-            "embedding": embed_ref["embedding"],
+            **(curate_ref or {}).get("counts", {}),
+            "embedding": _embedding_counts(embed_ref["embedding"], published=_done(work_dir / "published.json")),
             "candidates": search_ref["rows"],
         },
         "score_quantiles": select_ref["score_quantiles"],
+        "selection": select_ref.get("selection", {}),
         "search_depth": search_ref["depth"],
+        "index": _without_seconds(search_ref.get("index")),
+        "work": {"key": work_dir.name},
+        "embedding_store": _store_entry(embed_ref.get("store"), root),
+        "changes": version_changes(
+            dataset_dir / parent if parent else None, tables=tables, score_quantiles=select_ref["score_quantiles"]
+        ),
     }
-    version = write_version(root, name, tables=tables, manifest=manifest)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    version = write_version(root, name, tables=tables, manifest=manifest, parent=parent)
+    published = (_done(work_dir / "published.json") or {}).get("versions", [])
+    _finish(work_dir / "published.json", {"versions": [*published, str(version)]})
+    prune_work_dirs(dataset_dir, keep={work_dir.name})
     return str(version)
+
+
+def _embedding_counts(counts: dict[str, dict[str, int]], *, published: dict[str, Any] | None) -> dict[str, Any]:
+    """Texts embedded for this version: none when a version of the same inputs was published before."""
+    if not published:
+        return counts
+    return {stem: {**c, "embedded": 0, "reused": c["rows"]} for stem, c in counts.items()}
+
+
+def _without_seconds(ref: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if ref is None else {k: v for k, v in ref.items() if k != "seconds"}
+
+
+def _store_entry(store: dict[str, Any] | None, root: str | Path) -> dict[str, Any] | None:
+    """The store a version's vectors came from: its path relative to ROOT when inside it."""
+    if store is None:
+        return None
+    path = Path(store["root"])
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(Path(root).resolve())
+    return {"path": str(path), "folder": store["folder"], "shards": store["shards"]}
+
+
+def parent_work_dir(root: str | Path, name: str) -> str | None:
+    """The work folder of the dataset's LATEST version, if it is still there (see index_stage)."""
+    from negminer.storage.versions import latest_version, read_manifest
+
+    dataset_dir = Path(root) / name
+    latest = latest_version(dataset_dir)
+    if latest is None or not (dataset_dir / latest).is_dir():
+        return None
+    key = (read_manifest(dataset_dir / latest).get("work") or {}).get("key")
+    path = dataset_dir / ".work" / key if key else None
+    return str(path) if path is not None and path.is_dir() else None
+
+
+def report_stage(version_dir: str | Path, *, timings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The run's report (markdown, top flagged pairs, link) from the version it wrote."""
+    from negminer.report import run_report
+
+    return run_report(version_dir, timings=timings)._asdict()

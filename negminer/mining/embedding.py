@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
+from negminer.errors import StorageError
 from negminer.mining.encoder import encode, token_lengths
 from negminer.storage.embedding_store import EmbeddingStore
 from negminer.textkeys import content_hashes
@@ -51,32 +53,67 @@ def embed_to_file(
     start = time.perf_counter()
     out_path = Path(out_path)
     hashes = content_hashes(texts)
-    missing = _missing_unique(store, hashes)
+    missing = missing_unique(store, hashes)
     for first in range(0, len(missing), chunk_size):
         rows = missing[first : first + chunk_size]
-        vectors = encode(
-            [texts[i] for i in rows], model, batch_size=batch_size, show_progress_bar=show_progress_bar
+        embed_into_store(
+            [texts[i] for i in rows], hashes.take(rows), model=model, store=store,
+            batch_size=batch_size, show_progress_bar=show_progress_bar,
         )
-        lengths = token_lengths([texts[i] for i in rows], model)
-        store.add(hashes.take(rows), vectors, token_lengths=lengths)
         logger.info("embedded %d/%d new texts", min(first + chunk_size, len(missing)), len(missing))
-    positions = store.lookup(hashes)
-    out = np.lib.format.open_memmap(
-        _tmp_path(out_path), mode="w+", dtype=np.float32, shape=(len(texts), store.dim)
-    )
-    for first in range(0, len(texts), 65536):
-        out[first : first + 65536] = store.fetch(positions[first : first + 65536])
-    out.flush()
-    del out
-    _tmp_path(out_path).replace(out_path)
+    positions = fetch_to_file(hashes, out_path, store=store)
     truncated = int(np.sum(store.token_lengths(positions) > model.max_seq_length))
     if truncated:
-        logger.warning("%d of %d texts exceed max_seq_length %d and were truncated", truncated, len(texts), model.max_seq_length)
+        logger.warning(
+            "%d of %d texts exceed max_seq_length %d and were truncated", truncated, len(texts), model.max_seq_length
+        )
     seconds = time.perf_counter() - start
     return EmbedResult(out_path, len(texts), len(missing), len(texts) - len(missing), seconds, truncated)
 
 
-def _missing_unique(store: EmbeddingStore, hashes) -> np.ndarray:
+def embed_into_store(
+    texts: list[str],
+    hashes: pa.Array,
+    *,
+    model: SentenceTransformer,
+    store: EmbeddingStore,
+    batch_size: int = 32,
+    show_progress_bar: bool = False,
+) -> None:
+    """Embed `texts` (whose content hashes are `hashes`) and add them to `store` as one shard.
+
+    Example:
+        >>> embed_into_store(["a claim"], content_hashes(["a claim"]), model=model, store=store)  # doctest: +SKIP
+    """
+    vectors = encode(texts, model, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    store.add(hashes, vectors, token_lengths=token_lengths(texts, model))
+
+
+def fetch_to_file(hashes: pa.Array, out_path: str | Path, *, store: EmbeddingStore) -> np.ndarray:
+    """Write the stored vectors of `hashes` to `out_path` (float32, (len(hashes), dim)) atomically.
+
+    Returns:
+        The store positions of `hashes`, shape (len(hashes),).
+
+    Raises:
+        StorageError: if the store lacks any of `hashes`.
+    """
+    out_path = Path(out_path)
+    positions = store.lookup(hashes)
+    if (positions < 0).any():
+        raise StorageError(f"{store.folder}: {int((positions < 0).sum())} texts are not in the embedding store")
+    out = np.lib.format.open_memmap(
+        _tmp_path(out_path), mode="w+", dtype=np.float32, shape=(len(hashes), store.dim)
+    )
+    for first in range(0, len(hashes), 65536):
+        out[first : first + 65536] = store.fetch(positions[first : first + 65536])
+    out.flush()
+    del out
+    _tmp_path(out_path).replace(out_path)
+    return positions
+
+
+def missing_unique(store: EmbeddingStore, hashes: pa.Array) -> np.ndarray:
     """Row numbers of the first occurrence of each hash the store lacks."""
     absent = np.nonzero(store.lookup(hashes) < 0)[0]
     if len(absent) == 0:

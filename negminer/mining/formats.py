@@ -1,12 +1,26 @@
-"""Build the training view (``triplets.parquet``) from pairs and chosen negatives.
+"""Build the training view (``triplets.parquet``) and the scored view from chosen negatives.
 
-``triplet``: one row per (pair, negative) with string columns ``anchor``, ``positive``,
-``negative``. ``n-tuple``: one row per pair with ``negative_1..negative_n``; pairs whose
-anchor got fewer than ``num_negatives`` negatives are left out (counted by the caller).
+Formats (sentence-transformers' ``output_format`` names and row layouts):
+
+* ``triplet``: one row per (pair, negative), string columns ``anchor``, ``positive``,
+  ``negative``.
+* ``n-tuple``: one row per pair with ``negative_1..negative_n``; pairs whose anchor got fewer
+  than ``num_negatives`` negatives are left out (counted by the caller).
+* ``labeled-pair``: per anchor (in order of its first pair) one row per positive with
+  ``label`` 1, then one row per negative with ``label`` 0; columns ``anchor``, ``document``,
+  ``label`` (int64, as sentence-transformers). For cross-encoder losses such as BinaryCrossEntropyLoss.
+* ``labeled-list``: one row per pair that got at least one negative: ``anchor``,
+  ``documents`` = [positive, negative_1, …], ``labels`` = [1, 0, …]. For listwise losses.
+
 Rows follow the input pair order, negatives their slot order, so output bytes are stable.
+The training view holds only texts (and labels); :func:`scored_view` is the same table plus
+the cosine scores: a ``scores`` list column ([positive, negatives…]) for ``triplet``,
+``n-tuple`` and ``labeled-list``, a ``score`` column for ``labeled-pair``.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -14,14 +28,37 @@ import pyarrow.compute as pc
 
 from negminer.config import OutputFormat
 
+OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
+
+
+class _Rows(NamedTuple):
+    """A view as positions: text columns as (texts array, indices) and the scores per row."""
+
+    columns: dict[str, tuple[pa.Array, np.ndarray]]
+    extra: dict[str, pa.Array]
+    scores: pa.Array | None
+
 
 def negatives_by_anchor(selected: pa.Table, n_anchors: int, num_negatives: int) -> np.ndarray:
     """(n_anchors, num_negatives) doc_idx matrix of chosen negatives, -1 where missing."""
     grid = np.full((n_anchors, num_negatives), -1, np.int64)
-    anchor = selected.column("anchor_idx").to_numpy()
-    slot = selected.column("negative_slot").to_numpy().astype(np.int64)
-    grid[anchor, slot - 1] = selected.column("doc_idx").to_numpy()
+    anchor, slot = _anchor_slot(selected)
+    grid[anchor, slot] = selected.column("doc_idx").to_numpy()
     return grid
+
+
+def negative_scores_by_anchor(selected: pa.Table, n_anchors: int, num_negatives: int) -> np.ndarray:
+    """(n_anchors, num_negatives) float32 cosine of each chosen negative, NaN where missing."""
+    grid = np.full((n_anchors, num_negatives), np.nan, np.float32)
+    anchor, slot = _anchor_slot(selected)
+    grid[anchor, slot] = selected.column("score").to_numpy()
+    return grid
+
+
+def _anchor_slot(selected: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    anchor = selected.column("anchor_idx").to_numpy()
+    slot = selected.column("negative_slot").to_numpy().astype(np.int64) - 1
+    return anchor, slot
 
 
 def training_view(
@@ -39,28 +76,180 @@ def training_view(
         anchor_texts: anchor text by anchor_idx.
         doc_texts: doc text by doc_idx.
         negatives: (n_anchors, num_negatives) doc_idx of chosen negatives, -1 where missing.
-        output_format: ``triplet`` or ``n-tuple``.
+        output_format: ``triplet``, ``n-tuple``, ``labeled-pair`` or ``labeled-list``.
 
     Example:
         >>> training_view(pairs, anchors["text"], docs["text"], grid)  # doctest: +SKIP
     """
-    pair_anchor = pairs.column("anchor_idx").to_numpy()
-    pair_doc = pairs.column("doc_idx").to_numpy()
+    rows = _rows(pairs, anchor_texts, doc_texts, negatives, output_format, None)
+    return _table(rows, with_scores=False, output_format=output_format)
+
+
+def scored_view(
+    pairs: pa.Table,
+    anchor_texts: pa.Array,
+    doc_texts: pa.Array,
+    negatives: np.ndarray,
+    *,
+    pair_scores: np.ndarray,
+    negative_scores: np.ndarray,
+    output_format: OutputFormat = "triplet",
+) -> pa.Table:
+    """:func:`training_view` plus the cosine scores of its rows (``scores`` or ``score``).
+
+    Args:
+        pairs, anchor_texts, doc_texts, negatives, output_format: as in :func:`training_view`.
+        pair_scores: (n_pairs,) cosine of each (anchor, positive) pair.
+        negative_scores: (n_anchors, num_negatives) cosine of each chosen negative.
+
+    Example:
+        >>> scored_view(pairs, a, d, grid, pair_scores=ps, negative_scores=ns)  # doctest: +SKIP
+    """
+    scores = (np.asarray(pair_scores, np.float32), np.asarray(negative_scores, np.float32))
+    rows = _rows(pairs, anchor_texts, doc_texts, negatives, output_format, scores)
+    return _table(rows, with_scores=True, output_format=output_format)
+
+
+def _rows(
+    pairs: pa.Table,
+    anchor_texts: pa.Array,
+    doc_texts: pa.Array,
+    negatives: np.ndarray,
+    output_format: str,
+    scores: tuple[np.ndarray, np.ndarray] | None,
+) -> _Rows:
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    pair_anchor = pairs.column("anchor_idx").to_numpy().astype(np.int64)
+    pair_doc = pairs.column("doc_idx").to_numpy().astype(np.int64)
+    texts = (_as_string(anchor_texts), _as_string(doc_texts))
+    build = {
+        "triplet": _triplet_rows,
+        "n-tuple": _n_tuple_rows,
+        "labeled-pair": _labeled_pair_rows,
+        "labeled-list": _labeled_list_rows,
+    }[output_format]
+    return build(pair_anchor, pair_doc, negatives, texts, scores)
+
+
+def _as_string(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return pc.cast(values, pa.string())
+
+
+def _triplet_rows(pair_anchor, pair_doc, negatives, texts, scores) -> _Rows:
+    anchors, docs = texts
     per_pair = negatives[pair_anchor]
-    if output_format == "triplet":
-        row, slot = np.nonzero(per_pair >= 0)
-        return pa.table(
-            {
-                "anchor": anchor_texts.take(pair_anchor[row]),
-                "positive": doc_texts.take(pair_doc[row]),
-                "negative": doc_texts.take(per_pair[row, slot]),
-            }
-        )
-    full = np.all(per_pair >= 0, axis=1)
+    row, slot = np.nonzero(per_pair >= 0)
     columns = {
-        "anchor": anchor_texts.take(pair_anchor[full]),
-        "positive": doc_texts.take(pair_doc[full]),
+        "anchor": (anchors, pair_anchor[row]),
+        "positive": (docs, pair_doc[row]),
+        "negative": (docs, per_pair[row, slot]),
     }
+    listed = None
+    if scores is not None:
+        pair_scores, negative_scores = scores
+        matrix = np.stack([pair_scores[row], negative_scores[pair_anchor[row], slot]], axis=1)
+        listed = _lists(matrix, np.ones_like(matrix, bool))
+    return _Rows(columns, {}, listed)
+
+
+def _n_tuple_rows(pair_anchor, pair_doc, negatives, texts, scores) -> _Rows:
+    anchors, docs = texts
+    per_pair = negatives[pair_anchor]
+    full = np.all(per_pair >= 0, axis=1)
+    columns = {"anchor": (anchors, pair_anchor[full]), "positive": (docs, pair_doc[full])}
     for k in range(per_pair.shape[1]):
-        columns[f"negative_{k + 1}"] = doc_texts.take(per_pair[full, k])
-    return pa.table({name: pc.cast(values, pa.string()) for name, values in columns.items()})
+        columns[f"negative_{k + 1}"] = (docs, per_pair[full, k])
+    listed = None
+    if scores is not None:
+        pair_scores, negative_scores = scores
+        matrix = np.column_stack([pair_scores[full], negative_scores[pair_anchor[full]]])
+        listed = _lists(matrix, np.ones_like(matrix, bool))
+    return _Rows(columns, {}, listed)
+
+
+def _labeled_pair_rows(pair_anchor, pair_doc, negatives, texts, scores) -> _Rows:
+    anchors, docs = texts
+    order = _anchor_order(pair_anchor, len(negatives))
+    neg_anchor, neg_slot = np.nonzero(negatives >= 0)
+    has_pairs = order[neg_anchor] >= 0
+    neg_anchor, neg_slot = neg_anchor[has_pairs], neg_slot[has_pairs]
+    n_pos = len(pair_anchor)
+    anchor_col = np.concatenate([pair_anchor, neg_anchor])
+    keys = (
+        np.concatenate([np.arange(n_pos), neg_slot]),
+        np.concatenate([np.zeros(n_pos, np.int64), np.ones(len(neg_anchor), np.int64)]),
+        order[anchor_col],
+    )
+    rows = np.lexsort(keys)
+    doc_col = np.concatenate([pair_doc, negatives[neg_anchor, neg_slot]])
+    label = np.concatenate([np.ones(n_pos, np.int64), np.zeros(len(neg_anchor), np.int64)])
+    columns = {"anchor": (anchors, anchor_col[rows]), "document": (docs, doc_col[rows])}
+    score = None
+    if scores is not None:
+        pair_scores, negative_scores = scores
+        values = np.concatenate([pair_scores, negative_scores[neg_anchor, neg_slot]])
+        score = pa.array(values[rows], pa.float32())
+    return _Rows(columns, {"label": pa.array(label[rows], pa.int64())}, score)
+
+
+def _anchor_order(pair_anchor: np.ndarray, n_anchors: int) -> np.ndarray:
+    """Position of each anchor in order of its first pair (-1 for anchors without pairs)."""
+    uniq, first = np.unique(pair_anchor, return_index=True)
+    order = np.full(n_anchors, -1, np.int64)
+    order[uniq[np.argsort(first, kind="stable")]] = np.arange(len(uniq))
+    return order
+
+
+def _labeled_list_rows(pair_anchor, pair_doc, negatives, texts, scores) -> _Rows:
+    anchors, docs = texts
+    per_pair = negatives[pair_anchor]
+    keep = np.any(per_pair >= 0, axis=1)
+    doc_matrix = np.column_stack([pair_doc[keep], per_pair[keep]])
+    valid = doc_matrix >= 0
+    documents = _lists_of(docs, doc_matrix, valid)
+    labels = np.zeros(doc_matrix.shape, np.int64)
+    labels[:, 0] = 1
+    extra = {"documents": documents, "labels": _lists(labels, valid, pa.int64())}
+    listed = None
+    if scores is not None:
+        pair_scores, negative_scores = scores
+        matrix = np.column_stack([pair_scores[keep], negative_scores[pair_anchor[keep]]])
+        listed = _lists(matrix, valid)
+    return _Rows({"anchor": (anchors, pair_anchor[keep])}, extra, listed)
+
+
+def _offsets(valid: np.ndarray) -> pa.Array:
+    return pa.array(np.r_[0, np.cumsum(valid.sum(axis=1))], pa.int32())
+
+
+def _list_type(value_type: pa.DataType) -> pa.DataType:
+    # Parquet's name for list items, so a table reads back with the type it was written with.
+    return pa.list_(pa.field("element", value_type))
+
+
+def _lists(matrix: np.ndarray, valid: np.ndarray, value_type: pa.DataType = pa.float32()) -> pa.Array:
+    """A list column from the valid cells of each row of `matrix`, left to right."""
+    values = pa.array(matrix[valid], value_type)
+    return pa.ListArray.from_arrays(_offsets(valid), values, type=_list_type(value_type))
+
+
+def _lists_of(texts: pa.Array, indices: np.ndarray, valid: np.ndarray) -> pa.Array:
+    values = texts.take(pa.array(indices[valid], pa.int64()))
+    return pa.ListArray.from_arrays(_offsets(valid), values, type=_list_type(pa.string()))
+
+
+def _table(rows: _Rows, *, with_scores: bool, output_format: str) -> pa.Table:
+    data: dict[str, pa.Array] = {
+        name: texts.take(pa.array(idx, pa.int64())) for name, (texts, idx) in rows.columns.items()
+    }
+    if output_format == "labeled-list":
+        data["documents"] = rows.extra["documents"]
+        data["labels"] = rows.extra["labels"]
+    elif output_format == "labeled-pair":
+        data["label"] = rows.extra["label"]
+    if with_scores:
+        data["score" if output_format == "labeled-pair" else "scores"] = rows.scores
+    return pa.table(data)

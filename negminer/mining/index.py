@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -166,3 +167,58 @@ def _knob(index: Any) -> tuple[str, int, int]:
 
 def _is_gpu(index: Any) -> bool:
     return "Gpu" in type(index).__name__
+
+
+def extend_search_index(
+    index: Any,
+    doc_vectors: np.ndarray,
+    *,
+    first_new: int,
+    factory: str,
+    sample_queries: np.ndarray,
+    k: int,
+    min_recall: float = 0.98,
+) -> tuple[Any, IndexReport]:
+    """Add ``doc_vectors[first_new:]`` to `index`, built earlier over ``doc_vectors[:first_new]``.
+
+    A flat index extended this way is identical to one built over all of `doc_vectors`; a
+    trained one (IVF) keeps its centroids, and an approximate one is re-tuned to `min_recall`.
+
+    Example:
+        >>> index, report = extend_search_index(old, docs, first_new=old.ntotal, factory="Flat",
+        ...                                     sample_queries=anchors[:1000], k=100)  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    if index.ntotal != first_new or first_new > len(doc_vectors):
+        raise ValueError(f"index holds {index.ntotal} vectors, expected {first_new} of {len(doc_vectors)}")
+    for first in range(first_new, len(doc_vectors), 1_000_000):
+        index.add(np.ascontiguousarray(doc_vectors[first : first + 1_000_000], np.float32))
+    if factory == FLAT:
+        return index, IndexReport(factory, {}, None, 0, k, False, time.perf_counter() - start)
+    params, recall = _tune(index, doc_vectors, sample_queries, k, min_recall)
+    return index, IndexReport(factory, params, recall, len(sample_queries), k, False, time.perf_counter() - start)
+
+
+def save_index(index: Any, path: str | Path) -> Path:
+    """Write `index` (moved to the CPU if it lives on a GPU) atomically to `path`."""
+    import faiss
+
+    path = Path(path)
+    cpu = faiss.index_gpu_to_cpu(index) if _is_gpu(index) else index
+    tmp = path.with_name(f".{path.name}.partial")
+    faiss.write_index(cpu, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def load_index(path: str | Path, *, params: dict[str, int] | None = None, use_gpu: bool | None = None) -> Any:
+    """Read an index written by :func:`save_index`, apply its search `params`, optionally on GPUs."""
+    import faiss
+
+    index = faiss.read_index(str(path))
+    if _want_gpu(use_gpu):
+        index = faiss.index_cpu_to_all_gpus(index)
+    space = faiss.GpuParameterSpace() if _is_gpu(index) else faiss.ParameterSpace()
+    for name, value in (params or {}).items():
+        space.set_index_parameter(index, name, value)
+    return index

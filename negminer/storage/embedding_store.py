@@ -94,6 +94,11 @@ class EmbeddingStore:
                 out[rows] = np.load(path)[positions[rows] - self._offsets[shard]]
         return out
 
+    def shard_names(self, positions: np.ndarray) -> list[str]:
+        """Sorted names (``shard-<digest>``) of the shards holding store `positions` (all ≥ 0)."""
+        shard_of = np.unique(np.searchsorted(self._offsets, positions, side="right") - 1)
+        return sorted(self._shards[i].name.removesuffix(".keys.npy") for i in shard_of)
+
     def add(self, hashes: pa.Array, vectors: np.ndarray, *, token_lengths: np.ndarray | None = None) -> None:
         """Store `vectors` (n, dim) under `hashes` (n 16-byte keys) as one new shard."""
         if vectors.shape != (len(hashes), self.dim):

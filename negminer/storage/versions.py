@@ -11,8 +11,10 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
+_STAGING_RE = re.compile(r"^\.staging-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{12}$")
 
 
 @contextlib.contextmanager
@@ -42,6 +45,39 @@ def _locked(dataset_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def dataset_lock(dataset_dir: str | Path) -> contextlib.AbstractContextManager[None]:
+    """The lock that publishing a version holds (``ROOT/NAME/.lock``); retention takes it too."""
+    return _locked(Path(dataset_dir))
+
+
+def remove_stale_staging(dataset_dir: str | Path) -> list[Path]:
+    """Remove staging folders left by writers on this host that died (killed mid-write).
+
+    A staging folder is named after its writer's host and process id; one whose process is
+    gone can never be published, so removing it frees the space and nothing else.
+    """
+    dataset_dir = Path(dataset_dir)
+    removed = []
+    for path in dataset_dir.glob(".staging-*") if dataset_dir.is_dir() else ():
+        match = _STAGING_RE.match(path.name)
+        if match and match["host"] == socket.gethostname() and not _alive(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d stale staging folder(s) in %s", len(removed), dataset_dir)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def list_versions(dataset_dir: str | Path) -> list[str]:
@@ -93,7 +129,7 @@ def write_version(
         raise StorageError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-'")
     dataset_dir = Path(root) / name
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    staging = dataset_dir / f".staging-{uuid.uuid4().hex}"
+    staging = dataset_dir / f".staging-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
         files = {f"{stem}.parquet": _write_table(staging / f"{stem}.parquet", t) for stem, t in tables.items()}

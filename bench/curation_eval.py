@@ -1,0 +1,205 @@
+"""Hidden-positives evaluation of negminer with curation (DESIGN.md protocol).
+
+`run_negminer_curated` is `bench.false_negatives.run_negminer` with the curation stage
+between search and select: it curates the prepared candidate table, then derives the
+negatives exactly as the other arms do, so its row sits in the same table with the same
+metrics (FN rate by text, coverage, hardness). The hidden labels are used only to score.
+
+`prepare_protocol` / `curate` are lighter helpers over in-memory tables (vectors from the
+benchmark store, bench/.cache/store) for experiments and for bench/curation_noise.py.
+
+Run: python -m bench.curation_eval [--dataset nfcorpus] [--split train] [--sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.common import STORE
+from negminer.config import CurateConfig
+from negminer.curation import CurationResult, curate_candidates
+from negminer.mining.encoder import model_fingerprint, resolve_model_path
+from negminer.mining.search import search_candidates
+from negminer.storage.embedding_store import EmbeddingStore
+from negminer.storage.inputs import PreparedInputs, prepare_inputs
+from negminer.textkeys import content_hashes
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# (label, MineConfig options, CurateConfig options or None for no curation)
+ARMS: list[tuple[str, dict[str, Any], dict[str, Any] | None]] = [
+    ("naive", {"strategy": "naive"}, None),
+    ("naive + curation", {"strategy": "naive"}, {}),
+    ("positive-aware + curation", {"strategy": "positive-aware"}, {}),
+    ("default (simans)", {}, None),
+    ("default (simans) + curation", {}, {}),
+]
+SWEEP = [0.5, 0.3, 0.25, 0.2, 0.15]
+
+
+def run_negminer_curated(
+    prep, options: dict[str, Any], *, k: int, depth: int, curate_options: dict[str, Any] | None = None
+) -> tuple[dict[str, list[str]], float, CurationResult]:
+    """Negatives (query id -> texts) after curation, the seconds it took, and curation's result.
+
+    Args:
+        prep: a `bench.false_negatives.Prepared` (read, stored vectors, searched).
+        options: MineConfig options, as in `bench.false_negatives.NEGMINER_ARMS`.
+        k: negatives per anchor.
+        depth: search depth.
+        curate_options: CurateConfig options (default: the defaults).
+
+    Example:
+        >>> negatives, seconds, result = run_negminer_curated(prep, {"strategy": "naive"}, k=5, depth=100)
+        ...                                                    # doctest: +SKIP
+    """
+    from bench.false_negatives import run_negminer
+
+    start = time.perf_counter()
+    result = curate_prepared(prep, CurateConfig(**(curate_options or {})))
+    curated = dataclasses.replace(prep, tables={**prep.tables, "candidates": result.candidates})
+    negatives, _ = run_negminer(curated, options, k=k, depth=depth)
+    return negatives, time.perf_counter() - start, result
+
+
+def curate_prepared(prep, config: CurateConfig) -> CurationResult:
+    """curate_candidates on a `bench.false_negatives.Prepared` (its work folder holds the vectors)."""
+    anchors = pq.read_table(prep.work / "anchors.parquet", columns=["anchor_id", "text"])
+    docs = pq.read_table(prep.work / "docs.parquet", columns=["doc_id", "text"])
+    return curate_candidates(
+        prep.tables["candidates"],
+        pairs=prep.tables["pairs"],
+        anchor_vectors=np.load(prep.work / "anchors.npy"),
+        doc_vectors=np.load(prep.work / "docs.npy"),
+        anchor_texts=anchors.column("text").to_pylist(),
+        doc_texts=docs.column("text").to_pylist(),
+        config=config,
+        anchor_ids=anchors.column("anchor_id").to_pylist(),
+        doc_ids=docs.column("doc_id").to_pylist(),
+    )
+
+
+@dataclass(frozen=True)
+class ProtocolRun:
+    """Prepared inputs, their vectors and the candidate table, all in memory."""
+
+    inputs: PreparedInputs
+    anchor_vectors: np.ndarray
+    doc_vectors: np.ndarray
+    candidates: pa.Table
+    hidden: dict[int, set[int]]  # anchor_idx -> hidden relevant doc_idx (evaluation only)
+
+
+def stored_vectors(texts: list[str], store_root: Path = STORE) -> np.ndarray:
+    """Vectors of `texts` from the benchmark store (all-MiniLM-L6-v2); raise if any is missing."""
+    store = EmbeddingStore(store_root, model_fingerprint=model_fingerprint(resolve_model_path(None)), dim=384)
+    positions = store.lookup(content_hashes(texts))
+    if (positions < 0).any():
+        missing = int((positions < 0).sum())
+        raise RuntimeError(f"{missing} texts are not in {store_root}; run python -m bench.warm_store")
+    return store.fetch(positions)
+
+
+def prepare_protocol(
+    pairs: pa.Table, corpus: pa.Table, hidden: dict[str, set[str]], *, search_depth: int = 100
+) -> ProtocolRun:
+    """Read pairs and corpus as the pipeline does, fetch stored vectors, search candidates."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pq.write_table(pairs, Path(tmp) / "pairs.parquet")
+        pq.write_table(corpus, Path(tmp) / "corpus.parquet")
+        inputs = prepare_inputs(Path(tmp) / "pairs.parquet", Path(tmp) / "corpus.parquet")
+        anchor_vectors = stored_vectors(inputs.anchors.column("text").to_pylist())
+        doc_vectors = stored_vectors(inputs.docs.column("text").to_pylist())
+        result = search_candidates(
+            anchor_vectors,
+            doc_vectors,
+            Path(tmp) / "candidates.parquet",
+            pair_anchor=inputs.pairs.column("anchor_idx").to_numpy(),
+            pair_doc=inputs.pairs.column("doc_idx").to_numpy(),
+            doc_text_keys=inputs.docs.column("text_key").to_pylist(),
+            anchor_text_keys=inputs.anchors.column("text_key").to_pylist(),
+            search_depth=search_depth,
+        )
+        candidates = pq.read_table(result.path)
+    doc_idx = {d: i for i, d in enumerate(inputs.docs.column("doc_id").to_pylist())}
+    hidden_idx = {
+        a: {doc_idx[d] for d in hidden.get(aid, ()) if d in doc_idx}
+        for a, aid in enumerate(inputs.anchors.column("anchor_id").to_pylist())
+    }
+    return ProtocolRun(inputs, anchor_vectors, doc_vectors, candidates, hidden_idx)
+
+
+def curate(run: ProtocolRun, config: CurateConfig = CurateConfig()) -> CurationResult:
+    """curate_candidates on a protocol run."""
+    return curate_candidates(
+        run.candidates,
+        pairs=run.inputs.pairs,
+        anchor_vectors=run.anchor_vectors,
+        doc_vectors=run.doc_vectors,
+        anchor_texts=run.inputs.anchors.column("text").to_pylist(),
+        doc_texts=run.inputs.docs.column("text").to_pylist(),
+        config=config,
+        anchor_ids=run.inputs.anchors.column("anchor_id").to_pylist(),
+        doc_ids=run.inputs.docs.column("doc_id").to_pylist(),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bench.false_negatives import ST_ARMS, evaluate, prepare, run_negminer, run_st
+    from negminer.mining.encoder import load_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="nfcorpus")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--num-negatives", type=int, default=5)
+    parser.add_argument("--search-depth", type=int, default=100)
+    parser.add_argument("--sweep", action="store_true", help="also sweep false_negative_quantile (naive)")
+    parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers' arms")
+    args = parser.parse_args(argv)
+    k, depth = args.num_negatives, args.search_depth
+    arms = list(ARMS) + (
+        [(f"naive + curation q={q}", {"strategy": "naive"}, {"false_negative_quantile": q}) for q in SWEEP]
+        if args.sweep
+        else []
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        prep = prepare(args.dataset, args.split, Path(tmp), search_depth=depth)
+        for label, options, curate_options in arms:
+            if curate_options is None:
+                negatives, seconds = run_negminer(prep, options, k=k, depth=depth)
+                counts = {}
+            else:
+                negatives, seconds, result = run_negminer_curated(
+                    prep, options, k=k, depth=depth, curate_options=curate_options
+                )
+                counts = result.counts
+            rows.append((label, evaluate(prep, negatives, k=k), seconds, counts))
+        if not args.no_st:
+            model = load_model(device="cpu")
+            for label, options in ST_ARMS:
+                negatives, seconds = run_st(prep, model, options, k=k)
+                rows.append((label, evaluate(prep, negatives, k=k), seconds, {}))
+    print(f"\n## {args.dataset} {args.split} ({prep.pairs.num_rows} anchors, {k} negatives)")
+    print("| arm | FN rate | coverage | hardness | negatives | FN flags | FP flags | time s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, m, seconds, counts in rows:
+        print(
+            f"| {label} | {m['fn_rate']:.1%} | {m['coverage']:.1%} | {m['hardness']:.3f} | {m['negatives']} | "
+            f"{counts.get('false_negative', '–')} | {counts.get('false_positive', '–')} | {seconds:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Planted wrong positives on SciFact: does curation flag them as `false_positive`?
+
+Every SciFact query's relevant abstracts are its positives (a query with two relevant
+abstracts has two pairs). A seeded 10% of the pairs get a random abstract instead of the
+relevant one ("random" swaps) and another 10% the best-ranked abstract that is not relevant
+to the query under all-MiniLM-L6-v2 ("close" swaps: topically close, the hardest wrong positive
+there is for a detector that sees the same embeddings). negminer then searches and curates as
+the pipeline does (vectors from the benchmark store, bench/.cache/store) and we count, per kind
+of swap, how many of the planted pairs are flagged `false_positive`:
+
+* recall = planted pairs of the kind that are flagged / planted pairs of the kind;
+* precision = flagged planted pairs of the kind / flagged pairs among that kind and the clean
+  pairs (the other kind of swap is left out, so each kind is scored on its own);
+* AUC = how well curation's label-quality score ranks that kind below the clean pairs.
+
+Run: python -m bench.curation_noise [--splits train test] [--rate 0.1] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from bench.common import load_retrieval_set
+from bench.curation_eval import ProtocolRun, curate, prepare_protocol, stored_vectors
+from negminer.config import CurateConfig
+from negminer.mining.strategies import pair_priority, stable_hash64
+
+
+def relevant_pairs(splits: list[str]) -> tuple[pa.Table, pa.Table, dict[str, set[str]]]:
+    """(pairs, corpus, qrels) with one pair per (query, relevant abstract) of `splits`."""
+    rows, qrels, corpus = [], {}, None
+    for split in splits:
+        data = load_retrieval_set("scifact", split)
+        corpus = data.corpus
+        text = dict(
+            zip(data.queries.column("query_id").to_pylist(), data.queries.column("text").to_pylist(), strict=True)
+        )
+        for qid, docs in sorted(data.qrels.items()):
+            qrels[qid] = set(docs)
+            rows += [{"anchor_id": qid, "anchor": text[qid], "positive_id": d} for d in sorted(docs)]
+    pool = pa.table({"id": corpus.column("doc_id"), "title": corpus.column("title"), "text": corpus.column("text")})
+    return pa.Table.from_pylist(rows), pool, qrels
+
+
+def plant_noise(
+    pairs: pa.Table, corpus: pa.Table, qrels: dict[str, set[str]], *, rate: float, seed: int
+) -> tuple[pa.Table, np.ndarray]:
+    """Swap `rate` of the positives for random abstracts and `rate` for close wrong ones.
+
+    Returns:
+        (pairs with a ``positive`` text column, kind per pair: "clean", "random" or "close").
+    """
+    n = pairs.num_rows
+    keys = [
+        f"{a}|{d}"
+        for a, d in zip(pairs.column("anchor_id").to_pylist(), pairs.column("positive_id").to_pylist(), strict=True)
+    ]
+    draw = pair_priority(stable_hash64(keys), np.zeros(n, np.uint64), seed)
+    order = np.argsort(draw, kind="stable")
+    kind = np.full(n, "clean", dtype=object)
+    kind[order[: round(rate * n)]] = "random"
+    kind[order[round(rate * n) : 2 * round(rate * n)]] = "close"
+    doc_ids = corpus.column("id").to_pylist()
+    closest = _closest_wrong(pairs, corpus, qrels)
+    positive = pairs.column("positive_id").to_pylist()
+    for i in np.nonzero(kind == "random")[0]:
+        pick = int(draw[i] % np.uint64(len(doc_ids)))
+        while doc_ids[pick] in qrels[pairs.column("anchor_id")[i].as_py()]:
+            pick = (pick + 1) % len(doc_ids)
+        positive[i] = doc_ids[pick]
+    for i in np.nonzero(kind == "close")[0]:
+        positive[i] = closest[pairs.column("anchor_id")[i].as_py()]
+    text = dict(zip(doc_ids, corpus.column("text").to_pylist(), strict=True))
+    out = pairs.set_column(2, "positive_id", pa.array(positive, pa.string()))
+    return out.append_column("positive", pa.array([text[d] for d in positive], pa.string())), kind
+
+
+def _closest_wrong(pairs: pa.Table, corpus: pa.Table, qrels: dict[str, set[str]]) -> dict[str, str]:
+    """Query id -> the abstract with the highest cosine to the query that is not relevant."""
+    queries = dict(zip(pairs.column("anchor_id").to_pylist(), pairs.column("anchor").to_pylist(), strict=True))
+    qids = sorted(queries)
+    scores = stored_vectors([queries[q] for q in qids]) @ stored_vectors(corpus.column("text").to_pylist()).T
+    doc_ids = np.asarray(corpus.column("id").to_pylist(), dtype=object)
+    out = {}
+    for row, qid in enumerate(qids):
+        ranked = doc_ids[np.argsort(-scores[row], kind="stable")[:50]]
+        out[qid] = next(d for d in ranked if d not in qrels[qid])
+    return out
+
+
+def score_flags(run: ProtocolRun, flagged_pairs: np.ndarray, quality: np.ndarray, kind: np.ndarray) -> dict:
+    """Precision, recall and AUC of the false_positive flags for each kind of swap."""
+    from sklearn.metrics import roc_auc_score
+
+    source = run.inputs.pairs.column("source_row").to_numpy()
+    pair_kind = kind[source - 1]  # source_row is 1-based
+    flagged = np.isin(run.inputs.pairs.column("pair_idx").to_numpy(), flagged_pairs)
+    out = {}
+    for name in ("random", "close"):
+        scope = (pair_kind == name) | (pair_kind == "clean")
+        hit = flagged & (pair_kind == name)
+        out[name] = {
+            "planted": int(np.sum(pair_kind == name)),
+            "flagged": int(hit.sum()),
+            "recall": float(hit.sum() / max(np.sum(pair_kind == name), 1)),
+            "precision": float(hit.sum() / max(np.sum(flagged & scope), 1)),
+            "auc": float(roc_auc_score(pair_kind[scope] == name, -quality[scope])),
+        }
+    clean = pair_kind == "clean"
+    out["clean"] = {"pairs": int(clean.sum()), "flagged": int(np.sum(flagged & clean))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--splits", nargs="+", default=["train", "test"])
+    parser.add_argument("--rate", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    pairs, corpus, qrels = relevant_pairs(args.splits)
+    noisy, kind = plant_noise(pairs, corpus, qrels, rate=args.rate, seed=args.seed)
+    run = prepare_protocol(noisy, corpus, {})
+    start = time.perf_counter()
+    result = curate(run, CurateConfig())
+    seconds = time.perf_counter() - start
+    quality = np.ones(run.inputs.pairs.num_rows)
+    quality[result.pair_scores.column("pair_idx").to_numpy()] = result.pair_scores.column("quality").to_numpy()
+    scores = score_flags(run, result.false_positive_pairs, quality, kind)
+    print(
+        f"scifact {'+'.join(args.splits)}: {noisy.num_rows} pairs, {run.inputs.anchors.num_rows} anchors, "
+        f"{args.rate:.0%} random + {args.rate:.0%} close swaps, curation {seconds:.1f}s"
+    )
+    print(f"{'swap':8} {'planted':>8} {'flagged':>8} {'precision':>10} {'recall':>8} {'AUC':>6}")
+    for name in ("random", "close"):
+        s = scores[name]
+        print(f"{name:8} {s['planted']:8d} {s['flagged']:8d} {s['precision']:10.3f} {s['recall']:8.3f} {s['auc']:6.3f}")
+    print(f"clean pairs flagged: {scores['clean']['flagged']} of {scores['clean']['pairs']}")
+    print("noise estimates:", {k: v for k, v in result.noise.items() if k != "confident_joint"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""False negatives, coverage, hardness and time of every strategy (hidden-positives protocol).
+
+For each dataset: the queries of a split with >= 2 relevant documents get ONE of them as the
+positive, the rest are hidden (bench/common.py). negminer reads, embeds (from the benchmark
+store, bench/.cache/store: run ``python -m bench.warm_store`` first) and searches once, then
+derives every strategy from that one candidate table. sentence-transformers'
+``mine_hard_negatives`` runs in the same process for its naive and ``relative_margin=0.05``
+settings, with ``cache_folder=bench/.cache/st``: its first run ever embeds (that run's time is
+printed as the "cold" row), later runs load the cached vectors.
+
+Metrics, per arm: FN rate = share of mined negatives that are hidden relevant documents
+(compared by text, so duplicate documents count); coverage = share of anchors with all
+``num_negatives`` negatives; ">=1" = share with at least one; hardness = mean cosine
+anchor–negative under all-MiniLM-L6-v2 (the same vectors for every arm); time = seconds to
+produce that arm's negatives from embedded vectors (negminer: read + store fetch + search +
+select; "derive" = select alone, from the stored candidate table, what ``refilter`` costs).
+The embedding time E of the same texts is the same for both tools (same model, batch 32): it
+is measured as sentence-transformers' cold minus warm time when its cache was cold, or with
+``--measure-embedding`` (negminer into an empty store); "with E" = time + E.
+
+Run: python -m bench.false_negatives [--datasets nfcorpus scifact] [--split train]
+     [--num-negatives 5] [--search-depth 100] [--measure-embedding]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bench.common import BENCH_CACHE, STORE, hidden_positive_inputs, load_retrieval_set
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ST_CACHE = BENCH_CACHE / "st"
+EMBED_TIMES = BENCH_CACHE / "embedding-seconds.json"
+
+# (label, MineConfig options). Presets first, then variants that explain the choice of defaults.
+NEGMINER_ARMS: list[tuple[str, dict[str, Any]]] = [
+    ("naive", {"strategy": "naive"}),
+    ("positive-aware", {"strategy": "positive-aware"}),
+    ("semi-hard", {"strategy": "semi-hard"}),
+    ("calibrated", {"strategy": "calibrated"}),
+    ("simans (default)", {"strategy": "simans"}),
+    ("naive range_min=10", {"strategy": "naive", "range_min": 10}),
+    ("naive range_min=20", {"strategy": "naive", "range_min": 20}),
+    ("positive-aware, ST's window", {"strategy": "positive-aware", "range_max": "st"}),
+    ("absolute_margin=0.05", {"strategy": "naive", "absolute_margin": 0.05}),
+    ("semi-hard, top", {"strategy": "semi-hard", "sampling_strategy": "top"}),
+    ("calibrated p50", {"strategy": "calibrated", "max_score_percentile": 50.0}),
+    ("calibrated p90", {"strategy": "calibrated", "max_score_percentile": 90.0}),
+    ("simans a=200 b=0", {"strategy": "simans", "simans_a": 200.0, "simans_b": 0.0}),
+    ("simans a=20", {"strategy": "simans", "simans_a": 20.0}),
+    ("random", {"strategy": "naive", "sampling_strategy": "random"}),
+]
+ST_ARMS: list[tuple[str, dict[str, Any]]] = [
+    ("ST naive", {}),
+    ("ST relative_margin=0.05", {"relative_margin": 0.05}),
+]
+
+
+@dataclass
+class Prepared:
+    name: str
+    pairs: pa.Table  # anchor_id, anchor, positive_id, positive (one given positive per query)
+    corpus: pa.Table
+    hidden: dict[str, set[str]]  # anchor_id -> hidden relevant doc ids
+    work: Path
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # kind -> text -> vector
+
+
+@dataclass(frozen=True)
+class Row:
+    dataset: str
+    arm: str
+    fn_rate: float
+    coverage: float
+    any_negative: float
+    hardness: float
+    negatives: int
+    seconds: float
+    derive: float | None
+
+
+def prepare(name: str, split: str, folder: Path, *, search_depth: int) -> Prepared:
+    """Write the protocol's inputs, then read, fetch vectors from the store and search once."""
+    from negminer import stages
+    from negminer.config import PipelineConfig
+
+    pairs, corpus, hidden = hidden_positive_inputs(load_retrieval_set(name, split))
+    pq.write_table(pairs, folder / "pairs.parquet")
+    pq.write_table(corpus, folder / "corpus.parquet")
+    prep = Prepared(name, pairs, corpus, hidden, folder / "work")
+    config = PipelineConfig.from_dict({"mine": {"search_depth": search_depth}})
+    timed = _timer(prep.seconds)
+    with timed("read"):
+        stages.read_stage(folder / "pairs.parquet", folder / "corpus.parquet", prep.work, config=config.input)
+    with timed("store"):
+        embed = stages.embed_stage(prep.work, config=config.embed, store_root=STORE)
+    new = sum(v["embedded"] for v in embed["embedding"].values())
+    if new:
+        print(f"  note: {new} texts were not in the benchmark store and were embedded now")
+    with timed("search"):
+        search = stages.search_stage(prep.work, config=config.mine)
+    prep.tables = {
+        "candidates": pq.read_table(search["candidates"]),
+        "anchors": pq.read_table(prep.work / "anchors.parquet", columns=["anchor_id", "text"]),
+        "docs": pq.read_table(prep.work / "docs.parquet", columns=["doc_id", "text", "text_key"]),
+        "pairs": pq.read_table(prep.work / "pairs.parquet"),
+    }
+    return prep
+
+
+class _timer:
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+
+    def __call__(self, key: str) -> _timer:
+        self.key = key
+        return self
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.into[self.key] = time.perf_counter() - self.start
+
+
+def st_range_max(num_negatives: int, pairs: pa.Table) -> int:
+    """Raw depth sentence-transformers searches with a filter set and no range_max."""
+    max_positives = max(Counter(pairs.column("anchor").to_pylist()).values())
+    return 10 * num_negatives + 2 * max_positives
+
+
+def run_negminer(prep: Prepared, options: dict[str, Any], *, k: int, depth: int) -> tuple[dict, float]:
+    """query id -> negative texts in slot order, and the seconds the selection took."""
+    from negminer.config import MineConfig
+    from negminer.mining.derive import derive_dataset
+
+    options = dict(options)
+    if options.get("range_max") == "st":
+        options["range_max"] = st_range_max(k, prep.pairs)
+    config = MineConfig(num_negatives=k, search_depth=depth, **options)
+    start = time.perf_counter()
+    derived = derive_dataset(prep.tables["candidates"], **_inputs(prep), config=config)
+    seconds = time.perf_counter() - start
+    published = derived.tables["candidates"]
+    chosen = published.filter(pc.is_valid(published.column("negative_slot")))
+    return _negatives_by_text(chosen, prep), seconds
+
+
+def _inputs(prep: Prepared) -> dict[str, pa.Table]:
+    return {key: prep.tables[key] for key in ("anchors", "docs", "pairs")}
+
+
+def _negatives_by_text(chosen: pa.Table, prep: Prepared) -> dict[str, list[str]]:
+    """anchor id (the query id) -> negative texts in slot order."""
+    anchor_id = prep.tables["anchors"].column("anchor_id").to_pylist()
+    doc_text = prep.tables["docs"].column("text").to_pylist()
+    order = np.lexsort((chosen.column("negative_slot").to_numpy(), chosen.column("anchor_idx").to_numpy()))
+    anchors = chosen.column("anchor_idx").to_numpy()[order]
+    docs = chosen.column("doc_idx").to_numpy()[order]
+    out: dict[str, list[str]] = {}
+    for a, d in zip(anchors.tolist(), docs.tolist(), strict=True):
+        out.setdefault(anchor_id[a], []).append(doc_text[d])
+    return out
+
+
+def run_st(prep: Prepared, model, options: dict[str, Any], *, k: int) -> tuple[dict, float]:
+    """sentence-transformers' negatives (query id -> texts) and its wall time.
+
+    It merges queries with equal texts into one query (their positives pooled), so each
+    such query id gets the merged query's negatives.
+    """
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    dataset = Dataset.from_dict(
+        {"anchor": prep.pairs.column("anchor").to_pylist(), "positive": prep.pairs.column("positive").to_pylist()}
+    )
+    start = time.perf_counter()
+    mined = mine_hard_negatives(
+        dataset,
+        model,
+        corpus=prep.corpus.column("text").to_pylist(),
+        num_negatives=k,
+        sampling_strategy="top",
+        use_faiss=True,
+        batch_size=32,
+        cache_folder=str(ST_CACHE / prep.name),
+        verbose=False,
+        output_format="triplet",
+        **options,
+    )
+    seconds = time.perf_counter() - start
+    by_text: dict[str, list[str]] = {}
+    for anchor, negative in zip(mined["anchor"], mined["negative"], strict=True):
+        negatives = by_text.setdefault(anchor, [])
+        if negative not in negatives:  # one row per (positive, negative): keep each once
+            negatives.append(negative)
+    queries = zip(prep.pairs.column("anchor_id").to_pylist(), prep.pairs.column("anchor").to_pylist(), strict=True)
+    return {qid: by_text.get(text, []) for qid, text in queries}, seconds
+
+
+def evaluate(prep: Prepared, negatives: dict[str, list[str]], *, k: int) -> dict[str, float]:
+    """FN rate, coverage, share with any negative, hardness and count over the protocol's queries.
+
+    Args:
+        negatives: query id -> mined negative texts.
+    """
+    doc_text = dict(
+        zip(prep.corpus.column("id").to_pylist(), prep.corpus.column("text").to_pylist(), strict=True)
+    )
+    vectors = _vector_lookup(prep)
+    fn = total = full = some = 0
+    cosines: list[float] = []
+    vectors_of = {qid: vectors["anchor"][text] for qid, text in zip(
+        prep.pairs.column("anchor_id").to_pylist(), prep.pairs.column("anchor").to_pylist(), strict=True
+    )}
+    for qid, anchor_vector in vectors_of.items():
+        mined = negatives.get(qid, [])
+        hidden = {doc_text[d] for d in prep.hidden[qid]}
+        fn += sum(text in hidden for text in mined)
+        total += len(mined)
+        full += len(mined) >= k
+        some += len(mined) > 0
+        cosines += [float(anchor_vector @ vectors["doc"][text]) for text in mined]
+    n = prep.pairs.num_rows
+    return {
+        "fn_rate": fn / total if total else float("nan"),
+        "coverage": full / n,
+        "any_negative": some / n,
+        "hardness": float(np.mean(cosines)) if cosines else float("nan"),
+        "negatives": total,
+    }
+
+
+def _vector_lookup(prep: Prepared) -> dict[str, dict[str, np.ndarray]]:
+    if not prep.vectors:
+        for kind, stem in (("anchor", "anchors"), ("doc", "docs")):
+            vectors = np.load(prep.work / f"{stem}.npy")
+            texts = prep.tables[stem].column("text").to_pylist()
+            prep.vectors[kind] = {text: vectors[i] for i, text in enumerate(texts)}
+    return prep.vectors
+
+
+def measure_embedding(prep: Prepared) -> float:
+    """negminer's cold embedding of this run's anchors and docs into an empty store."""
+    from negminer.mining.embedding import embed_to_file
+    from negminer.mining.encoder import embedding_dimension, load_model
+    from negminer.storage.embedding_store import EmbeddingStore
+
+    model = load_model(device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = EmbeddingStore(tmp, model_fingerprint="cold", dim=embedding_dimension(model))
+        start = time.perf_counter()
+        for stem in ("anchors", "docs"):
+            texts = prep.tables[stem].column("text").to_pylist()
+            embed_to_file(texts, Path(tmp) / f"{stem}.npy", model=model, store=store, batch_size=32)
+        return time.perf_counter() - start
+
+
+def bench_dataset(name: str, args: argparse.Namespace, model) -> tuple[list[Row], dict[str, Any]]:
+    k, depth = args.num_negatives, args.search_depth
+    with tempfile.TemporaryDirectory() as tmp:
+        prep = prepare(name, args.split, Path(tmp), search_depth=depth)
+        shared = sum(prep.seconds.values())
+        rows, notes = [], {"anchors": prep.pairs.num_rows, "docs": prep.corpus.num_rows, **prep.seconds}
+        for label, options in NEGMINER_ARMS:
+            negatives, seconds = run_negminer(prep, options, k=k, depth=depth)
+            rows.append(Row(name, label, **evaluate(prep, negatives, k=k), seconds=shared + seconds, derive=seconds))
+        st_was_cold = not (ST_CACHE / name).exists()
+        for label, options in ST_ARMS if not args.no_st else []:
+            negatives, seconds = run_st(prep, model, options, k=k)
+            if st_was_cold and "st_cold" not in notes:
+                notes["st_cold"] = seconds
+                negatives, seconds = run_st(prep, model, options, k=k)
+                notes["embedding"] = notes["st_cold"] - seconds
+                notes["embedding_from"] = "sentence-transformers cold - warm"
+            rows.append(Row(name, label, **evaluate(prep, negatives, k=k), seconds=seconds, derive=None))
+        if args.measure_embedding:
+            notes["embedding"] = measure_embedding(prep)
+            notes["embedding_from"] = "negminer, empty store"
+    return rows, notes
+
+
+def _embedding_seconds(name: str, notes: dict[str, Any]) -> float | None:
+    """This run's measured embedding time, else the last one recorded for the dataset."""
+    recorded = json.loads(EMBED_TIMES.read_text()) if EMBED_TIMES.exists() else {}
+    if "embedding" in notes:
+        recorded[name] = {"seconds": notes["embedding"], "from": notes["embedding_from"]}
+        EMBED_TIMES.parent.mkdir(parents=True, exist_ok=True)
+        EMBED_TIMES.write_text(json.dumps(recorded, indent=2))
+    entry = recorded.get(name)
+    if entry:
+        notes.setdefault("embedding", entry["seconds"])
+        notes.setdefault("embedding_from", f"{entry['from']} (recorded by an earlier run)")
+    return entry["seconds"] if entry else None
+
+
+def print_table(name: str, rows: list[Row], notes: dict[str, Any], k: int) -> None:
+    embedding = _embedding_seconds(name, notes)
+    print(f"\n## {name} ({notes['anchors']} anchors, {notes['docs']} docs, {k} negatives)")
+    print(
+        f"shared by negminer arms: read {notes['read']:.2f} s, store fetch {notes['store']:.2f} s, "
+        f"search {notes['search']:.2f} s"
+    )
+    if embedding is not None:
+        print(f"embedding E = {embedding:.1f} s ({notes['embedding_from']})")
+    if "st_cold" in notes:
+        print(f"sentence-transformers cold (embeds + mines): {notes['st_cold']:.1f} s")
+    print("| arm | FN rate | coverage | >=1 neg | hardness | negatives | time s | with E s | derive s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        with_e = f"{r.seconds + embedding:.1f}" if embedding is not None else "n/a"
+        derive = f"{r.derive:.3f}" if r.derive is not None else "–"
+        print(
+            f"| {r.arm} | {r.fn_rate:.1%} | {r.coverage:.1%} | {r.any_negative:.1%} | {r.hardness:.3f} | "
+            f"{r.negatives} | {r.seconds:.2f} | {with_e} | {derive} |"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["nfcorpus", "scifact"])
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--num-negatives", type=int, default=5)
+    parser.add_argument("--search-depth", type=int, default=100)
+    parser.add_argument("--measure-embedding", action="store_true")
+    parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers' arms")
+    args = parser.parse_args(argv)
+    import torch
+
+    from negminer.mining.encoder import load_model
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}")
+    model = load_model(device="cpu")
+    for name in args.datasets:
+        rows, notes = bench_dataset(name, args, model)
+        print_table(name, rows, notes, args.num_negatives)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Optional cross-encoder relevance of each pair row, from a local model folder.
+
+Contract of :func:`cross_encoder_scores`: one float per (anchor, doc) row, the raw output of
+``sentence_transformers.CrossEncoder.predict`` (a logit or probability, depending on the
+model), in row order. The model runs offline from a local folder; scores are computed once
+per distinct (anchor, doc) pair.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from negminer.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def load_cross_encoder(path: str | Path, *, device: str | None = None):
+    """A sentence-transformers CrossEncoder from a local folder (raises ConfigError otherwise)."""
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").exists():
+        raise ConfigError(
+            f"curate.cross_encoder {str(path)!r} is not a local model folder with config.json; "
+            "give the path of a downloaded sentence-transformers CrossEncoder or leave it unset"
+        )
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(folder), device=device)
+
+
+def cross_encoder_scores(
+    anchor: np.ndarray,
+    doc: np.ndarray,
+    *,
+    anchor_texts: list[str],
+    doc_texts: list[str],
+    model,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """(n_rows,) float32 cross-encoder score of every (anchor_texts[a], doc_texts[d]) row.
+
+    Example:
+        >>> ce = load_cross_encoder("models/ms-marco-MiniLM-L6-v2")  # doctest: +SKIP
+        >>> cross_encoder_scores(a, d, anchor_texts=at, doc_texts=dt, model=ce)  # doctest: +SKIP
+    """
+    keys = np.stack([anchor, doc], axis=1)
+    unique, inverse = np.unique(keys, axis=0, return_inverse=True)
+    texts = [(anchor_texts[a], doc_texts[d]) for a, d in unique.tolist()]
+    logger.info("cross-encoder: scoring %d pairs", len(texts))
+    scores = model.predict(texts, batch_size=batch_size, show_progress_bar=len(texts) > 10000)
+    scores = np.asarray(scores, np.float32)
+    if scores.ndim > 1:
+        scores = scores[:, -1]
+    return scores[inverse.ravel()]

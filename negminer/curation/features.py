@@ -1,0 +1,460 @@
+"""Pair rows and the features confident learning scores them with.
+
+Contract of :func:`pair_rows`: the given positives (label 1), then the scored candidates
+(label 0: raw rank below ``max_rank``, not a positive, not the same text as a positive or as
+the anchor), then ``tail_samples`` seeded-random documents per anchor from outside that window
+(label 0, ``tail`` True). Arrays are aligned by row; ``candidate_row`` points into the
+candidate table (-1 where the search did not retrieve the pair), ``pair_idx`` into the pairs
+(-1 for label-0 rows), ``rank`` is the raw rank (the search depth where not retrieved).
+
+Contract of :func:`pair_features`: a dict of float32 columns, one value per row. Every
+feature is computed the same way for a given positive as for a candidate: a feature that
+only a positive could have (its similarity to itself) would let the classifier recognise
+positives by construction instead of by content.
+
+* retrieval (label-free): ``score``, ``log_rank``, ``gap_to_top`` (to the anchor's best
+  score), ``score_z`` (within the anchor's candidates), ``log_reverse_rank`` (how many other
+  anchors retrieved the document with a higher score), ``log_doc_hubness`` (how many anchors
+  retrieve it);
+* pseudo-relevance feedback (label-free): ``feedback_score`` (cosine to the centroid of the
+  anchor's top 10 retrieved documents), ``neighborhood_score`` (cosine to the centroid of the
+  nearest other anchors);
+* lexical: ``bm25``, ``bm25_relative`` (over the anchor's best row), ``token_overlap``
+  (share of the anchor's tokens in the document), ``log_doc_length``, ``log_length_ratio``;
+* own positives (leave-one-positive-out; NaN on every row of an anchor with a single
+  positive): ``own_positive_sim`` (closest of the anchor's other positives) and
+  ``score_minus_own_positive``;
+* cross-anchor, only with ``cross_anchor=True`` (leave-anchor-out: other anchors' positives):
+  ``neighbor_positive_sim`` (cosine to the most similar other anchor that has the document as
+  a positive, 0 if none), ``neighbor_positive_count``, ``log_doc_positive_count``,
+  ``neighbor_doc_max`` / ``neighbor_doc_mean`` (cosine to the positives of the nearest other
+  anchors, the document itself left out).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+
+from negminer.curation.lexical import lexical_features
+from negminer.mining.strategies import pair_priority
+
+logger = logging.getLogger(__name__)
+
+ROW_BATCH = 4096
+
+
+class PairRows(NamedTuple):
+    """The rows curation scores, aligned arrays of length n_rows."""
+
+    anchor: np.ndarray  # int64 anchor_idx
+    doc: np.ndarray  # int64 doc_idx
+    label: np.ndarray  # int8: 1 given positive, 0 candidate or tail sample
+    pair_idx: np.ndarray  # int64, -1 for candidates
+    candidate_row: np.ndarray  # int64 row in the candidate table, -1 if not retrieved
+    rank: np.ndarray  # int64 raw rank, search depth where not retrieved
+    score: np.ndarray  # float32 anchor–document cosine
+    tail: np.ndarray  # bool: a random document from outside the scored window (label 0)
+
+
+class Positives(NamedTuple):
+    """Given positives grouped by anchor (CSR layout) and by anchor family."""
+
+    indptr: np.ndarray  # (n_anchors + 1,) offsets into docs
+    docs: np.ndarray  # doc_idx of each anchor's positives, grouped by anchor
+    family: np.ndarray  # (n_anchors,) smallest anchor_idx with the same normalised text
+    family_keys: np.ndarray  # sorted unique family * n_docs + doc_idx
+    n_docs: int
+
+
+def group_positives(pair_anchor: np.ndarray, pair_doc: np.ndarray, family: np.ndarray, n_docs: int) -> Positives:
+    """Group the pairs' positives by anchor and by anchor family.
+
+    Args:
+        pair_anchor: (n_pairs,) anchor_idx of each given pair.
+        pair_doc: (n_pairs,) doc_idx of each given pair.
+        family: (n_anchors,) family id of each anchor (anchors with equal normalised text).
+        n_docs: size of the document pool.
+    """
+    order = np.lexsort((pair_doc, pair_anchor))
+    counts = np.bincount(pair_anchor, minlength=len(family))
+    indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    keys = np.unique(family[pair_anchor].astype(np.int64) * n_docs + pair_doc)
+    return Positives(indptr, pair_doc[order].astype(np.int64), family, keys, n_docs)
+
+
+def pair_rows(
+    candidates: pa.Table,
+    *,
+    pair_anchor: np.ndarray,
+    pair_doc: np.ndarray,
+    anchor_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    max_rank: int,
+    tail_samples: int = 0,
+    seed: int = 12,
+) -> PairRows:
+    """Given positives (label 1), the scored candidates and tail samples (label 0), in that order.
+
+    Tail samples are documents drawn from outside the anchor's scored window (seeded hash of
+    anchor and draw number), so that a given positive the search ranked low still has
+    comparable label-0 rows to be judged against.
+
+    Args:
+        candidates: candidate table of :mod:`negminer.mining.search`.
+        pair_anchor, pair_doc: (n_pairs,) the given pairs.
+        anchor_vectors, doc_vectors: normalised float32 vectors by *_idx.
+        max_rank: candidates with raw rank below this are scored.
+        tail_samples: documents drawn per anchor from outside the window.
+        seed: seed of the tail draw.
+    """
+    col = {name: candidates.column(name).to_numpy() for name in _CANDIDATE_COLUMNS}
+    n_docs = len(doc_vectors)
+    scored = (
+        (col["rank"] < max_rank) & ~col["is_positive"] & ~col["same_text_as_positive"] & ~col["same_text_as_anchor"]
+    )
+    cand = np.nonzero(scored)[0]
+    table_keys = col["anchor_idx"].astype(np.int64) * n_docs + col["doc_idx"]
+    key_order = np.argsort(table_keys, kind="stable")
+    depth = int(col["rank"].max(initial=-1)) + 1
+    pos_row = _table_rows(pair_anchor.astype(np.int64) * n_docs + pair_doc, table_keys, key_order)
+    tail_anchor, tail_doc = _tail_draw(len(anchor_vectors), n_docs, tail_samples, seed)
+    tail_row = _table_rows(tail_anchor * n_docs + tail_doc, table_keys, key_order)
+    retrieved = tail_row >= 0
+    excluded = _is_pair(tail_anchor, tail_doc, pair_anchor, pair_doc, n_docs) | (
+        retrieved & ((col["rank"][tail_row.clip(0)] < max_rank) | col["same_text_as_positive"][tail_row.clip(0)])
+    )
+    tail_anchor, tail_doc, tail_row = tail_anchor[~excluded], tail_doc[~excluded], tail_row[~excluded]
+    rows_table = np.r_[pos_row, cand, tail_row].astype(np.int64)
+    anchor = np.r_[pair_anchor, col["anchor_idx"][cand], tail_anchor].astype(np.int64)
+    doc = np.r_[pair_doc, col["doc_idx"][cand], tail_doc].astype(np.int64)
+    n_pairs, n_cand, n_tail = len(pair_anchor), len(cand), len(tail_anchor)
+    score = np.einsum("ij,ij->i", anchor_vectors[anchor], doc_vectors[doc]).astype(np.float32)
+    score = np.where(rows_table >= 0, col["score"][rows_table.clip(0)], score)
+    return PairRows(
+        anchor=anchor,
+        doc=doc,
+        label=np.r_[np.ones(n_pairs, np.int8), np.zeros(n_cand + n_tail, np.int8)],
+        pair_idx=np.r_[np.arange(n_pairs), np.full(n_cand + n_tail, -1)].astype(np.int64),
+        candidate_row=rows_table,
+        rank=np.where(rows_table >= 0, col["rank"][rows_table.clip(0)], depth).astype(np.int64),
+        score=score.astype(np.float32),
+        tail=np.r_[np.zeros(n_pairs + n_cand, bool), np.ones(n_tail, bool)],
+    )
+
+
+def _table_rows(keys: np.ndarray, table_keys: np.ndarray, key_order: np.ndarray) -> np.ndarray:
+    """Row of each (anchor * n_docs + doc) key in the candidate table, -1 where absent."""
+    found = _lookup_sorted(keys, table_keys[key_order])
+    return np.where(found >= 0, key_order[found.clip(0)], -1)
+
+
+def _tail_draw(n_anchors: int, n_docs: int, per_anchor: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`per_anchor` distinct seeded-random documents per anchor (fewer if the pool is small)."""
+    if per_anchor <= 0 or n_docs == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    anchor = np.repeat(np.arange(n_anchors, dtype=np.int64), per_anchor)
+    draw = np.tile(np.arange(per_anchor, dtype=np.uint64), n_anchors)
+    doc = (pair_priority(anchor.astype(np.uint64), draw, seed) % np.uint64(n_docs)).astype(np.int64)
+    keys = np.unique(anchor * n_docs + doc)
+    return keys // n_docs, keys % n_docs
+
+
+def _is_pair(
+    anchor: np.ndarray, doc: np.ndarray, pair_anchor: np.ndarray, pair_doc: np.ndarray, n_docs: int
+) -> np.ndarray:
+    pair_keys = np.unique(pair_anchor.astype(np.int64) * n_docs + pair_doc)
+    return _lookup_sorted(anchor * n_docs + doc, pair_keys) >= 0
+
+
+_CANDIDATE_COLUMNS = (
+    "anchor_idx",
+    "doc_idx",
+    "rank",
+    "score",
+    "is_positive",
+    "same_text_as_positive",
+    "same_text_as_anchor",
+)
+
+
+def _lookup_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Position of each value in `sorted_keys`, -1 where absent."""
+    if len(sorted_keys) == 0:
+        return np.full(len(values), -1, np.int64)
+    pos = np.searchsorted(sorted_keys, values).clip(max=len(sorted_keys) - 1)
+    return np.where(sorted_keys[pos] == values, pos, -1)
+
+
+def anchor_neighbors(anchor_vectors: np.ndarray, family: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` most similar anchors of each anchor, outside its own family.
+
+    Returns:
+        (neighbors, similarities), each (n_anchors, k); -1 and 0.0 pad anchors with fewer.
+    """
+    import faiss
+
+    n = len(anchor_vectors)
+    index = faiss.IndexFlatIP(anchor_vectors.shape[1])
+    index.add(np.ascontiguousarray(anchor_vectors, np.float32))
+    family_size = np.bincount(family, minlength=n)
+    depth = min(n, k + int(family_size.max(initial=1)))
+    sims, ids = index.search(np.ascontiguousarray(anchor_vectors, np.float32), depth)
+    same = (ids < 0) | (family[ids.clip(0)] == family[:, None])
+    order = np.argsort(same, axis=1, kind="stable")[:, :k]
+    ids = np.take_along_axis(np.where(same, -1, ids), order, axis=1)
+    sims = np.take_along_axis(np.where(same, 0.0, sims), order, axis=1)
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        sims = np.pad(sims, ((0, 0), (0, pad)))
+    return ids.astype(np.int64), sims.astype(np.float32)
+
+
+def pair_features(
+    rows: PairRows,
+    *,
+    candidates: pa.Table,
+    positives: Positives,
+    anchor_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    anchor_texts: list[str],
+    doc_texts: list[str],
+    neighbor_anchors: int = 32,
+    cross_anchor: bool = False,
+    seed: int = 12,
+) -> dict[str, np.ndarray]:
+    """The classifier's features of every row (see the module docstring), float32 columns.
+
+    Args:
+        rows: the rows to describe (:func:`pair_rows`).
+        candidates: the candidate table the rows come from.
+        positives: the given positives (:func:`group_positives`).
+        anchor_vectors, doc_vectors: normalised float32 vectors by *_idx.
+        anchor_texts, doc_texts: texts by *_idx (lexical features).
+        neighbor_anchors: nearest other anchors used by the neighbourhood features.
+        cross_anchor: add the features built from other anchors' positives.
+        seed: seed of the leave-one-positive-out draw.
+
+    Example:
+        >>> feats = pair_features(rows, candidates=c, positives=p, anchor_vectors=a,
+        ...                       doc_vectors=d, anchor_texts=at, doc_texts=dt)  # doctest: +SKIP
+    """
+    neighbors, neighbor_sims = anchor_neighbors(anchor_vectors, positives.family, k=neighbor_anchors)
+    features = {
+        **retrieval_features(rows, candidates=candidates),
+        **feedback_features(
+            rows,
+            candidates=candidates,
+            anchor_vectors=anchor_vectors,
+            doc_vectors=doc_vectors,
+            neighbors=neighbors,
+            neighbor_sims=neighbor_sims,
+        ),
+        **lexical_features(rows.anchor, rows.doc, anchor_texts=anchor_texts, doc_texts=doc_texts),
+        **own_positive_features(rows, positives, anchor_vectors, doc_vectors, seed=seed),
+    }
+    if cross_anchor:
+        features.update(cross_anchor_features(rows, positives, neighbors, neighbor_sims))
+        features.update(neighbor_doc_features(rows, positives, neighbors, neighbor_sims, doc_vectors=doc_vectors))
+    return {name: np.asarray(values, np.float32) for name, values in features.items()}
+
+
+def retrieval_features(rows: PairRows, *, candidates: pa.Table) -> dict[str, np.ndarray]:
+    """Label-free features of the anchor's ranking and of the document across anchors."""
+    c_anchor = candidates.column("anchor_idx").to_numpy().astype(np.int64)
+    c_doc = candidates.column("doc_idx").to_numpy().astype(np.int64)
+    c_score = candidates.column("score").to_numpy().astype(np.float64)
+    n_anchors = max(int(c_anchor.max(initial=-1)), int(rows.anchor.max(initial=-1))) + 1
+    top = np.full(n_anchors, -1.0)
+    np.maximum.at(top, c_anchor, c_score)
+    count = np.bincount(c_anchor, minlength=n_anchors).clip(1)
+    mean = np.bincount(c_anchor, c_score, minlength=n_anchors) / count
+    var = np.bincount(c_anchor, c_score**2, minlength=n_anchors) / count - mean**2
+    std = np.sqrt(var.clip(1e-6))
+    score = rows.score.astype(np.float64)
+    return {
+        "score": score,
+        "log_rank": np.log1p(rows.rank),
+        "gap_to_top": score - top[rows.anchor],
+        "score_z": (score - mean[rows.anchor]) / std[rows.anchor],
+        "log_reverse_rank": np.log1p(_reverse_rank(rows, c_doc, c_score)),
+        "log_doc_hubness": np.log1p(np.bincount(c_doc, minlength=int(rows.doc.max()) + 1)[rows.doc]),
+    }
+
+
+def feedback_features(
+    rows: PairRows,
+    *,
+    candidates: pa.Table,
+    anchor_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    neighbors: np.ndarray,
+    neighbor_sims: np.ndarray,
+    feedback_depth: int = 10,
+) -> dict[str, np.ndarray]:
+    """Label-free pseudo-relevance feedback: agreement of the anchor's neighbourhood.
+
+    ``feedback_score``: cosine between the document and the centroid of the anchor's top
+    `feedback_depth` retrieved documents (whatever their labels). ``neighborhood_score``: cosine
+    between the document and the similarity-weighted centroid of the nearest other anchors.
+    """
+    c_anchor = candidates.column("anchor_idx").to_numpy().astype(np.int64)
+    top = candidates.column("rank").to_numpy() < feedback_depth
+    n_anchors = len(anchor_vectors)
+    feedback = np.zeros((n_anchors, doc_vectors.shape[1]), np.float32)
+    np.add.at(feedback, c_anchor[top], doc_vectors[candidates.column("doc_idx").to_numpy()[top]])
+    weight = np.where(neighbors >= 0, neighbor_sims.clip(0), 0.0)
+    neighborhood = np.zeros_like(feedback)
+    for first in range(0, n_anchors, ROW_BATCH):
+        part = slice(first, first + ROW_BATCH)
+        neighborhood[part] = np.einsum("ak,akd->ad", weight[part], anchor_vectors[neighbors[part].clip(0)])
+    return {
+        "feedback_score": _row_cosine(doc_vectors, rows.doc, feedback, rows.anchor),
+        "neighborhood_score": _row_cosine(doc_vectors, rows.doc, neighborhood, rows.anchor),
+    }
+
+
+def _row_cosine(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, right_rows: np.ndarray) -> np.ndarray:
+    """Cosine of left[left_rows[i]] and right[right_rows[i]] (0 where right is a zero vector)."""
+    norms = np.linalg.norm(right, axis=1)
+    right = right / np.where(norms > 0, norms, 1.0)[:, None]
+    out = np.empty(len(left_rows), np.float32)
+    for first in range(0, len(left_rows), ROW_BATCH * 16):
+        part = slice(first, first + ROW_BATCH * 16)
+        out[part] = np.einsum("ij,ij->i", left[left_rows[part]], right[right_rows[part]])
+    return out
+
+
+def _reverse_rank(rows: PairRows, c_doc: np.ndarray, c_score: np.ndarray) -> np.ndarray:
+    """How many retrieved (anchor, doc) entries of the row's doc score higher than the row."""
+    composite = c_doc * 4.0 + (c_score + 1.5)
+    composite.sort()
+    row_key = rows.doc * 4.0 + (rows.score.astype(np.float64) + 1.5)
+    doc_end = np.searchsorted(composite, rows.doc * 4.0 + 4.0, side="left")
+    return doc_end - np.searchsorted(composite, row_key, side="right")
+
+
+def cross_anchor_features(
+    rows: PairRows, positives: Positives, neighbors: np.ndarray, neighbor_sims: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Is the document a given positive of other (similar) anchors? Leave-anchor-out."""
+    n_docs = positives.n_docs
+    fam = positives.family
+    keys = positives.family_keys
+    doc_of_key = keys % n_docs
+    family_count = np.bincount(doc_of_key, minlength=n_docs)
+    own = _lookup_sorted(fam[rows.anchor] * n_docs + rows.doc, keys) >= 0
+    best = np.zeros(len(rows.anchor), np.float32)
+    hits = np.zeros(len(rows.anchor), np.int64)
+    for first in range(0, len(rows.anchor), ROW_BATCH):
+        part = slice(first, first + ROW_BATCH)
+        nbr = neighbors[rows.anchor[part]]
+        nbr_keys = fam[nbr.clip(0)] * n_docs + rows.doc[part, None]
+        hit = (_lookup_sorted(nbr_keys.ravel(), keys) >= 0).reshape(nbr.shape) & (nbr >= 0)
+        best[part] = np.where(hit, neighbor_sims[rows.anchor[part]], 0.0).max(axis=1, initial=0.0)
+        hits[part] = hit.sum(axis=1)
+    return {
+        "neighbor_positive_sim": best,
+        "neighbor_positive_count": hits,
+        "log_doc_positive_count": np.log1p(family_count[rows.doc] - own),
+    }
+
+
+def neighbor_doc_features(
+    rows: PairRows,
+    positives: Positives,
+    neighbors: np.ndarray,
+    neighbor_sims: np.ndarray,
+    *,
+    doc_vectors: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Cosine between the document and the positives of the nearest other anchors.
+
+    The document itself is left out of those positives, so the feature measures topical
+    closeness to what similar anchors call relevant, not whether the document is one of them.
+    """
+    best = np.full(len(rows.anchor), -1.0, np.float32)
+    mean = np.full(len(rows.anchor), -1.0, np.float32)
+    k = neighbors.shape[1]
+    for first in range(0, len(rows.anchor), ROW_BATCH // 4):
+        part = np.arange(first, min(first + ROW_BATCH // 4, len(rows.anchor)))
+        nbr = neighbors[rows.anchor[part]].ravel()
+        owner, _, pos_doc = expand_positives(nbr.clip(0), positives)
+        real = nbr[owner] >= 0
+        owner, pos_doc = owner[real], pos_doc[real]
+        row_doc = rows.doc[part][owner // k]
+        sims = np.einsum("ij,ij->i", doc_vectors[row_doc], doc_vectors[pos_doc])
+        per_nbr = segment_max(np.where(pos_doc != row_doc, sims, -np.inf), owner, len(nbr)).reshape(-1, k)
+        valid = np.isfinite(per_nbr)
+        weight = np.where(valid, neighbor_sims[rows.anchor[part]].clip(0), 0.0)
+        best[part] = np.where(valid, per_nbr, -1.0).max(axis=1)
+        has = weight.sum(axis=1) > 0
+        mean[part] = np.where(
+            has, (np.where(valid, per_nbr, 0.0) * weight).sum(axis=1) / weight.sum(axis=1).clip(1e-6), -1.0
+        )
+    return {"neighbor_doc_max": best, "neighbor_doc_mean": mean}
+
+
+def own_positive_features(
+    rows: PairRows,
+    positives: Positives,
+    anchor_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    *,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Similarity to the anchor's other positives, leaving one positive out for every row.
+
+    A positive row compares with the anchor's other positives; a candidate row with all of
+    them but one (chosen by a seeded hash), so both see the same number of positives.
+    Anchors with a single positive get NaN on all their rows.
+    """
+    n_pos = np.diff(positives.indptr)[rows.anchor]
+    sim = np.full(len(rows.anchor), np.nan, np.float32)
+    gap = np.full(len(rows.anchor), np.nan, np.float32)
+    skip = _skipped_positive(rows, positives, n_pos, seed)
+    multi = np.nonzero(n_pos >= 2)[0]
+    for first in range(0, len(multi), ROW_BATCH):
+        part = multi[first : first + ROW_BATCH]
+        owner, offset, pos_doc = expand_positives(rows.anchor[part], positives)
+        keep = offset != skip[part][owner]
+        d_sim = np.einsum("ij,ij->i", doc_vectors[rows.doc[part][owner]], doc_vectors[pos_doc])
+        a_sim = np.einsum("ij,ij->i", anchor_vectors[rows.anchor[part][owner]], doc_vectors[pos_doc])
+        sim[part] = segment_max(np.where(keep, d_sim, -np.inf), owner, len(part))
+        gap[part] = rows.score[part] + segment_max(np.where(keep, -a_sim, -np.inf), owner, len(part))
+    return {"own_positive_sim": sim, "score_minus_own_positive": gap}
+
+
+def expand_positives(anchor: np.ndarray, positives: Positives) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (row, positive of the row's anchor) combination.
+
+    Returns:
+        (owner, offset, pos_doc): the row index, the positive's index among its anchor's
+        positives and its doc_idx, one entry per combination.
+    """
+    n_pos = np.diff(positives.indptr)[anchor]
+    owner = np.repeat(np.arange(len(anchor)), n_pos)
+    offset = np.arange(len(owner)) - np.repeat(np.cumsum(n_pos) - n_pos, n_pos)
+    return owner, offset, positives.docs[positives.indptr[anchor][owner] + offset]
+
+
+def segment_max(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Maximum of `values` per owner row (-inf where a row owns none)."""
+    out = np.full(n, -np.inf, np.float64)
+    np.maximum.at(out, owner, values)
+    return out
+
+
+def _skipped_positive(rows: PairRows, positives: Positives, n_pos: np.ndarray, seed: int) -> np.ndarray:
+    """Index (within the anchor's positives) of the positive each row leaves out."""
+    n_docs = positives.n_docs
+    owner = np.repeat(np.arange(len(positives.indptr) - 1), np.diff(positives.indptr))
+    sorted_keys = owner * n_docs + positives.docs
+    own = np.searchsorted(sorted_keys, rows.anchor * n_docs + rows.doc) - positives.indptr[rows.anchor]
+    drawn = pair_priority(rows.anchor.astype(np.uint64), rows.doc.astype(np.uint64), seed)
+    drawn = (drawn % n_pos.clip(1).astype(np.uint64)).astype(np.int64)
+    return np.where(rows.label == 1, own, drawn)

@@ -1,0 +1,197 @@
+"""Derive a new dataset version from a stored one, without embedding or searching again.
+
+A dataset version keeps every retrieved candidate (``candidates.parquet``) with the anchors,
+docs and pairs it refers to, so any strategy can be re-applied to it: :func:`refilter` reads
+the version, selects negatives with new settings through the same
+:func:`negminer.mining.derive.derive_dataset` that ``mine`` uses, and writes a new version
+whose manifest names its parent. Retrieval settings (``search_depth``), the input options and
+the model are the parent's and cannot change here: that needs a new ``mine`` run.
+
+Files of the parent that selection does not produce (``anchors``, ``docs``, ``pairs``,
+``rejects``, curation's ``flagged``, …) are carried over unchanged; curation flags on the
+candidate table (``flagged_false_negative``, ``excluded_by_audit``) keep dropping their rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pyarrow.parquet as pq
+
+from negminer.config import MineConfig, PipelineConfig
+from negminer.errors import ConfigError, StorageError
+from negminer.storage.atomic import sha256_file
+from negminer.storage.versions import MANIFEST, read_manifest, verify_version, write_version
+
+logger = logging.getLogger(__name__)
+
+# Files that derive_dataset writes; every other file of the parent is carried over.
+DERIVED_FILES = ("triplets", "candidates", "scored")
+REQUIRED_FILES = ("candidates", "anchors", "docs", "pairs")
+_RETRIEVAL = ("search_depth", "search_batch_size")
+_MANIFEST_OWN = ("files", "version", "parent", "created_at", "schema_version", "negminer_version")
+
+
+class RefilterResult(NamedTuple):
+    path: Path
+    counts: dict[str, Any]
+    seconds: float
+
+
+def refilter_config(
+    version_dir: str | Path,
+    config_path: str | Path | None = None,
+    **overrides: Any,
+) -> MineConfig:
+    """The mine settings for refiltering `version_dir`: a YAML file's ``mine`` section + overrides.
+
+    Retrieval settings come from the parent. A file that sets a different ``search_depth``,
+    or ``input`` / ``embed`` sections that differ from the parent's, is refused with a
+    message that says to run ``mine`` again.
+
+    Args:
+        version_dir: the parent dataset version.
+        config_path: YAML file laid out like ``PipelineConfig`` (only ``mine`` is used).
+        **overrides: ``mine`` keys, e.g. ``strategy="semi-hard"``, ``num_negatives=5``
+            (None values are ignored).
+
+    Example:
+        >>> mine = refilter_config("datasets/scifact/v0001", "strict.yaml")  # doctest: +SKIP
+    """
+    parent = PipelineConfig.model_validate(read_manifest(version_dir)["config"])
+    raw = _read_yaml(config_path) if config_path is not None else {}
+    source = str(config_path or "options")
+    for section in ("input", "embed"):
+        if section in raw:
+            given = PipelineConfig.from_dict({section: raw[section]}, source=source)
+            if getattr(given, section) != getattr(parent, section):
+                raise ConfigError(
+                    f"{source}: refilter keeps the parent's {section!r} settings; "
+                    f"run `negminer mine` to change them"
+                )
+    mine_raw = {**(raw.get("mine") or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    depth = parent.mine.search_depth
+    if mine_raw.get("search_depth", depth) != depth:
+        raise ConfigError(
+            f"{source}: mine.search_depth {mine_raw['search_depth']} differs from the stored "
+            f"retrieval ({depth}); narrow the window with range_max, or run `negminer mine` again"
+        )
+    mine_raw.update({key: getattr(parent.mine, key) for key in _RETRIEVAL})
+    return PipelineConfig.from_dict({"mine": mine_raw}, source=source).mine
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: config file not found") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw
+
+
+def refilter(
+    version_dir: str | Path,
+    *,
+    mine: MineConfig,
+    root: str | Path | None = None,
+    name: str | None = None,
+) -> RefilterResult:
+    """Write a new dataset version selected from `version_dir`'s stored candidate table.
+
+    Args:
+        version_dir: a complete dataset version (``ROOT/NAME/VERSION``).
+        mine: the new selection settings; ``search_depth`` must be the parent's (see
+            :func:`refilter_config`).
+        root: datasets root of the new version (default: the parent's root).
+        name: dataset name of the new version (default: the parent's name).
+
+    Returns:
+        RefilterResult(path of the new version, its selection counts, seconds taken).
+
+    Example:
+        >>> result = refilter("datasets/scifact/v0001", mine=MineConfig(strategy="semi-hard"))  # doctest: +SKIP
+        >>> result.path  # doctest: +SKIP
+        PosixPath('datasets/scifact/v0002')
+    """
+    from negminer.audit.feedback import feedback_for_version
+    from negminer.mining.derive import derive_dataset
+
+    start = time.perf_counter()
+    version_dir = Path(version_dir)
+    manifest = _checked_manifest(version_dir, mine)
+    tables = {stem: pq.read_table(version_dir / f"{stem}.parquet") for stem in _stems(manifest)}
+    audit = feedback_for_version(version_dir, tables)  # reviewers' decisions (negminer audit)
+    derived = derive_dataset(
+        audit.candidates,
+        anchors=tables["anchors"],
+        docs=tables["docs"],
+        pairs=audit.pairs,
+        config=mine,
+    )
+    carried = {stem: t for stem, t in tables.items() if stem not in DERIVED_FILES}
+    seconds = time.perf_counter() - start
+    new_manifest = _child_manifest(manifest, version_dir, mine, derived, seconds)
+    new_manifest["counts"]["audit"] = audit.counts
+    root = Path(root) if root is not None else version_dir.parent.parent
+    name = name or version_dir.parent.name
+    same_dataset = root.resolve() / name == version_dir.parent.resolve()
+    path = write_version(
+        root,
+        name,
+        tables={**carried, **derived.tables},
+        manifest=new_manifest,
+        parent=version_dir.name if same_dataset else str(version_dir.resolve()),
+    )
+    logger.info("refiltered %s into %s", version_dir, path)
+    return RefilterResult(path, derived.counts, time.perf_counter() - start)
+
+
+def _stems(manifest: dict[str, Any]) -> list[str]:
+    return [fname.removesuffix(".parquet") for fname in manifest["files"] if fname.endswith(".parquet")]
+
+
+def _checked_manifest(version_dir: Path, mine: MineConfig) -> dict[str, Any]:
+    problems = verify_version(version_dir)
+    if problems:
+        raise StorageError(f"{version_dir}: cannot refilter an unsound version: " + "; ".join(problems))
+    manifest = read_manifest(version_dir)
+    missing = [s for s in REQUIRED_FILES if f"{s}.parquet" not in manifest.get("files", {})]
+    if missing:
+        raise StorageError(
+            f"{version_dir}: lacks {', '.join(f'{s}.parquet' for s in missing)}; "
+            f"run `negminer mine` to write a version that can be refiltered"
+        )
+    depth = manifest["config"]["mine"]["search_depth"]
+    if mine.search_depth != depth:
+        raise ConfigError(
+            f"search_depth {mine.search_depth} differs from the stored retrieval ({depth}): "
+            f"build the settings with refilter_config, or run `negminer mine` again"
+        )
+    return manifest
+
+
+def _child_manifest(
+    parent: dict[str, Any], version_dir: Path, mine: MineConfig, derived: Any, seconds: float
+) -> dict[str, Any]:
+    manifest = {k: v for k, v in parent.items() if k not in _MANIFEST_OWN}
+    manifest["config"] = {**parent["config"], "mine": mine.model_dump(mode="json")}
+    manifest["counts"] = {**parent.get("counts", {}), **derived.counts}
+    manifest["score_quantiles"] = derived.score_quantiles
+    manifest["selection"] = derived.selection
+    manifest["derived_from"] = {
+        "path": str(version_dir.resolve()),
+        "version": parent.get("version", version_dir.name),
+        "manifest_sha256": sha256_file(version_dir / MANIFEST),
+        "by": "refilter",
+        "seconds": round(seconds, 3),
+    }
+    return manifest

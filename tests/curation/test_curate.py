@@ -1,0 +1,138 @@
+"""curate_candidates on the planted-error world (tests/curation/conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from curation_world import ANCHORS_PER_TOPIC, DOCS_PER_TOPIC, TOPICS, WRONG_PAIR
+
+from negminer.config import CurateConfig, PipelineConfig
+from negminer.curation import curate_candidates, training_pairs
+from negminer.curation.curate import apply_policies, score_pairs
+from negminer.errors import ConfigError
+
+
+@pytest.fixture(scope="session")
+def scored(world):
+    return score_pairs(world.candidates, **world.kwargs(), config=CurateConfig())
+
+
+@pytest.fixture(scope="session")
+def result(world, scored):
+    return apply_policies(scored, world.candidates, config=CurateConfig())
+
+
+def _flags(result, kind: str) -> pa.Table:
+    return result.flagged.filter(pc.equal(result.flagged.column("kind"), kind))
+
+
+def test_paraphrase_of_a_positive_is_flagged_false_negative(world, result):
+    for kind in ("false_negative", "near_duplicate"):
+        flagged = _flags(result, kind)
+        hits = pc.and_(pc.equal(flagged.column("anchor_idx"), 0), pc.equal(flagged.column("doc_idx"), world.paraphrase))
+        assert pc.sum(hits).as_py() == 1, kind
+    row = result.candidates.filter(
+        pc.and_(
+            pc.equal(result.candidates.column("anchor_idx"), 0),
+            pc.equal(result.candidates.column("doc_idx"), world.paraphrase),
+        )
+    )
+    assert row.column("flagged_false_negative").to_pylist() == [True]
+
+
+def test_random_document_positive_is_flagged_false_positive(result):
+    assert WRONG_PAIR in result.false_positive_pairs.tolist()
+    assert WRONG_PAIR in result.excluded_pairs.tolist()  # default action: quarantine
+    scores = result.pair_scores.sort_by("quality")
+    assert scores.column("pair_idx")[0].as_py() == WRONG_PAIR  # the least trustworthy pair
+
+
+def test_unlabelled_positives_are_flagged_and_true_negatives_kept(world, result):
+    cands = result.candidates.filter(pc.invert(result.candidates.column("is_positive")))
+    anchor = cands.column("anchor_idx").to_numpy()
+    doc = cands.column("doc_idx").to_numpy()
+    same_topic = (doc < TOPICS * DOCS_PER_TOPIC) & (doc // DOCS_PER_TOPIC == anchor // ANCHORS_PER_TOPIC)
+    flagged = cands.column("flagged_false_negative").to_numpy(zero_copy_only=False)
+    assert flagged[same_topic].mean() > 0.9
+    assert flagged[~same_topic].mean() < 0.05
+
+
+def test_result_contract(world, result):
+    assert result.candidates.column_names == [*world.candidates.column_names, "relevance", "flagged_false_negative"]
+    assert result.candidates.num_rows == world.candidates.num_rows
+    assert result.candidates.column("relevance").type == pa.float32()
+    for column in ("kind", "action", "anchor_idx", "doc_idx", "pair_idx", "quality", "relevance", "feature_score"):
+        assert column in result.flagged.column_names
+    assert set(result.flagged.column("kind").to_pylist()) <= {"false_negative", "false_positive", "near_duplicate"}
+    counts = result.counts
+    assert counts["false_positive"] == len(result.false_positive_pairs)
+    assert counts["negatives_excluded"] == pc.sum(result.candidates.column("flagged_false_negative")).as_py()
+    assert 0 <= result.noise["negatives_relevant"] <= 1 and 0 <= result.noise["positives_irrelevant"] <= 1
+    assert result.pair_scores.num_rows == world.pairs.num_rows
+
+
+def _same_table(left: pa.Table, right: pa.Table) -> bool:
+    """Equal tables, NaN equal to NaN (the leave-one-out features are NaN here)."""
+    if left.schema != right.schema or left.num_rows != right.num_rows:
+        return False
+    for name in left.column_names:
+        x = left.column(name).to_numpy(zero_copy_only=False)
+        y = right.column(name).to_numpy(zero_copy_only=False)
+        if not (np.array_equal(x, y, equal_nan=True) if x.dtype.kind == "f" else np.array_equal(x, y)):
+            return False
+    return True
+
+
+def test_same_input_gives_same_flags(world, result):
+    again = curate_candidates(world.candidates, **world.kwargs(), config=CurateConfig())
+    assert _same_table(again.flagged, result.flagged)
+    assert again.candidates.equals(result.candidates)
+    assert np.array_equal(again.false_positive_pairs, result.false_positive_pairs)
+
+
+@pytest.mark.parametrize("action", ["drop", "quarantine", "keep"])
+def test_false_negative_policy(world, scored, action):
+    out = apply_policies(
+        scored, world.candidates, config=CurateConfig(false_negative_action=action, near_duplicate_action=action)
+    )
+    flagged = _flags(out, "false_negative")
+    assert flagged.num_rows > 0
+    assert set(flagged.column("action").to_pylist()) == {action}
+    excluded = pc.sum(out.candidates.column("flagged_false_negative")).as_py() or 0
+    assert (excluded > 0) == (action != "keep")
+
+
+@pytest.mark.parametrize("action", ["drop", "quarantine", "keep"])
+def test_false_positive_policy(world, scored, action):
+    out = apply_policies(scored, world.candidates, config=CurateConfig(false_positive_action=action))
+    assert out.false_positive_action == action
+    assert WRONG_PAIR in out.false_positive_pairs.tolist()
+    kept = training_pairs(world.pairs, out.excluded_pairs)
+    assert (WRONG_PAIR in kept.column("pair_idx").to_pylist()) == (action == "keep")
+    assert set(_flags(out, "false_positive").column("action").to_pylist()) == {action}
+
+
+def test_flagged_table_carries_ids(world, scored):
+    ids = [f"a{i}" for i in range(len(world.anchor_texts))]
+    docs = [f"d{i}" for i in range(len(world.doc_texts))]
+    out = apply_policies(scored, world.candidates, anchor_ids=ids, doc_ids=docs)
+    fp = _flags(out, "false_positive")
+    assert f"a{WRONG_PAIR}" in fp.column("anchor_id").to_pylist()
+
+
+def test_validation_names_the_fix(world):
+    with pytest.raises(ValueError, match="candidates lack columns"):
+        curate_candidates(world.candidates.drop_columns(["positive_score"]), **world.kwargs())
+    kwargs = world.kwargs() | {"anchor_texts": world.anchor_texts[:-1]}
+    with pytest.raises(ValueError, match="anchor vectors but"):
+        curate_candidates(world.candidates, **kwargs)
+
+
+def test_pipeline_config_has_a_curate_section():
+    config = PipelineConfig.from_dict({"curate": {"false_positive_action": "keep", "max_rank": 30}})
+    assert config.curate.false_positive_action == "keep"
+    assert config.curate.max_rank == 30
+    with pytest.raises(ConfigError, match=r"curate\.false_negative_action"):
+        PipelineConfig.from_dict({"curate": {"false_negative_action": "ignore"}})

@@ -1,0 +1,195 @@
+"""refilter: a new dataset version from a stored candidate table, no embedding or search.
+
+The parent version is written by the real stages (read → search → select → write) on 40
+sample pairs with seeded random vectors in place of the model, so these tests stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from negminer import stages
+from negminer.config import MineConfig, PipelineConfig
+from negminer.errors import ConfigError, StorageError
+from negminer.refilter import refilter, refilter_config
+from negminer.storage.versions import latest_version, read_manifest, verify_version, write_version
+
+DEPTH = 20
+
+
+def mine_without_model(sample_dir: Path, folder: Path, config: PipelineConfig) -> Path:
+    """A complete version through the real stages, with seeded random unit vectors."""
+    pairs = folder / "pairs.parquet"
+    pq.write_table(pq.read_table(sample_dir / "pairs.parquet").slice(0, 40), pairs)
+    work = folder / "work"
+    read = stages.read_stage(pairs, sample_dir / "corpus.parquet", work, config=config.input)
+    rng = np.random.default_rng(0)
+    for stem in ("anchors", "docs"):
+        vectors = rng.normal(size=(pq.read_metadata(work / f"{stem}.parquet").num_rows, 16)).astype(np.float32)
+        np.save(work / f"{stem}.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    embed = {"model": {"name": "random-16", "fingerprint": "random-16"}, "dim": 16, "embedding": {}}
+    (work / "embed.json").write_text(json.dumps(embed))
+    search = stages.search_stage(work, config=config.mine)
+    select = stages.select_stage(work, search["candidates"], config=config.mine)
+    path = stages.write_stage(
+        work, folder / "out", "toy", config=config, read_ref=read, embed_ref=embed, search_ref=search, select_ref=select
+    )
+    return Path(path)
+
+
+@pytest.fixture(scope="module")
+def parent(sample_dir: Path, tmp_path_factory) -> Path:
+    config = PipelineConfig.from_dict({"mine": {"search_depth": DEPTH, "num_negatives": 3, "output_scores": True}})
+    return mine_without_model(sample_dir, tmp_path_factory.mktemp("refilter"), config)
+
+
+@pytest.fixture
+def version(parent: Path, tmp_path: Path) -> Path:
+    """A private copy of the parent's dataset folder, so tests can add versions freely."""
+    shutil.copytree(parent.parent, tmp_path / "out" / "toy")
+    return tmp_path / "out" / "toy" / parent.name
+
+
+def files(version: Path) -> dict[str, str]:
+    return {name: info["sha256"] for name, info in read_manifest(version)["files"].items()}
+
+
+def test_the_same_settings_give_the_same_bytes(version: Path):
+    result = refilter(version, mine=refilter_config(version, num_negatives=3, output_scores=True))
+    assert result.path == version.parent / "v0002"
+    for name in ("triplets.parquet", "candidates.parquet", "scored.parquet", "pairs.parquet"):
+        assert files(result.path)[name] == files(version)[name], name
+    assert verify_version(result.path) == []
+
+
+def test_the_new_manifest_names_its_parent(version: Path):
+    result = refilter(version, mine=refilter_config(version, strategy="semi-hard", semi_hard_margin=0.3))
+    manifest = read_manifest(result.path)
+    assert manifest["parent"] == version.name
+    assert manifest["derived_from"]["version"] == version.name
+    assert manifest["derived_from"]["by"] == "refilter"
+    assert manifest["config"]["mine"]["strategy"] == "semi-hard"
+    assert manifest["config"]["embed"] == read_manifest(version)["config"]["embed"]
+    assert manifest["model"] == read_manifest(version)["model"]
+    assert latest_version(version.parent) == result.path.name
+
+
+def test_a_new_strategy_changes_the_selection_and_counts(version: Path):
+    result = refilter(version, mine=refilter_config(version, strategy="semi-hard", semi_hard_margin=0.3))
+    counts = read_manifest(result.path)["counts"]
+    assert counts["dropped_by_reason"]["semi_hard_band"] > 0
+    assert counts["dropped_by_reason"] == result.counts["dropped_by_reason"]
+    candidates = pq.read_table(result.path / "candidates.parquet")
+    chosen = candidates.filter(pc.is_valid(candidates.column("negative_slot")))
+    margin = np.array(chosen.column("score_minus_positive").to_pylist())
+    assert len(margin) and np.all((margin < 0) & (margin >= -0.3 - 1e-6))
+    # the scored view is not carried over when the new settings do not ask for it
+    assert "scored.parquet" not in files(result.path)
+    assert files(result.path)["anchors.parquet"] == files(version)["anchors.parquet"]
+
+
+def test_refilter_neither_embeds_nor_searches(version: Path, monkeypatch):
+    import negminer.mining.encoder as encoder
+    import negminer.mining.search as search
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("refilter must not embed or search")
+
+    monkeypatch.setattr(encoder, "load_model", forbidden)
+    monkeypatch.setattr(search, "search_candidates", forbidden)
+    assert refilter(version, mine=refilter_config(version, strategy="positive-aware")).path.exists()
+
+
+def test_curation_flags_on_the_stored_candidates_drop_their_rows(version: Path, tmp_path: Path):
+    candidates = pq.read_table(version / "candidates.parquet")
+    slot = candidates.column("negative_slot").to_pylist()
+    flagged = pa.array([s == 1 for s in slot])
+    tables = {p.stem: pq.read_table(p) for p in version.glob("*.parquet")}
+    tables["candidates"] = candidates.append_column("flagged_false_negative", flagged)
+    manifest = {k: v for k, v in read_manifest(version).items() if k != "files"}
+    curated = write_version(tmp_path / "cur", "toy", tables=tables, manifest=manifest)
+    result = refilter(curated, mine=refilter_config(curated, num_negatives=3))
+    after = pq.read_table(result.path / "candidates.parquet")
+    reasons = after.column("reason").to_pylist()
+    assert [r for r, f in zip(reasons, flagged.to_pylist(), strict=True) if f] == ["false_negative"] * sum(
+        flagged.to_pylist()
+    )
+    assert "flagged_false_negative" in after.column_names
+    assert result.counts["anchors_short"] == read_manifest(version)["counts"]["anchors_short"]
+
+
+def test_writing_under_another_name_records_the_parent_path(version: Path, tmp_path: Path):
+    result = refilter(version, mine=refilter_config(version), root=tmp_path / "elsewhere", name="strict")
+    assert result.path == tmp_path / "elsewhere" / "strict" / "v0001"
+    assert read_manifest(result.path)["parent"] == str(version.resolve())
+
+
+def test_refilter_config_reads_the_yaml_mine_section_with_overrides(version: Path, tmp_path: Path):
+    path = tmp_path / "new.yaml"
+    path.write_text("mine:\n  strategy: positive-aware\n  relative_margin: 0.1\n  num_negatives: 2\n")
+    mine = refilter_config(version, path, num_negatives=4, strategy=None)
+    assert (mine.strategy, mine.relative_margin, mine.num_negatives, mine.search_depth) == (
+        "positive-aware",
+        0.1,
+        4,
+        DEPTH,
+    )
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("mine:\n  search_depth: 500\n", "search_depth"),
+        ("embed:\n  max_seq_length: 64\n", "embed"),
+        ("mine:\n  range_max: 500\n", "range_max"),
+        ("mine:\n  strategy: strictest\n", "strategy"),
+    ],
+)
+def test_refilter_config_refuses_what_needs_a_new_mine_run(version: Path, tmp_path: Path, yaml_text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        refilter_config(version, path)
+
+
+def test_a_depth_other_than_the_stored_one_is_refused(version: Path):
+    with pytest.raises(ConfigError, match="search_depth"):
+        refilter(version, mine=MineConfig(search_depth=DEPTH + 1))
+
+
+def test_an_unsound_or_incomplete_version_is_refused(version: Path, tmp_path: Path):
+    with (version / "triplets.parquet").open("ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(StorageError, match="unsound"):
+        refilter(version, mine=refilter_config(version))
+    bare = write_version(tmp_path / "bare", "toy", tables={"triplets": pa.table({"a": [1]})}, manifest={})
+    with pytest.raises(StorageError, match=r"candidates\.parquet"):
+        refilter(bare, mine=MineConfig())
+
+
+def test_cli_refilter_prints_the_new_version_last(version: Path, tmp_path: Path):
+    from negminer.cli import app
+
+    path = tmp_path / "semi.yaml"
+    path.write_text("mine:\n  strategy: semi-hard\n  semi_hard_margin: 0.3\n")
+    result = CliRunner().invoke(app, ["refilter", str(version), "--config", str(path), "--num-negatives", "2"])
+    assert result.exit_code == 0, result.output
+    new = Path(result.stdout.strip().splitlines()[-1])
+    assert new == version.parent / "v0002"
+    assert read_manifest(new)["config"]["mine"]["num_negatives"] == 2
+
+
+def test_cli_mine_has_a_strategy_option():
+    from negminer.cli import app
+
+    result = CliRunner().invoke(app, ["mine", "--help"])
+    assert result.exit_code == 0 and "--strategy" in result.stdout
