@@ -41,9 +41,25 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     _set_offline_env()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("negminer").setLevel(logging.INFO)
+    _configure_logging(debug)
     os.environ["NEGMINER_DEBUG"] = "1" if debug else ""
+
+
+def _configure_logging(debug: bool) -> None:
+    """negminer's progress on stderr; Prefect's console logs (and tracebacks) only with --debug.
+
+    Prefect still sends every run log to its server, where the UI shows them.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    ours = logging.getLogger("negminer")
+    ours.setLevel(logging.INFO)
+    ours.addHandler(handler)
+    ours.propagate = False
+    if debug:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    else:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 _STRATEGY_HELP = (

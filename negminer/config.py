@@ -92,7 +92,7 @@ class EmbedConfig(_Frozen):
     anchor_vectors: str | None = Field(
         None, description="Precomputed anchor vectors (Parquet id+embedding, or .npz ids+vectors) instead of a model."
     )
-    doc_vectors: str | None = Field(None, description="Precomputed doc vectors, the same formats; needs anchor_vectors.")
+    doc_vectors: str | None = Field(None, description="Precomputed doc vectors (same formats); needs anchor_vectors.")
 
     @model_validator(mode="after")
     def _check_precomputed(self) -> EmbedConfig:

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negminer.config import EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
+from negminer.config import CurateConfig, EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
 from negminer.errors import InputError
 from negminer.mining.encoder import embedding_dimension, load_model, model_fingerprint, resolve_model_path
 from negminer.storage.atomic import sha256_file, write_bytes_atomic, write_npy_atomic, write_parquet_atomic
@@ -380,11 +380,57 @@ def search_stage(
     return _finish(work_dir / f"search-{stem}.json", ref)
 
 
-def select_stage(work_dir: str | Path, candidates_path: str | Path, *, config: MineConfig) -> dict[str, Any]:
+def curate_stage(work_dir: str | Path, candidates_path: str | Path, *, config: CurateConfig) -> dict[str, Any]:
+    """Flag likely false negatives / false positives / near-duplicates (confident learning).
+
+    Writes ``curated.parquet`` (the candidates with ``flagged_false_negative``, which the
+    strategy drops so the next valid candidate replaces them), ``flagged.parquet`` and
+    ``training-pairs.parquet`` (the pairs without those whose positive is dropped or
+    quarantined). With curation disabled, the candidates and pairs pass through unchanged.
+    """
+    from negminer.curation import KINDS, curate_candidates, training_pairs
+
+    work_dir = Path(work_dir)
+    if not config.enabled:
+        return {"candidates": str(candidates_path), "pairs": str(work_dir / "pairs.parquet"), "tables": {},
+                "counts": {}, "noise": None}
+    start = time.perf_counter()
+    anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
+    docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text"])
+    pairs = pq.read_table(work_dir / "pairs.parquet")
+    result = curate_candidates(
+        pq.read_table(candidates_path),
+        pairs=pairs,
+        anchor_vectors=np.load(work_dir / "anchors.npy", mmap_mode="r"),
+        doc_vectors=np.load(work_dir / "docs.npy", mmap_mode="r"),
+        anchor_texts=anchors.column("text").to_pylist(),
+        doc_texts=docs.column("text").to_pylist(),
+        config=config,
+        anchor_ids=anchors.column("anchor_id").to_pylist(),
+        doc_ids=docs.column("doc_id").to_pylist(),
+    )
+    paths = {stem: work_dir / f"{stem}.parquet" for stem in ("curated", "flagged", "training-pairs")}
+    write_parquet_atomic(paths["curated"], result.candidates)
+    write_parquet_atomic(paths["flagged"], result.flagged)
+    write_parquet_atomic(paths["training-pairs"], training_pairs(pairs, result.excluded_pairs))
+    return {
+        "candidates": str(paths["curated"]),
+        "pairs": str(paths["training-pairs"]),
+        "tables": {"flagged": str(paths["flagged"])},
+        "counts": {"flagged_by_kind": {kind: result.counts[kind] for kind in KINDS}, "curation": result.counts},
+        "noise": result.noise,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def select_stage(
+    work_dir: str | Path, candidates_path: str | Path, *, config: MineConfig, pairs_path: str | Path | None = None
+) -> dict[str, Any]:
     """Apply the strategy and build the views; writes selected/triplets[/scored]/pairs-scored.
 
     The selection itself is :func:`negminer.mining.derive.derive_dataset`, which ``refilter``
     shares; this stage adds each pair's cosine (from the vectors) to the pairs table.
+    `pairs_path` is the curation stage's training pairs (default: all validated pairs).
     """
     from negminer.audit.feedback import feedback_for_work_dir
     from negminer.mining.derive import derive_dataset, with_pair_scores
@@ -392,7 +438,7 @@ def select_stage(work_dir: str | Path, candidates_path: str | Path, *, config: M
     work_dir = Path(work_dir)
     start = time.perf_counter()
     pairs = with_pair_scores(
-        pq.read_table(work_dir / "pairs.parquet"),
+        pq.read_table(pairs_path or work_dir / "pairs.parquet"),
         np.load(work_dir / "anchors.npy", mmap_mode="r"),
         np.load(work_dir / "docs.npy", mmap_mode="r"),
     )
@@ -470,6 +516,7 @@ def write_stage(
             "candidates": search_ref["rows"],
         },
         "score_quantiles": select_ref["score_quantiles"],
+        "noise": (curate_ref or {}).get("noise"),  # cleanlab's estimated label noise
         "selection": select_ref.get("selection", {}),
         "search_depth": search_ref["depth"],
         "index": _without_seconds(search_ref.get("index")),

@@ -69,19 +69,20 @@ def test_triplets_are_text_only_and_exclude_positives(mined: tuple[Path, Path], 
     assert all(len(negs) % 3 == 0 for negs in per_pair.values())
 
 
-def test_negatives_are_the_top_scoring_non_positives(mined: tuple[Path, Path]) -> None:
+def test_negatives_are_eligible_candidates(mined: tuple[Path, Path]) -> None:
     _, version = mined
     cands = pq.read_table(version / "candidates.parquet").to_pylist()
     by_anchor: dict[int, list[dict]] = {}
     for row in cands:
         by_anchor.setdefault(row["anchor_idx"], []).append(row)
     for rows in by_anchor.values():
-        eligible = sorted(
-            (r for r in rows if not (r["is_positive"] or r["same_text_as_positive"] or r["same_text_as_anchor"])),
-            key=lambda r: r["rank"],
-        )
-        chosen = sorted((r for r in rows if r["negative_slot"] is not None), key=lambda r: r["negative_slot"])
-        assert [r["doc_idx"] for r in chosen] == [r["doc_idx"] for r in eligible[:3]]
+        chosen = [r for r in rows if r["negative_slot"] is not None]
+        assert sorted(r["negative_slot"] for r in chosen) == [1, 2, 3]
+        for row in chosen:
+            assert row["reason"] == "selected"
+            assert not (row["is_positive"] or row["same_text_as_positive"] or row["same_text_as_anchor"])
+        dropped = [r for r in rows if r["negative_slot"] is None]
+        assert all(r["reason"] != "selected" for r in dropped)
 
 
 def test_second_run_embeds_nothing(mined: tuple[Path, Path], sample_dir: Path, store_root: Path) -> None:

@@ -25,7 +25,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from negminer import stages
-from negminer.config import EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
+from negminer.config import CurateConfig, EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
 from negminer.errors import NegminerError, StorageError
 from negminer.storage.retention import work_lock
 
@@ -86,9 +86,14 @@ def search_task(work_dir: str, config: MineConfig, index_config: IndexConfig, in
     return stages.search_stage(work_dir, config=config, index_config=index_config, index_ref=index)
 
 
+@task(name="curate", cache_policy=NO_CACHE)
+def curate_task(work_dir: str, candidates: str, config: CurateConfig) -> dict[str, Any]:
+    return stages.curate_stage(work_dir, candidates, config=config)
+
+
 @task(name="strategy", cache_policy=NO_CACHE)
-def strategy_task(work_dir: str, candidates: str, config: MineConfig) -> dict[str, Any]:
-    return stages.select_stage(work_dir, candidates, config=config)
+def strategy_task(work_dir: str, candidates: str, config: MineConfig, pairs: str | None = None) -> dict[str, Any]:
+    return stages.select_stage(work_dir, candidates, config=config, pairs_path=pairs)
 
 
 @task(name="write", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -197,11 +202,14 @@ def mine_flow(
         parent = stages.parent_work_dir(out, name)
         index_ref = clock.run("index", tasks.index, w, config.index, config.mine, parent=parent)
         search_ref = clock.run("search", tasks.search, w, config.mine, config.index, index_ref)
-        strategy_ref = clock.run("strategy", strategy_task, w, search_ref["candidates"], config.mine)
+        curate_ref = clock.run("curate", curate_task, w, search_ref["candidates"], config.curate)
+        logger.info("curation flagged %s", curate_ref["counts"].get("flagged_by_kind", "nothing (disabled)"))
+        strategy_ref = clock.run(
+            "strategy", strategy_task, w, curate_ref["candidates"], config.mine, curate_ref["pairs"]
+        )
         logger.info("selected %s", strategy_ref["counts"])
-        refs = {"read": read_ref, "embed": embed_ref, "search": search_ref, "strategy": strategy_ref}
-        # curate: the curation stage runs here; its reference goes to write as refs["curate"]
-        # ({"tables": {"flagged": path, ...}, "counts": {"flagged_by_kind": {...}, ...}}).
+        refs = {"read": read_ref, "embed": embed_ref, "search": search_ref, "strategy": strategy_ref,
+                "curate": curate_ref}
         version = clock.run("write", write_task, w, out, name, config, refs)
     clock.run("report", report_task, version, name, dict(clock.timings))
     return version
