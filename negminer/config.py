@@ -149,6 +149,9 @@ class MineConfig(_Frozen):
         False, description="Also write scored.parquet: the training view plus a scores column."
     )
     seed: int = 12
+    audit_extra_positives: bool = Field(
+        False, description="A document a reviewer confirmed relevant (negminer audit) becomes an extra positive."
+    )
     search_batch_size: int = Field(4096, ge=1)
 
     @model_validator(mode="before")

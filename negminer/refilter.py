@@ -129,7 +129,7 @@ def refilter(
     version_dir = Path(version_dir)
     manifest = _checked_manifest(version_dir, mine)
     tables = {stem: pq.read_table(version_dir / f"{stem}.parquet") for stem in _stems(manifest)}
-    audit = feedback_for_version(version_dir, tables)  # reviewers' decisions (negminer audit)
+    audit = feedback_for_version(version_dir, tables, extra_positives=mine.audit_extra_positives)
     derived = derive_dataset(
         audit.candidates,
         anchors=tables["anchors"],

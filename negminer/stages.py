@@ -445,7 +445,7 @@ def select_stage(
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
     docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text", "text_key"])
     inputs = {"candidates": pq.read_table(candidates_path), "anchors": anchors, "docs": docs, "pairs": pairs}
-    audit = feedback_for_work_dir(work_dir, inputs)  # reviewers' decisions (negminer audit)
+    audit = feedback_for_work_dir(work_dir, inputs, extra_positives=config.audit_extra_positives)
     derived = derive_dataset(audit.candidates, anchors=anchors, docs=docs, pairs=audit.pairs, config=config)
     names = {"candidates": "selected", "triplets": "triplets", "scored": "scored", "pairs": "pairs-scored"}
     tables = {**derived.tables, "pairs": pairs}
