@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import logging
 import time
 from functools import cache
@@ -461,6 +462,21 @@ def select_stage(
         "score_quantiles": derived.score_quantiles,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def audit_load_stage(version_dir: str | Path, root: str | Path) -> dict[str, Any]:
+    """Load the version's flagged pairs into the audit database (``ROOT/audit.db`` by default)."""
+    from negminer.audit.db import default_url, open_db
+    from negminer.audit.loader import load_version
+
+    if not (Path(version_dir) / "flagged.parquet").exists():
+        return {"loaded": 0}
+    engine = open_db(os.environ.get("NEGMINER_AUDIT_DB") or default_url(root))
+    try:
+        result = load_version(engine, version_dir)
+    finally:
+        engine.dispose()
+    return {"loaded": result.rows, "version": str(version_dir)}
 
 
 def write_stage(

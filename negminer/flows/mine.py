@@ -111,6 +111,11 @@ def write_task(work_dir: str, root: str, name: str, config: PipelineConfig, refs
     )
 
 
+@task(name="audit-load", cache_policy=NO_CACHE, **IO_RETRIES)
+def audit_load_task(version: str, root: str) -> dict[str, Any]:
+    return stages.audit_load_stage(version, root)
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(version: str, name: str, timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Publish the run's markdown summary, its top flagged pairs and a link to the version."""
@@ -211,5 +216,6 @@ def mine_flow(
         refs = {"read": read_ref, "embed": embed_ref, "search": search_ref, "strategy": strategy_ref,
                 "curate": curate_ref}
         version = clock.run("write", write_task, w, out, name, config, refs)
+    clock.run("audit-load", audit_load_task, version, out)
     clock.run("report", report_task, version, name, dict(clock.timings))
     return version
