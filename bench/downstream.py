@@ -562,8 +562,10 @@ def markdown_table(name: str, by_arm: dict[str, list[dict[str, Any]]], info: dic
         cells = [_cell(summarise(results, m)) for m in ("ndcg@10", "recall@100")]
         mined = info.get(arm, {})
         fn = mined.get("false_negative_rate")
+        no_curation = arm == "negminer-default" and mined.get("curation_ran") is False
+        label = ARM_LABELS[arm] + (" (the flow ran no curation)" if no_curation else "")
         lines.append(
-            f"| {ARM_LABELS[arm]} | {len(results)} | {cells[0]} | {cells[1]} | {mined.get('rows', '—')} | "
+            f"| {label} | {len(results)} | {cells[0]} | {cells[1]} | {mined.get('rows', '—')} | "
             f"{mined.get('anchors', '—')} | {'—' if fn is None else f'{100 * fn:.1f}%'} |"
         )
     margin = paired_margin(by_arm.get("negminer-default", []), by_arm.get("st-margin", []), "ndcg@10")
