@@ -295,18 +295,7 @@ class PipelineConfig(_Frozen):
         Example:
             >>> PipelineConfig.from_yaml("nightly.yaml", **{"mine.num_negatives": 5})  # doctest: +SKIP
         """
-        import yaml
-
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError as err:
-            raise ConfigError(f"{path}: config file not found") from err
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
-        return cls.from_dict(raw, source=str(path), **overrides)
+        return cls.from_dict(read_yaml_sections(path), source=str(path), **overrides)
 
     @classmethod
     def from_dict(
@@ -334,3 +323,19 @@ def _describe(err: ValidationError) -> str:
         else:
             parts.append(f"{key}: {item['msg']}")
     return "; ".join(parts)
+
+
+def read_yaml_sections(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file; clear errors for a missing or bad file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: config file not found") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw

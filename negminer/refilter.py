@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
 
-from negminer.config import MineConfig, PipelineConfig
+from negminer.config import MineConfig, PipelineConfig, read_yaml_sections
 from negminer.errors import ConfigError, StorageError
 from negminer.storage.atomic import sha256_file
 from negminer.storage.versions import MANIFEST, read_manifest, verify_version, write_version
@@ -62,7 +62,7 @@ def refilter_config(
         >>> mine = refilter_config("datasets/scifact/v0001", "strict.yaml")  # doctest: +SKIP
     """
     parent = PipelineConfig.model_validate(read_manifest(version_dir)["config"])
-    raw = _read_yaml(config_path) if config_path is not None else {}
+    raw = read_yaml_sections(config_path) if config_path is not None else {}
     source = str(config_path or "options")
     for section in ("input", "embed"):
         if section in raw:
@@ -81,21 +81,6 @@ def refilter_config(
         )
     mine_raw.update({key: getattr(parent.mine, key) for key in _RETRIEVAL})
     return PipelineConfig.from_dict({"mine": mine_raw}, source=source).mine
-
-
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError as err:
-        raise ConfigError(f"{path}: config file not found") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return raw
 
 
 def refilter(
