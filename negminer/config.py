@@ -153,6 +153,9 @@ class MineConfig(_Frozen):
         False, description="A document a reviewer confirmed relevant (negminer audit) becomes an extra positive."
     )
     search_batch_size: int = Field(4096, ge=1)
+    search_shard_size: int = Field(
+        100_000, ge=1, description="Anchors per search task: the unit the flow maps over (and Dask distributes)."
+    )
 
     @model_validator(mode="before")
     @classmethod

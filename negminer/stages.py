@@ -346,23 +346,53 @@ def search_stage(
 ) -> dict[str, Any]:
     """Retrieve `search_depth` candidates per anchor into candidates-d<depth>-<index key>.parquet.
 
-    `index_ref` is :func:`index_stage`'s result; without it the index is built here.
+    `index_ref` is :func:`index_stage`'s result; without it the index is built here. The flow
+    runs the same search as shards (:func:`search_shard_stage`, :func:`search_merge_stage`).
     """
+    work_dir = Path(work_dir)
+    index_ref = index_ref or index_stage(work_dir, config=index_config, mine=config)
+    stem = _search_stem(config, index_ref)
+    if ref := _done(work_dir / f"search-{stem}.json"):
+        return ref
+    result = _search(work_dir, work_dir / f"candidates-{stem}.parquet", config=config, index_config=index_config,
+                     index_ref=index_ref)
+    return _finish(work_dir / f"search-{stem}.json", _search_ref(result.path, result.rows, result.depth,
+                                                                 result.seconds, index_ref))
+
+
+def _search_stem(config: MineConfig, index_ref: dict[str, Any]) -> str:
+    return f"d{config.search_depth}-{index_ref['key']}"
+
+
+def _search_ref(path: Path, rows: int, depth: int, seconds: float, index_ref: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "candidates": str(path),
+        "rows": rows,
+        "depth": depth,
+        "index": {k: v for k, v in index_ref.items() if k not in ("path", "seconds")},
+        "seconds": round(seconds, 3),
+    }
+
+
+def _search(
+    work_dir: Path,
+    out_path: Path,
+    *,
+    config: MineConfig,
+    index_config: IndexConfig,
+    index_ref: dict[str, Any],
+    anchor_range: tuple[int, int] | None = None,
+):
     from negminer.mining.index import load_index
     from negminer.mining.search import search_candidates
 
-    work_dir = Path(work_dir)
-    index_ref = index_ref or index_stage(work_dir, config=index_config, mine=config)
-    stem = f"d{config.search_depth}-{index_ref['key']}"
-    if ref := _done(work_dir / f"search-{stem}.json"):
-        return ref
     pairs = pq.read_table(work_dir / "pairs.parquet")
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["text_key"])
     docs = pq.read_table(work_dir / "docs.parquet", columns=["text_key"])
-    result = search_candidates(
+    return search_candidates(
         np.load(work_dir / "anchors.npy", mmap_mode="r"),
         np.load(work_dir / "docs.npy", mmap_mode="r"),
-        work_dir / f"candidates-{stem}.parquet",
+        out_path,
         pair_anchor=pairs.column("anchor_idx").to_numpy(),
         pair_doc=pairs.column("doc_idx").to_numpy(),
         doc_text_keys=docs.column("text_key").to_pylist(),
@@ -370,15 +400,82 @@ def search_stage(
         search_depth=config.search_depth,
         batch_size=config.search_batch_size,
         index=load_index(index_ref["path"], params=index_ref["params"], use_gpu=index_config.use_gpu),
+        anchor_range=anchor_range,
     )
-    ref = {
-        "candidates": str(result.path),
-        "rows": result.rows,
-        "depth": result.depth,
-        "index": {k: v for k, v in index_ref.items() if k not in ("path", "seconds")},
-        "seconds": round(result.seconds, 3),
-    }
-    return _finish(work_dir / f"search-{stem}.json", ref)
+
+
+def search_shards(n_anchors: int, *, config: MineConfig) -> list[dict[str, int]]:
+    """Consecutive anchor ranges of at most ``config.search_shard_size`` anchors (always one or more).
+
+    Example:
+        >>> search_shards(5, config=MineConfig(search_shard_size=2))
+        [{'shard': 0, 'first': 0, 'stop': 2}, {'shard': 1, 'first': 2, 'stop': 4}, {'shard': 2, 'first': 4, 'stop': 5}]
+    """
+    size = config.search_shard_size
+    starts = range(0, max(n_anchors, 1), size)
+    return [{"shard": i, "first": first, "stop": min(first + size, n_anchors)} for i, first in enumerate(starts)]
+
+
+def _part_path(work_dir: Path, stem: str, shard: int) -> Path:
+    return work_dir / f"candidates-{stem}.part{shard:05d}.parquet"
+
+
+def search_shard_stage(
+    work_dir: str | Path,
+    shard: dict[str, int],
+    *,
+    config: MineConfig,
+    index_config: IndexConfig,
+    index_ref: dict[str, Any],
+) -> dict[str, Any]:
+    """Search one shard of anchors (:func:`search_shards`) into its part of the candidate table.
+
+    Idempotent: a finished part, or a finished merged table, is not searched again.
+    """
+    work_dir = Path(work_dir)
+    stem = _search_stem(config, index_ref)
+    part = _part_path(work_dir, stem, shard["shard"])
+    if _done(work_dir / f"search-{stem}.json"):
+        return {"shard": shard["shard"], "rows": None, "merged": True}
+    if ref := _done(part.with_suffix(".json")):
+        return ref
+    result = _search(work_dir, part, config=config, index_config=index_config, index_ref=index_ref,
+                     anchor_range=(shard["first"], shard["stop"]))
+    ref = {"shard": shard["shard"], "path": str(part), "rows": result.rows, "depth": result.depth,
+           "seconds": round(result.seconds, 3)}
+    return _finish(part.with_suffix(".json"), ref)
+
+
+def search_merge_stage(
+    work_dir: str | Path,
+    shards: list[dict[str, int]],
+    *,
+    config: MineConfig,
+    index_config: IndexConfig,
+    index_ref: dict[str, Any],
+) -> dict[str, Any]:
+    """Concatenate the shards' parts, in anchor order, into the candidate table of :func:`search_stage`.
+
+    Each anchor is searched in exactly one shard against the whole index, so the merged table
+    equals the single-task one row for row. Parts still missing (a lost worker) are searched here.
+    """
+    from negminer.mining.search import merge_candidate_files
+
+    work_dir = Path(work_dir)
+    stem = _search_stem(config, index_ref)
+    if ref := _done(work_dir / f"search-{stem}.json"):
+        return ref
+    refs = [search_shard_stage(work_dir, shard, config=config, index_config=index_config, index_ref=index_ref)
+            for shard in shards]
+    start = time.perf_counter()
+    path = work_dir / f"candidates-{stem}.parquet"
+    rows = merge_candidate_files([r["path"] for r in refs], path)
+    seconds = time.perf_counter() - start + sum(r["seconds"] for r in refs)
+    ref = _finish(work_dir / f"search-{stem}.json", _search_ref(path, rows, refs[0]["depth"], seconds, index_ref))
+    for r in refs:
+        Path(r["path"]).unlink(missing_ok=True)
+        Path(r["path"]).with_suffix(".json").unlink(missing_ok=True)
+    return ref
 
 
 def curate_stage(work_dir: str | Path, candidates_path: str | Path, *, config: CurateConfig) -> dict[str, Any]:

@@ -81,9 +81,18 @@ def index_task(work_dir: str, config: IndexConfig, mine: MineConfig, parent: str
     return stages.index_stage(work_dir, config=config, mine=mine, parent=parent)
 
 
+@task(name="search-shard", **PERSISTED, **IO_RETRIES)
+def search_shard_task(
+    work_dir: str, shard: dict[str, int], config: MineConfig, index_config: IndexConfig, index: dict[str, Any]
+) -> dict[str, Any]:
+    return stages.search_shard_stage(work_dir, shard, config=config, index_config=index_config, index_ref=index)
+
+
 @task(name="search", **PERSISTED, **IO_RETRIES)
-def search_task(work_dir: str, config: MineConfig, index_config: IndexConfig, index: dict[str, Any]) -> dict[str, Any]:
-    return stages.search_stage(work_dir, config=config, index_config=index_config, index_ref=index)
+def search_task(
+    work_dir: str, config: MineConfig, index_config: IndexConfig, index: dict[str, Any], shards: list[dict[str, int]]
+) -> dict[str, Any]:
+    return stages.search_merge_stage(work_dir, shards, config=config, index_config=index_config, index_ref=index)
 
 
 @task(name="curate", cache_policy=NO_CACHE)
@@ -142,13 +151,14 @@ class _Tasks(NamedTuple):
     embed_shard: Task
     embed: Task
     index: Task
+    search_shard: Task
     search: Task
 
 
 def _cached_in(work_dir: Path) -> _Tasks:
     """The reusable tasks with their results persisted in the run's work folder."""
     storage = work_dir / RESULTS_FOLDER
-    tasks = (read_task, embed_plan_task, embed_shard_task, embed_task, index_task, search_task)
+    tasks = (read_task, embed_plan_task, embed_shard_task, embed_task, index_task, search_shard_task, search_task)
     return _Tasks(*(t.with_options(result_storage=storage) for t in tasks))
 
 
@@ -179,6 +189,22 @@ def _embed(tasks: _Tasks, work_dir: str, config: EmbedConfig, store_root: str, c
     return clock.run("embed", tasks.embed, work_dir, config, store_root)
 
 
+def _search(
+    tasks: _Tasks, work_dir: str, config: PipelineConfig, index_ref: dict[str, Any], n_anchors: int, clock: _Clock
+) -> dict[str, Any]:
+    """Map the search over shards of anchors, then merge their parts (exactly) into one table."""
+    shards = stages.search_shards(n_anchors, config=config.mine)
+    start = time.perf_counter()
+    futures = tasks.search_shard.map(
+        unmapped(work_dir), shards, unmapped(config.mine), unmapped(config.index), unmapped(index_ref)
+    )
+    for future in futures:
+        future.result()
+    cached = all(f.state.name == "Cached" for f in futures)
+    clock.add(f"search-shards ({len(shards)})", time.perf_counter() - start, cached=cached)
+    return clock.run("search", tasks.search, work_dir, config.mine, config.index, index_ref, shards)
+
+
 @flow(
     name="negminer-mine",
     flow_run_name="mine-{name}",
@@ -206,7 +232,7 @@ def mine_flow(
         logger.info("embedded %s", embed_ref["embedding"])
         parent = stages.parent_work_dir(out, name)
         index_ref = clock.run("index", tasks.index, w, config.index, config.mine, parent=parent)
-        search_ref = clock.run("search", tasks.search, w, config.mine, config.index, index_ref)
+        search_ref = _search(tasks, w, config, index_ref, read_ref["counts"]["anchors"], clock)
         curate_ref = clock.run("curate", curate_task, w, search_ref["candidates"], config.curate)
         logger.info("curation flagged %s", curate_ref["counts"].get("flagged_by_kind", "nothing (disabled)"))
         strategy_ref = clock.run(

@@ -85,11 +85,15 @@ def search_candidates(
     search_depth: int = 100,
     batch_size: int = 4096,
     index: Any = None,
+    anchor_range: tuple[int, int] | None = None,
 ) -> SearchResult:
     """Retrieve the top candidates of every anchor and write the candidate table.
 
     Each anchor gets ``search_depth`` plus its number of known positives candidates (capped
-    at the pool size), so excluding positives never leaves it short.
+    at the pool size), so excluding positives never leaves it short. With `anchor_range` only
+    those anchors are searched (one shard of the work); the depth and exclusions still come
+    from all pairs, so the shards' tables, concatenated in order with
+    :func:`merge_candidate_files`, equal the table of one call over every anchor.
 
     Args:
         anchor_vectors: (n_anchors, dim) normalised float32.
@@ -103,6 +107,7 @@ def search_candidates(
         batch_size: anchors searched at once.
         index: a FAISS index over `doc_vectors` (see :mod:`negminer.mining.index`); None
             builds an exact inner-product index.
+        anchor_range: (first, stop) anchor rows to search; None searches every anchor.
 
     Example:
         >>> search_candidates(a, d, "candidates.parquet", pair_anchor=pa_, pair_doc=pd_,
@@ -111,24 +116,66 @@ def search_candidates(
     start = time.perf_counter()
     out_path = Path(out_path)
     n_anchors, n_docs = len(anchor_vectors), len(doc_vectors)
+    start_row, stop_row = _check_range(anchor_range, n_anchors)
     exclusions = _exclusions(pair_anchor, pair_doc, doc_text_keys, anchor_text_keys, n_docs)
     pos_score = np.full(n_anchors, np.inf, np.float32)
-    np.minimum.at(pos_score, pair_anchor, positive_scores(anchor_vectors, doc_vectors, pair_anchor, pair_doc))
+    in_range = (pair_anchor >= start_row) & (pair_anchor < stop_row)
+    np.minimum.at(
+        pos_score,
+        pair_anchor[in_range],
+        positive_scores(anchor_vectors, doc_vectors, pair_anchor[in_range], pair_doc[in_range]),
+    )
     max_positives = _max_positives_per_family(pair_anchor, anchor_text_keys)
     depth = min(n_docs, search_depth + max_positives)
     index = build_index(doc_vectors) if index is None else index
     tmp = out_path.with_name(f".{out_path.name}.partial")
     rows = 0
     with pq.ParquetWriter(tmp, CANDIDATE_SCHEMA, compression="zstd") as writer:
-        for first in range(0, n_anchors, batch_size):
-            queries = np.ascontiguousarray(anchor_vectors[first : first + batch_size], np.float32)
+        for first in range(start_row, stop_row, batch_size):
+            queries = np.ascontiguousarray(anchor_vectors[first : min(first + batch_size, stop_row)], np.float32)
             scores, ids = index.search(queries, depth)
             batch = _candidate_batch(first, scores, ids, pos_score, exclusions, n_docs)
             writer.write_table(batch)
             rows += batch.num_rows
     tmp.replace(out_path)
-    logger.info("searched %d anchors × %d docs, depth %d", n_anchors, n_docs, depth)
+    logger.info("searched %d anchors × %d docs, depth %d", stop_row - start_row, n_docs, depth)
     return SearchResult(out_path, rows, depth, time.perf_counter() - start)
+
+
+def _check_range(anchor_range: tuple[int, int] | None, n_anchors: int) -> tuple[int, int]:
+    if anchor_range is None:
+        return 0, n_anchors
+    first, stop = anchor_range
+    if not 0 <= first <= stop <= n_anchors:
+        raise ValueError(f"anchor_range {anchor_range} is not within the {n_anchors} anchors")
+    return first, stop
+
+
+def merge_candidate_files(parts: list[str | Path], out_path: str | Path) -> int:
+    """Concatenate candidate tables of consecutive anchor shards into one table, atomically.
+
+    The shards come from :func:`search_candidates` with consecutive ``anchor_range`` values;
+    every anchor's candidates lie in exactly one shard, so concatenation in shard order is the
+    exact merge. Row groups are streamed: memory stays at one row group.
+
+    Returns:
+        The rows written.
+
+    Example:
+        >>> merge_candidate_files(["part-0.parquet", "part-1.parquet"], "candidates.parquet")  # doctest: +SKIP
+    """
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.partial")
+    rows = 0
+    with pq.ParquetWriter(tmp, CANDIDATE_SCHEMA, compression="zstd") as writer:
+        for part in parts:
+            source = pq.ParquetFile(part)
+            for group in range(source.num_row_groups):
+                table = source.read_row_group(group)
+                writer.write_table(table)
+                rows += table.num_rows
+    tmp.replace(out_path)
+    return rows
 
 
 def _exclusions(

@@ -273,3 +273,34 @@ def test_build_index_is_exact_inner_product():
     scores, ids = index.search(unit([90]), 3)
     assert ids[0].tolist() == [4, 3, 2]
     np.testing.assert_allclose(scores[0], [cos(10), cos(20), cos(45)], atol=1e-6)
+
+
+def test_anchor_shards_merged_in_order_equal_one_search(tmp_path):
+    from negminer.mining.search import merge_candidate_files
+
+    rng = np.random.default_rng(1)
+    anchors = rng.normal(size=(23, 8)).astype(np.float32)
+    docs = rng.normal(size=(60, 8)).astype(np.float32)
+    anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    pair_anchor = np.repeat(np.arange(23, dtype=np.int32), rng.integers(1, 4, size=23))
+    pair_doc = rng.integers(0, 60, size=len(pair_anchor)).astype(np.int32)
+    keys = {"doc_text_keys": [text_key(f"doc {i}") for i in range(60)],
+            "anchor_text_keys": [text_key(f"anchor {i % 20}") for i in range(23)]}  # 3 shared texts
+
+    def search(name: str, anchor_range=None):
+        return search_candidates(anchors, docs, tmp_path / name, pair_anchor=pair_anchor, pair_doc=pair_doc,
+                                 search_depth=7, batch_size=4, anchor_range=anchor_range, **keys)
+
+    whole = search("whole.parquet")
+    # the last shard runs first: completion order must not matter, only merge order
+    parts = [search(f"part{i}.parquet", (first, min(first + 6, 23))) for i, first in reversed(list(enumerate(
+        range(0, 23, 6))))]
+    rows = merge_candidate_files([p.path for p in reversed(parts)], tmp_path / "merged.parquet")
+    assert rows == whole.rows and {p.depth for p in parts} == {whole.depth}
+    assert pq.read_table(tmp_path / "merged.parquet").equals(pq.read_table(whole.path))
+
+
+def test_anchor_range_outside_the_anchors_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="anchor_range"):
+        run_search(tmp_path, anchor_range=(1, 5))
