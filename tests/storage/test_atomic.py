@@ -102,3 +102,10 @@ def test_sha256_file(tmp_path):
     data = bytes(range(256)) * 5000
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_published_file_has_the_mode_a_plain_open_would_give(tmp_path):
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")
+    atomic = write_bytes_atomic(tmp_path / "atomic.bin", b"x")
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
