@@ -93,6 +93,11 @@ class EmbedConfig(_Frozen):
         None, description="Precomputed anchor vectors (Parquet id+embedding, or .npz ids+vectors) instead of a model."
     )
     doc_vectors: str | None = Field(None, description="Precomputed doc vectors (same formats); needs anchor_vectors.")
+    store_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="Precision of the vectors kept in the embedding store; float16 halves its size "
+        "and is read back as float32.",
+    )
 
     @model_validator(mode="after")
     def _check_precomputed(self) -> EmbedConfig:

@@ -15,7 +15,11 @@ candidate table (``flagged_false_negative``, ``excluded_by_audit``) keep droppin
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -89,6 +93,7 @@ def refilter(
     mine: MineConfig,
     root: str | Path | None = None,
     name: str | None = None,
+    batch_rows: int | None = None,
 ) -> RefilterResult:
     """Write a new dataset version selected from `version_dir`'s stored candidate table.
 
@@ -98,6 +103,8 @@ def refilter(
             :func:`refilter_config`).
         root: datasets root of the new version (default: the parent's root).
         name: dataset name of the new version (default: the parent's name).
+        batch_rows: candidate rows selected at a time (default
+            :data:`negminer.mining.streaming.BATCH_ROWS`); the output does not depend on it.
 
     Returns:
         RefilterResult(path of the new version, its selection counts, seconds taken).
@@ -107,37 +114,62 @@ def refilter(
         >>> result.path  # doctest: +SKIP
         PosixPath('datasets/scifact/v0002')
     """
-    from negminer.audit.feedback import feedback_for_version
-    from negminer.mining.derive import derive_dataset
-
     start = time.perf_counter()
     version_dir = Path(version_dir)
     manifest = _checked_manifest(version_dir, mine)
-    tables = {stem: pq.read_table(version_dir / f"{stem}.parquet") for stem in _stems(manifest)}
-    audit = feedback_for_version(version_dir, tables, extra_positives=mine.audit_extra_positives)
-    derived = derive_dataset(
-        audit.candidates,
-        anchors=tables["anchors"],
-        docs=tables["docs"],
-        pairs=audit.pairs,
-        config=mine,
-    )
-    carried = {stem: t for stem, t in tables.items() if stem not in DERIVED_FILES}
-    seconds = time.perf_counter() - start
-    new_manifest = _child_manifest(manifest, version_dir, mine, derived, seconds)
-    new_manifest["counts"]["audit"] = audit.counts
     root = Path(root) if root is not None else version_dir.parent.parent
     name = name or version_dir.parent.name
-    same_dataset = root.resolve() / name == version_dir.parent.resolve()
-    path = write_version(
-        root,
-        name,
-        tables={**carried, **derived.tables},
-        manifest=new_manifest,
-        parent=version_dir.name if same_dataset else str(version_dir.resolve()),
-    )
+    scratch = _scratch_dir(root / name)
+    try:
+        derived, audit_counts = _derive(version_dir, scratch, mine, batch_rows=batch_rows)
+        carried = {s: version_dir / f"{s}.parquet" for s in _stems(manifest) if s not in DERIVED_FILES}
+        new_manifest = _child_manifest(manifest, version_dir, mine, derived, time.perf_counter() - start)
+        new_manifest["counts"]["audit"] = audit_counts
+        same_dataset = root.resolve() / name == version_dir.parent.resolve()
+        path = write_version(
+            root,
+            name,
+            tables={},
+            files={**carried, **derived.paths},
+            manifest=new_manifest,
+            parent=version_dir.name if same_dataset else str(version_dir.resolve()),
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     logger.info("refiltered %s into %s", version_dir, path)
     return RefilterResult(path, derived.counts, time.perf_counter() - start)
+
+
+def _derive(
+    version_dir: Path, scratch: Path, mine: MineConfig, *, batch_rows: int | None
+) -> tuple[Any, dict[str, int]]:
+    """Select from the parent's candidate file in batches into `scratch` (audit decisions applied)."""
+    from negminer.audit.feedback import load_decisions
+    from negminer.mining.streaming import BATCH_ROWS, BatchedFeedback, derive_files
+
+    tables = {stem: pq.read_table(version_dir / f"{stem}.parquet") for stem in ("anchors", "docs", "pairs")}
+    candidates = version_dir / "candidates.parquet"
+    dataset_dir = version_dir.resolve().parent
+    feedback = BatchedFeedback(
+        load_decisions(dataset_dir.parent, dataset_dir.name), schema=pq.read_schema(candidates),
+        anchors=tables["anchors"], docs=tables["docs"], pairs=tables["pairs"],
+        extra_positives=mine.audit_extra_positives,
+    )
+    files = derive_files(
+        candidates, {stem: scratch / f"{stem}.parquet" for stem in DERIVED_FILES},
+        anchors=tables["anchors"], docs=tables["docs"], pairs=feedback.pairs, config=mine, transform=feedback,
+        batch_rows=batch_rows or BATCH_ROWS,
+    )
+    return files, feedback.counts
+
+
+def _scratch_dir(dataset_dir: Path) -> Path:
+    """A folder beside the versions for the derived files (named like a staging folder, so a
+    killed refilter's leftovers are removed by :func:`negminer.storage.versions.remove_stale_staging`)."""
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    path = dataset_dir / f".staging-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    path.mkdir()
+    return path
 
 
 def _stems(manifest: dict[str, Any]) -> list[str]:

@@ -57,6 +57,8 @@ def work_dir_for(
         "model": _embedding_source_fingerprint(config.embed),
         "max_seq_length": config.embed.max_seq_length,
     }
+    if config.embed.store_dtype != "float32" and not config.embed.precomputed:
+        key["store_dtype"] = config.embed.store_dtype  # other vectors: another work folder
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return Path(root) / name / ".work" / digest
 
@@ -111,15 +113,18 @@ def _cached_model(model: str | None, device: str | None, max_seq_length: int | N
 
 def _store_key(config: EmbedConfig) -> str:
     fingerprint = model_fingerprint(resolve_model_path(config.model))
-    # Vectors depend on the truncation length too: a non-default one gets its own store folder.
-    return fingerprint if config.max_seq_length is None else f"{fingerprint}-seq{config.max_seq_length}"
+    # Vectors depend on the truncation length and precision too: non-defaults get their own folder.
+    key = fingerprint if config.max_seq_length is None else f"{fingerprint}-seq{config.max_seq_length}"
+    return key if config.store_dtype == "float32" else f"{key}-{config.store_dtype}"
 
 
 def _open_store(config: EmbedConfig, store_root: str | Path):
     from negminer.storage.embedding_store import EmbeddingStore
 
     model = _cached_model(config.model, config.device, config.max_seq_length)
-    return EmbeddingStore(store_root, model_fingerprint=_store_key(config), dim=embedding_dimension(model))
+    return EmbeddingStore(
+        store_root, model_fingerprint=_store_key(config), dim=embedding_dimension(model), dtype=config.store_dtype
+    )
 
 
 def _texts(work_dir: Path, stem: str) -> list[str]:
@@ -522,16 +527,24 @@ def curate_stage(work_dir: str | Path, candidates_path: str | Path, *, config: C
 
 
 def select_stage(
-    work_dir: str | Path, candidates_path: str | Path, *, config: MineConfig, pairs_path: str | Path | None = None
+    work_dir: str | Path,
+    candidates_path: str | Path,
+    *,
+    config: MineConfig,
+    pairs_path: str | Path | None = None,
+    batch_rows: int | None = None,
 ) -> dict[str, Any]:
     """Apply the strategy and build the views; writes selected/triplets[/scored]/pairs-scored.
 
-    The selection itself is :func:`negminer.mining.derive.derive_dataset`, which ``refilter``
-    shares; this stage adds each pair's cosine (from the vectors) to the pairs table.
-    `pairs_path` is the curation stage's training pairs (default: all validated pairs).
+    The selection is :func:`negminer.mining.streaming.derive_files`, which ``refilter``
+    shares: the candidate table is read in batches of whole anchors (`batch_rows` rows, default
+    :data:`negminer.mining.streaming.BATCH_ROWS`) and the outputs are written as they are made,
+    so memory does not grow with the number of candidates. This stage adds each pair's cosine
+    (from the vectors) to the pairs table. `pairs_path` is the curation stage's training pairs
+    (default: all validated pairs).
     """
-    from negminer.audit.feedback import feedback_for_work_dir
-    from negminer.mining.derive import derive_dataset, with_pair_scores
+    from negminer.mining.derive import with_pair_scores
+    from negminer.mining.streaming import BATCH_ROWS, BatchedFeedback, derive_files
 
     work_dir = Path(work_dir)
     start = time.perf_counter()
@@ -542,23 +555,38 @@ def select_stage(
     )
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
     docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text", "text_key"])
-    inputs = {"candidates": pq.read_table(candidates_path), "anchors": anchors, "docs": docs, "pairs": pairs}
-    audit = feedback_for_work_dir(work_dir, inputs, extra_positives=config.audit_extra_positives)
-    derived = derive_dataset(audit.candidates, anchors=anchors, docs=docs, pairs=audit.pairs, config=config)
-    names = {"candidates": "selected", "triplets": "triplets", "scored": "scored", "pairs": "pairs-scored"}
-    tables = {**derived.tables, "pairs": pairs}
-    paths = {stem: str(work_dir / f"{names[stem]}.parquet") for stem in tables}
-    for stem, table in tables.items():
-        write_parquet_atomic(paths[stem], table)
+    feedback = BatchedFeedback(
+        _work_dir_decisions(work_dir), schema=pq.read_schema(candidates_path), anchors=anchors, docs=docs,
+        pairs=pairs, extra_positives=config.audit_extra_positives,
+    )
+    names = {"candidates": "selected", "triplets": "triplets", "scored": "scored"}
+    derived = derive_files(
+        candidates_path, {stem: work_dir / f"{name}.parquet" for stem, name in names.items()},
+        anchors=anchors, docs=docs, pairs=feedback.pairs, config=config, transform=feedback,
+        batch_rows=batch_rows or BATCH_ROWS,
+    )
+    paths = {stem: str(path) for stem, path in derived.paths.items()}
+    paths["pairs"] = str(write_parquet_atomic(work_dir / "pairs-scored.parquet", pairs))
     return {
         "selected": paths["candidates"],
         "triplets": paths["triplets"],
         "tables": paths,
-        "counts": {**derived.counts, "audit": audit.counts},
+        "counts": {**derived.counts, "audit": feedback.counts},
         "selection": derived.selection,
         "score_quantiles": derived.score_quantiles,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _work_dir_decisions(work_dir: Path) -> pa.Table:
+    """Reviewers' decisions for the dataset of a work folder ``ROOT/NAME/.work/KEY`` (none otherwise)."""
+    from negminer.audit.feedback import load_decisions
+
+    work_dir = work_dir.resolve()
+    if work_dir.parent.name != ".work":
+        logger.debug("%s is not ROOT/NAME/.work/KEY: no audit decisions applied", work_dir)
+        return pa.table({c: pa.array([], pa.string()) for c in ("anchor_id", "doc_id", "decision")})
+    return load_decisions(work_dir.parents[2], work_dir.parents[1].name)
 
 
 def audit_load_stage(version_dir: str | Path, root: str | Path) -> dict[str, Any]:
@@ -605,16 +633,11 @@ def write_stage(
     work_dir = Path(work_dir)
     dataset_dir = Path(root) / name
     remove_stale_staging(dataset_dir)
-    tables = {
-        "triplets": pq.read_table(select_ref["triplets"]),
-        "candidates": pq.read_table(select_ref["selected"]),
-        "rejects": pq.read_table(work_dir / "rejects.parquet"),
-        "anchors": pq.read_table(work_dir / "anchors.parquet"),
-        "docs": pq.read_table(work_dir / "docs.parquet"),
-        "pairs": pq.read_table(work_dir / "pairs.parquet"),
-    }
-    tables.update({stem: pq.read_table(path) for stem, path in select_ref.get("tables", {}).items()})
-    tables.update({stem: pq.read_table(path) for stem, path in (curate_ref or {}).get("tables", {}).items()})
+    # Files the stages wrote are published as they are (no reading back into memory).
+    files = {"triplets": select_ref["triplets"], "candidates": select_ref["selected"],
+             **select_ref.get("tables", {}), **(curate_ref or {}).get("tables", {})}
+    files.update({stem: work_dir / f"{stem}.parquet" for stem in ("rejects", "anchors", "docs", "pairs")
+                  if stem not in files})
     parent = latest_version(dataset_dir)
     manifest = {
         "name": name,
@@ -636,14 +659,20 @@ def write_stage(
         "work": {"key": work_dir.name},
         "embedding_store": _store_entry(embed_ref.get("store"), root),
         "changes": version_changes(
-            dataset_dir / parent if parent else None, tables=tables, score_quantiles=select_ref["score_quantiles"]
+            dataset_dir / parent if parent else None, tables=_lineage_tables(files) if parent else {},
+            score_quantiles=select_ref["score_quantiles"],
         ),
     }
-    version = write_version(root, name, tables=tables, manifest=manifest, parent=parent)
+    version = write_version(root, name, tables={}, files=files, manifest=manifest, parent=parent)
     published = (_done(work_dir / "published.json") or {}).get("versions", [])
     _finish(work_dir / "published.json", {"versions": [*published, str(version)]})
     prune_work_dirs(dataset_dir, keep={work_dir.name})
     return str(version)
+
+
+def _lineage_tables(files: dict[str, str | Path]) -> dict[str, pa.Table]:
+    """The tables :func:`negminer.storage.lineage.version_changes` compares with the parent."""
+    return {stem: pq.read_table(files[stem]) for stem in ("triplets", "pairs", "anchors", "docs") if stem in files}
 
 
 def _embedding_counts(counts: dict[str, dict[str, int]], *, published: dict[str, Any] | None) -> dict[str, Any]:

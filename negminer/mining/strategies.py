@@ -120,6 +120,7 @@ def select_negatives(
     simans_a: float = 50.0,
     simans_b: float = -0.1,
     doc_text_group: np.ndarray | None = None,
+    percentile_bounds: tuple[float | None, float | None] | None = None,
 ) -> Selection:
     """Mark each candidate selected or dropped (with the reason) and number the negatives.
 
@@ -142,6 +143,9 @@ def select_negatives(
         simans_a, simans_b: SimANS sharpness and offset.
         doc_text_group: (n_docs,) id of each doc's normalised text; when given, a candidate
             whose text a better-ranked candidate of the same anchor has is dropped.
+        percentile_bounds: (min, max) scores that the percentile settings resolve to, when
+            `candidates` is one batch of a larger table (computed over the whole table with
+            :func:`calibrated_bounds`); None computes them from `candidates`.
 
     Returns:
         Selection(candidates with ``reason`` and ``negative_slot``, count per reason,
@@ -152,7 +156,7 @@ def select_negatives(
     """
     _validate(candidates, num_negatives, sampling_strategy, min_score_percentile, max_score_percentile)
     col = _columns(candidates)
-    low, high = calibrated_bounds(
+    low, high = percentile_bounds or calibrated_bounds(
         candidates,
         min_score_percentile=min_score_percentile,
         max_score_percentile=max_score_percentile,
@@ -244,7 +248,25 @@ def calibrated_bounds(
         return None, None
     anchor = candidates.column("anchor_idx").to_numpy()
     _, first = np.unique(anchor, return_index=True)
-    positive = candidates.column("positive_score").to_numpy()[first].astype(np.float64)
+    positive = candidates.column("positive_score").to_numpy()[first]
+    return percentile_bounds_of(
+        positive, min_score_percentile=min_score_percentile, max_score_percentile=max_score_percentile
+    )
+
+
+def percentile_bounds_of(
+    positive_scores: np.ndarray,
+    *,
+    min_score_percentile: float | None = None,
+    max_score_percentile: float | None = None,
+) -> tuple[float | None, float | None]:
+    """(min_score, max_score) at the given percentiles of `positive_scores` (one per anchor).
+
+    Args:
+        positive_scores: (n_anchors,) each anchor's ``positive_score``, any order; values
+            that are not finite (anchors without a retrieved positive score) are ignored.
+    """
+    positive = np.asarray(positive_scores).astype(np.float64)
     positive = positive[np.isfinite(positive)]
 
     def at(percentile: float | None) -> float | None:

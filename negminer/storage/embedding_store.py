@@ -1,6 +1,7 @@
 """Content-addressed embedding store, reused across runs and datasets.
 
-Layout: ``STORE/<model fingerprint>/shard-<digest>.npy`` (float32 vectors, shape (n, dim))
+Layout: ``STORE/<model fingerprint>/shard-<digest>.npy`` (float32 or, with ``dtype="float16"``,
+float16 vectors, shape (n, dim); :meth:`EmbeddingStore.fetch` always returns float32)
 and ``shard-<digest>.keys.npy`` (uint8, shape (n, 16): blake2b of each exact text), plus
 ``shard-<digest>.len.npy`` (int32 untruncated token counts; -1 where unknown). A shard
 is visible once its keys file exists; the vectors are written first, both atomically, and
@@ -13,6 +14,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,16 +35,21 @@ class EmbeddingStore:
         >>> found = store.lookup(hashes)  # -1 where missing  # doctest: +SKIP
     """
 
-    def __init__(self, root: str | Path, *, model_fingerprint: str, dim: int) -> None:
+    def __init__(
+        self, root: str | Path, *, model_fingerprint: str, dim: int, dtype: Literal["float32", "float16"] = "float32"
+    ) -> None:
+        if dtype not in ("float32", "float16"):
+            raise StorageError(f"embedding store dtype must be float32 or float16, got {dtype!r}")
         self.folder = Path(root) / model_fingerprint
         self.dim = dim
+        self.dtype = dtype
         self.folder.mkdir(parents=True, exist_ok=True)
         self._check_meta(model_fingerprint)
         self._refresh()
 
     def _check_meta(self, fingerprint: str) -> None:
         meta_path = self.folder / "meta.json"
-        meta = {"model_fingerprint": fingerprint, "dim": self.dim, "dtype": "float32"}
+        meta = {"model_fingerprint": fingerprint, "dim": self.dim, "dtype": self.dtype}
         if not meta_path.exists():
             write_bytes_atomic(meta_path, json.dumps(meta).encode())
             return
@@ -51,6 +58,11 @@ class EmbeddingStore:
             raise StorageError(
                 f"{meta_path}: stored embeddings have dimension {stored.get('dim')}, "
                 f"the model gives {self.dim}; remove the folder to re-embed"
+            )
+        if stored.get("dtype", "float32") != self.dtype:
+            raise StorageError(
+                f"{meta_path}: stored embeddings are {stored.get('dtype')}, not {self.dtype}; "
+                f"use a store folder of their own for {self.dtype} vectors"
             )
 
     def _refresh(self) -> None:
@@ -74,7 +86,7 @@ class EmbeddingStore:
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
     def fetch(self, positions: np.ndarray) -> np.ndarray:
-        """Vectors at store `positions` (all ≥ 0), shape (len(positions), dim)."""
+        """Vectors at store `positions` (all ≥ 0), shape (len(positions), dim), float32 (float16 upcast)."""
         out = np.empty((len(positions), self.dim), np.float32)
         shard_of = np.searchsorted(self._offsets, positions, side="right") - 1
         for shard in np.unique(shard_of):
@@ -106,7 +118,7 @@ class EmbeddingStore:
         keys = np.frombuffer(_key_bytes(hashes), np.uint8).reshape(-1, KEY_BYTES)
         name = hashlib.blake2b(keys.tobytes(), digest_size=12).hexdigest()
         keys_path = self.folder / f"shard-{name}.keys.npy"
-        write_npy_atomic(self._vector_path(keys_path), np.asarray(vectors, np.float32))
+        write_npy_atomic(self._vector_path(keys_path), np.asarray(vectors, self.dtype))
         if token_lengths is not None:
             write_npy_atomic(self._suffixed(keys_path, ".len.npy"), np.asarray(token_lengths, np.int32))
         write_npy_atomic(keys_path, keys)

@@ -108,6 +108,7 @@ def write_version(
     tables: dict[str, pa.Table],
     manifest: dict[str, Any],
     parent: str | None = None,
+    files: dict[str, str | Path] | None = None,
 ) -> Path:
     """Write `tables` as Parquet files plus the manifest as a new version, atomically.
 
@@ -118,6 +119,8 @@ def write_version(
         manifest: content of manifest.json; ``files``, ``version``, ``parent`` and
             ``created_at`` are filled in here.
         parent: the version this one derives from; default the current LATEST.
+        files: file stem -> an existing Parquet file to publish as it is (hard-linked when
+            on the same file system, else copied), for tables too large to hold in memory.
 
     Returns:
         Path of the new version folder.
@@ -132,8 +135,10 @@ def write_version(
     staging = dataset_dir / f".staging-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
-        files = {f"{stem}.parquet": _write_table(staging / f"{stem}.parquet", t) for stem, t in tables.items()}
-        return _publish(dataset_dir, staging, {**manifest, "files": files}, parent)
+        written = {f"{stem}.parquet": _write_table(staging / f"{stem}.parquet", t) for stem, t in tables.items()}
+        for stem, source in (files or {}).items():
+            written[f"{stem}.parquet"] = _place_file(Path(source), staging / f"{stem}.parquet")
+        return _publish(dataset_dir, staging, {**manifest, "files": written}, parent)
     except OSError as err:
         raise StorageError(f"{dataset_dir}: cannot write dataset version ({err})") from err
     finally:
@@ -143,6 +148,15 @@ def write_version(
 def _write_table(path: Path, table: pa.Table) -> dict[str, Any]:
     write_parquet_atomic(path, table)
     return {"rows": table.num_rows, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def _place_file(source: Path, target: Path) -> dict[str, Any]:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    rows = pq.ParquetFile(target).metadata.num_rows
+    return {"rows": rows, "sha256": sha256_file(target), "bytes": target.stat().st_size}
 
 
 def _publish(dataset_dir: Path, staging: Path, manifest: dict[str, Any], parent: str | None) -> Path:

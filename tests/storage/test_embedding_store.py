@@ -106,12 +106,8 @@ def test_a_different_model_gets_a_separate_folder(tmp_path):
     assert two.lookup(keys(["shared text"])).tolist() == [-1]
     assert not list(two.folder.glob("shard-*"))
     two.add(keys(["shared text"]), random_vectors(1, 2))
-    np.testing.assert_array_equal(
-        two.fetch(two.lookup(keys(["shared text"]))), random_vectors(1, 2)
-    )
-    np.testing.assert_array_equal(
-        one.fetch(one.lookup(keys(["shared text"]))), random_vectors(1, 1)
-    )
+    np.testing.assert_array_equal(two.fetch(two.lookup(keys(["shared text"]))), random_vectors(1, 2))
+    np.testing.assert_array_equal(one.fetch(one.lookup(keys(["shared text"]))), random_vectors(1, 1))
 
 
 def test_a_different_model_with_another_dimension_is_fine(tmp_path):
@@ -150,3 +146,28 @@ def test_reopening_sees_earlier_shards(tmp_path):
     again.add(keys(["d"]), random_vectors(1, 3))
     third = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
     np.testing.assert_array_equal(third.fetch(third.lookup(keys(["d"]))), random_vectors(1, 3))
+
+
+def test_float16_store_round_trips_as_float32(tmp_path):
+    store = EmbeddingStore(tmp_path, model_fingerprint="m16", dim=DIM, dtype="float16")
+    texts = [f"text {i}" for i in range(300)]
+    vectors = random_vectors(300)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store.add(keys(texts[:200]), vectors[:200])
+    store.add(keys(texts[200:]), vectors[200:])
+    on_disk = sorted((tmp_path / "m16").glob("shard-*.vec.npy"))
+    assert [np.load(p).dtype for p in on_disk] == [np.float16, np.float16]
+    fetched = EmbeddingStore(tmp_path, model_fingerprint="m16", dim=DIM, dtype="float16").fetch(
+        store.lookup(keys(texts[::-1]))
+    )
+    assert fetched.dtype == np.float32
+    np.testing.assert_array_equal(fetched, vectors[::-1].astype(np.float16).astype(np.float32))
+    assert np.abs(fetched - vectors[::-1]).max() < 1e-3  # unit vectors: float16 keeps ~3 decimals
+
+
+def test_reopening_a_store_with_another_dtype_raises(tmp_path):
+    EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    with pytest.raises(StorageError, match="float32, not float16"):
+        EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float16")
+    with pytest.raises(StorageError, match="float32 or float16"):
+        EmbeddingStore(tmp_path, model_fingerprint="m2", dim=DIM, dtype="float64")

@@ -1,0 +1,354 @@
+"""Selection in bounded memory: a candidate file derived in batches of whole anchors.
+
+:func:`derive_files` writes the tables of :func:`negminer.mining.derive.derive_dataset` (the
+same rows, and with the default row-group size the same Parquet bytes) while holding one
+batch of candidates at a time, plus arrays with one entry per anchor (its positive score,
+its chosen negatives: ``n_anchors × num_negatives``), the pairs, and the anchor and doc
+texts the training view is made of.
+
+What needs the whole table, and how it is had without holding it:
+
+* percentile bounds (``min_score_percentile`` / ``max_score_percentile``): percentiles of one
+  positive score per anchor, gathered in a first pass over two columns;
+* ``score_quantiles``: exact, in two passes over the written candidates
+  (:class:`negminer.mining.quantiles.StreamedQuantiles`);
+* counts: summed over batches (an anchor's rows are never split between batches);
+* audit decisions: resolved against the pairs once, applied to each batch
+  (:class:`BatchedFeedback`);
+* the views: built from the pairs and the per-anchor negatives, in slices of pairs; the
+  ``labeled-pair`` format groups rows by anchor and is built in one piece.
+
+Candidate files list each anchor's rows together (search writes them by anchor; curation,
+audit and selection keep the row order). A file that does not is selected in one batch, as
+before, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from negminer.config import MineConfig
+from negminer.mining.derive import DERIVED_COLUMNS, QUANTILES, SELECT_OPTIONS, text_groups, with_ids
+from negminer.mining.formats import scored_view, training_view
+from negminer.mining.quantiles import StreamedQuantiles
+from negminer.mining.strategies import percentile_bounds_of, select_negatives, stable_hash64
+from negminer.storage.parquet_stream import StagedParquetWriter
+
+logger = logging.getLogger(__name__)
+
+# Candidate rows read per batch (a batch is extended to the end of its last anchor).
+BATCH_ROWS = 1 << 20
+
+
+class DerivedFiles(NamedTuple):
+    """Result of :func:`derive_files`: written paths and rows per table stem, and the manifest's figures."""
+
+    paths: dict[str, Path]
+    rows: dict[str, int]
+    counts: dict[str, Any]
+    score_quantiles: dict[str, dict[str, float]]
+    selection: dict[str, Any]
+
+
+class _AnchorPass(NamedTuple):
+    grouped: bool
+    first_positive: np.ndarray  # (n_anchors,) positive_score at the anchor's first row, NaN if absent
+    last_positive: np.ndarray  # (n_anchors,) positive_score at the anchor's last row, NaN if absent
+    present: np.ndarray  # (n_anchors,) bool
+
+
+class BatchedFeedback:
+    """Reviewers' decisions applied batch by batch (:func:`negminer.audit.feedback.apply_decisions`).
+
+    The decisions are resolved against the pairs, which every batch shares; the per-row
+    counts (``excluded_candidates``, ``unflagged_candidates``) are summed over the batches.
+    """
+
+    _PER_ROW = ("excluded_candidates", "unflagged_candidates")
+
+    def __init__(
+        self,
+        decisions: pa.Table,
+        *,
+        schema: pa.Schema,
+        anchors: pa.Table,
+        docs: pa.Table,
+        pairs: pa.Table,
+        extra_positives: bool = False,
+    ) -> None:
+        from negminer.audit.feedback import apply_decisions
+
+        self._apply = lambda table: apply_decisions(
+            table, decisions, anchors=anchors, docs=docs, pairs=pairs, extra_positives=extra_positives
+        )
+        self._active = decisions.num_rows > 0
+        first = self._apply(schema.empty_table())
+        self.pairs = first.pairs
+        self.counts = dict(first.counts)
+
+    def __call__(self, candidates: pa.Table) -> pa.Table:
+        if not self._active:
+            return candidates
+        result = self._apply(candidates)
+        for key in self._PER_ROW:
+            self.counts[key] += result.counts[key]
+        return result.candidates
+
+
+def derive_files(
+    candidates_path: str | Path,
+    out_paths: dict[str, str | Path],
+    *,
+    anchors: pa.Table,
+    docs: pa.Table,
+    pairs: pa.Table,
+    config: MineConfig,
+    transform: Callable[[pa.Table], pa.Table] | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> DerivedFiles:
+    """Select negatives from the candidate file in batches and write the version's tables.
+
+    Args:
+        candidates_path: candidate table (:mod:`negminer.mining.search`, possibly curated or
+            already published), each anchor's rows together.
+        out_paths: where to write ``candidates`` (the published candidates), ``triplets`` and,
+            with ``config.output_scores``, ``scored``; each appears only when complete.
+        anchors, docs, pairs, config: as in :func:`negminer.mining.derive.derive_dataset`
+            (`pairs` after audit decisions, when there are any).
+        transform: applied to each candidate batch before selection, e.g. :class:`BatchedFeedback`.
+        batch_rows: candidate rows read at a time (rounded up to whole anchors).
+
+    Returns:
+        DerivedFiles(paths, rows per stem, counts, score quantiles, effective thresholds).
+
+    Example:
+        >>> out = {"candidates": "selected.parquet", "triplets": "triplets.parquet"}
+        >>> derived = derive_files("candidates.parquet", out, anchors=a, docs=d, pairs=p,
+        ...                        config=MineConfig())  # doctest: +SKIP
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
+    candidates_path = Path(candidates_path)
+    n_anchors, k = anchors.num_rows, config.num_negatives
+    first = _anchor_pass(candidates_path, n_anchors, batch_rows)
+    if not first.grouped:
+        logger.warning("%s: anchors' rows are not together; selecting it in one batch", candidates_path)
+    bounds = percentile_bounds_of(
+        first.first_positive[first.present],
+        min_score_percentile=config.min_score_percentile,
+        max_score_percentile=config.max_score_percentile,
+    )
+    grid = np.full((n_anchors, k), -1, np.int64)
+    grid_scores = np.full((n_anchors, k), np.nan, np.float32)
+    tally = _select_batches(
+        candidates_path,
+        out_paths["candidates"],
+        anchors=anchors,
+        docs=docs,
+        config=config,
+        bounds=bounds,
+        grid=(grid, grid_scores),
+        transform=transform,
+        batch_rows=batch_rows if first.grouped else None,
+    )
+    rows = {"candidates": tally["rows"]}
+    rows.update(
+        _write_views(
+            out_paths,
+            pairs,
+            anchors,
+            docs,
+            (grid, grid_scores),
+            first.last_positive,
+            config,
+            pairs_per_slice=max(1, batch_rows // k),
+        )
+    )
+    counts = {
+        "triplet_rows": rows["triplets"],
+        "negatives": tally["negatives"],
+        "anchors_short": tally["anchors_short"],
+        "dropped_by_reason": tally["reasons"],
+    }
+    thresholds = {"min_score_from_percentile": bounds[0], "max_score_from_percentile": bounds[1]}
+    quantiles = streamed_score_quantiles(out_paths["candidates"], batch_rows=batch_rows)
+    paths = {stem: Path(out_paths[stem]) for stem in rows}
+    return DerivedFiles(paths, rows, counts, quantiles, thresholds)
+
+
+def _anchor_pass(path: Path, n_anchors: int, batch_rows: int) -> _AnchorPass:
+    """Each anchor's positive score, and whether each anchor's rows are together."""
+    first_pos = np.full(n_anchors, np.nan, np.float32)
+    last_pos = np.full(n_anchors, np.nan, np.float32)
+    present = np.zeros(n_anchors, bool)
+    grouped, previous = True, -1
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["anchor_idx", "positive_score"]):
+        anchor = batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        score = batch.column(1).to_numpy(zero_copy_only=False)
+        if len(anchor) == 0:
+            continue
+        starts = np.r_[anchor[0] != previous, anchor[1:] != anchor[:-1]]
+        runs = anchor[starts]
+        if grouped and (len(np.unique(runs)) != len(runs) or present[runs].any()):
+            grouped = False
+        uniq, at = np.unique(anchor, return_index=True)
+        new = ~present[uniq]
+        first_pos[uniq[new]] = score[at[new]]
+        last_pos[anchor] = score
+        present[uniq] = True
+        previous = anchor[-1]
+    return _AnchorPass(grouped, first_pos, last_pos, present)
+
+
+def anchor_batches(path: str | Path, batch_rows: int | None) -> Iterator[pa.Table]:
+    """The candidate file in tables of about `batch_rows` rows that never split an anchor.
+
+    None reads the whole file as one table. A file without rows gives one empty table.
+    """
+    parquet = pq.ParquetFile(path)
+    if batch_rows is None or parquet.metadata.num_rows == 0:
+        yield parquet.read()
+        return
+    pending: pa.Table | None = None
+    for batch in parquet.iter_batches(batch_size=batch_rows):
+        table = pa.Table.from_batches([batch])
+        table = table if pending is None else pa.concat_tables([pending, table])
+        anchor = table.column("anchor_idx").to_numpy()
+        cut = int(np.flatnonzero(anchor != anchor[-1])[-1]) + 1 if (anchor != anchor[-1]).any() else 0
+        pending = table.slice(cut)
+        if cut:
+            yield table.slice(0, cut)
+    if pending is not None and pending.num_rows:
+        yield pending
+
+
+def _select_batches(
+    candidates_path: Path,
+    out_path: str | Path,
+    *,
+    anchors: pa.Table,
+    docs: pa.Table,
+    config: MineConfig,
+    bounds: tuple[float | None, float | None],
+    grid: tuple[np.ndarray, np.ndarray],
+    transform: Callable[[pa.Table], pa.Table] | None,
+    batch_rows: int | None,
+) -> dict[str, Any]:
+    """Select each batch, write the published candidates, fill the per-anchor negatives."""
+    options = config.model_dump(include=SELECT_OPTIONS)
+    hashes = {
+        "anchor_hash": stable_hash64(anchors.column("anchor_id").to_pylist()),
+        "doc_hash": stable_hash64(docs.column("doc_id").to_pylist()),
+        "doc_text_group": text_groups(docs),
+    }
+    reasons: Counter[str] = Counter()
+    tally = {"rows": 0, "negatives": 0, "anchors_short": 0}
+    with StagedParquetWriter(out_path) as writer:
+        for batch in anchor_batches(candidates_path, batch_rows):
+            batch = transform(batch) if transform is not None else batch
+            base = batch.drop_columns([c for c in DERIVED_COLUMNS if c in batch.column_names])
+            selection = select_negatives(base, **hashes, percentile_bounds=bounds, **options)
+            published = with_ids(selection.candidates, anchors, docs)
+            writer.write(published)
+            chosen = published.filter(pc.is_valid(published.column("negative_slot")))
+            _fill_grid(grid, chosen)
+            reasons.update(selection.reason_counts)
+            tally["rows"] += published.num_rows
+            tally["negatives"] += chosen.num_rows
+            tally["anchors_short"] += selection.anchors_short
+        writer.commit()
+    return {**tally, "reasons": {reason: n for reason, n in reasons.items() if n}}
+
+
+def _fill_grid(grid: tuple[np.ndarray, np.ndarray], chosen: pa.Table) -> None:
+    doc_grid, score_grid = grid
+    anchor = chosen.column("anchor_idx").to_numpy()
+    slot = chosen.column("negative_slot").to_numpy().astype(np.int64) - 1
+    doc_grid[anchor, slot] = chosen.column("doc_idx").to_numpy()
+    score_grid[anchor, slot] = chosen.column("score").to_numpy()
+
+
+def _as_string(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return pc.cast(values, pa.string())
+
+
+def _write_views(
+    out_paths: dict[str, str | Path],
+    pairs: pa.Table,
+    anchors: pa.Table,
+    docs: pa.Table,
+    grid: tuple[np.ndarray, np.ndarray],
+    lowest_positive: np.ndarray,
+    config: MineConfig,
+    *,
+    pairs_per_slice: int,
+) -> dict[str, int]:
+    """Write the training view (and the scored view) slice by slice of the pairs."""
+    texts = (_as_string(anchors.column("text")), _as_string(docs.column("text")))
+    fmt = config.output_format
+    step = (pairs.num_rows or 1) if fmt == "labeled-pair" else pairs_per_slice
+    if "score" in pairs.column_names:
+        pair_scores = pairs.column("score").to_numpy()
+    else:
+        pair_scores = lowest_positive[pairs.column("anchor_idx").to_numpy()]
+    stems = ["triplets", *(["scored"] if config.output_scores else [])]
+    writers = {stem: StagedParquetWriter(out_paths[stem]) for stem in stems}
+    try:
+        for start in range(0, max(pairs.num_rows, 1), step):
+            part = pairs.slice(start, step)
+            writers["triplets"].write(training_view(part, *texts, grid[0], output_format=fmt))
+            if "scored" in writers:
+                writers["scored"].write(
+                    scored_view(
+                        part,
+                        *texts,
+                        grid[0],
+                        pair_scores=pair_scores[start : start + step],
+                        negative_scores=grid[1],
+                        output_format=fmt,
+                    )
+                )
+        for writer in writers.values():
+            writer.commit()
+    finally:
+        for writer in writers.values():
+            writer.abort()
+    return {stem: writer.rows for stem, writer in writers.items()}
+
+
+def streamed_score_quantiles(path: str | Path, *, batch_rows: int = BATCH_ROWS) -> dict[str, dict[str, float]]:
+    """:func:`negminer.mining.derive.score_quantiles` of a published candidate file, read in batches."""
+    kinds = {name: StreamedQuantiles(QUANTILES) for name in ("negative", "candidate", "positive_retrieved")}
+    for step in ("first", "second"):
+        batches = pq.ParquetFile(path).iter_batches(
+            batch_size=batch_rows, columns=["score", "is_positive", "negative_slot"]
+        )
+        for batch in batches:
+            score = batch.column(0).to_numpy(zero_copy_only=False)
+            chosen = pc.is_valid(batch.column(2)).to_numpy(zero_copy_only=False)
+            positive = batch.column(1).to_numpy(zero_copy_only=False)
+            for name, values in (
+                ("negative", score[chosen]),
+                ("candidate", score),
+                ("positive_retrieved", score[positive]),
+            ):
+                getattr(kinds[name], step)(values)
+    return {name: _named(q) for name, q in kinds.items()}
+
+
+def _named(quantiles: StreamedQuantiles) -> dict[str, float]:
+    values = quantiles.values()
+    if not values:
+        return {}
+    return {f"q{round(p * 100):02d}": round(v, 4) for p, v in zip(quantiles.probabilities, values, strict=True)}
