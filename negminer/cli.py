@@ -79,25 +79,37 @@ def mine(
     model: Annotated[str | None, typer.Option("--model", help="Local sentence-transformers folder.")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="Embedding store (default ROOT/.embeddings).")] = None,
     strategy: Annotated[str | None, typer.Option("--strategy", help=_STRATEGY_HELP)] = None,
+    dask_address: Annotated[
+        str | None, typer.Option("--dask-address", help="Run the shard tasks on the Dask scheduler at tcp://HOST:PORT.")
+    ] = None,
+    dask_workers: Annotated[
+        int | None, typer.Option("--dask-workers", min=1, help="Shard tasks on a local Dask cluster of N workers.")
+    ] = None,
+    processes: Annotated[
+        int | None, typer.Option("--processes", min=1, help="CPU processes that encode texts (embed.processes).")
+    ] = None,
 ) -> None:
     """Embed, mine hard negatives and write a dataset version; prints its path last."""
     from negminer.config import PipelineConfig
 
-    overrides = {"mine.num_negatives": num_negatives, "embed.model": model, "mine.strategy": strategy}
+    overrides = {"mine.num_negatives": num_negatives, "embed.model": model, "mine.strategy": strategy,
+                 "embed.processes": processes}
     pipeline = (
         PipelineConfig.from_yaml(config, **overrides)
         if config
         else PipelineConfig.from_dict({}, source="options", **overrides)
     )
-    from negminer.flows.mine import mine_flow
+    from negminer.flows.mine import run_mine
 
-    version = mine_flow(
-        pairs=str(pairs),
-        out=str(out),
-        name=name or _default_name(pairs),
+    version = run_mine(
+        str(pairs),
+        str(out),
+        name or _default_name(pairs),
         corpus=str(corpus) if corpus else None,
         config=pipeline,
         store=str(store) if store else None,
+        dask_address=dask_address,
+        dask_workers=dask_workers,
     )
     typer.echo(version)
 

@@ -89,6 +89,9 @@ class EmbedConfig(_Frozen):
     chunk_size: int = Field(
         4096, ge=1, description="Texts embedded per stored shard (the unit of resume)."
     )
+    processes: int = Field(
+        1, ge=1, description="CPU processes encoding at once (sentence-transformers' multi-process pool)."
+    )
     anchor_vectors: str | None = Field(
         None, description="Precomputed anchor vectors (Parquet id+embedding, or .npz ids+vectors) instead of a model."
     )

@@ -186,7 +186,7 @@ def embed_shard_stage(shard: dict[str, Any], *, config: EmbedConfig, store_root:
         texts = table.column("text").to_pylist()
         embed_into_store(
             [texts[i] for i in absent], hashes.take(absent), store=store, batch_size=config.batch_size,
-            model=_cached_model(config.model, config.device, config.max_seq_length),
+            model=_cached_model(config.model, config.device, config.max_seq_length), processes=config.processes,
         )
     return {"shard": shard["shard"], "rows": table.num_rows, "embedded": len(absent),
             "seconds": round(time.perf_counter() - start, 3)}
@@ -213,7 +213,7 @@ def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_roo
         texts = _texts(work_dir, stem)
         result = embed_to_file(
             texts, work_dir / f"{stem}.npy", model=model, store=store,
-            batch_size=config.batch_size, chunk_size=config.chunk_size,
+            batch_size=config.batch_size, chunk_size=config.chunk_size, processes=config.processes,
         )
         if result.embedded:
             logger.warning("%d %s texts were missing from the store after its shards; embedded now",

@@ -14,7 +14,8 @@ run every time. Retries are for I/O errors only (:class:`StorageError`, transien
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,11 +23,11 @@ from prefect import Task, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.client.schemas.objects import State, TaskRun
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from negminer import stages
 from negminer.config import CurateConfig, EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
-from negminer.errors import NegminerError, StorageError
+from negminer.errors import ConfigError, NegminerError, StorageError
 from negminer.storage.retention import work_lock
 
 # The parent run's work folder only says where an index may be extended from: the index
@@ -245,3 +246,67 @@ def mine_flow(
     clock.run("audit-load", audit_load_task, version, out)
     clock.run("report", report_task, version, name, dict(clock.timings))
     return version
+
+
+def dask_task_runner(*, address: str | None = None, workers: int | None = None) -> TaskRunner:
+    """prefect-dask's DaskTaskRunner: the scheduler at `address`, or a LocalCluster of `workers` processes.
+
+    The mapped shard tasks (embedding, search) then run on the Dask workers, each loading the
+    model once in its own process. Workers must see the same filesystem as the flow (the run's
+    work folder and the embedding store) and run with negminer installed.
+
+    Example:
+        >>> runner = dask_task_runner(workers=2)  # doctest: +SKIP
+    """
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as err:
+        raise ConfigError("Dask needs prefect-dask: pip install 'negminer[dask]'") from err
+    if address:
+        return DaskTaskRunner(address=address)
+    if workers is None or workers < 1:
+        raise ConfigError(f"dask workers must be >= 1, got {workers}")
+    # One thread per worker: each worker embeds with its own torch threads (Dask sets OMP_NUM_THREADS=1).
+    cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    return DaskTaskRunner(cluster_kwargs=cluster)
+
+
+@contextmanager
+def shared_api() -> Iterator[None]:
+    """Point task runs in other processes at this process's Prefect API.
+
+    Without ``PREFECT_API_URL`` every Dask worker would start a temporary server of its own;
+    instead the temporary server Prefect starts for this process is named in the settings,
+    which prefect-dask sends along with every task.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's client starts for this process
+    server.start()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+def run_mine(
+    pairs: str,
+    out: str,
+    name: str,
+    *,
+    corpus: str | None = None,
+    config: PipelineConfig = PipelineConfig(),
+    store: str | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+) -> str:
+    """Run :func:`mine_flow`, on a Dask cluster when `dask_address` or `dask_workers` is given."""
+    parameters = {"pairs": pairs, "out": out, "name": name, "corpus": corpus, "config": config, "store": store}
+    if dask_address is None and dask_workers is None:
+        return mine_flow(**parameters)
+    runner = dask_task_runner(address=dask_address, workers=dask_workers)
+    with shared_api():
+        return mine_flow.with_options(task_runner=runner)(**parameters)

@@ -44,6 +44,7 @@ def embed_to_file(
     batch_size: int = 32,
     chunk_size: int = 4096,
     show_progress_bar: bool = False,
+    processes: int = 1,
 ) -> EmbedResult:
     """Write the embeddings of `texts` to `out_path` (float32, shape (len(texts), dim)).
 
@@ -58,7 +59,7 @@ def embed_to_file(
         rows = missing[first : first + chunk_size]
         embed_into_store(
             [texts[i] for i in rows], hashes.take(rows), model=model, store=store,
-            batch_size=batch_size, show_progress_bar=show_progress_bar,
+            batch_size=batch_size, show_progress_bar=show_progress_bar, processes=processes,
         )
         logger.info("embedded %d/%d new texts", min(first + chunk_size, len(missing)), len(missing))
     positions = fetch_to_file(hashes, out_path, store=store)
@@ -79,13 +80,14 @@ def embed_into_store(
     store: EmbeddingStore,
     batch_size: int = 32,
     show_progress_bar: bool = False,
+    processes: int = 1,
 ) -> None:
     """Embed `texts` (whose content hashes are `hashes`) and add them to `store` as one shard.
 
     Example:
         >>> embed_into_store(["a claim"], content_hashes(["a claim"]), model=model, store=store)  # doctest: +SKIP
     """
-    vectors = encode(texts, model, batch_size=batch_size, show_progress_bar=show_progress_bar)
+    vectors = encode(texts, model, batch_size=batch_size, show_progress_bar=show_progress_bar, processes=processes)
     store.add(hashes, vectors, token_lengths=token_lengths(texts, model))
 
 

@@ -6,6 +6,7 @@ checkpoints with the same name never share stored embeddings.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -110,15 +111,89 @@ def encode(
     *,
     batch_size: int = 32,
     show_progress_bar: bool = False,
+    processes: int = 1,
 ) -> np.ndarray:
-    """Embed `texts` into normalised float32 vectors of shape (len(texts), dim)."""
+    """Embed `texts` into normalised float32 vectors of shape (len(texts), dim).
+
+    Args:
+        texts: the texts to embed.
+        model: a loaded sentence-transformers model.
+        batch_size: texts per forward pass; halved (and retried) while a batch runs out of
+            memory, down to 1.
+        show_progress_bar: sentence-transformers' progress bar.
+        processes: CPU processes encoding at once through sentence-transformers'
+            multi-process pool (started once per model and process, stopped at exit); 1
+            encodes in this process. Ignored, with a warning, for a model on a GPU.
+
+    Example:
+        >>> encode(["A man is eating food."], model, processes=2).shape  # doctest: +SKIP
+        (1, 384)
+    """
+    if processes < 1:
+        raise ConfigError(f"processes must be >= 1, got {processes}")
     if not texts:
         return np.zeros((0, embedding_dimension(model)), np.float32)
-    vectors = model.encode(
-        texts,
-        batch_size=batch_size,
-        normalize_embeddings=True,
-        convert_to_numpy=True,
-        show_progress_bar=show_progress_bar,
-    )
-    return np.ascontiguousarray(vectors, dtype=np.float32)
+    pool = multi_process_pool(model, processes) if processes > 1 else None
+    while True:
+        try:
+            vectors = model.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=show_progress_bar,
+                pool=pool,
+            )
+            return np.ascontiguousarray(vectors, dtype=np.float32)
+        except _out_of_memory_errors() as err:
+            if batch_size == 1:
+                raise
+            _release_cached_memory()
+            logger.warning("out of memory at batch size %d (%s); retrying at %d", batch_size, err, batch_size // 2)
+            batch_size //= 2
+
+
+def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    import torch
+
+    return (MemoryError, torch.OutOfMemoryError)
+
+
+def _release_cached_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+_POOLS: dict[tuple[int, int], tuple[SentenceTransformer, dict]] = {}
+
+
+def multi_process_pool(model: SentenceTransformer, processes: int) -> dict | None:
+    """sentence-transformers' multi-process pool of `processes` CPU workers for `model`, started once.
+
+    Each worker runs ``torch`` with this process's threads divided among the workers, so the
+    pool does not oversubscribe the cores. The pool is stopped when the interpreter exits.
+    Returns None (encode in this process) when the model is not on the CPU.
+    """
+    import torch
+
+    if model.device.type != "cpu":
+        logger.warning("processes=%d ignored: the model is on %s, not the CPU", processes, model.device)
+        return None
+    key = (id(model), processes)
+    if key not in _POOLS:
+        threads = str(max(1, torch.get_num_threads() // processes))
+        previous = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = threads  # read by torch in the spawned workers
+        try:
+            pool = model.start_multi_process_pool(["cpu"] * processes)
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = previous
+        atexit.register(model.stop_multi_process_pool, pool)
+        _POOLS[key] = (model, pool)  # the model is kept alive, so its id is never reused
+        logger.info("started %d encoding processes with %s torch threads each", processes, threads)
+    return _POOLS[key][1]

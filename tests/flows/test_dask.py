@@ -1,0 +1,72 @@
+"""The mine flow on a Dask LocalCluster of 2 worker processes (prefect-dask) writes the same
+dataset as the default runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
+pytest.importorskip("prefect_dask")
+
+CONFIG = {
+    "embed": {"max_seq_length": 64, "chunk_size": 16},  # 9 embedding shards
+    "mine": {"num_negatives": 2, "search_shard_size": 8},  # 5 search shards
+}
+
+
+def mine(inputs: dict[str, Path], out: Path, **runner) -> Path:
+    from negminer.config import PipelineConfig
+    from negminer.flows.mine import run_mine
+
+    config = PipelineConfig.from_dict(CONFIG)
+    version = run_mine(
+        str(inputs["pairs40"]),
+        str(out / "data"),
+        "tiny",
+        corpus=str(inputs["corpus"]),
+        config=config,
+        store=str(out / "store"),
+        **runner,
+    )
+    return Path(version)
+
+
+def test_local_cluster_of_two_workers_writes_the_same_dataset(prefect_harness, tiny_inputs, tmp_path) -> None:
+    from distributed import Client, LocalCluster
+
+    from negminer import stages
+
+    default = mine(tiny_inputs, tmp_path / "default")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        distributed = mine(tiny_inputs, tmp_path / "dask", dask_address=cluster.scheduler_address)
+        with Client(cluster) as client:
+            loads = client.run(lambda: stages._cached_model.cache_info().misses)
+            executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+
+    # Both workers ran shard tasks; each that embedded loaded the model itself, once.
+    assert all(count > 0 for count in executed.values()), executed
+    assert 1 <= sum(loads.values()) <= 2 and max(loads.values()) == 1, loads
+    manifests = [json.loads((v / "manifest.json").read_text()) for v in (default, distributed)]
+    assert "triplets.parquet" in manifests[0]["files"]
+    for name in manifests[0]["files"]:
+        assert (distributed / name).read_bytes() == (default / name).read_bytes(), name
+    # The same manifest but for its time stamp and the (different) embedding store's path.
+    for key in set(manifests[0]) - {"created_at", "embedding_store"}:
+        assert manifests[0][key] == manifests[1][key], key
+
+
+def test_dask_workers_option_builds_a_local_cluster_runner() -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from negminer.errors import ConfigError
+    from negminer.flows.mine import dask_task_runner
+
+    runner = dask_task_runner(workers=2)
+    assert isinstance(runner, DaskTaskRunner)
+    assert runner.cluster_kwargs["n_workers"] == 2 and runner.cluster_kwargs["processes"] is True
+    assert dask_task_runner(address="tcp://127.0.0.1:8786").address == "tcp://127.0.0.1:8786"
+    with pytest.raises(ConfigError, match="workers"):
+        dask_task_runner(workers=0)

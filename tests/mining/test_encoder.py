@@ -1,0 +1,73 @@
+"""encode: multi-process CPU encoding equals one process; a batch that runs out of memory is halved."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from negminer.errors import ConfigError
+from negminer.mining.encoder import encode
+
+TEXTS = [
+    "Vitamin D supplementation reduces fracture risk.",
+    "The mitochondria is the powerhouse of the cell.",
+    "Aspirin lowers the risk of colorectal cancer.",
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "Statins reduce cardiovascular events in patients with high cholesterol.",
+    "Smoking increases the risk of lung cancer.",
+]
+
+
+class FakeModel:
+    """Runs out of memory above `fits` texts per batch; records the batch sizes it was asked for."""
+
+    def __init__(self, fits: int, error: type[BaseException]) -> None:
+        self.fits, self.error, self.batch_sizes = fits, error, []
+
+    def encode(self, texts: list[str], *, batch_size: int, **options) -> np.ndarray:
+        self.batch_sizes.append(batch_size)
+        if batch_size > self.fits:
+            raise self.error("simulated: tried to allocate 2.00 GiB")
+        return np.stack([np.full(4, len(t), np.float32) for t in texts])
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError, MemoryError])
+def test_out_of_memory_halves_the_batch_and_retries(error, caplog) -> None:
+    model = FakeModel(fits=5, error=error)
+    with caplog.at_level(logging.WARNING, logger="negminer.mining.encoder"):
+        vectors = encode(TEXTS, model, batch_size=32)
+    assert model.batch_sizes == [32, 16, 8, 4]
+    np.testing.assert_array_equal(vectors[:, 0], [len(t) for t in TEXTS])
+    assert "out of memory at batch size 32" in caplog.text
+
+
+def test_out_of_memory_at_batch_size_one_is_raised() -> None:
+    model = FakeModel(fits=0, error=torch.OutOfMemoryError)
+    with pytest.raises(torch.OutOfMemoryError):
+        encode(TEXTS, model, batch_size=4)
+    assert model.batch_sizes == [4, 2, 1]
+
+
+def test_other_errors_are_not_retried() -> None:
+    model = FakeModel(fits=0, error=ValueError)
+    with pytest.raises(ValueError, match="simulated"):
+        encode(TEXTS, model, batch_size=4)
+    assert model.batch_sizes == [4]
+
+
+def test_processes_below_one_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="processes"):
+        encode(TEXTS, FakeModel(fits=1, error=MemoryError), processes=0)
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_vectors_of_one(model) -> None:
+    single = encode(TEXTS, model, batch_size=2)
+    pooled = encode(TEXTS, model, batch_size=2, processes=2)
+    assert pooled.shape == single.shape == (len(TEXTS), 384) and pooled.dtype == np.float32
+    np.testing.assert_allclose(pooled, single, atol=1e-5)
+    assert not np.array_equal(pooled[0], pooled[1])
