@@ -70,6 +70,7 @@ class _Raw(NamedTuple):
     rows: pa.Array
     rejects: list[dict]
     columns: list[str]
+    parts: tuple[tuple[int, Path], ...] = ()  # (first row, file) of each file of a folder
 
 
 def empty_rejects() -> pa.Table:
@@ -111,12 +112,16 @@ def read_table(
     _check_required(path, list(required.values()), raw.columns)
     present = {canon: col for canon, col in wanted.items() if col in raw.table.column_names}
     table = pa.table(
-        {canon: _as_string(raw.table.column(col), path, col) for canon, col in present.items()}
+        {
+            canon: _as_string(raw.table.column(col), path, col, integers=canon not in text_columns)
+            for canon, col in present.items()
+        }
         | {"source_row": raw.rows}
     )
     table, utf8_rejects = _drop_invalid_utf8(table, path, present)
     table, text_rejects = _check_texts(table, path, present, text_columns)
     rejects = order_rejects([pa.Table.from_pylist(raw.rejects, schema=REJECT_SCHEMA), utf8_rejects, text_rejects])
+    rejects = _name_part_files(rejects, raw.parts)
     if rejects.num_rows and on_bad_rows == "fail":
         raise bad_row_error(rejects.slice(0, 1).to_pylist()[0])
     if rejects.num_rows:
@@ -165,11 +170,7 @@ def _parquet_files(folder: Path) -> list[Path]:
         entries = sorted(folder.iterdir())
     except OSError as err:
         raise _open_error(folder, err) from err
-    files = [
-        p
-        for p in entries
-        if p.suffix.lower() in PARQUET_SUFFIXES and p.name[0] not in "._" and p.is_file()
-    ]
+    files = [p for p in entries if p.suffix.lower() in PARQUET_SUFFIXES and p.name[0] not in "._" and p.is_file()]
     if not files:
         raise InputError("folder holds no .parquet files", path=str(folder))
     return files
@@ -181,8 +182,7 @@ def _check_required(path: Path, required: list[str], file_columns: list[str]) ->
         return
     shown = file_columns[:LISTED_COLUMNS] + (["..."] if len(file_columns) > LISTED_COLUMNS else [])
     raise InputError(
-        f"missing required column(s) {missing}; the file has {shown}. "
-        "Rename them or pass the column names as options.",
+        f"missing required column(s) {missing}; the file has {shown}. Rename them or pass the column names as options.",
         path=str(path),
         column=missing[0],
     )
@@ -236,8 +236,7 @@ def bad_row_error(reject: dict) -> InputError:
     value = reject["value"]
     shown = "" if value is None else f" (value {value[:80]!r})"
     return InputError(
-        f"{reject['reason'].replace('_', ' ')}{shown}; fix the row, or set on_bad_rows to "
-        "'quarantine' to set it aside",
+        f"{reject['reason'].replace('_', ' ')}{shown}; fix the row, or set on_bad_rows to 'quarantine' to set it aside",
         path=reject["source_file"],
         row=reject["source_row"],
         column=reject["column"],
@@ -247,9 +246,7 @@ def bad_row_error(reject: dict) -> InputError:
 # --- Parquet ----------------------------------------------------------------------------------
 
 
-def _read_parquet_files(
-    files: list[Path], columns: list[str], required: list[str], *, folder: Path | None
-) -> _Raw:
+def _read_parquet_files(files: list[Path], columns: list[str], required: list[str], *, folder: Path | None) -> _Raw:
     parts = [_read_parquet(p, columns) for p in files]
     names = list(dict.fromkeys(name for _, file_names in parts for name in file_names))
     if folder is not None:
@@ -258,9 +255,23 @@ def _read_parquet_files(
             if table.num_rows:  # an empty part file may lack columns
                 _check_required(path, required, file_names)
         _check_folder_types(folder, files, [table for table, _ in parts])
-    tables = [_strings_only(table, p) for (table, _), p in zip(parts, files, strict=True)]
+    tables = [_text_as_string(table) for table, _ in parts]
     table = tables[0] if len(tables) == 1 else _concat(tables, folder or files[0])
-    return _Raw(table, _number_rows(table.num_rows), [], names)
+    starts = np.cumsum([0] + [t.num_rows for t in tables[:-1]]) + 1
+    file_parts = tuple(zip(starts.tolist(), files, strict=True)) if folder is not None else ()
+    return _Raw(table, _number_rows(table.num_rows), [], names, file_parts)
+
+
+def _name_part_files(rejects: pa.Table, parts: tuple[tuple[int, Path], ...]) -> pa.Table:
+    """Rejects of a folder name the part file and the row within it, not the folder's row."""
+    if not parts or not rejects.num_rows:
+        return rejects
+    starts = np.array([start for start, _ in parts])
+    rows = rejects.column("source_row").to_numpy()
+    which = np.searchsorted(starts, rows, side="right") - 1
+    names = [_source_file(parts[i][1]) for i in which.tolist()]
+    rejects = rejects.set_column(0, "source_file", pa.array(names, pa.string()))
+    return rejects.set_column(1, "source_row", pa.array(rows - starts[which] + 1, pa.int64()))
 
 
 def _read_parquet(path: Path, columns: list[str]) -> tuple[pa.Table, list[str]]:
@@ -304,17 +315,22 @@ def _check_folder_types(folder: Path, files: list[Path], tables: list[pa.Table])
                 )
 
 
-def _strings_only(table: pa.Table, path: Path) -> pa.Table:
+def _text_as_string(table: pa.Table) -> pa.Table:
+    """Every kind of string column as ``string`` (so the files of a folder concatenate)."""
     for i, field in enumerate(table.schema):
-        table = table.set_column(i, field.name, _as_string(table.column(i), path, field.name))
+        if _is_text_type(field.type) and not pa.types.is_string(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.string()))
     return table
 
 
-def _as_string(column: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
-    """Any kind of string column (or an all-null one) as ``string``; other types raise."""
+def _as_string(column: pa.ChunkedArray, path: Path, name: str, *, integers: bool = False) -> pa.ChunkedArray:
+    """Any kind of string column (or an all-null one) as ``string``; other types raise.
+
+    With `integers`, an integer column (ids) is written in decimal.
+    """
     if pa.types.is_string(column.type):
         return column
-    if _is_text_type(column.type):
+    if _is_text_type(column.type) or (integers and pa.types.is_integer(column.type)):
         return column.cast(pa.string())
     raise InputError(
         f"must hold strings but has type {column.type}; convert the column to strings",
@@ -480,9 +496,7 @@ def _csv_records(reader: Iterator[list[str]], path: Path, rejects: list[dict]) -
             yield []
 
 
-def _csv_record_ok(
-    record: list[str], width: int, path: Path, row: int, delimiter: str, rejects: list[dict]
-) -> bool:
+def _csv_record_ok(record: list[str], width: int, path: Path, row: int, delimiter: str, rejects: list[dict]) -> bool:
     if any(_SURROGATE.search(field) for field in record):
         rejects.append(reject_record(path, row, None, "invalid_utf8", _undecoded(delimiter.join(record))))
         return False

@@ -118,9 +118,7 @@ def test_file_columns_are_renamed_to_canonical_names(tmp_path, fmt):
         text_columns=TEXTS,
     )
 
-    assert result.table.to_pylist() == [
-        {"anchor": "a1", "positive": "p1", "anchor_id": "q1", "source_row": 1}
-    ]
+    assert result.table.to_pylist() == [{"anchor": "a1", "positive": "p1", "anchor_id": "q1", "source_row": 1}]
 
 
 def test_uppercase_suffixes_are_recognised(tmp_path):
@@ -129,17 +127,13 @@ def test_uppercase_suffixes_are_recognised(tmp_path):
 
     assert read_table(tmp_path / "pairs.JSONL", required=PAIRS).table.num_rows == 1
     tsv = read_table(tmp_path / "pairs.TSV", required=PAIRS).table
-    assert tsv.select(["anchor", "positive"]).to_pylist() == [
-        {"anchor": "a, b", "positive": "p, q"}
-    ]
+    assert tsv.select(["anchor", "positive"]).to_pylist() == [{"anchor": "a, b", "positive": "p, q"}]
 
 
 def test_folder_numbers_rows_across_files_in_name_order(tmp_path):
     folder = tmp_path / "pairs"
     folder.mkdir()
-    pq.write_table(
-        pa.table({"anchor": ["b1", "b2"], "positive": ["q1", "q2"]}), folder / "part-1.parquet"
-    )
+    pq.write_table(pa.table({"anchor": ["b1", "b2"], "positive": ["q1", "q2"]}), folder / "part-1.parquet")
     pq.write_table(pa.table({"anchor": ["a1"], "positive": ["p1"]}), folder / "part-0.parquet")
 
     table = read_table(folder, required=PAIRS, text_columns=TEXTS).table
@@ -305,14 +299,23 @@ def test_nulls_and_blank_texts_are_quarantined(tmp_path, fmt):
 
     assert rows_of(result.table) == [1, 7]
     assert result.table.column("anchor").to_pylist() == ["a1", " a7 "]
-    assert reject_keys(result.rejects) == [
+    expected = [
         (2, "anchor", "null_value"),
         (3, "positive", "empty_text"),
         (4, "anchor", "empty_text"),
         (5, "anchor", "null_value"),
         (6, "positive", "empty_text"),
     ]
-    assert set(result.rejects.column("source_file").to_pylist()) == {str(path)}
+    if fmt == "folder":  # rows 1-4 are part-0's, 5-7 part-1's: rejects name the part file and its row
+        files = [str(path / "part-0.parquet")] * 3 + [str(path / "part-1.parquet")] * 2
+        assert result.rejects.column("source_file").to_pylist() == files
+        rows_in_file = [2, 3, 4, 1, 2]
+        assert reject_keys(result.rejects) == sorted(
+            (row, *key[1:]) for row, key in zip(rows_in_file, expected, strict=True)
+        )
+    else:
+        assert reject_keys(result.rejects) == expected
+        assert set(result.rejects.column("source_file").to_pylist()) == {str(path)}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv"])
@@ -366,13 +369,9 @@ def test_only_text_columns_are_checked(tmp_path):
 
 
 def test_column_override_is_named_in_rejects(tmp_path):
-    path = write_rows(
-        tmp_path, [{"question": "a1", "answer": ""}, {"question": "a2", "answer": "p2"}], "parquet"
-    )
+    path = write_rows(tmp_path, [{"question": "a1", "answer": ""}, {"question": "a2", "answer": "p2"}], "parquet")
 
-    result = read_table(
-        path, required={"anchor": "question", "positive": "answer"}, text_columns=TEXTS
-    )
+    result = read_table(path, required={"anchor": "question", "positive": "answer"}, text_columns=TEXTS)
 
     assert reject_keys(result.rejects) == [(1, "answer", "empty_text")]
 
@@ -389,9 +388,11 @@ def test_fail_mode_names_file_row_and_column(tmp_path, fmt):
     with pytest.raises(InputError, match="empty text") as err:
         read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="fail")
 
-    assert (err.value.path, err.value.row, err.value.column) == (str(path), 3, "positive")
-    assert str(path) in str(err.value)
-    assert "row 3" in str(err.value)
+    # a folder's rows 1-2 are in part-0, row 3 is part-1's first row
+    where = (str(path / "part-1.parquet"), 1) if fmt == "folder" else (str(path), 3)
+    assert (err.value.path, err.value.row, err.value.column) == (*where, "positive")
+    assert where[0] in str(err.value)
+    assert f"row {where[1]}" in str(err.value)
     assert "'positive'" in str(err.value)
 
 
@@ -432,24 +433,18 @@ def test_jsonl_non_string_values_are_quarantined(tmp_path):
 
     assert rows_of(result.table) == [1, 6]
     non_string = result.rejects.filter(pc.equal(result.rejects.column("reason"), "non_string"))
-    assert sorted(
-        zip(rows_of(non_string), non_string.column("column").to_pylist(), strict=True)
-    ) == [
+    assert sorted(zip(rows_of(non_string), non_string.column("column").to_pylist(), strict=True)) == [
         (2, "anchor"),
         (3, "positive"),
         (4, "positive"),
         (5, "anchor"),
     ]
-    assert non_string.filter(pc.equal(non_string.column("source_row"), 2)).column(
-        "value"
-    ).to_pylist() == ["5"]
+    assert non_string.filter(pc.equal(non_string.column("source_row"), 2)).column("value").to_pylist() == ["5"]
 
 
 def test_jsonl_non_string_fails_in_fail_mode(tmp_path):
     path = tmp_path / "pairs.jsonl"
-    path.write_text(
-        '{"anchor": "a1", "positive": "p1"}\n{"anchor": "a2", "positive": 2.5}\n', encoding="utf-8"
-    )
+    path.write_text('{"anchor": "a1", "positive": "p1"}\n{"anchor": "a2", "positive": 2.5}\n', encoding="utf-8")
 
     with pytest.raises(InputError, match="non string") as err:
         read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="fail")
@@ -536,9 +531,7 @@ def test_jsonl_invalid_utf8_is_quarantined_and_good_rows_kept(tmp_path):
 
 def test_jsonl_with_byte_order_mark_keeps_first_row(tmp_path):
     path = tmp_path / "pairs.jsonl"
-    path.write_bytes(
-        b'\xef\xbb\xbf{"anchor": "a1", "positive": "p1"}\n{"anchor": "a2", "positive": "p2"}\n'
-    )
+    path.write_bytes(b'\xef\xbb\xbf{"anchor": "a1", "positive": "p1"}\n{"anchor": "a2", "positive": "p2"}\n')
 
     result = read_table(path, required=PAIRS, text_columns=TEXTS)
 
@@ -676,9 +669,7 @@ def test_csv_long_text_field_is_read(tmp_path):
     path = tmp_path / "corpus.csv"
     path.write_text(f"id,text\nd1,{long_text}\nd2,short\n", encoding="utf-8")
 
-    result = read_table(
-        path, required={"text": "text"}, optional={"id": "id"}, text_columns=("text",)
-    )
+    result = read_table(path, required={"text": "text"}, optional={"id": "id"}, text_columns=("text",))
 
     assert result.table.column("id").to_pylist() == ["d1", "d2"]
     assert result.rejects.num_rows == 0
@@ -926,9 +917,7 @@ def test_jsonl_with_only_invalid_lines_in_fail_mode_names_the_first(tmp_path):
 
 
 def test_jsonl_key_that_is_always_null_is_a_column_of_nulls(tmp_path):
-    path = write_rows(
-        tmp_path, [{"anchor": "a1", "positive": None}, {"anchor": "a2", "positive": None}], "jsonl"
-    )
+    path = write_rows(tmp_path, [{"anchor": "a1", "positive": None}, {"anchor": "a2", "positive": None}], "jsonl")
 
     result = read_table(path, required=PAIRS, text_columns=TEXTS)
 
@@ -997,9 +986,7 @@ def test_jsonl_lone_surrogate_fails_in_fail_mode(tmp_path):
     assert (err.value.row, err.value.column) == (1, "positive")
 
 
-@pytest.mark.parametrize(
-    "line", ["[" * 100_000 + "]" * 100_000, '{"anchor": ' + "9" * 5000 + ', "positive": "p"}']
-)
+@pytest.mark.parametrize("line", ["[" * 100_000 + "]" * 100_000, '{"anchor": ' + "9" * 5000 + ', "positive": "p"}'])
 def test_jsonl_pathological_lines_are_invalid_json(tmp_path, line):
     path = tmp_path / "pairs.jsonl"
     path.write_text(line + '\n{"anchor": "a2", "positive": "p2"}\n', encoding="utf-8")
@@ -1147,7 +1134,8 @@ def test_folder_merges_every_kind_of_string_column(tmp_path):
     result = read_table(folder, required=PAIRS, text_columns=TEXTS)
 
     assert result.table.column("anchor").to_pylist() == ["a0", "a1", "a2"]
-    assert reject_keys(result.rejects) == [(4, "anchor", "null_value")]
+    assert reject_keys(result.rejects) == [(1, "anchor", "null_value")]
+    assert result.rejects.column("source_file").to_pylist() == [str(folder / "part-3.parquet")]
 
 
 def test_folder_with_conflicting_schemas_names_the_files(tmp_path):
@@ -1200,3 +1188,23 @@ def test_every_reject_table_writes_to_parquet(tmp_path):
     assert rejects.num_rows == 3
     rejects.validate(full=True)
     pq.write_table(rejects, tmp_path / "rejects.parquet")
+
+
+def test_integer_id_columns_are_read_as_decimal_strings(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(
+        pa.table({"anchor_id": [7, 12], "anchor": ["a", "b"], "positive_id": [3, 4], "positive": ["p", "q"]}), path
+    )
+
+    table = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS).table
+
+    assert table.column("anchor_id").to_pylist() == ["7", "12"]
+    assert table.column("positive_id").to_pylist() == ["3", "4"]
+
+
+def test_integer_text_column_still_raises(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"anchor": [1, 2], "positive": ["p", "q"]}), path)
+
+    with pytest.raises(InputError, match="must hold strings"):
+        read_table(path, required=PAIRS, text_columns=TEXTS)
