@@ -36,6 +36,7 @@ from negminer.curation.confident import (
 from negminer.curation.duplicates import near_duplicates
 from negminer.curation.features import PairRows, group_positives, pair_features, pair_rows
 from negminer.curation.policy import excludes, flagged_table
+from negminer.mining.search import CANDIDATE_SCHEMA
 from negminer.textkeys import text_key
 
 logger = logging.getLogger(__name__)
@@ -66,16 +67,7 @@ class Scored(NamedTuple):
     noise: dict[str, Any]
 
 
-_CANDIDATE_COLUMNS = {
-    "anchor_idx",
-    "doc_idx",
-    "rank",
-    "score",
-    "positive_score",
-    "is_positive",
-    "same_text_as_positive",
-    "same_text_as_anchor",
-}
+_CANDIDATE_COLUMNS = set(CANDIDATE_SCHEMA.names)  # the search stage's contract
 
 
 def curate_candidates(
