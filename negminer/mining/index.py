@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from negminer.mining.vectors import read_rows, take_rows
+
 logger = logging.getLogger(__name__)
 
 FLAT = "Flat"
@@ -52,7 +54,7 @@ def exact_topk(queries: np.ndarray, doc_vectors: np.ndarray, k: int, *, block: i
     best_scores = np.full((len(queries), 0), -np.inf, np.float32)
     best_ids = np.zeros((len(queries), 0), np.int64)
     for first in range(0, len(doc_vectors), block):
-        part = np.ascontiguousarray(doc_vectors[first : first + block], np.float32)
+        part = read_rows(doc_vectors, first, first + block)
         flat = faiss.IndexFlatIP(part.shape[1])
         flat.add(part)
         scores, ids = flat.search(queries, min(k, len(part)))
@@ -106,7 +108,7 @@ def build_search_index(
     if not index.is_trained:
         index.train(_training_sample(doc_vectors, index, seed))
     for first in range(0, n_docs, 1_000_000):
-        index.add(np.ascontiguousarray(doc_vectors[first : first + 1_000_000], np.float32))
+        index.add(read_rows(doc_vectors, first, first + 1_000_000))
     gpu = _want_gpu(use_gpu)
     if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
@@ -125,7 +127,7 @@ def _training_sample(doc_vectors: np.ndarray, index: Any, seed: int) -> np.ndarr
     wanted = 64 * ivf.nlist if ivf is not None else 100_000
     n = len(doc_vectors)
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, wanted), replace=False))
-    return np.ascontiguousarray(doc_vectors[rows], np.float32)
+    return take_rows(doc_vectors, rows)
 
 
 def _want_gpu(use_gpu: bool | None) -> bool:
@@ -192,7 +194,7 @@ def extend_search_index(
     if index.ntotal != first_new or first_new > len(doc_vectors):
         raise ValueError(f"index holds {index.ntotal} vectors, expected {first_new} of {len(doc_vectors)}")
     for first in range(first_new, len(doc_vectors), 1_000_000):
-        index.add(np.ascontiguousarray(doc_vectors[first : first + 1_000_000], np.float32))
+        index.add(read_rows(doc_vectors, first, first + 1_000_000))
     if factory == FLAT:
         return index, IndexReport(factory, {}, None, 0, k, False, time.perf_counter() - start)
     params, recall = _tune(index, doc_vectors, sample_queries, k, min_recall)

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from negminer.mining.vectors import read_rows, take_rows
+
 logger = logging.getLogger(__name__)
 
 CANDIDATE_SCHEMA = pa.schema(
@@ -67,8 +69,8 @@ def positive_scores(
     """Cosine of each (anchor, positive) pair, shape (n_pairs,)."""
     out = np.empty(len(pair_anchor), np.float32)
     for first in range(0, len(out), 65536):
-        a = anchor_vectors[pair_anchor[first : first + 65536]]
-        d = doc_vectors[pair_doc[first : first + 65536]]
+        a = take_rows(anchor_vectors, pair_anchor[first : first + 65536])
+        d = take_rows(doc_vectors, pair_doc[first : first + 65536])
         out[first : first + 65536] = np.einsum("ij,ij->i", a, d)
     return out
 
@@ -132,7 +134,7 @@ def search_candidates(
     rows = 0
     with pq.ParquetWriter(tmp, CANDIDATE_SCHEMA, compression="zstd") as writer:
         for first in range(start_row, stop_row, batch_size):
-            queries = np.ascontiguousarray(anchor_vectors[first : min(first + batch_size, stop_row)], np.float32)
+            queries = read_rows(anchor_vectors, first, min(first + batch_size, stop_row))
             scores, ids = index.search(queries, depth)
             batch = _candidate_batch(first, scores, ids, pos_score, exclusions, n_docs)
             writer.write_table(batch)
