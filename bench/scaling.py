@@ -45,9 +45,12 @@ def mine(root: Path, *extra: str) -> tuple[float, Path]:
         str(root / "store"),
         *extra,
     ]
+    (root / "prefect").mkdir(parents=True)
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect")}
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - start, Path(done.stdout.strip().splitlines()[-1])
 
 
