@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--search-depth", type=int, default=100)
     parser.add_argument("--sweep", action="store_true", help="also sweep false_negative_quantile (naive)")
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers' arms")
+    parser.add_argument("--given", choices=["lowest", "random"], default="lowest", help="which relevant doc is given")
+    parser.add_argument("--given-seed", type=int, default=0, help="seed of --given random")
     args = parser.parse_args(argv)
     k, depth = args.num_negatives, args.search_depth
     arms = list(ARMS) + (
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        prep = prepare(args.dataset, args.split, Path(tmp), search_depth=depth)
+        prep = prepare(args.dataset, args.split, Path(tmp), search_depth=depth, given=args.given, seed=args.given_seed)
         for label, options, curate_options in arms:
             if curate_options is None:
                 negatives, seconds = run_negminer(prep, options, k=k, depth=depth)
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
             for label, options in ST_ARMS:
                 negatives, seconds = run_st(prep, model, options, k=k)
                 rows.append((label, evaluate(prep, negatives, k=k), seconds, {}))
-    print(f"\n## {args.dataset} {args.split} ({prep.pairs.num_rows} anchors, {k} negatives)")
+    given = "lowest doc_id" if args.given == "lowest" else f"random, seed {args.given_seed}"
+    print(f"\n## {args.dataset} {args.split} ({prep.pairs.num_rows} anchors, {k} negatives, given positive: {given})")
     print("| arm | FN rate | coverage | hardness | negatives | FN flags | FP flags | time s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, m, seconds, counts in rows:

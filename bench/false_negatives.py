@@ -97,12 +97,14 @@ class Row:
     derive: float | None
 
 
-def prepare(name: str, split: str, folder: Path, *, search_depth: int) -> Prepared:
+def prepare(
+    name: str, split: str, folder: Path, *, search_depth: int, given: str = "lowest", seed: int = 0
+) -> Prepared:
     """Write the protocol's inputs, then read, fetch vectors from the store and search once."""
     from negminer import stages
     from negminer.config import PipelineConfig
 
-    pairs, corpus, hidden = hidden_positive_inputs(load_retrieval_set(name, split))
+    pairs, corpus, hidden = hidden_positive_inputs(load_retrieval_set(name, split), given=given, seed=seed)
     pq.write_table(pairs, folder / "pairs.parquet")
     pq.write_table(corpus, folder / "corpus.parquet")
     prep = Prepared(name, pairs, corpus, hidden, folder / "work")
@@ -223,15 +225,16 @@ def evaluate(prep: Prepared, negatives: dict[str, list[str]], *, k: int) -> dict
     Args:
         negatives: query id -> mined negative texts.
     """
-    doc_text = dict(
-        zip(prep.corpus.column("id").to_pylist(), prep.corpus.column("text").to_pylist(), strict=True)
-    )
+    doc_text = dict(zip(prep.corpus.column("id").to_pylist(), prep.corpus.column("text").to_pylist(), strict=True))
     vectors = _vector_lookup(prep)
     fn = total = full = some = 0
     cosines: list[float] = []
-    vectors_of = {qid: vectors["anchor"][text] for qid, text in zip(
-        prep.pairs.column("anchor_id").to_pylist(), prep.pairs.column("anchor").to_pylist(), strict=True
-    )}
+    vectors_of = {
+        qid: vectors["anchor"][text]
+        for qid, text in zip(
+            prep.pairs.column("anchor_id").to_pylist(), prep.pairs.column("anchor").to_pylist(), strict=True
+        )
+    }
     for qid, anchor_vector in vectors_of.items():
         mined = negatives.get(qid, [])
         hidden = {doc_text[d] for d in prep.hidden[qid]}
@@ -278,7 +281,7 @@ def measure_embedding(prep: Prepared) -> float:
 def bench_dataset(name: str, args: argparse.Namespace, model) -> tuple[list[Row], dict[str, Any]]:
     k, depth = args.num_negatives, args.search_depth
     with tempfile.TemporaryDirectory() as tmp:
-        prep = prepare(name, args.split, Path(tmp), search_depth=depth)
+        prep = prepare(name, args.split, Path(tmp), search_depth=depth, given=args.given, seed=args.given_seed)
         shared = sum(prep.seconds.values())
         rows, notes = [], {"anchors": prep.pairs.num_rows, "docs": prep.corpus.num_rows, **prep.seconds}
         for label, options in NEGMINER_ARMS:
@@ -342,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-negatives", type=int, default=5)
     parser.add_argument("--search-depth", type=int, default=100)
     parser.add_argument("--measure-embedding", action="store_true")
+    parser.add_argument("--given", choices=["lowest", "random"], default="lowest", help="which relevant doc is given")
+    parser.add_argument("--given-seed", type=int, default=0, help="seed of --given random")
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers' arms")
     args = parser.parse_args(argv)
     import torch
