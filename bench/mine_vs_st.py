@@ -3,7 +3,11 @@
 Prints wall times and the ratios of issue 7: negminer cold / ST cold (target <= 1.0),
 negminer warm (embeddings stored) / ST cold (target <= 0.2), and negminer cold over
 embedding-only time for the same texts (target <= 1.15). Same model (packaged
-all-MiniLM-L6-v2), batch size 32, 5 negatives, top-k, exact FAISS search.
+all-MiniLM-L6-v2), batch size 32, 5 negatives, top-k, exact FAISS search; these negminer runs
+do the same job as sentence-transformers (``--strategy naive``, curation off).
+
+Then the cost of curation (issue 4: at most +25% on a mine run): negminer's default run
+(curation on) cold into a fresh store and warm, over the same runs with curation off.
 
 Run: python -m bench.mine_vs_st [--dataset nfcorpus] [--split train] [--limit N]
 """
@@ -25,6 +29,7 @@ from bench.common import hidden_positive_inputs, load_retrieval_set
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # slow on a busy 2-core box
 
 
 def embedding_only(anchors: list[str], docs: list[str]) -> float:
@@ -54,11 +59,16 @@ def st_cold(pairs, corpus_texts: list[str], num_negatives: int) -> float:
     return time.perf_counter() - start
 
 
-def negminer_run(pairs_path: Path, corpus_path: Path, out: Path, store: Path, num_negatives: int) -> tuple[float, str]:
+def negminer_run(
+    pairs_path: Path, corpus_path: Path, out: Path, store: Path, num_negatives: int, *, curate: bool
+) -> tuple[float, str]:
     from negminer.config import PipelineConfig
     from negminer.flows.mine import mine_flow
 
-    config = PipelineConfig.from_dict({"mine": {"num_negatives": num_negatives}})
+    mine: dict = {"num_negatives": num_negatives}
+    if not curate:
+        mine["strategy"] = "naive"
+    config = PipelineConfig.from_dict({"mine": mine, "curate": {"enabled": curate}})
     start = time.perf_counter()
     version = mine_flow(
         pairs=str(pairs_path), out=str(out), name="bench", corpus=str(corpus_path), config=config, store=str(store)
@@ -72,6 +82,7 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--limit", type=int, default=None, help="first N pairs only (quick check)")
     parser.add_argument("--num-negatives", type=int, default=5)
+    parser.add_argument("--skip-curation", action="store_true", help="skip the curation-cost runs")
     args = parser.parse_args()
     pairs, corpus, _ = hidden_positive_inputs(load_retrieval_set(args.dataset, args.split))
     if args.limit:
@@ -90,13 +101,21 @@ def main() -> None:
         gc.collect()
         timings["sentence-transformers cold"] = st_cold(pairs, corpus_texts, args.num_negatives)
         gc.collect()
+        inputs = (tmp / "pairs.parquet", tmp / "corpus.parquet")
         timings["negminer cold"], _ = negminer_run(
-            tmp / "pairs.parquet", tmp / "corpus.parquet", tmp / "out", tmp / "store", args.num_negatives
+            *inputs, tmp / "out", tmp / "store", args.num_negatives, curate=False
         )
+        # warm = the store has the vectors; a fresh output root so no stage result is reused
         timings["negminer warm"], version = negminer_run(
-            tmp / "pairs.parquet", tmp / "corpus.parquet", tmp / "out", tmp / "store", args.num_negatives
+            *inputs, tmp / "out-warm", tmp / "store", args.num_negatives, curate=False
         )
         print_report(timings, Path(version))
+        if not args.skip_curation:
+            curated = {
+                "cold": negminer_run(*inputs, tmp / "out-c", tmp / "store-c", args.num_negatives, curate=True)[0],
+                "warm": negminer_run(*inputs, tmp / "out-cw", tmp / "store-c", args.num_negatives, curate=True)[0],
+            }
+            print_curation_cost(timings, curated)
 
 
 def print_report(timings: dict[str, float], version: Path) -> None:
@@ -114,6 +133,14 @@ def print_report(timings: dict[str, float], version: Path) -> None:
     )
     print(f"warm run embedded: {manifest['counts']['embedding']}")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def print_curation_cost(timings: dict[str, float], curated: dict[str, float]) -> None:
+    print("\n| negminer run | curation off s | default (curation on) s | ratio |\n|---|---|---|---|")
+    for run in ("cold", "warm"):
+        plain = timings[f"negminer {run}"]
+        print(f"| {run} | {plain:.1f} | {curated[run]:.1f} | {curated[run] / plain:.3f} |")
+    print(f"\ncuration adds {curated['cold'] / timings['negminer cold'] - 1:.1%} to a cold run (target <= 25%)")
 
 
 if __name__ == "__main__":
