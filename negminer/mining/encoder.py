@@ -174,12 +174,18 @@ def multi_process_pool(model: SentenceTransformer, processes: int) -> dict | Non
 
     Each worker runs ``torch`` with this process's threads divided among the workers, so the
     pool does not oversubscribe the cores. The pool is stopped when the interpreter exits.
-    Returns None (encode in this process) when the model is not on the CPU.
+    Returns None (encode in this process) when the model is not on the CPU, or when this is a
+    daemon process (a Dask worker), which may not start processes.
     """
+    import multiprocessing
+
     import torch
 
     if model.device.type != "cpu":
         logger.warning("processes=%d ignored: the model is on %s, not the CPU", processes, model.device)
+        return None
+    if multiprocessing.current_process().daemon:  # e.g. a Dask worker: it may not start processes
+        logger.warning("processes=%d ignored: a daemon process (a Dask worker?) cannot start processes", processes)
         return None
     key = (id(model), processes)
     if key not in _POOLS:

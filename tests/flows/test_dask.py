@@ -70,3 +70,26 @@ def test_dask_workers_option_builds_a_local_cluster_runner() -> None:
     assert dask_task_runner(address="tcp://127.0.0.1:8786").address == "tcp://127.0.0.1:8786"
     with pytest.raises(ConfigError, match="workers"):
         dask_task_runner(workers=0)
+
+
+def test_workers_are_pointed_at_this_process_temporary_server(monkeypatch) -> None:
+    import prefect.server.api.server as server_module
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from negminer.flows.mine import shared_api
+
+    started = []
+
+    class FakeServer:
+        api_url = "http://127.0.0.1:8123/api"
+
+        def start(self) -> None:
+            started.append(True)
+
+    monkeypatch.setattr(server_module, "SubprocessASGIServer", FakeServer)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with shared_api():
+            assert PREFECT_API_URL.value() == FakeServer.api_url  # what prefect-dask sends to the workers
+        assert PREFECT_API_URL.value() is None and started == [True]
+        with temporary_settings(updates={PREFECT_API_URL: "http://server:4200/api"}), shared_api():
+            assert PREFECT_API_URL.value() == "http://server:4200/api" and started == [True]

@@ -71,3 +71,22 @@ def test_two_processes_give_the_vectors_of_one(model) -> None:
     assert pooled.shape == single.shape == (len(TEXTS), 384) and pooled.dtype == np.float32
     np.testing.assert_allclose(pooled, single, atol=1e-5)
     assert not np.array_equal(pooled[0], pooled[1])
+
+
+def test_a_daemon_process_encodes_without_a_pool(monkeypatch, caplog) -> None:
+    import multiprocessing
+
+    class DaemonProcess:
+        daemon = True
+
+    class CpuModel(FakeModel):
+        device = torch.device("cpu")
+
+        def start_multi_process_pool(self, devices):
+            raise AssertionError("a daemon process must not start a pool")
+
+    monkeypatch.setattr(multiprocessing, "current_process", DaemonProcess)
+    model = CpuModel(fits=32, error=MemoryError)
+    with caplog.at_level(logging.WARNING, logger="negminer.mining.encoder"):
+        vectors = encode(TEXTS, model, processes=2)
+    assert vectors.shape == (len(TEXTS), 4) and "daemon process" in caplog.text
