@@ -76,10 +76,12 @@ def two_runs(prefect_harness, tiny_inputs, tmp_path_factory) -> dict:
 
 def test_one_task_per_stage_and_shards_are_mapped(two_runs) -> None:
     states = two_runs["first_states"]
-    stages = {"read", "embed_plan", "embed_shard", "embed", "index", "search", "curate", "strategy", "write", "report"}
+    stages = {"read", "embed_plan", "embed_shard", "embed", "index", "search_shard", "search", "curate", "strategy",
+              "write", "report"}
     assert stages <= set(states)
-    # 37 anchors + 100 docs, 16 texts per shard
+    # 37 anchors + 100 docs, 16 texts per shard; 37 anchors fit one search shard (mine.search_shard_size)
     assert len(states["embed_shard"]) == 9
+    assert len(states["search_shard"]) == 1
     assert all(s == "Completed" for names in states.values() for s in names)
 
 
