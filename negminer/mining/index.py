@@ -21,6 +21,9 @@ from negminer.mining.vectors import read_rows, take_rows
 logger = logging.getLogger(__name__)
 
 FLAT = "Flat"
+# Doc rows read (as float32) per block when adding to an index or searching exactly: 384-d
+# blocks of 384 MB, so the transient copies stay small next to the index itself.
+BLOCK_ROWS = 262_144
 
 
 class IndexReport(NamedTuple):
@@ -47,7 +50,7 @@ def choose_factory(n_docs: int, dim: int, *, kind: str = "auto", exact_max_docs:
     return f"IVF{nlist},{storage}"
 
 
-def exact_topk(queries: np.ndarray, doc_vectors: np.ndarray, k: int, *, block: int = 1_000_000) -> np.ndarray:
+def exact_topk(queries: np.ndarray, doc_vectors: np.ndarray, k: int, *, block: int = BLOCK_ROWS) -> np.ndarray:
     """Exact top-k doc ids by inner product, streaming the docs in blocks; shape (n_queries, k)."""
     import faiss
 
@@ -107,8 +110,8 @@ def build_search_index(
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         index.train(_training_sample(doc_vectors, index, seed))
-    for first in range(0, n_docs, 1_000_000):
-        index.add(read_rows(doc_vectors, first, first + 1_000_000))
+    for first in range(0, n_docs, BLOCK_ROWS):
+        index.add(read_rows(doc_vectors, first, first + BLOCK_ROWS))
     gpu = _want_gpu(use_gpu)
     if gpu:
         index = faiss.index_cpu_to_all_gpus(index)
@@ -193,8 +196,8 @@ def extend_search_index(
     start = time.perf_counter()
     if index.ntotal != first_new or first_new > len(doc_vectors):
         raise ValueError(f"index holds {index.ntotal} vectors, expected {first_new} of {len(doc_vectors)}")
-    for first in range(first_new, len(doc_vectors), 1_000_000):
-        index.add(read_rows(doc_vectors, first, first + 1_000_000))
+    for first in range(first_new, len(doc_vectors), BLOCK_ROWS):
+        index.add(read_rows(doc_vectors, first, first + BLOCK_ROWS))
     if factory == FLAT:
         return index, IndexReport(factory, {}, None, 0, k, False, time.perf_counter() - start)
     params, recall = _tune(index, doc_vectors, sample_queries, k, min_recall)
