@@ -42,14 +42,17 @@ if _stage == "embed":
 elif _stage == "write":
     from negminer.storage import versions
 
-    _write = versions._write_table
+    def _slowed(write):
+        def slow_write(*args, **kwargs):
+            out = write(*args, **kwargs)
+            time.sleep(1.0)
+            return out
 
-    def _slow_write(path, table):
-        out = _write(path, table)
-        time.sleep(1.0)
-        return out
+        return slow_write
 
-    versions._write_table = _slow_write
+    # tables written into the version, and work files published into it by link or copy
+    versions._write_table = _slowed(versions._write_table)
+    versions._place_file = _slowed(versions._place_file)
 """
 
 
