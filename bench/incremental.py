@@ -42,9 +42,21 @@ def prepare(folder: Path, *, share: float) -> tuple[int, int]:
 
 def mine(folder: Path, pairs: str, env: dict[str, str]) -> tuple[float, Path]:
     command = [
-        sys.executable, "-m", "negminer", "mine", str(folder / pairs), "--corpus", str(folder / "corpus.parquet"),
-        "--out", str(folder / "datasets"), "--name", "nfcorpus", "--store", str(folder / "store"),
-        "--num-negatives", "5",
+        sys.executable,
+        "-m",
+        "negminer",
+        "mine",
+        str(folder / pairs),
+        "--corpus",
+        str(folder / "corpus.parquet"),
+        "--out",
+        str(folder / "datasets"),
+        "--name",
+        "nfcorpus",
+        "--store",
+        str(folder / "store"),
+        "--num-negatives",
+        "5",
     ]
     start = time.perf_counter()
     result = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -78,9 +90,14 @@ def run_pair(share: float) -> dict:
     """Both runs in a private folder; the figures, read before the folder is removed."""
     with tempfile.TemporaryDirectory(prefix="negminer-incremental-") as tmp:
         folder = Path(tmp)
-        env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home"), "HF_HUB_OFFLINE": "1",
-               "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(folder / "prefect-home"),
+            "HF_HUB_OFFLINE": "1",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        }
         env.pop("PREFECT_API_URL", None)
         first_pairs, new_pairs = prepare(folder, share=share)
         warm_prefect_home(env)

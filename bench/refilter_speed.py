@@ -55,8 +55,21 @@ def run_cli(*args: str, home: Path) -> tuple[float, str]:
 
 def mine(pairs: Path, corpus: Path, out: Path, store: Path, home: Path, k: int) -> tuple[float, str]:
     return run_cli(
-        "mine", str(pairs), "--corpus", str(corpus), "--out", str(out), "--name", "bench",
-        "--store", str(store), "--num-negatives", str(k), "--strategy", "naive", home=home,
+        "mine",
+        str(pairs),
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--name",
+        "bench",
+        "--store",
+        str(store),
+        "--num-negatives",
+        str(k),
+        "--strategy",
+        "naive",
+        home=home,
     )
 
 
@@ -89,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         pq.write_table(pairs_table, pairs)
         pq.write_table(corpus_table, corpus)
         k = args.num_negatives
-        print(f"{args.dataset} {args.split}: {pairs_table.num_rows} pairs, {corpus_table.num_rows} docs, "
-              f"{args.num_negatives} negatives, {os.cpu_count()} cpus")
+        print(
+            f"{args.dataset} {args.split}: {pairs_table.num_rows} pairs, {corpus_table.num_rows} docs, "
+            f"{args.num_negatives} negatives, {os.cpu_count()} cpus"
+        )
         times: dict[str, float] = {}
         if not args.skip_cold:
             times["mine cold"], cold = mine(pairs, corpus, folder / "cold", folder / "store", folder / "p", k)

@@ -31,9 +31,7 @@ ZSTD_LEVEL = 19  # slow to write, smallest files; the bytes are the same on ever
 def build(source: Path, out: Path) -> dict[str, int]:
     """Write ``pairs.parquet`` and ``corpus.parquet`` under `out`; return row counts."""
     corpus = pq.read_table(source / "corpus.parquet").to_pylist()
-    queries = {
-        r["query_id"]: r["text"] for r in pq.read_table(source / "queries.parquet").to_pylist()
-    }
+    queries = {r["query_id"]: r["text"] for r in pq.read_table(source / "queries.parquet").to_pylist()}
     splits = pq.read_table(source / "query_splits.parquet").to_pylist()
     qrels = pq.read_table(source / "qrels.parquet").to_pylist()
 
@@ -66,14 +64,10 @@ def build(source: Path, out: Path) -> dict[str, int]:
     step = len(others) // needed
     filler = others[::step][:needed]
     corpus_ids = sorted(positive_ids | set(filler), key=int)
-    corpus_rows = [
-        {"id": d, "title": docs[d]["title"], "text": docs[d]["text"]} for d in corpus_ids
-    ]
+    corpus_rows = [{"id": d, "title": docs[d]["title"], "text": docs[d]["text"]} for d in corpus_ids]
 
     out.mkdir(parents=True, exist_ok=True)
-    pairs_schema = pa.schema(
-        [(name, pa.string()) for name in ("anchor_id", "anchor", "positive_id", "positive")]
-    )
+    pairs_schema = pa.schema([(name, pa.string()) for name in ("anchor_id", "anchor", "positive_id", "positive")])
     corpus_schema = pa.schema([(name, pa.string()) for name in ("id", "title", "text")])
     pq.write_table(
         pa.Table.from_pylist(pair_rows, schema=pairs_schema),

@@ -92,8 +92,12 @@ def mine(
     """Embed, mine hard negatives and write a dataset version; prints its path last."""
     from negminer.config import PipelineConfig
 
-    overrides = {"mine.num_negatives": num_negatives, "embed.model": model, "mine.strategy": strategy,
-                 "embed.processes": processes}
+    overrides = {
+        "mine.num_negatives": num_negatives,
+        "embed.model": model,
+        "mine.strategy": strategy,
+        "embed.processes": processes,
+    }
     pipeline = (
         PipelineConfig.from_yaml(config, **overrides)
         if config
@@ -145,8 +149,11 @@ def refilter(
 
     settings = refilter_config(version, config, strategy=strategy, num_negatives=num_negatives)
     result = refilter_version(version, mine=settings, root=out, name=name)
-    typer.echo(f"{result.counts['negatives']} negatives, {result.counts['anchors_short']} anchors short, "
-               f"{result.seconds:.2f} s", err=True)
+    typer.echo(
+        f"{result.counts['negatives']} negatives, {result.counts['anchors_short']} anchors short, "
+        f"{result.seconds:.2f} s",
+        err=True,
+    )
     typer.echo(str(result.path))
 
 
@@ -159,8 +166,11 @@ def serve(
 ) -> None:
     """Create a Prefect deployment of `mine` on a cron schedule and serve it (needs PREFECT_API_URL)."""
     if not os.environ.get("PREFECT_API_URL"):
-        typer.echo("warning: PREFECT_API_URL is not set: the temporary server has no scheduler, "
-                   "so scheduled runs will not be created (run `prefect server start`)", err=True)
+        typer.echo(
+            "warning: PREFECT_API_URL is not set: the temporary server has no scheduler, "
+            "so scheduled runs will not be created (run `prefect server start`)",
+            err=True,
+        )
     from negminer.flows.serve import serve_mine
 
     serve_mine(config, cron=cron, timezone=timezone, deployment=deployment)
@@ -178,11 +188,31 @@ def runs(
     summaries = version_summaries(out / name)
     if not summaries:
         raise StorageError(f"{out / name}: no complete versions")
-    header = ("version", "created_at", "parent", "pairs", "triplets", "negatives", "rejected", "embedded",
-              "+rows", "-rows")
+    header = (
+        "version",
+        "created_at",
+        "parent",
+        "pairs",
+        "triplets",
+        "negatives",
+        "rejected",
+        "embedded",
+        "+rows",
+        "-rows",
+    )
     rows = [
-        (f"{s.version}{' *' if s.latest else ''}", s.created_at, s.parent, s.pairs, s.triplet_rows,
-         s.negatives, s.rejected, s.embedded, s.added, s.removed)
+        (
+            f"{s.version}{' *' if s.latest else ''}",
+            s.created_at,
+            s.parent,
+            s.pairs,
+            s.triplet_rows,
+            s.negatives,
+            s.rejected,
+            s.embedded,
+            s.added,
+            s.removed,
+        )
         for s in summaries
     ]
     cells = [[("-" if v is None else str(v)) for v in row] for row in [header, *rows]]
@@ -204,8 +234,10 @@ def gc(
     result = collect_garbage(out, name, keep=keep, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     typer.echo(f"{verb} {len(result.versions)} version(s) {' '.join(result.versions)}".rstrip())
-    typer.echo(f"{verb} {len(result.shards)} embedding shard(s), {len(result.work_dirs)} work folder(s), "
-               f"{len(result.staging)} stale staging folder(s): {result.bytes_freed / 1e6:.1f} MB")
+    typer.echo(
+        f"{verb} {len(result.shards)} embedding shard(s), {len(result.work_dirs)} work folder(s), "
+        f"{len(result.staging)} stale staging folder(s): {result.bytes_freed / 1e6:.1f} MB"
+    )
 
 
 def _default_name(pairs: Path) -> str:

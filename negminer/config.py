@@ -86,9 +86,7 @@ class EmbedConfig(_Frozen):
     batch_size: int = Field(32, ge=1)
     max_seq_length: int | None = Field(None, ge=1)
     device: str | None = Field(None, description="torch device; None picks CUDA when present.")
-    chunk_size: int = Field(
-        4096, ge=1, description="Texts embedded per stored shard (the unit of resume)."
-    )
+    chunk_size: int = Field(4096, ge=1, description="Texts embedded per stored shard (the unit of resume).")
     processes: int = Field(
         1, ge=1, description="CPU processes encoding at once (sentence-transformers' multi-process pool)."
     )
@@ -125,13 +123,9 @@ class MineConfig(_Frozen):
         None, description="Named preset of selection settings; explicit options override it."
     )
     num_negatives: int = Field(3, ge=1)
-    search_depth: int = Field(
-        100, ge=1, description="Candidates retrieved per anchor (before excluding positives)."
-    )
+    search_depth: int = Field(100, ge=1, description="Candidates retrieved per anchor (before excluding positives).")
     range_min: int = Field(0, ge=0, description="Skip candidates with raw rank below this.")
-    range_max: int | None = Field(
-        None, ge=1, description="Skip candidates with raw rank at or above this."
-    )
+    range_max: int | None = Field(None, ge=1, description="Skip candidates with raw rank at or above this.")
     min_score: float | None = None
     max_score: float | None = None
     min_score_percentile: float | None = Field(
@@ -148,14 +142,10 @@ class MineConfig(_Frozen):
     sampling_strategy: SamplingStrategy = Field(
         "simans", description="top, random or simans; the default is chosen in docs/strategies.md."
     )
-    simans_a: float = Field(
-        50.0, gt=0, description="SimANS sharpness a in exp(-a·(score − positive − b)²)."
-    )
+    simans_a: float = Field(50.0, gt=0, description="SimANS sharpness a in exp(-a·(score − positive − b)²).")
     simans_b: float = Field(-0.1, description="SimANS offset b: the peak sits at positive + b.")
     output_format: OutputFormat = "triplet"
-    output_scores: bool = Field(
-        False, description="Also write scored.parquet: the training view plus a scores column."
-    )
+    output_scores: bool = Field(False, description="Also write scored.parquet: the training view plus a scores column.")
     seed: int = 12
     audit_extra_positives: bool = Field(
         False, description="A document a reviewer confirmed relevant (negminer audit) becomes an extra positive."
@@ -177,9 +167,7 @@ class MineConfig(_Frozen):
         if self.range_max is not None and self.range_max <= self.range_min:
             raise ValueError(f"range_max ({self.range_max}) must be > range_min ({self.range_min})")
         if self.range_max is not None and self.range_max > self.search_depth:
-            raise ValueError(
-                f"range_max ({self.range_max}) must be <= search_depth ({self.search_depth})"
-            )
+            raise ValueError(f"range_max ({self.range_max}) must be <= search_depth ({self.search_depth})")
         _check_bounds("min_score", self.min_score, "max_score", self.max_score)
         _check_bounds(
             "min_score_percentile",
@@ -204,17 +192,13 @@ class CurateConfig(_Frozen):
     """
 
     enabled: bool = Field(True, description="Run the curation stage between search and select.")
-    max_rank: int = Field(
-        100, ge=1, description="Candidates with raw rank below this are scored and can be flagged."
-    )
+    max_rank: int = Field(100, ge=1, description="Candidates with raw rank below this are scored and can be flagged.")
     tail_samples: int = Field(
         50, ge=0, description="Random documents per anchor from outside the window, as label-0 rows."
     )
     n_splits: int = Field(5, ge=2, description="Folds of the anchor-grouped cross-validation.")
     classifier: CurationClassifier = "logistic_regression"
-    neighbor_anchors: int = Field(
-        32, ge=1, description="Nearest other anchors used by the neighbourhood features."
-    )
+    neighbor_anchors: int = Field(32, ge=1, description="Nearest other anchors used by the neighbourhood features.")
     cross_anchor: bool = Field(
         False,
         description="Add features from other anchors' positives (is the document a positive of a "
@@ -309,9 +293,7 @@ class PipelineConfig(_Frozen):
         return cls.from_dict(read_yaml_sections(path), source=str(path), **overrides)
 
     @classmethod
-    def from_dict(
-        cls, raw: dict[str, Any], *, source: str = "config", **overrides: Any
-    ) -> PipelineConfig:
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "config", **overrides: Any) -> PipelineConfig:
         """Validate a nested dict; errors name the offending key, e.g. `mine.num_negatives`."""
         merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
         for dotted, value in overrides.items():

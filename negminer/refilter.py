@@ -73,8 +73,7 @@ def refilter_config(
             given = PipelineConfig.from_dict({section: raw[section]}, source=source)
             if getattr(given, section) != getattr(parent, section):
                 raise ConfigError(
-                    f"{source}: refilter keeps the parent's {section!r} settings; "
-                    f"run `negminer mine` to change them"
+                    f"{source}: refilter keeps the parent's {section!r} settings; run `negminer mine` to change them"
                 )
     mine_raw = {**(raw.get("mine") or {}), **{k: v for k, v in overrides.items() if v is not None}}
     depth = parent.mine.search_depth
@@ -151,13 +150,21 @@ def _derive(
     candidates = version_dir / "candidates.parquet"
     dataset_dir = version_dir.resolve().parent
     feedback = BatchedFeedback(
-        load_decisions(dataset_dir.parent, dataset_dir.name), schema=pq.read_schema(candidates),
-        anchors=tables["anchors"], docs=tables["docs"], pairs=tables["pairs"],
+        load_decisions(dataset_dir.parent, dataset_dir.name),
+        schema=pq.read_schema(candidates),
+        anchors=tables["anchors"],
+        docs=tables["docs"],
+        pairs=tables["pairs"],
         extra_positives=mine.audit_extra_positives,
     )
     files = derive_files(
-        candidates, {stem: scratch / f"{stem}.parquet" for stem in DERIVED_FILES},
-        anchors=tables["anchors"], docs=tables["docs"], pairs=feedback.pairs, config=mine, transform=feedback,
+        candidates,
+        {stem: scratch / f"{stem}.parquet" for stem in DERIVED_FILES},
+        anchors=tables["anchors"],
+        docs=tables["docs"],
+        pairs=feedback.pairs,
+        config=mine,
+        transform=feedback,
         batch_rows=batch_rows or BATCH_ROWS,
     )
     return files, feedback.counts

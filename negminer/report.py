@@ -92,12 +92,22 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
 
 
 def _counts_section(counts: dict[str, Any]) -> str:
-    keys = ("pairs_in", "rejected_rows", "pairs", "anchors", "docs", "candidates", "negatives",
-            "anchors_short", "triplet_rows")
+    keys = (
+        "pairs_in",
+        "rejected_rows",
+        "pairs",
+        "anchors",
+        "docs",
+        "candidates",
+        "negatives",
+        "anchors_short",
+        "triplet_rows",
+    )
     rows = [(k, counts[k]) for k in keys if k in counts]
     embedding = counts.get("embedding") or {}
-    rows += [(f"embedded ({stem})", f"{v.get('embedded')} new, {v.get('reused')} reused")
-             for stem, v in embedding.items()]
+    rows += [
+        (f"embedded ({stem})", f"{v.get('embedded')} new, {v.get('reused')} reused") for stem, v in embedding.items()
+    ]
     return "## Counts\n\n" + _table(("count", "value"), rows) if rows else ""
 
 
@@ -118,8 +128,11 @@ def _quantile_section(quantiles: dict[str, dict[str, float]]) -> str:
 def _changes_section(changes: dict[str, Any] | None) -> str:
     if not changes:
         return "## Changes\n\nfirst version"
-    rows = [(part, changes[part]["added"], changes[part]["removed"], changes[part]["kept"])
-            for part in ("triplets", "pairs", "docs") if part in changes]
+    rows = [
+        (part, changes[part]["added"], changes[part]["removed"], changes[part]["kept"])
+        for part in ("triplets", "pairs", "docs")
+        if part in changes
+    ]
     text = f"## Changes against {changes['parent']}\n\n" + _table(("rows", "added", "removed", "kept"), rows)
     drift = changes.get("score_quantiles_drift", {}).get("negative")
     if drift:

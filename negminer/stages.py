@@ -185,11 +185,19 @@ def embed_shard_stage(shard: dict[str, Any], *, config: EmbedConfig, store_root:
     if len(absent):
         texts = table.column("text").to_pylist()
         embed_into_store(
-            [texts[i] for i in absent], hashes.take(absent), store=store, batch_size=config.batch_size,
-            model=_cached_model(config.model, config.device, config.max_seq_length), processes=config.processes,
+            [texts[i] for i in absent],
+            hashes.take(absent),
+            store=store,
+            batch_size=config.batch_size,
+            model=_cached_model(config.model, config.device, config.max_seq_length),
+            processes=config.processes,
         )
-    return {"shard": shard["shard"], "rows": table.num_rows, "embedded": len(absent),
-            "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "shard": shard["shard"],
+        "rows": table.num_rows,
+        "embedded": len(absent),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_root: str | Path) -> dict[str, Any]:
@@ -212,12 +220,18 @@ def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_roo
     for stem in ("anchors", "docs"):
         texts = _texts(work_dir, stem)
         result = embed_to_file(
-            texts, work_dir / f"{stem}.npy", model=model, store=store,
-            batch_size=config.batch_size, chunk_size=config.chunk_size, processes=config.processes,
+            texts,
+            work_dir / f"{stem}.npy",
+            model=model,
+            store=store,
+            batch_size=config.batch_size,
+            chunk_size=config.chunk_size,
+            processes=config.processes,
         )
         if result.embedded:
-            logger.warning("%d %s texts were missing from the store after its shards; embedded now",
-                           result.embedded, stem)
+            logger.warning(
+                "%d %s texts were missing from the store after its shards; embedded now", result.embedded, stem
+            )
         shards.update(store.shard_names(store.lookup(content_hashes(texts))))
         results[stem] = {**plan["counts"][stem], "truncated": result.truncated}
     path = resolve_model_path(config.model)
@@ -292,14 +306,24 @@ def index_stage(
     base = _parent_index(work_dir, Path(parent) if parent else None, key=key, factory=factory)
     if base is None:
         index, report = build_search_index(
-            doc_vectors, sample_queries=anchor_vectors[np.sort(sample)], k=k, kind=config.kind,
-            exact_max_docs=config.exact_max_docs, min_recall=config.min_recall, use_gpu=config.use_gpu,
+            doc_vectors,
+            sample_queries=anchor_vectors[np.sort(sample)],
+            k=k,
+            kind=config.kind,
+            exact_max_docs=config.exact_max_docs,
+            min_recall=config.min_recall,
+            use_gpu=config.use_gpu,
             seed=mine.seed,
         )
     else:
         index, report = extend_search_index(
-            base[0], doc_vectors, first_new=base[0].ntotal, factory=factory,
-            sample_queries=anchor_vectors[np.sort(sample)], k=k, min_recall=config.min_recall,
+            base[0],
+            doc_vectors,
+            first_new=base[0].ntotal,
+            factory=factory,
+            sample_queries=anchor_vectors[np.sort(sample)],
+            k=k,
+            min_recall=config.min_recall,
         )
     path = save_index(index, work_dir / f"index-{key}.faiss")
     ref = {
@@ -331,8 +355,9 @@ def _parent_index(work_dir: Path, parent: Path | None, *, key: str, factory: str
     index = faiss.read_index(old_ref["path"])
     if index.ntotal != len(old_docs):
         return None
-    logger.info("extending the index of %s (%d docs) by %d docs", parent.name, len(old_docs),
-                len(new_docs) - len(old_docs))
+    logger.info(
+        "extending the index of %s (%d docs) by %d docs", parent.name, len(old_docs), len(new_docs) - len(old_docs)
+    )
     return index, parent.name
 
 
@@ -359,10 +384,12 @@ def search_stage(
     stem = _search_stem(config, index_ref)
     if ref := _done(work_dir / f"search-{stem}.json"):
         return ref
-    result = _search(work_dir, work_dir / f"candidates-{stem}.parquet", config=config, index_config=index_config,
-                     index_ref=index_ref)
-    return _finish(work_dir / f"search-{stem}.json", _search_ref(result.path, result.rows, result.depth,
-                                                                 result.seconds, index_ref))
+    result = _search(
+        work_dir, work_dir / f"candidates-{stem}.parquet", config=config, index_config=index_config, index_ref=index_ref
+    )
+    return _finish(
+        work_dir / f"search-{stem}.json", _search_ref(result.path, result.rows, result.depth, result.seconds, index_ref)
+    )
 
 
 def _search_stem(config: MineConfig, index_ref: dict[str, Any]) -> str:
@@ -444,10 +471,21 @@ def search_shard_stage(
         return {"shard": shard["shard"], "rows": None, "merged": True}
     if ref := _done(part.with_suffix(".json")):
         return ref
-    result = _search(work_dir, part, config=config, index_config=index_config, index_ref=index_ref,
-                     anchor_range=(shard["first"], shard["stop"]))
-    ref = {"shard": shard["shard"], "path": str(part), "rows": result.rows, "depth": result.depth,
-           "seconds": round(result.seconds, 3)}
+    result = _search(
+        work_dir,
+        part,
+        config=config,
+        index_config=index_config,
+        index_ref=index_ref,
+        anchor_range=(shard["first"], shard["stop"]),
+    )
+    ref = {
+        "shard": shard["shard"],
+        "path": str(part),
+        "rows": result.rows,
+        "depth": result.depth,
+        "seconds": round(result.seconds, 3),
+    }
     return _finish(part.with_suffix(".json"), ref)
 
 
@@ -470,8 +508,10 @@ def search_merge_stage(
     stem = _search_stem(config, index_ref)
     if ref := _done(work_dir / f"search-{stem}.json"):
         return ref
-    refs = [search_shard_stage(work_dir, shard, config=config, index_config=index_config, index_ref=index_ref)
-            for shard in shards]
+    refs = [
+        search_shard_stage(work_dir, shard, config=config, index_config=index_config, index_ref=index_ref)
+        for shard in shards
+    ]
     start = time.perf_counter()
     path = work_dir / f"candidates-{stem}.parquet"
     rows = merge_candidate_files([r["path"] for r in refs], path)
@@ -495,8 +535,13 @@ def curate_stage(work_dir: str | Path, candidates_path: str | Path, *, config: C
 
     work_dir = Path(work_dir)
     if not config.enabled:
-        return {"candidates": str(candidates_path), "pairs": str(work_dir / "pairs.parquet"), "tables": {},
-                "counts": {}, "noise": None}
+        return {
+            "candidates": str(candidates_path),
+            "pairs": str(work_dir / "pairs.parquet"),
+            "tables": {},
+            "counts": {},
+            "noise": None,
+        }
     start = time.perf_counter()
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
     docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text"])
@@ -556,13 +601,22 @@ def select_stage(
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
     docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text", "text_key"])
     feedback = BatchedFeedback(
-        _work_dir_decisions(work_dir), schema=pq.read_schema(candidates_path), anchors=anchors, docs=docs,
-        pairs=pairs, extra_positives=config.audit_extra_positives,
+        _work_dir_decisions(work_dir),
+        schema=pq.read_schema(candidates_path),
+        anchors=anchors,
+        docs=docs,
+        pairs=pairs,
+        extra_positives=config.audit_extra_positives,
     )
     names = {"candidates": "selected", "triplets": "triplets", "scored": "scored"}
     derived = derive_files(
-        candidates_path, {stem: work_dir / f"{name}.parquet" for stem, name in names.items()},
-        anchors=anchors, docs=docs, pairs=feedback.pairs, config=config, transform=feedback,
+        candidates_path,
+        {stem: work_dir / f"{name}.parquet" for stem, name in names.items()},
+        anchors=anchors,
+        docs=docs,
+        pairs=feedback.pairs,
+        config=config,
+        transform=feedback,
         batch_rows=batch_rows or BATCH_ROWS,
     )
     paths = {stem: str(path) for stem, path in derived.paths.items()}
@@ -634,10 +688,15 @@ def write_stage(
     dataset_dir = Path(root) / name
     remove_stale_staging(dataset_dir)
     # Files the stages wrote are published as they are (no reading back into memory).
-    files = {"triplets": select_ref["triplets"], "candidates": select_ref["selected"],
-             **select_ref.get("tables", {}), **(curate_ref or {}).get("tables", {})}
-    files.update({stem: work_dir / f"{stem}.parquet" for stem in ("rejects", "anchors", "docs", "pairs")
-                  if stem not in files})
+    files = {
+        "triplets": select_ref["triplets"],
+        "candidates": select_ref["selected"],
+        **select_ref.get("tables", {}),
+        **(curate_ref or {}).get("tables", {}),
+    }
+    files.update(
+        {stem: work_dir / f"{stem}.parquet" for stem in ("rejects", "anchors", "docs", "pairs") if stem not in files}
+    )
     parent = latest_version(dataset_dir)
     manifest = {
         "name": name,
@@ -659,7 +718,8 @@ def write_stage(
         "work": {"key": work_dir.name},
         "embedding_store": _store_entry(embed_ref.get("store"), root),
         "changes": version_changes(
-            dataset_dir / parent if parent else None, tables=_lineage_tables(files) if parent else {},
+            dataset_dir / parent if parent else None,
+            tables=_lineage_tables(files) if parent else {},
             score_quantiles=select_ref["score_quantiles"],
         ),
     }

@@ -25,10 +25,18 @@ def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.C
 def mined(sample_dir: Path, store_root: Path, tmp_path_factory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("datasets")
     result = run_cli(
-        "mine", str(sample_dir / "pairs.parquet"),
-        "--corpus", str(sample_dir / "corpus.parquet"),
-        "--out", str(out), "--name", "sample", "--num-negatives", "3",
-        "--store", str(store_root),
+        "mine",
+        str(sample_dir / "pairs.parquet"),
+        "--corpus",
+        str(sample_dir / "corpus.parquet"),
+        "--out",
+        str(out),
+        "--name",
+        "sample",
+        "--num-negatives",
+        "3",
+        "--store",
+        str(store_root),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     version = Path(result.stdout.strip().splitlines()[-1])
@@ -88,10 +96,18 @@ def test_negatives_are_eligible_candidates(mined: tuple[Path, Path]) -> None:
 def test_second_run_embeds_nothing(mined: tuple[Path, Path], sample_dir: Path, store_root: Path) -> None:
     out, first = mined
     result = run_cli(
-        "mine", str(sample_dir / "pairs.parquet"),
-        "--corpus", str(sample_dir / "corpus.parquet"),
-        "--out", str(out), "--name", "sample", "--num-negatives", "3",
-        "--store", str(store_root),
+        "mine",
+        str(sample_dir / "pairs.parquet"),
+        "--corpus",
+        str(sample_dir / "corpus.parquet"),
+        "--out",
+        str(out),
+        "--name",
+        "sample",
+        "--num-negatives",
+        "3",
+        "--store",
+        str(store_root),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     second = Path(result.stdout.strip().splitlines()[-1])
@@ -114,8 +130,13 @@ def test_triplets_train_one_step_with_mnrl(mined: tuple[Path, Path], model, tmp_
     train = train.select(range(8))
     before = next(model.parameters()).detach().clone()
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path / "train"), max_steps=1, per_device_train_batch_size=8,
-        learning_rate=1e-3, report_to="none", save_strategy="no", use_cpu=True,
+        output_dir=str(tmp_path / "train"),
+        max_steps=1,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
     )
     import copy
 

@@ -13,17 +13,24 @@ from negminer.storage.versions import list_versions, write_version
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "negminer", *args], capture_output=True, text=True,
-                          env=os.environ, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "negminer", *args], capture_output=True, text=True, env=os.environ, timeout=120
+    )
 
 
 def make_versions(root: Path, n: int) -> None:
-    counts = {"pairs": 10, "triplet_rows": 30, "negatives": 30, "rejected_rows": 1,
-              "embedding": {"anchors": {"embedded": 10}, "docs": {"embedded": 5}}}
+    counts = {
+        "pairs": 10,
+        "triplet_rows": 30,
+        "negatives": 30,
+        "rejected_rows": 1,
+        "embedding": {"anchors": {"embedded": 10}, "docs": {"embedded": 5}},
+    }
     for i in range(n):
         changes = None if i == 0 else {"triplets": {"added": i, "removed": 0, "kept": 30}}
-        write_version(root, "nightly", tables={"triplets": pa.table({"a": [i]})},
-                      manifest={"counts": counts, "changes": changes})
+        write_version(
+            root, "nightly", tables={"triplets": pa.table({"a": [i]})}, manifest={"counts": counts, "changes": changes}
+        )
 
 
 def test_runs_lists_versions_with_counts(tmp_path: Path) -> None:
@@ -31,8 +38,18 @@ def test_runs_lists_versions_with_counts(tmp_path: Path) -> None:
     result = run_cli("runs", "nightly", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["version", "created_at", "parent", "pairs", "triplets", "negatives", "rejected",
-                                "embedded", "+rows", "-rows"]
+    assert lines[0].split() == [
+        "version",
+        "created_at",
+        "parent",
+        "pairs",
+        "triplets",
+        "negatives",
+        "rejected",
+        "embedded",
+        "+rows",
+        "-rows",
+    ]
     assert lines[1].split()[0] == "v0001" and lines[1].split()[2:] == ["-", "10", "30", "30", "1", "15", "-", "-"]
     assert lines[3].split()[:2] == ["v0003", "*"] and lines[3].split()[-2:] == ["2", "0"]
 

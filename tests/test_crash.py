@@ -77,9 +77,19 @@ def setup(sample_dir: Path, tmp_path_factory) -> dict:
 def mine_command(setup: dict, out: Path) -> list[str]:
     folder = setup["folder"]
     return [
-        sys.executable, "-m", "negminer", "mine", str(folder / "pairs.parquet"),
-        "--corpus", str(folder / "corpus.parquet"), "--out", str(out), "--name", NAME,
-        "--config", str(folder / "config.yaml"),
+        sys.executable,
+        "-m",
+        "negminer",
+        "mine",
+        str(folder / "pairs.parquet"),
+        "--corpus",
+        str(folder / "corpus.parquet"),
+        "--out",
+        str(out),
+        "--name",
+        NAME,
+        "--config",
+        str(folder / "config.yaml"),
     ]
 
 
@@ -91,12 +101,16 @@ def mine(setup: dict, out: Path) -> Path:
 
 def mine_and_kill(setup: dict, out: Path, *, stage: str, reached: Callable[[], bool]) -> None:
     """Start `mine` slowed at `stage`, SIGKILL its process group once `reached()` is true."""
-    env = {**setup["env"], "NEGMINER_TEST_SLOW_AT": stage,
-           "PYTHONPATH": os.pathsep.join([str(setup["folder"] / "hook"), setup["env"].get("PYTHONPATH", "")])}
+    env = {
+        **setup["env"],
+        "NEGMINER_TEST_SLOW_AT": stage,
+        "PYTHONPATH": os.pathsep.join([str(setup["folder"] / "hook"), setup["env"].get("PYTHONPATH", "")]),
+    }
     log = out.with_suffix(".log")
     with log.open("w") as handle:
-        proc = subprocess.Popen(mine_command(setup, out), env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            mine_command(setup, out), env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 600
         while not reached():
             if proc.poll() is not None or time.monotonic() > deadline:

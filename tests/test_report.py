@@ -11,12 +11,14 @@ from negminer.storage.versions import write_version
 
 
 def test_report_counts_flags_and_top_flagged(tmp_path: Path) -> None:
-    flagged = pa.table({
-        "kind": ["false_negative", "near_duplicate", "false_negative"],
-        "quality_score": [0.4, 0.05, 0.2],
-        "anchor_id": ["a1", "a2", "a3"],
-        "features": [[0.1, 0.2], [0.3], []],
-    })
+    flagged = pa.table(
+        {
+            "kind": ["false_negative", "near_duplicate", "false_negative"],
+            "quality_score": [0.4, 0.05, 0.2],
+            "anchor_id": ["a1", "a2", "a3"],
+            "features": [[0.1, 0.2], [0.3], []],
+        }
+    )
     counts = {"pairs_in": 10, "triplet_rows": 27, "dropped_by_reason": {"positive": 10, "surplus": 300}}
     manifest = {"name": "nightly", "counts": counts, "score_quantiles": {"negative": {"q50": 0.5}}}
     version = write_version(tmp_path, "nightly", tables={"flagged": flagged}, manifest=manifest)

@@ -240,8 +240,13 @@ def mine_flow(
             "strategy", strategy_task, w, curate_ref["candidates"], config.mine, curate_ref["pairs"]
         )
         logger.info("selected %s", strategy_ref["counts"])
-        refs = {"read": read_ref, "embed": embed_ref, "search": search_ref, "strategy": strategy_ref,
-                "curate": curate_ref}
+        refs = {
+            "read": read_ref,
+            "embed": embed_ref,
+            "search": search_ref,
+            "strategy": strategy_ref,
+            "curate": curate_ref,
+        }
         version = clock.run("write", write_task, w, out, name, config, refs)
     clock.run("audit-load", audit_load_task, version, out)
     clock.run("report", report_task, version, name, dict(clock.timings))

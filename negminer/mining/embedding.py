@@ -58,8 +58,13 @@ def embed_to_file(
     for first in range(0, len(missing), chunk_size):
         rows = missing[first : first + chunk_size]
         embed_into_store(
-            [texts[i] for i in rows], hashes.take(rows), model=model, store=store,
-            batch_size=batch_size, show_progress_bar=show_progress_bar, processes=processes,
+            [texts[i] for i in rows],
+            hashes.take(rows),
+            model=model,
+            store=store,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            processes=processes,
         )
         logger.info("embedded %d/%d new texts", min(first + chunk_size, len(missing)), len(missing))
     positions = fetch_to_file(hashes, out_path, store=store)
@@ -104,9 +109,7 @@ def fetch_to_file(hashes: pa.Array, out_path: str | Path, *, store: EmbeddingSto
     positions = store.lookup(hashes)
     if (positions < 0).any():
         raise StorageError(f"{store.folder}: {int((positions < 0).sum())} texts are not in the embedding store")
-    out = np.lib.format.open_memmap(
-        _tmp_path(out_path), mode="w+", dtype=np.float32, shape=(len(hashes), store.dim)
-    )
+    out = np.lib.format.open_memmap(_tmp_path(out_path), mode="w+", dtype=np.float32, shape=(len(hashes), store.dim))
     for first in range(0, len(hashes), 65536):
         out[first : first + 65536] = store.fetch(positions[first : first + 65536])
     out.flush()
@@ -120,9 +123,7 @@ def missing_unique(store: EmbeddingStore, hashes: pa.Array) -> np.ndarray:
     absent = np.nonzero(store.lookup(hashes) < 0)[0]
     if len(absent) == 0:
         return absent
-    keys = np.frombuffer(
-        b"".join(h.as_py() for h in hashes.take(absent)), dtype="V16"
-    )
+    keys = np.frombuffer(b"".join(h.as_py() for h in hashes.take(absent)), dtype="V16")
     _, first = np.unique(keys, return_index=True)
     return np.sort(absent[first])
 

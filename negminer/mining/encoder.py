@@ -39,9 +39,7 @@ def resolve_model_path(model: str | None) -> Path:
             "sentence-transformers model folder (or omit --model for the packaged all-MiniLM-L6-v2)"
         )
     if not (path / "modules.json").exists() and not (path / "config.json").exists():
-        raise ConfigError(
-            f"{path}: not a sentence-transformers model folder (no modules.json or config.json)"
-        )
+        raise ConfigError(f"{path}: not a sentence-transformers model folder (no modules.json or config.json)")
     return path
 
 

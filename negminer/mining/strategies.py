@@ -204,15 +204,11 @@ def _validate(
 ) -> None:
     missing = [name for name in _NUMERIC if name not in candidates.column_names]
     if missing:
-        raise ValueError(
-            f"candidate table lacks columns {missing}: pass the table written by search_candidates"
-        )
+        raise ValueError(f"candidate table lacks columns {missing}: pass the table written by search_candidates")
     if num_negatives < 1:
         raise ValueError(f"num_negatives must be at least 1, got {num_negatives}")
     if sampling_strategy not in SAMPLING_STRATEGIES:
-        raise ValueError(
-            f"sampling_strategy must be one of {SAMPLING_STRATEGIES}, got {sampling_strategy!r}"
-        )
+        raise ValueError(f"sampling_strategy must be one of {SAMPLING_STRATEGIES}, got {sampling_strategy!r}")
     for name, value in (("min", min_score_percentile), ("max", max_score_percentile)):
         if value is not None and not 0 <= value <= 100:
             raise ValueError(f"{name}_score_percentile must be within [0, 100], got {value}")
@@ -364,9 +360,7 @@ def _priority(
     return simans_keys(hashed, col["score"], col["positive_score"], a=simans_a, b=simans_b)
 
 
-def simans_keys(
-    hashed: np.ndarray, score: np.ndarray, positive_score: np.ndarray, *, a: float, b: float
-) -> np.ndarray:
+def simans_keys(hashed: np.ndarray, score: np.ndarray, positive_score: np.ndarray, *, a: float, b: float) -> np.ndarray:
     """Exponential-clock keys for weighted sampling without replacement (lowest first).
 
     With ``u`` uniform from `hashed` and weight ``w = exp(−a·(score − positive − b)²)``, the
@@ -383,9 +377,7 @@ def simans_keys(
     return np.log(-np.log(uniform)) + a * distance**2
 
 
-def _slots(
-    anchor: np.ndarray, priority: np.ndarray, eligible: np.ndarray, rank: np.ndarray
-) -> np.ndarray:
+def _slots(anchor: np.ndarray, priority: np.ndarray, eligible: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """1-based position of each eligible row among its anchor's eligible rows, by priority."""
     order = np.lexsort((rank, priority, ~eligible, anchor))
     sorted_anchor, sorted_eligible = anchor[order], eligible[order]
@@ -397,9 +389,7 @@ def _slots(
     return slot
 
 
-def _selection(
-    candidates: pa.Table, anchor: np.ndarray, reason: np.ndarray, slot: np.ndarray, k: int
-) -> Selection:
+def _selection(candidates: pa.Table, anchor: np.ndarray, reason: np.ndarray, slot: np.ndarray, k: int) -> Selection:
     names = pa.array(np.asarray(REASONS, dtype=object)[reason], pa.string())
     out = candidates.append_column("reason", names)
     out = out.append_column("negative_slot", pa.array(slot.astype(np.int16), mask=slot == 0))

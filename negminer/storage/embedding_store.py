@@ -71,9 +71,7 @@ class EmbeddingStore:
         self._offsets = np.cumsum([0] + [len(k) for k in keys])
         flat = np.concatenate(keys).tobytes() if keys else b""
         count = len(flat) // KEY_BYTES
-        self._keys = pa.FixedSizeBinaryArray.from_buffers(
-            pa.binary(KEY_BYTES), count, [None, pa.py_buffer(flat)]
-        )
+        self._keys = pa.FixedSizeBinaryArray.from_buffers(pa.binary(KEY_BYTES), count, [None, pa.py_buffer(flat)])
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -54,19 +54,19 @@ def version_changes(
     if old["triplets"] is not None and "triplets" in tables:
         out["triplets"] = _diff(_row_keys(old["triplets"]), _row_keys(tables["triplets"]))
     if None not in (old["pairs"], old["anchors"], old["docs"]):
-        out["pairs"] = _diff(_pair_keys(old["pairs"], old["anchors"], old["docs"]), _pair_keys(
-            tables["pairs"], tables["anchors"], tables["docs"]
-        ))
+        out["pairs"] = _diff(
+            _pair_keys(old["pairs"], old["anchors"], old["docs"]),
+            _pair_keys(tables["pairs"], tables["anchors"], tables["docs"]),
+        )
     if old["docs"] is not None:
-        out["docs"] = _diff(Counter(old["docs"].column("doc_id").to_pylist()),
-                            Counter(tables["docs"].column("doc_id").to_pylist()))
+        out["docs"] = _diff(
+            Counter(old["docs"].column("doc_id").to_pylist()), Counter(tables["docs"].column("doc_id").to_pylist())
+        )
     out["score_quantiles_drift"] = quantile_drift(parent.get("score_quantiles", {}), score_quantiles)
     return out
 
 
-def quantile_drift(
-    old: dict[str, dict[str, float]], new: dict[str, dict[str, float]]
-) -> dict[str, dict[str, float]]:
+def quantile_drift(old: dict[str, dict[str, float]], new: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """New minus old for every (kind, quantile) present in both, rounded to 4 decimals."""
     drift = {}
     for kind, values in new.items():

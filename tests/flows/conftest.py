@@ -22,5 +22,8 @@ def tiny_inputs(sample_dir: Path, tmp_path_factory) -> dict[str, Path]:
     pq.write_table(pairs.slice(0, 40), folder / "pairs40.parquet")
     pq.write_table(pairs, folder / "pairs42.parquet")
     pq.write_table(pa.Table.from_pylist(rows), folder / "corpus.parquet")
-    return {"pairs40": folder / "pairs40.parquet", "pairs42": folder / "pairs42.parquet",
-            "corpus": folder / "corpus.parquet"}
+    return {
+        "pairs40": folder / "pairs40.parquet",
+        "pairs42": folder / "pairs42.parquet",
+        "corpus": folder / "corpus.parquet",
+    }

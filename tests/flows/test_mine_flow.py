@@ -25,8 +25,13 @@ def run_flow(inputs: dict[str, Path], pairs: str, out: Path, store: Path) -> tup
         {"embed": {"max_seq_length": 64, "chunk_size": 16}, "mine": {"num_negatives": 2}, "curate": {"enabled": False}}
     )
     state = mine_flow(
-        pairs=str(inputs[pairs]), out=str(out), name="tiny", corpus=str(inputs["corpus"]),
-        config=config, store=str(store), return_state=True,
+        pairs=str(inputs[pairs]),
+        out=str(out),
+        name="tiny",
+        corpus=str(inputs["corpus"]),
+        config=config,
+        store=str(store),
+        return_state=True,
     )
     assert state.is_completed(), state
     return Path(state.result()), str(state.state_details.flow_run_id)
@@ -69,15 +74,33 @@ def two_runs(prefect_harness, tiny_inputs, tmp_path_factory) -> dict:
     first, first_id = run_flow(tiny_inputs, "pairs40", out, store)
     stored = store_rows(store)
     second, second_id = run_flow(tiny_inputs, "pairs40", out, store)
-    return {"out": out, "store": store, "first": first, "second": second, "stored_after_first": stored,
-            "first_states": task_states(first_id), "second_states": task_states(second_id),
-            "second_id": second_id}
+    return {
+        "out": out,
+        "store": store,
+        "first": first,
+        "second": second,
+        "stored_after_first": stored,
+        "first_states": task_states(first_id),
+        "second_states": task_states(second_id),
+        "second_id": second_id,
+    }
 
 
 def test_one_task_per_stage_and_shards_are_mapped(two_runs) -> None:
     states = two_runs["first_states"]
-    stages = {"read", "embed_plan", "embed_shard", "embed", "index", "search_shard", "search", "curate", "strategy",
-              "write", "report"}
+    stages = {
+        "read",
+        "embed_plan",
+        "embed_shard",
+        "embed",
+        "index",
+        "search_shard",
+        "search",
+        "curate",
+        "strategy",
+        "write",
+        "report",
+    }
     assert stages <= set(states)
     # 37 anchors + 100 docs, 16 texts per shard; 37 anchors fit one search shard (mine.search_shard_size)
     assert len(states["embed_shard"]) == 9
@@ -151,12 +174,25 @@ def test_retries_only_io_errors() -> None:
     from negminer.errors import ConfigError, InputError, StorageError
     from negminer.flows.mine import retry_on_io_error
 
-    retried = {type(e).__name__: retry_on_io_error(None, None, Failed(data=e)) for e in (
-        StorageError("disk"), OSError(5, "I/O error"), InputError("bad row"), ConfigError("bad key"),
-        FileNotFoundError("gone"), ValueError("bug"),
-    )}
-    assert retried == {"StorageError": True, "OSError": True, "InputError": False, "ConfigError": False,
-                       "FileNotFoundError": False, "ValueError": False}
+    retried = {
+        type(e).__name__: retry_on_io_error(None, None, Failed(data=e))
+        for e in (
+            StorageError("disk"),
+            OSError(5, "I/O error"),
+            InputError("bad row"),
+            ConfigError("bad key"),
+            FileNotFoundError("gone"),
+            ValueError("bug"),
+        )
+    }
+    assert retried == {
+        "StorageError": True,
+        "OSError": True,
+        "InputError": False,
+        "ConfigError": False,
+        "FileNotFoundError": False,
+        "ValueError": False,
+    }
 
 
 def test_artifact_keys_are_valid() -> None:

@@ -104,7 +104,10 @@ def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     api = f"http://127.0.0.1:{port}/api"
 
@@ -133,7 +136,10 @@ def test_serve_creates_scheduled_runs(prefect_server, tmp_path: Path) -> None:
     log = (tmp_path / "serve.log").open("w")
     served = subprocess.Popen(
         [sys.executable, "-m", "negminer", "serve", "--config", str(tmp_path / "nightly.yaml"), "--cron", "0 3 * * *"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
     def deployment() -> dict | None:

@@ -86,9 +86,7 @@ def test_only_new_texts_are_embedded(tmp_path, model, store):
 
 
 def test_small_chunks_give_the_same_vectors(tmp_path, model, store):
-    result = embed_to_file(
-        TEXTS, tmp_path / "out.npy", model=model, store=store, chunk_size=1, batch_size=2
-    )
+    result = embed_to_file(TEXTS, tmp_path / "out.npy", model=model, store=store, chunk_size=1, batch_size=2)
     assert result.embedded == 4
     assert len(list(store.folder.glob("shard-*.keys.npy"))) == 4
     np.testing.assert_allclose(np.load(result.path), reference(model, TEXTS), atol=1e-5)

@@ -74,11 +74,7 @@ def test_ranks_are_zero_based_and_scores_descend_per_anchor(tmp_path):
 
 def test_known_positives_are_flagged_by_id(tmp_path):
     _, table = run_search(tmp_path, search_depth=10)
-    flagged = {
-        (a, d)
-        for a, d, p in zip(table["anchor_idx"], table["doc_idx"], table["is_positive"], strict=True)
-        if p
-    }
+    flagged = {(a, d) for a, d, p in zip(table["anchor_idx"], table["doc_idx"], table["is_positive"], strict=True) if p}
     assert flagged == {(0, 1), (0, 3), (1, 4)}
 
 
@@ -86,9 +82,7 @@ def test_same_normalised_text_as_a_positive_is_flagged(tmp_path):
     _, table = run_search(tmp_path, search_depth=10)
     flagged = {
         (a, d)
-        for a, d, s in zip(
-            table["anchor_idx"], table["doc_idx"], table["same_text_as_positive"], strict=True
-        )
+        for a, d, s in zip(table["anchor_idx"], table["doc_idx"], table["same_text_as_positive"], strict=True)
         if s
     }
     # doc 2 "  BRAVO \n" is doc 1 "Bravo" up to case and whitespace; the positives themselves too
@@ -96,21 +90,14 @@ def test_same_normalised_text_as_a_positive_is_flagged(tmp_path):
     assert (1, 2) not in flagged  # doc 1 is not a positive of anchor 1
     assert flagged == {(0, 1), (0, 2), (0, 3), (1, 4)}
     # a text duplicate is not a positive by id
-    is_pos = {
-        (a, d): p
-        for a, d, p in zip(table["anchor_idx"], table["doc_idx"], table["is_positive"], strict=True)
-    }
+    is_pos = {(a, d): p for a, d, p in zip(table["anchor_idx"], table["doc_idx"], table["is_positive"], strict=True)}
     assert is_pos[(0, 2)] is False
 
 
 def test_doc_with_the_anchor_text_is_flagged(tmp_path):
     _, table = run_search(tmp_path, search_depth=10)
     flagged = {
-        (a, d)
-        for a, d, s in zip(
-            table["anchor_idx"], table["doc_idx"], table["same_text_as_anchor"], strict=True
-        )
-        if s
+        (a, d) for a, d, s in zip(table["anchor_idx"], table["doc_idx"], table["same_text_as_anchor"], strict=True) if s
     }
     # doc 5 "anchor one" is anchor 0 "Anchor  One" normalised; anchor 1's text is in no doc
     assert flagged == {(0, 5)}
@@ -170,11 +157,7 @@ def test_anchors_with_the_same_text_share_their_positives(tmp_path):
         pair_doc=np.array([1, 4], np.int32),
     )
     assert result.depth == 3  # 1 + the 2 positives of the shared text
-    flagged = {
-        (a, d)
-        for a, d, p in zip(table["anchor_idx"], table["doc_idx"], table["is_positive"], strict=True)
-        if p
-    }
+    flagged = {(a, d) for a, d, p in zip(table["anchor_idx"], table["doc_idx"], table["is_positive"], strict=True) if p}
     # anchor 0 (0°) retrieves docs 0, 1, 2; anchor 1 (90°) retrieves docs 4, 3, 2
     assert flagged == {(0, 1), (1, 4)}
     _, deep = run_search(
@@ -184,18 +167,10 @@ def test_anchors_with_the_same_text_share_their_positives(tmp_path):
         pair_anchor=np.array([0, 1], np.int32),
         pair_doc=np.array([1, 4], np.int32),
     )
-    flagged = {
-        (a, d)
-        for a, d, p in zip(deep["anchor_idx"], deep["doc_idx"], deep["is_positive"], strict=True)
-        if p
-    }
+    flagged = {(a, d) for a, d, p in zip(deep["anchor_idx"], deep["doc_idx"], deep["is_positive"], strict=True) if p}
     assert flagged == {(0, 1), (0, 4), (1, 1), (1, 4)}
     same_text = {
-        (a, d)
-        for a, d, s in zip(
-            deep["anchor_idx"], deep["doc_idx"], deep["same_text_as_positive"], strict=True
-        )
-        if s
+        (a, d) for a, d, s in zip(deep["anchor_idx"], deep["doc_idx"], deep["same_text_as_positive"], strict=True) if s
     }
     # doc 2 is doc 1's text, so it is excluded for both anchors
     assert {(0, 2), (1, 2)} <= same_text
@@ -285,17 +260,30 @@ def test_anchor_shards_merged_in_order_equal_one_search(tmp_path):
     docs /= np.linalg.norm(docs, axis=1, keepdims=True)
     pair_anchor = np.repeat(np.arange(23, dtype=np.int32), rng.integers(1, 4, size=23))
     pair_doc = rng.integers(0, 60, size=len(pair_anchor)).astype(np.int32)
-    keys = {"doc_text_keys": [text_key(f"doc {i}") for i in range(60)],
-            "anchor_text_keys": [text_key(f"anchor {i % 20}") for i in range(23)]}  # 3 shared texts
+    keys = {
+        "doc_text_keys": [text_key(f"doc {i}") for i in range(60)],
+        "anchor_text_keys": [text_key(f"anchor {i % 20}") for i in range(23)],
+    }  # 3 shared texts
 
     def search(name: str, anchor_range=None):
-        return search_candidates(anchors, docs, tmp_path / name, pair_anchor=pair_anchor, pair_doc=pair_doc,
-                                 search_depth=7, batch_size=4, anchor_range=anchor_range, **keys)
+        return search_candidates(
+            anchors,
+            docs,
+            tmp_path / name,
+            pair_anchor=pair_anchor,
+            pair_doc=pair_doc,
+            search_depth=7,
+            batch_size=4,
+            anchor_range=anchor_range,
+            **keys,
+        )
 
     whole = search("whole.parquet")
     # the last shard runs first: completion order must not matter, only merge order
-    parts = [search(f"part{i}.parquet", (first, min(first + 6, 23))) for i, first in reversed(list(enumerate(
-        range(0, 23, 6))))]
+    parts = [
+        search(f"part{i}.parquet", (first, min(first + 6, 23)))
+        for i, first in reversed(list(enumerate(range(0, 23, 6))))
+    ]
     rows = merge_candidate_files([p.path for p in reversed(parts)], tmp_path / "merged.parquet")
     assert rows == whole.rows and {p.depth for p in parts} == {whole.depth}
     assert pq.read_table(tmp_path / "merged.parquet").equals(pq.read_table(whole.path))

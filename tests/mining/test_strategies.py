@@ -32,9 +32,7 @@ def candidates(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(full, schema=CANDIDATE_SCHEMA)
 
 
-def ladder(
-    anchor: int, n: int, *, positives: tuple[int, ...] = (0,), top: float = 0.95, step: float = 0.05
-):
+def ladder(anchor: int, n: int, *, positives: tuple[int, ...] = (0,), top: float = 0.95, step: float = 0.05):
     """Rows for one anchor: doc_idx == rank, score falling by `step`, `positives` by rank."""
     return [
         {
@@ -67,17 +65,13 @@ def outcome(selection) -> dict[tuple[int, int], tuple[str, int | None]]:
     t = selection.candidates.to_pydict()
     return {
         (a, d): (r, s)
-        for a, d, r, s in zip(
-            t["anchor_idx"], t["doc_idx"], t["reason"], t["negative_slot"], strict=True
-        )
+        for a, d, r, s in zip(t["anchor_idx"], t["doc_idx"], t["reason"], t["negative_slot"], strict=True)
     }
 
 
 def chosen(selection, anchor: int = 0) -> list[int]:
     """doc_idx of the anchor's negatives in slot order."""
-    picked = [
-        (s, d) for (a, d), (_, s) in outcome(selection).items() if a == anchor and s is not None
-    ]
+    picked = [(s, d) for (a, d), (_, s) in outcome(selection).items() if a == anchor and s is not None]
     return [d for _, d in sorted(picked)]
 
 
@@ -227,10 +221,7 @@ def test_random_is_independent_of_row_order():
 def test_random_changes_with_the_seed_and_differs_from_top():
     table = many_candidates()
     picks = {
-        seed: [
-            chosen(select(table, num_negatives=5, sampling_strategy="random", seed=seed), a)
-            for a in range(4)
-        ]
+        seed: [chosen(select(table, num_negatives=5, sampling_strategy="random", seed=seed), a) for a in range(4)]
         for seed in (1, 2)
     }
     assert picks[1] != picks[2]
@@ -271,9 +262,7 @@ def test_stable_hash64_is_blake2b_of_the_id():
     ids = ["doc-1", "doc-2", "ü"]
     got = stable_hash64(ids)
     assert got.dtype == np.uint64
-    expected = [
-        int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids
-    ]
+    expected = [int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids]
     assert got.tolist() == expected
     assert len(set(got.tolist())) == 3
 
@@ -367,9 +356,7 @@ def test_slots_are_one_to_n_per_anchor():
     sel = select(many_candidates(), num_negatives=4, sampling_strategy="random", seed=11)
     t = sel.candidates.to_pydict()
     for a in range(4):
-        slots = sorted(
-            s for x, s in zip(t["anchor_idx"], t["negative_slot"], strict=True) if x == a and s
-        )
+        slots = sorted(s for x, s in zip(t["anchor_idx"], t["negative_slot"], strict=True) if x == a and s)
         assert slots == [1, 2, 3, 4]
 
 

@@ -80,15 +80,11 @@ def test_scifact_sample_prepares_without_rejects(sample_dir):
     assert prepared.rejects.num_rows == 0
     assert prepared.counts == {"corpus_in": 800, "pairs_in": 225, "rejected_rows": 0}
     assert all(prepared.docs.column("from_corpus").to_pylist())
-    assert pair_view(prepared) == [
-        (row["anchor_id"], row["positive_id"], i) for i, row in enumerate(source, start=1)
-    ]
+    assert pair_view(prepared) == [(row["anchor_id"], row["positive_id"], i) for i, row in enumerate(source, start=1)]
 
 
 def test_table_schemas_follow_the_contract(corpus, tmp_path):
-    pairs = write_parquet(
-        tmp_path / "pairs.parquet", [{"anchor": "Query one.", "positive": "Delta epsilon."}]
-    )
+    pairs = write_parquet(tmp_path / "pairs.parquet", [{"anchor": "Query one.", "positive": "Delta epsilon."}])
 
     prepared = prepare_inputs(pairs, corpus)
 
@@ -122,9 +118,7 @@ def test_table_schemas_follow_the_contract(corpus, tmp_path):
     assert prepared.rejects.schema == REJECT_SCHEMA
     assert prepared.docs.column("doc_idx").to_pylist() == [0, 1, 2]
     assert prepared.docs.column("title").to_pylist() == ["First", "Second", None]
-    assert prepared.docs.column("text_key").to_pylist() == [
-        text_key(r["text"]) for r in CORPUS_ROWS
-    ]
+    assert prepared.docs.column("text_key").to_pylist() == [text_key(r["text"]) for r in CORPUS_ROWS]
 
 
 def test_same_inputs_give_equal_tables(corpus, tmp_path):
@@ -148,11 +142,7 @@ def test_same_inputs_give_equal_tables(corpus, tmp_path):
 def test_sample_anchor_with_two_positives_is_one_anchor(tmp_path, sample_dir):
     sample = pq.read_table(sample_dir / "pairs.parquet").to_pylist()
     # Query 85 has two relevant abstracts, query 0 one (see the sample's README).
-    rows = [
-        {"anchor": r["anchor"], "positive": r["positive"]}
-        for r in sample
-        if r["anchor_id"] in ("0", "85")
-    ]
+    rows = [{"anchor": r["anchor"], "positive": r["positive"]} for r in sample if r["anchor_id"] in ("0", "85")]
     pairs = write_jsonl(tmp_path / "pairs.jsonl", rows)
 
     prepared = prepare_inputs(pairs)
@@ -311,9 +301,7 @@ def test_input_config_overrides_column_names(tmp_path):
 
     assert pair_view(prepared) == [("q1", "d2", 1), ("q3", "d1", 3)]
     assert prepared.docs.column("title").to_pylist() == ["H1", "H2"]
-    assert reject_view(prepared) == [
-        ("pairs.parquet", 2, "document", "anchor_equals_positive", "Same text.")
-    ]
+    assert reject_view(prepared) == [("pairs.parquet", 2, "document", "anchor_equals_positive", "Same text.")]
 
 
 def test_default_config_on_renamed_corpus_names_the_missing_column(tmp_path):
@@ -341,9 +329,7 @@ def test_anchor_equal_to_positive_is_quarantined(tmp_path):
     prepared = prepare_inputs(pairs)
 
     assert pair_view(prepared) == [(hashed_id("Query two."), hashed_id("Doc two."), 2)]
-    assert reject_view(prepared) == [
-        ("pairs.parquet", 1, "positive", "anchor_equals_positive", "Same text.")
-    ]
+    assert reject_view(prepared) == [("pairs.parquet", 1, "positive", "anchor_equals_positive", "Same text.")]
     assert prepared.counts == {"pairs_in": 2, "rejected_rows": 1}
 
 
@@ -454,9 +440,7 @@ def test_row_quarantined_for_its_positive_adds_no_anchor(corpus, tmp_path):
     prepared = prepare_inputs(pairs, corpus)
 
     assert prepared.anchors.column("text").to_pylist() == ["Query two."]
-    assert sorted(set(prepared.pairs.column("anchor_idx").to_pylist())) == list(
-        range(prepared.anchors.num_rows)
-    )
+    assert sorted(set(prepared.pairs.column("anchor_idx").to_pylist())) == list(range(prepared.anchors.num_rows))
 
 
 def test_conflicting_corpus_id_is_quarantined_and_duplicates_counted(tmp_path):
@@ -525,11 +509,7 @@ def test_format_rejects_from_jsonl_and_csv_reach_prepared_rejects(tmp_path):
     corpus = tmp_path / "corpus.csv"
     corpus.write_bytes(b"id,text\nd1,Alpha.\nd2,caf\xe9\nd3,Gamma.,extra\n")
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_bytes(
-        b'{"anchor": "Q1.", "positive": "Alpha."}\n'
-        b"not json\n"
-        b'{"anchor": "Q3.", "positive": "New."}\n'
-    )
+    pairs.write_bytes(b'{"anchor": "Q1.", "positive": "Alpha."}\nnot json\n{"anchor": "Q3.", "positive": "New."}\n')
 
     prepared = prepare_inputs(pairs, corpus)
 
@@ -579,9 +559,7 @@ def test_empty_jsonl_corpus_raises(tmp_path):
 def test_empty_corpus_raises_input_error(tmp_path, fmt):
     if fmt == "parquet":
         corpus = tmp_path / "corpus.parquet"
-        pq.write_table(
-            pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}), corpus
-        )
+        pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())}), corpus)
     else:
         corpus = tmp_path / "corpus.csv"
         corpus.write_text("id,text\n", encoding="utf-8")
@@ -619,9 +597,7 @@ def test_all_pairs_bad_raises(tmp_path, fmt):
     elif fmt == "jsonl":
         write_jsonl(path, rows)
     else:
-        path.write_text(
-            "anchor,positive\n" + "".join(f"{r['anchor']},{r['positive']}\n" for r in rows)
-        )
+        path.write_text("anchor,positive\n" + "".join(f"{r['anchor']},{r['positive']}\n" for r in rows))
 
     with pytest.raises(InputError, match="no valid") as err:
         prepare_inputs(path)

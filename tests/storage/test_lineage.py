@@ -28,8 +28,9 @@ def test_changes_count_rows_added_removed_and_quantile_drift(tmp_path: Path) -> 
     )
     quantiles = {"score_quantiles": {"negative": {"q50": 0.5, "q95": 0.7}}}
     parent = write_version(tmp_path, "ds", tables=old, manifest=quantiles)
-    new = tables([("q1", "d1"), ("q3", "d4")], [("a", "p", "n1"), ("b", "p", "n2"), ("c", "p", "n3")],
-                 ["d1", "d2", "d3", "d4"])
+    new = tables(
+        [("q1", "d1"), ("q3", "d4")], [("a", "p", "n1"), ("b", "p", "n2"), ("c", "p", "n3")], ["d1", "d2", "d3", "d4"]
+    )
 
     changes = version_changes(parent, tables=new, score_quantiles={"negative": {"q50": 0.55, "q99": 0.9}})
 
@@ -52,8 +53,13 @@ def test_quantile_drift_skips_kinds_and_quantiles_missing_on_one_side() -> None:
 
 def test_summaries_list_versions_with_counts_and_latest(tmp_path: Path) -> None:
     t = tables([("q1", "d1")], [("a", "p", "n")], ["d1"])
-    counts = {"pairs": 1, "triplet_rows": 1, "negatives": 1, "rejected_rows": 0,
-              "embedding": {"anchors": {"embedded": 1}, "docs": {"embedded": 2}}}
+    counts = {
+        "pairs": 1,
+        "triplet_rows": 1,
+        "negatives": 1,
+        "rejected_rows": 0,
+        "embedding": {"anchors": {"embedded": 1}, "docs": {"embedded": 2}},
+    }
     write_version(tmp_path, "ds", tables=t, manifest={"counts": counts})
     changes = {"triplets": {"added": 0, "removed": 0}}
     write_version(tmp_path, "ds", tables=t, manifest={"counts": counts, "changes": changes})

@@ -88,9 +88,9 @@ def test_gc_keeps_work_folders_in_use(root: Path) -> None:
 def test_gc_keeps_shards_a_running_flow_has_assembled(root: Path) -> None:
     work = root / "ds" / ".work" / "running"
     work.mkdir()
-    (work / "embed.json").write_text(json.dumps(
-        {"store": {"root": str(root / ".embeddings"), "folder": FOLDER, "shards": ["shard-a"]}}
-    ))
+    (work / "embed.json").write_text(
+        json.dumps({"store": {"root": str(root / ".embeddings"), "folder": FOLDER, "shards": ["shard-a"]}})
+    )
     with work_lock(work):
         collect_garbage(root, "ds", keep=1)
     assert "shard-a" in shards(root) and "shard-c" not in shards(root)

@@ -31,9 +31,7 @@ def tables(tag: str = "x") -> dict[str, pa.Table]:
                 "negative": ["n1", "n2"],
             }
         ),
-        "candidates": pa.table(
-            {"anchor_idx": pa.array([0, 0, 1], pa.int32()), "score": [0.9, 0.5, 0.7]}
-        ),
+        "candidates": pa.table({"anchor_idx": pa.array([0, 0, 1], pa.int32()), "score": [0.9, 0.5, 0.7]}),
     }
 
 
@@ -43,9 +41,7 @@ def leftovers(dataset_dir: Path) -> list[str]:
 
 def test_layout_of_a_version(tmp_path):
     t = tables()
-    path = write_version(
-        tmp_path, "scifact", tables=t, manifest={"name": "scifact", "counts": {"in": 2}}
-    )
+    path = write_version(tmp_path, "scifact", tables=t, manifest={"name": "scifact", "counts": {"in": 2}})
     assert path == tmp_path / "scifact" / "v0001"
     assert sorted(p.name for p in path.iterdir()) == [
         "candidates.parquet",
