@@ -6,6 +6,10 @@ embedding-only time for the same texts (target <= 1.15). Same model (packaged
 all-MiniLM-L6-v2), batch size 32, 5 negatives, top-k, exact FAISS search; these negminer runs
 do the same job as sentence-transformers (``--strategy naive``, curation off).
 
+Then the same three runs with the forward pass in bfloat16 (``embed.precision: bfloat16``;
+sentence-transformers under the same ``torch.autocast``), with the share of negminer's
+negatives that bfloat16 leaves unchanged (``--skip-bfloat16`` leaves them out).
+
 Then the cost of curation (issue 4: at most +25% on a mine run): negminer's default run
 (curation on) cold into a fresh store and warm, over the same runs with curation off.
 
@@ -15,6 +19,7 @@ Run: python -m bench.mine_vs_st [--dataset nfcorpus] [--split train] [--limit N]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import resource
@@ -22,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench.common import hidden_positive_inputs, load_retrieval_set
@@ -32,17 +38,23 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # slow on a busy 2-core box
 
 
-def embedding_only(anchors: list[str], docs: list[str]) -> float:
+def _autocast(precision: str):
+    import torch
+
+    return contextlib.nullcontext() if precision == "float32" else torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def embedding_only(anchors: list[str], docs: list[str], precision: str = "float32") -> float:
     from negminer.mining.encoder import encode, load_model
 
     model = load_model(device="cpu")
     start = time.perf_counter()
-    encode(anchors, model, batch_size=32)
-    encode(docs, model, batch_size=32)
+    encode(anchors, model, batch_size=32, precision=precision)
+    encode(docs, model, batch_size=32, precision=precision)
     return time.perf_counter() - start
 
 
-def st_cold(pairs, corpus_texts: list[str], num_negatives: int) -> float:
+def st_cold(pairs, corpus_texts: list[str], num_negatives: int, precision: str = "float32") -> float:
     import datasets
     from sentence_transformers.util import mine_hard_negatives
 
@@ -53,14 +65,28 @@ def st_cold(pairs, corpus_texts: list[str], num_negatives: int) -> float:
         {"anchor": pairs.column("anchor").to_pylist(), "positive": pairs.column("positive").to_pylist()}
     )
     start = time.perf_counter()
-    mine_hard_negatives(
-        dataset, model, corpus=corpus_texts, num_negatives=num_negatives, use_faiss=True, batch_size=32, verbose=False
-    )
+    with _autocast(precision):
+        mine_hard_negatives(
+            dataset,
+            model,
+            corpus=corpus_texts,
+            num_negatives=num_negatives,
+            use_faiss=True,
+            batch_size=32,
+            verbose=False,
+        )
     return time.perf_counter() - start
 
 
 def negminer_run(
-    pairs_path: Path, corpus_path: Path, out: Path, store: Path, num_negatives: int, *, curate: bool
+    pairs_path: Path,
+    corpus_path: Path,
+    out: Path,
+    store: Path,
+    num_negatives: int,
+    *,
+    curate: bool,
+    precision: str = "float32",
 ) -> tuple[float, str]:
     from negminer.config import PipelineConfig
     from negminer.flows.mine import mine_flow
@@ -68,7 +94,7 @@ def negminer_run(
     mine: dict = {"num_negatives": num_negatives}
     if not curate:
         mine["strategy"] = "naive"
-    config = PipelineConfig.from_dict({"mine": mine, "curate": {"enabled": curate}})
+    config = PipelineConfig.from_dict({"mine": mine, "curate": {"enabled": curate}, "embed": {"precision": precision}})
     start = time.perf_counter()
     version = mine_flow(
         pairs=str(pairs_path), out=str(out), name="bench", corpus=str(corpus_path), config=config, store=str(store)
@@ -83,6 +109,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N pairs only (quick check)")
     parser.add_argument("--num-negatives", type=int, default=5)
     parser.add_argument("--skip-curation", action="store_true", help="skip the curation-cost runs")
+    parser.add_argument("--skip-bfloat16", action="store_true", help="skip the bfloat16 runs")
     args = parser.parse_args()
     pairs, corpus, _ = hidden_positive_inputs(load_retrieval_set(args.dataset, args.split))
     if args.limit:
@@ -110,6 +137,15 @@ def main() -> None:
             *inputs, tmp / "out-warm", tmp / "store", args.num_negatives, curate=False
         )
         print_report(timings, Path(version))
+        if not args.skip_bfloat16:
+            half = {"embedding only": embedding_only(anchors, docs, "bfloat16")}
+            gc.collect()
+            half["sentence-transformers cold"] = st_cold(pairs, corpus_texts, args.num_negatives, "bfloat16")
+            gc.collect()
+            half["negminer cold"], half_version = negminer_run(
+                *inputs, tmp / "out-bf16", tmp / "store-bf16", args.num_negatives, curate=False, precision="bfloat16"
+            )
+            print_bfloat16(timings, half, Path(version), Path(half_version))
         if not args.skip_curation:
             curated = {
                 "cold": negminer_run(*inputs, tmp / "out-c", tmp / "store-c", args.num_negatives, curate=True)[0],
@@ -133,6 +169,28 @@ def print_report(timings: dict[str, float], version: Path) -> None:
     )
     print(f"warm run embedded: {manifest['counts']['embedding']}")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def print_bfloat16(full: dict[str, float], half: dict[str, float], version: Path, half_version: Path) -> None:
+    print("\n| run | float32 s | bfloat16 s | bfloat16 / float32 |\n|---|---|---|---|")
+    for name, seconds in half.items():
+        print(f"| {name} | {full[name]:.1f} | {seconds:.1f} | {seconds / full[name]:.3f} |")
+    st_full, st_half = full["sentence-transformers cold"], half["sentence-transformers cold"]
+    print(f"\nnegminer cold bfloat16 / ST cold float32 = {half['negminer cold'] / st_full:.3f}")
+    print(f"negminer cold bfloat16 / ST cold bfloat16 = {half['negminer cold'] / st_half:.3f}")
+    print(f"negminer cold bfloat16 / embedding only bfloat16 = {half['negminer cold'] / half['embedding only']:.3f}")
+    same, total = _shared_negatives(version, half_version)
+    print(f"negatives unchanged by bfloat16: {same}/{total} ({same / total:.2%})")
+
+
+def _shared_negatives(version: Path, other: Path) -> tuple[int, int]:
+    def negatives(folder: Path) -> set[tuple[str, str]]:
+        table = pq.read_table(folder / "candidates.parquet", columns=["anchor_id", "doc_id", "negative_slot"])
+        chosen = table.filter(pc.is_valid(table.column("negative_slot")))
+        return set(zip(chosen.column("anchor_id").to_pylist(), chosen.column("doc_id").to_pylist(), strict=True))
+
+    first, second = negatives(version), negatives(other)
+    return len(first & second), len(first)
 
 
 def print_curation_cost(timings: dict[str, float], curated: dict[str, float]) -> None:

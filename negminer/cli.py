@@ -88,6 +88,10 @@ def mine(
     processes: Annotated[
         int | None, typer.Option("--processes", min=1, help="CPU processes that encode texts (embed.processes).")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", help="float32 or bfloat16: the forward pass's arithmetic (embed.precision)."),
+    ] = None,
 ) -> None:
     """Embed, mine hard negatives and write a dataset version; prints its path last."""
     from negminer.config import PipelineConfig
@@ -97,6 +101,7 @@ def mine(
         "embed.model": model,
         "mine.strategy": strategy,
         "embed.processes": processes,
+        "embed.precision": precision,
     }
     pipeline = (
         PipelineConfig.from_yaml(config, **overrides)

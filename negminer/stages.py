@@ -57,8 +57,11 @@ def work_dir_for(
         "model": _embedding_source_fingerprint(config.embed),
         "max_seq_length": config.embed.max_seq_length,
     }
-    if config.embed.store_dtype != "float32" and not config.embed.precomputed:
-        key["store_dtype"] = config.embed.store_dtype  # other vectors: another work folder
+    if not config.embed.precomputed:  # other vectors: another work folder
+        if config.embed.store_dtype != "float32":
+            key["store_dtype"] = config.embed.store_dtype
+        if config.embed.precision != "float32":
+            key["precision"] = config.embed.precision
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return Path(root) / name / ".work" / digest
 
@@ -115,6 +118,8 @@ def _store_key(config: EmbedConfig) -> str:
     fingerprint = model_fingerprint(resolve_model_path(config.model))
     # Vectors depend on the truncation length and precision too: non-defaults get their own folder.
     key = fingerprint if config.max_seq_length is None else f"{fingerprint}-seq{config.max_seq_length}"
+    if config.precision != "float32":
+        key = f"{key}-{config.precision}"
     return key if config.store_dtype == "float32" else f"{key}-{config.store_dtype}"
 
 
@@ -191,6 +196,7 @@ def embed_shard_stage(shard: dict[str, Any], *, config: EmbedConfig, store_root:
             batch_size=config.batch_size,
             model=_cached_model(config.model, config.device, config.max_seq_length),
             processes=config.processes,
+            precision=config.precision,
         )
     return {
         "shard": shard["shard"],
@@ -227,6 +233,7 @@ def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_roo
             batch_size=config.batch_size,
             chunk_size=config.chunk_size,
             processes=config.processes,
+            precision=config.precision,
         )
         if result.embedded:
             logger.warning(

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from negminer.errors import StorageError
-from negminer.mining.encoder import encode, token_lengths
+from negminer.mining.encoder import Precision, encode, token_lengths
 from negminer.storage.embedding_store import EmbeddingStore
 from negminer.textkeys import content_hashes
 
@@ -45,6 +45,7 @@ def embed_to_file(
     chunk_size: int = 4096,
     show_progress_bar: bool = False,
     processes: int = 1,
+    precision: Precision = "float32",
 ) -> EmbedResult:
     """Write the embeddings of `texts` to `out_path` (float32, shape (len(texts), dim)).
 
@@ -65,6 +66,7 @@ def embed_to_file(
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
             processes=processes,
+            precision=precision,
         )
         logger.info("embedded %d/%d new texts", min(first + chunk_size, len(missing)), len(missing))
     positions = fetch_to_file(hashes, out_path, store=store)
@@ -86,13 +88,21 @@ def embed_into_store(
     batch_size: int = 32,
     show_progress_bar: bool = False,
     processes: int = 1,
+    precision: Precision = "float32",
 ) -> None:
     """Embed `texts` (whose content hashes are `hashes`) and add them to `store` as one shard.
 
     Example:
         >>> embed_into_store(["a claim"], content_hashes(["a claim"]), model=model, store=store)  # doctest: +SKIP
     """
-    vectors = encode(texts, model, batch_size=batch_size, show_progress_bar=show_progress_bar, processes=processes)
+    vectors = encode(
+        texts,
+        model,
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+        processes=processes,
+        precision=precision,
+    )
     store.add(hashes, vectors, token_lengths=token_lengths(texts, model))
 
 

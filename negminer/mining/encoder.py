@@ -7,12 +7,13 @@ checkpoints with the same name never share stored embeddings.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import logging
 import os
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+Precision = Literal["float32", "bfloat16"]
 
 
 def resolve_model_path(model: str | None) -> Path:
@@ -110,6 +112,7 @@ def encode(
     batch_size: int = 32,
     show_progress_bar: bool = False,
     processes: int = 1,
+    precision: Precision = "float32",
 ) -> np.ndarray:
     """Embed `texts` into normalised float32 vectors of shape (len(texts), dim).
 
@@ -122,6 +125,8 @@ def encode(
         processes: CPU processes encoding at once through sentence-transformers'
             multi-process pool (started once per model and process, stopped at exit); 1
             encodes in this process. Ignored, with a warning, for a model on a GPU.
+        precision: "bfloat16" runs the forward pass under torch autocast (in this process
+            only, so `processes` must be 1); the vectors come back as normalised float32.
 
     Example:
         >>> encode(["A man is eating food."], model, processes=2).shape  # doctest: +SKIP
@@ -129,26 +134,52 @@ def encode(
     """
     if processes < 1:
         raise ConfigError(f"processes must be >= 1, got {processes}")
+    if precision != "float32" and processes > 1:
+        raise ConfigError(f"precision {precision} runs in this process only; got processes={processes}")
     if not texts:
         return np.zeros((0, embedding_dimension(model)), np.float32)
     pool = multi_process_pool(model, processes) if processes > 1 else None
     while True:
         try:
-            vectors = model.encode(
-                texts,
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=show_progress_bar,
-                pool=pool,
-            )
-            return np.ascontiguousarray(vectors, dtype=np.float32)
+            with _autocast(model, precision):
+                vectors = model.encode(
+                    texts,
+                    batch_size=batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=show_progress_bar,
+                    pool=pool,
+                )
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            if precision != "float32":  # normalised in reduced precision: renormalise in float32
+                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            return vectors
         except _out_of_memory_errors() as err:
             if batch_size == 1:
                 raise
             _release_cached_memory()
             logger.warning("out of memory at batch size %d (%s); retrying at %d", batch_size, err, batch_size // 2)
             batch_size //= 2
+
+
+def _autocast(model: SentenceTransformer, precision: Precision) -> contextlib.AbstractContextManager:
+    """torch autocast to `precision` on the model's device (nothing for float32)."""
+    import torch
+
+    if precision == "float32":
+        return contextlib.nullcontext()
+    device = model.device.type
+    if device == "cpu" and not _cpu_has_fast_bf16():
+        logger.warning("precision %s: this CPU lacks AVX512-BF16/AMX, so it runs slower than float32", precision)
+    return torch.autocast(device_type=device, dtype=getattr(torch, precision))
+
+
+@cache
+def _cpu_has_fast_bf16() -> bool:
+    import torch
+
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe and probe())
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
