@@ -261,6 +261,13 @@ class IndexConfig(_Frozen):
     min_recall: float = Field(0.98, gt=0, le=1, description="Recall@k an approximate index is tuned to reach.")
     recall_sample: int = Field(1000, ge=10, description="Anchors used to measure recall at run time.")
     use_gpu: bool | None = Field(None, description="None uses a GPU when faiss sees one.")
+    shard_docs: int | None = Field(
+        None,
+        ge=1,
+        description="Above this many docs the pool gets one index per consecutive range of shard_docs "
+        "docs; each search task loads one at a time and keeps every anchor's top-k across them "
+        "(exact over flat shards), so a worker holds one shard's index, not the whole pool's.",
+    )
 
 
 class RunConfig(_Frozen):

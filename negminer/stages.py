@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from functools import cache
 from pathlib import Path
@@ -114,6 +115,34 @@ def _cached_model(model: str | None, device: str | None, max_seq_length: int | N
     return load_model(model, device=device, max_seq_length=max_seq_length)
 
 
+_MODEL_LOCK = threading.Lock()
+
+
+def _shared_model(config: EmbedConfig):
+    """The process's one copy of the configured model; a second thread waits for the first's load."""
+    with _MODEL_LOCK:
+        return _cached_model(config.model, config.device, config.max_seq_length)
+
+
+def preload_model(config: EmbedConfig) -> threading.Thread | None:
+    """Load the embedding model in a background thread (None when vectors are precomputed).
+
+    Importing torch and sentence-transformers and loading the model take seconds that
+    overlap with Prefect starting its temporary server. A failure is left for the
+    embedding stage, which loads the model again and reports it there.
+    """
+    if config.precomputed:
+        return None
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            _shared_model(config)
+
+    thread = threading.Thread(target=load, name="negminer-model-preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def _store_key(config: EmbedConfig) -> str:
     fingerprint = model_fingerprint(resolve_model_path(config.model))
     # Vectors depend on the truncation length and precision too: non-defaults get their own folder.
@@ -126,7 +155,7 @@ def _store_key(config: EmbedConfig) -> str:
 def _open_store(config: EmbedConfig, store_root: str | Path):
     from negminer.storage.embedding_store import EmbeddingStore
 
-    model = _cached_model(config.model, config.device, config.max_seq_length)
+    model = _shared_model(config)
     return EmbeddingStore(
         store_root, model_fingerprint=_store_key(config), dim=embedding_dimension(model), dtype=config.store_dtype
     )
@@ -194,7 +223,7 @@ def embed_shard_stage(shard: dict[str, Any], *, config: EmbedConfig, store_root:
             hashes.take(absent),
             store=store,
             batch_size=config.batch_size,
-            model=_cached_model(config.model, config.device, config.max_seq_length),
+            model=_shared_model(config),
             processes=config.processes,
             precision=config.precision,
         )
@@ -220,7 +249,7 @@ def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_roo
     if config.precomputed:
         return _finish(work_dir / "embed.json", _load_precomputed(work_dir, config))
     plan = embed_plan_stage(work_dir, config=config, store_root=store_root)
-    model = _cached_model(config.model, config.device, config.max_seq_length)
+    model = _shared_model(config)
     store = _open_store(config, store_root)
     results, shards = {}, set()
     for stem in ("anchors", "docs"):
@@ -309,6 +338,9 @@ def index_stage(
     doc_vectors = np.load(work_dir / "docs.npy", mmap_mode="r")
     sample = np.random.default_rng(mine.seed).permutation(len(anchor_vectors))[: config.recall_sample]
     k = min(mine.search_depth, len(doc_vectors))
+    if config.shard_docs is not None and len(doc_vectors) > config.shard_docs:
+        ref = _sharded_index(work_dir, key, doc_vectors, anchor_vectors[np.sort(sample)], k, config, seed=mine.seed)
+        return _finish(work_dir / f"index-{key}.json", ref)
     factory = choose_factory(*doc_vectors.shape, kind=config.kind, exact_max_docs=config.exact_max_docs)
     base = _parent_index(work_dir, Path(parent) if parent else None, key=key, factory=factory)
     if base is None:
@@ -344,6 +376,57 @@ def index_stage(
     return _finish(work_dir / f"index-{key}.json", ref)
 
 
+def _sharded_index(
+    work_dir: Path, key: str, doc_vectors: np.ndarray, sample: np.ndarray, k: int, config: IndexConfig, *, seed: int
+) -> dict[str, Any]:
+    """One index file per range of ``config.shard_docs`` docs (never extended from a parent's)."""
+    from negminer.mining.index import build_index_shards
+
+    start = time.perf_counter()
+    built = build_index_shards(
+        doc_vectors,
+        shard_docs=config.shard_docs,
+        path_of=lambda number: work_dir / f"index-{key}.s{number:05d}.faiss",
+        sample_queries=sample,
+        k=k,
+        kind=config.kind,
+        exact_max_docs=config.exact_max_docs,
+        min_recall=config.min_recall,
+        use_gpu=config.use_gpu,
+        seed=seed,
+    )
+    recalls = [report.recall for _, report in built if report.recall is not None]
+    return {
+        "key": key,
+        "path": None,
+        "rows": len(doc_vectors),
+        "factory": built[0][1].factory,
+        "params": {},
+        "recall": min(recalls) if recalls else None,
+        "recall_sample": built[0][1].recall_sample,
+        "k": k,
+        "gpu": built[0][1].gpu,
+        "shards": [
+            {"path": s.path, "first": s.first, "stop": s.stop, "params": s.params, "recall": report.recall}
+            for s, report in built
+        ],
+        "extended_from": None,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _open_index(index_ref: dict[str, Any], config: IndexConfig) -> Any:
+    """The loaded index, or the list of index shards that the search loads one at a time."""
+    from negminer.mining.index import IndexShard, load_index
+
+    if index_ref.get("shards"):
+        return [
+            IndexShard(shard["path"], shard["first"], shard["stop"], shard["params"], use_gpu=config.use_gpu)
+            for shard in index_ref["shards"]
+        ]
+    return load_index(index_ref["path"], params=index_ref["params"], use_gpu=config.use_gpu)
+
+
 def _parent_index(work_dir: Path, parent: Path | None, *, key: str, factory: str) -> tuple[Any, str] | None:
     """The parent run's index and work key, when this run's docs extend the parent's docs."""
     import faiss
@@ -351,7 +434,9 @@ def _parent_index(work_dir: Path, parent: Path | None, *, key: str, factory: str
     if parent is None or parent.resolve() == work_dir.resolve():
         return None
     old_ref = _done(parent / f"index-{key}.json")
-    if old_ref is None or old_ref["factory"] != factory or not Path(old_ref["path"]).exists():
+    if old_ref is None or old_ref.get("shards") or old_ref["factory"] != factory:
+        return None
+    if not Path(old_ref["path"]).exists():
         return None
     if _store_of(parent) != _store_of(work_dir) or None in _store_of(work_dir):
         return None
@@ -408,9 +493,17 @@ def _search_ref(path: Path, rows: int, depth: int, seconds: float, index_ref: di
         "candidates": str(path),
         "rows": rows,
         "depth": depth,
-        "index": {k: v for k, v in index_ref.items() if k not in ("path", "seconds")},
+        "index": _index_summary(index_ref),
         "seconds": round(seconds, 3),
     }
+
+
+def _index_summary(index_ref: dict[str, Any]) -> dict[str, Any]:
+    """The index reference without paths or timing (what the manifest records)."""
+    summary = {k: v for k, v in index_ref.items() if k not in ("path", "seconds")}
+    if "shards" in summary:
+        summary["shards"] = [{k: v for k, v in shard.items() if k != "path"} for shard in summary["shards"]]
+    return summary
 
 
 def _search(
@@ -422,7 +515,6 @@ def _search(
     index_ref: dict[str, Any],
     anchor_range: tuple[int, int] | None = None,
 ):
-    from negminer.mining.index import load_index
     from negminer.mining.search import search_candidates
 
     pairs = pq.read_table(work_dir / "pairs.parquet")
@@ -438,7 +530,7 @@ def _search(
         anchor_text_keys=anchors.column("text_key").to_pylist(),
         search_depth=config.search_depth,
         batch_size=config.search_batch_size,
-        index=load_index(index_ref["path"], params=index_ref["params"], use_gpu=index_config.use_gpu),
+        index=_open_index(index_ref, index_config),
         anchor_range=anchor_range,
     )
 

@@ -85,3 +85,36 @@ def test_shard_size_does_not_change_the_candidates(tmp_path, size) -> None:
     single_work, _ = prepared_work_dir(tmp_path, config, "single")
     single = stages.search_stage(single_work, **options)
     assert pq.read_table(merged["candidates"]).equals(pq.read_table(single["candidates"]))
+
+
+def _with_index(config: PipelineConfig, **options) -> PipelineConfig:
+    return config.model_copy(update={"index": config.index.model_copy(update=options)})
+
+
+@pytest.mark.parametrize("shard_docs", [7, 30, 79])
+def test_index_shards_give_the_candidates_of_one_index(tmp_path, shard_docs) -> None:
+    config = write_inputs(tmp_path)
+    single_work, index = prepared_work_dir(tmp_path, config, "single")
+    single = pq.read_table(stages.search_stage(single_work, config=config.mine, index_ref=index)["candidates"])
+
+    sharded = _with_index(config, shard_docs=shard_docs)
+    work, index = prepared_work_dir(tmp_path, sharded, "docs")
+    n_shards = -(-80 // shard_docs)
+    assert len(index["shards"]) == len(list(work.glob("index-*.s*.faiss"))) == n_shards
+    options = {"config": sharded.mine, "index_config": sharded.index, "index_ref": index}
+    merged = stages.search_merge_stage(work, stages.search_shards(29, config=sharded.mine), **options)
+    table = pq.read_table(merged["candidates"])
+
+    assert table.drop_columns(["score"]).equals(single.drop_columns(["score"]))
+    np.testing.assert_allclose(table.column("score").to_numpy(), single.column("score").to_numpy(), atol=1e-5)
+    assert all("path" not in shard for shard in merged["index"]["shards"]), "the manifest gets no paths"
+
+
+def test_approximate_index_shards_are_tuned_one_by_one(tmp_path) -> None:
+    config = _with_index(write_inputs(tmp_path), shard_docs=40, kind="IVF2,Flat", recall_sample=29)
+    work, index = prepared_work_dir(tmp_path, config, "ivf")
+    assert [(s["first"], s["stop"]) for s in index["shards"]] == [(0, 40), (40, 80)]
+    assert index["factory"] == "IVF2,Flat" and all("nprobe" in s["params"] for s in index["shards"])
+    assert index["recall"] == min(s["recall"] for s in index["shards"]) >= 0.98
+    found = pq.read_table(stages.search_stage(work, config=config.mine, index_config=config.index)["candidates"])
+    assert set(found.column("anchor_idx").to_pylist()) == set(range(29))

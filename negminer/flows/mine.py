@@ -311,6 +311,7 @@ def run_mine(
     """Run :func:`mine_flow`, on a Dask cluster when `dask_address` or `dask_workers` is given."""
     parameters = {"pairs": pairs, "out": out, "name": name, "corpus": corpus, "config": config, "store": store}
     if dask_address is None and dask_workers is None:
+        stages.preload_model(config.embed)  # overlaps Prefect's server start
         return mine_flow(**parameters)
     runner = dask_task_runner(address=dask_address, workers=dask_workers)
     with shared_api():

@@ -36,6 +36,16 @@ class IndexReport(NamedTuple):
     seconds: float
 
 
+class IndexShard(NamedTuple):
+    """One index file over the consecutive docs ``[first, stop)`` of the pool."""
+
+    path: str
+    first: int
+    stop: int
+    params: dict[str, int]
+    use_gpu: bool | None = None
+
+
 def choose_factory(n_docs: int, dim: int, *, kind: str = "auto", exact_max_docs: int = 200_000) -> str:
     """The FAISS factory string for `kind` ("auto", "flat" or any factory string)."""
     if kind.lower() == "flat":
@@ -202,6 +212,72 @@ def extend_search_index(
         return index, IndexReport(factory, {}, None, 0, k, False, time.perf_counter() - start)
     params, recall = _tune(index, doc_vectors, sample_queries, k, min_recall)
     return index, IndexReport(factory, params, recall, len(sample_queries), k, False, time.perf_counter() - start)
+
+
+def doc_ranges(n_docs: int, shard_docs: int) -> list[tuple[int, int]]:
+    """Consecutive (first, stop) doc ranges of at most `shard_docs` docs.
+
+    Example:
+        >>> doc_ranges(5, 2)
+        [(0, 2), (2, 4), (4, 5)]
+    """
+    return [(first, min(first + shard_docs, n_docs)) for first in range(0, n_docs, shard_docs)]
+
+
+def build_index_shards(
+    doc_vectors: np.ndarray, *, shard_docs: int, path_of: Any, **options: Any
+) -> list[tuple[IndexShard, IndexReport]]:
+    """Build and save one index per range of `shard_docs` docs, one at a time (memory: one shard).
+
+    Args:
+        doc_vectors: (n_docs, dim) normalised float32 (may be a memory map).
+        shard_docs: docs per shard.
+        path_of: shard number -> the path its index is saved to.
+        options: :func:`build_search_index`'s keyword arguments (the factory, recall target
+            and tuning apply to each shard on its own).
+
+    Example:
+        >>> build_index_shards(docs, shard_docs=1_000_000, path_of=lambda i: f"index.s{i}.faiss",
+        ...                    sample_queries=anchors[:1000], k=100)  # doctest: +SKIP
+    """
+    shards = []
+    k = options.pop("k")
+    for number, (first, stop) in enumerate(doc_ranges(len(doc_vectors), shard_docs)):
+        index, report = build_search_index(doc_vectors[first:stop], k=min(k, stop - first), **options)
+        path = save_index(index, path_of(number))
+        del index
+        shards.append((IndexShard(str(path), first, stop, report.params), report))
+        logger.info("index shard %d: docs %d-%d, %s %s", number, first, stop, report.factory, report.params)
+    return shards
+
+
+def search_index_shards(
+    shards: list[IndexShard], anchor_vectors: np.ndarray, first: int, stop: int, k: int, *, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, doc ids) of anchors ``[first, stop)`` over all index shards.
+
+    Each shard's index is loaded once and searched for every anchor of the range, then
+    dropped; FAISS's ``ResultHeap`` keeps each anchor's best k across shards, so over flat
+    shards the result is exact top-k of the whole pool. Memory: one shard's index plus
+    ``(stop - first) * k`` results. Missing slots (fewer than k docs) have id -1.
+
+    Example:
+        >>> scores, ids = search_index_shards(shards, anchors, 0, len(anchors), 100)  # doctest: +SKIP
+    """
+    import faiss
+
+    heap = faiss.ResultHeap(stop - first, k, keep_max=True)
+    for shard in shards:
+        index = load_index(shard.path, params=shard.params, use_gpu=shard.use_gpu)
+        depth = min(k, index.ntotal)
+        for low in range(first, stop, batch_size):
+            high = min(low + batch_size, stop)
+            scores, ids = index.search(read_rows(anchor_vectors, low, high), depth)
+            ids = np.where(ids >= 0, ids + shard.first, -1)
+            heap.add_result_subset(np.arange(low - first, high - first), scores, ids)
+        del index
+    heap.finalize()
+    return heap.D, heap.I
 
 
 def save_index(index: Any, path: str | Path) -> Path:

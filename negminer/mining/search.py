@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -107,8 +108,9 @@ def search_candidates(
         anchor_text_keys: normalised-text key of each anchor.
         search_depth: candidates per anchor besides its positives.
         batch_size: anchors searched at once.
-        index: a FAISS index over `doc_vectors` (see :mod:`negminer.mining.index`); None
-            builds an exact inner-product index.
+        index: a FAISS index over `doc_vectors` (see :mod:`negminer.mining.index`), or a list
+            of :class:`~negminer.mining.index.IndexShard` (one index per range of docs, merged
+            per anchor); None builds an exact inner-product index.
         anchor_range: (first, stop) anchor rows to search; None searches every anchor.
 
     Example:
@@ -129,19 +131,41 @@ def search_candidates(
     )
     max_positives = _max_positives_per_family(pair_anchor, anchor_text_keys)
     depth = min(n_docs, search_depth + max_positives)
-    index = build_index(doc_vectors) if index is None else index
     tmp = out_path.with_name(f".{out_path.name}.partial")
     rows = 0
     with pq.ParquetWriter(tmp, CANDIDATE_SCHEMA, compression="zstd") as writer:
-        for first in range(start_row, stop_row, batch_size):
-            queries = read_rows(anchor_vectors, first, min(first + batch_size, stop_row))
-            scores, ids = index.search(queries, depth)
+        found = _top_docs(anchor_vectors, doc_vectors, index, (start_row, stop_row), depth, batch_size)
+        for first, scores, ids in found:
             batch = _candidate_batch(first, scores, ids, pos_score, exclusions, n_docs)
             writer.write_table(batch)
             rows += batch.num_rows
     tmp.replace(out_path)
     logger.info("searched %d anchors × %d docs, depth %d", stop_row - start_row, n_docs, depth)
     return SearchResult(out_path, rows, depth, time.perf_counter() - start)
+
+
+def _top_docs(
+    anchor_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    index: Any,
+    anchor_range: tuple[int, int],
+    depth: int,
+    batch_size: int,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first anchor, scores, doc ids) per batch of anchors, from one index or index shards."""
+    from negminer.mining.index import search_index_shards
+
+    start_row, stop_row = anchor_range
+    if isinstance(index, list):
+        scores, ids = search_index_shards(index, anchor_vectors, start_row, stop_row, depth, batch_size=batch_size)
+        for first in range(start_row, stop_row, batch_size):
+            rows = slice(first - start_row, min(first + batch_size, stop_row) - start_row)
+            yield first, scores[rows], ids[rows]
+        return
+    index = build_index(doc_vectors) if index is None else index
+    for first in range(start_row, stop_row, batch_size):
+        scores, ids = index.search(read_rows(anchor_vectors, first, min(first + batch_size, stop_row)), depth)
+        yield first, scores, ids
 
 
 def _check_range(anchor_range: tuple[int, int] | None, n_anchors: int) -> tuple[int, int]:
