@@ -17,8 +17,12 @@ that are copied and released (:mod:`negminer.mining.vectors`), so mapped pages d
 up in the resident set. Prints the time of each phase, search throughput, recall@k against
 exact search on a sample of anchors, and the process's peak RSS.
 
+With ``--shard-docs N`` the pool gets one index per range of N docs (``index.shard_docs``),
+built and saved one at a time, and the search loads one shard at a time and keeps every
+anchor's top-k across shards (:func:`negminer.mining.index.search_index_shards`).
+
 Run: python -m bench.scale --anchors 100000 --docs 1000000 --index flat
-     python -m bench.scale --anchors 1000000 --docs 10000000 --index auto
+     python -m bench.scale --anchors 1000000 --docs 10000000 --index auto --shard-docs 2000000
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ import numpy as np
 import scipy.sparse
 
 from negminer.config import IndexConfig
-from negminer.mining.index import build_search_index, exact_topk, recall_at_k
+from negminer.mining.index import (
+    build_index_shards,
+    build_search_index,
+    exact_topk,
+    recall_at_k,
+    search_index_shards,
+)
 from negminer.mining.search import search_candidates
 from negminer.mining.vectors import take_rows
 
@@ -102,6 +112,7 @@ def main() -> None:
     parser.add_argument("--index", default="flat", help='"flat", "auto" or a FAISS factory string')
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--recall-sample", type=int, default=500)
+    parser.add_argument("--shard-docs", type=int, default=None, help="docs per index shard (index.shard_docs)")
     parser.add_argument("--workdir", default=None, help="folder for the temporary files (default: $TMPDIR)")
     args = parser.parse_args()
     print(f"command: python -m bench.scale {shlex.join(sys.argv[1:])}")
@@ -131,26 +142,36 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     _phase("vectors written", made)
     sample = take_rows(anchors, np.arange(min(args.recall_sample, args.anchors)))
     start = time.perf_counter()
-    index, report = build_search_index(
-        docs,
-        sample_queries=sample,
-        k=args.depth,
-        kind=args.index,
-        exact_max_docs=IndexConfig().exact_max_docs,
-        min_recall=IndexConfig().min_recall,
-    )
+    options = {
+        "sample_queries": sample,
+        "k": args.depth,
+        "kind": args.index,
+        "exact_max_docs": IndexConfig().exact_max_docs,
+        "min_recall": IndexConfig().min_recall,
+    }
+    if args.shard_docs:
+        built_shards = build_index_shards(
+            docs, shard_docs=args.shard_docs, path_of=lambda i: tmp / f"s{i}.faiss", **options
+        )
+        index = [shard for shard, _ in built_shards]
+        reports = [report for _, report in built_shards]
+        name = f"{len(index)} shards of {reports[0].factory} {sorted({str(r.params) for r in reports})}"
+    else:
+        index, report = build_search_index(docs, **options)
+        name = f"{report.factory} {report.params}"
     built = time.perf_counter() - start
-    _phase(f"index {report.factory} {report.params} built and tuned", built)
+    _phase(f"index {name} built and tuned", built)
     start = time.perf_counter()
     rows = _search(anchors, docs, tmp, index, args)
     searched = time.perf_counter() - start
     _phase("searched", searched)
-    recall = report.recall
-    if recall is None:
-        _, approx = index.search(sample, args.depth)
-        recall = recall_at_k(approx, exact_topk(sample, docs, args.depth))
+    if args.shard_docs:
+        approx = search_index_shards(index, sample, 0, len(sample), args.depth)[1]
+    else:
+        approx = index.search(sample, args.depth)[1]
+    recall = recall_at_k(approx, exact_topk(sample, docs, args.depth))
     print(
-        f"| {args.anchors:,} × {args.docs:,} | {report.factory} {report.params} | {made:.0f} | {built:.0f} | "
+        f"| {args.anchors:,} × {args.docs:,} | {name} | {made:.0f} | {built:.0f} | "
         f"{searched:.0f} | {args.anchors / searched:,.0f} | {recall:.4f} | {rows:,} | {_peak_rss_gb():.2f} | "
         f"{time.perf_counter() - begin:.0f} |",
         flush=True,
