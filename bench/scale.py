@@ -138,6 +138,7 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     begin = start = time.perf_counter()
     docs = random_projection_vectors(tmp / "docs.npy", args.docs, seed=1)
     anchors = random_projection_vectors(tmp / "anchors.npy", args.anchors, seed=2, noise_of=docs)
+    docs = np.load(tmp / "docs.npy", mmap_mode="r")  # a fresh map: unmaps the pages the anchors' copies touched
     made = time.perf_counter() - start
     _phase("vectors written", made)
     sample = take_rows(anchors, np.arange(min(args.recall_sample, args.anchors)))

@@ -34,11 +34,19 @@ def read_rows(vectors: np.ndarray, first: int, stop: int) -> np.ndarray:
     return block
 
 
+# Rows gathered between releases. Each page fault on a mapped file can map up to 64 KB of
+# neighbouring cached pages ("fault-around"), so one gather of 1M rows scattered over a 7.7 GB
+# file mapped nearly all of it (measured: 7.6 GB RSS); 8,192 rows map at most 512 MB.
+TAKE_CHUNK = 8192
+
+
 def take_rows(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``vectors[rows]`` as a C-contiguous float32 copy; the mapped pages are released."""
-    block = np.ascontiguousarray(vectors[rows], np.float32)
-    release(vectors)
-    return block
+    """``vectors[rows]`` as a C-contiguous float32 copy; the mapped pages are released as it goes."""
+    out = np.empty((len(rows), *vectors.shape[1:]), np.float32)
+    for first in range(0, len(rows), TAKE_CHUNK):
+        out[first : first + TAKE_CHUNK] = vectors[rows[first : first + TAKE_CHUNK]]
+        release(vectors)
+    return out
 
 
 def release(vectors: np.ndarray) -> None:

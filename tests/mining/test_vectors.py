@@ -39,3 +39,24 @@ def test_a_pass_over_a_mapped_file_does_not_stay_resident(tmp_path: Path):
     total = sum(float(read_rows(mapped, first, first + 20_000).sum()) for first in range(0, rows, 20_000))
     assert total == 0.0
     assert _rss_file_mb() - before < 30  # without release: + ~120 MB
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_scattered_gather_releases_pages_as_it_goes(tmp_path: Path, monkeypatch):
+    import negminer.mining.vectors as vectors_module
+
+    rows, dim = 160_000, 384  # 123 MB of float16
+    np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float16, shape=(rows, dim)).flush()
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    resident: list[float] = []
+
+    def measured_release(vectors):
+        resident.append(_rss_file_mb())
+        release(vectors)
+
+    monkeypatch.setattr(vectors_module, "TAKE_CHUNK", 256)
+    monkeypatch.setattr(vectors_module, "release", measured_release)
+    before = _rss_file_mb()
+    picked = np.sort(np.random.default_rng(0).choice(rows, 20_000, replace=False))
+    assert not take_rows(mapped, picked).any() and len(resident) == -(-20_000 // 256)
+    assert max(resident) - before < 40  # one gather of all 20,000 rows: + ~120 MB before its release
