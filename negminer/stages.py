@@ -345,14 +345,7 @@ def index_stage(
     base = _parent_index(work_dir, Path(parent) if parent else None, key=key, factory=factory)
     if base is None:
         index, report = build_search_index(
-            doc_vectors,
-            sample_queries=anchor_vectors[np.sort(sample)],
-            k=k,
-            kind=config.kind,
-            exact_max_docs=config.exact_max_docs,
-            min_recall=config.min_recall,
-            use_gpu=config.use_gpu,
-            seed=mine.seed,
+            doc_vectors, sample_queries=anchor_vectors[np.sort(sample)], k=k, **_build_options(config, mine.seed)
         )
     else:
         index, report = extend_search_index(
@@ -376,6 +369,17 @@ def index_stage(
     return _finish(work_dir / f"index-{key}.json", ref)
 
 
+def _build_options(config: IndexConfig, seed: int) -> dict[str, Any]:
+    """build_search_index's options from the index settings."""
+    return {
+        "kind": config.kind,
+        "exact_max_docs": config.exact_max_docs,
+        "min_recall": config.min_recall,
+        "use_gpu": config.use_gpu,
+        "seed": seed,
+    }
+
+
 def _sharded_index(
     work_dir: Path, key: str, doc_vectors: np.ndarray, sample: np.ndarray, k: int, config: IndexConfig, *, seed: int
 ) -> dict[str, Any]:
@@ -389,11 +393,7 @@ def _sharded_index(
         path_of=lambda number: work_dir / f"index-{key}.s{number:05d}.faiss",
         sample_queries=sample,
         k=k,
-        kind=config.kind,
-        exact_max_docs=config.exact_max_docs,
-        min_recall=config.min_recall,
-        use_gpu=config.use_gpu,
-        seed=seed,
+        **_build_options(config, seed),
     )
     recalls = [report.recall for _, report in built if report.recall is not None]
     return {
