@@ -14,6 +14,7 @@ pytest.importorskip("prefect_dask")
 CONFIG = {
     "embed": {"max_seq_length": 64, "chunk_size": 16},  # 9 embedding shards
     "mine": {"num_negatives": 2, "search_shard_size": 8},  # 5 search shards
+    "index": {"shard_docs": 40},  # 3 index shards (100 docs), merged per anchor in every search shard
 }
 
 
@@ -51,6 +52,7 @@ def test_local_cluster_of_two_workers_writes_the_same_dataset(prefect_harness, t
     assert 1 <= sum(loads.values()) <= 2 and max(loads.values()) == 1, loads
     manifests = [json.loads((v / "manifest.json").read_text()) for v in (default, distributed)]
     assert "triplets.parquet" in manifests[0]["files"]
+    assert [(s["first"], s["stop"]) for s in manifests[0]["index"]["shards"]] == [(0, 40), (40, 80), (80, 100)]
     for name in manifests[0]["files"]:
         assert (distributed / name).read_bytes() == (default / name).read_bytes(), name
     # The same manifest but for its time stamp and the (different) embedding store's path.
