@@ -167,6 +167,15 @@ def test_unknown_config_key_names_it(tmp_path: Path, sample_dir: Path) -> None:
     assert "mine.num_negatves" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_precision_option_reaches_the_config(tmp_path: Path, sample_dir: Path) -> None:
+    pairs = str(sample_dir / "pairs.parquet")
+    result = run_cli("mine", pairs, "--out", str(tmp_path), "--precision", "bfloat16", "--processes", "2")
+    assert result.returncode != 0 and "processes to 1" in result.stderr, result.stderr
+    result = run_cli("mine", pairs, "--out", str(tmp_path), "--precision", "int8")
+    assert result.returncode != 0 and "embed.precision" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_help_lists_mine() -> None:
     result = run_cli("--help")
     assert result.returncode == 0 and "mine" in result.stdout
