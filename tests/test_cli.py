@@ -21,26 +21,19 @@ def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.C
     )
 
 
+def mine_sample(sample_dir: Path, out: Path, store_root: Path) -> Path:
+    """`negminer mine` on the shipped sample (3 negatives); returns the version it printed last."""
+    pairs, corpus = str(sample_dir / "pairs.parquet"), str(sample_dir / "corpus.parquet")
+    options = ["--corpus", corpus, "--out", str(out), "--name", "sample", "--num-negatives", "3"]
+    result = run_cli("mine", pairs, *options, "--store", str(store_root))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def mined(sample_dir: Path, store_root: Path, tmp_path_factory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("datasets")
-    result = run_cli(
-        "mine",
-        str(sample_dir / "pairs.parquet"),
-        "--corpus",
-        str(sample_dir / "corpus.parquet"),
-        "--out",
-        str(out),
-        "--name",
-        "sample",
-        "--num-negatives",
-        "3",
-        "--store",
-        str(store_root),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    version = Path(result.stdout.strip().splitlines()[-1])
-    return out, version
+    return out, mine_sample(sample_dir, out, store_root)
 
 
 def test_mine_writes_complete_version(mined: tuple[Path, Path]) -> None:
@@ -95,22 +88,7 @@ def test_negatives_are_eligible_candidates(mined: tuple[Path, Path]) -> None:
 
 def test_second_run_embeds_nothing(mined: tuple[Path, Path], sample_dir: Path, store_root: Path) -> None:
     out, first = mined
-    result = run_cli(
-        "mine",
-        str(sample_dir / "pairs.parquet"),
-        "--corpus",
-        str(sample_dir / "corpus.parquet"),
-        "--out",
-        str(out),
-        "--name",
-        "sample",
-        "--num-negatives",
-        "3",
-        "--store",
-        str(store_root),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    second = Path(result.stdout.strip().splitlines()[-1])
+    second = mine_sample(sample_dir, out, store_root)
     assert second.name == "v0002"
     manifest = json.loads((second / "manifest.json").read_text())
     assert manifest["parent"] == first.name
