@@ -338,9 +338,8 @@ def index_stage(
     doc_vectors = np.load(work_dir / "docs.npy", mmap_mode="r")
     sample = np.random.default_rng(mine.seed).permutation(len(anchor_vectors))[: config.recall_sample]
     k = min(mine.search_depth, len(doc_vectors))
-    if config.shard_docs is not None and len(doc_vectors) > config.shard_docs:
-        ref = _sharded_index(work_dir, key, doc_vectors, anchor_vectors[np.sort(sample)], k, config, seed=mine.seed)
-        return _finish(work_dir / f"index-{key}.json", ref)
+    if index_shards(len(doc_vectors), config=config):
+        return _finish(work_dir / f"index-{key}.json", _sharded_index(work_dir, key, len(doc_vectors), k, config, mine))
     factory = choose_factory(*doc_vectors.shape, kind=config.kind, exact_max_docs=config.exact_max_docs)
     base = _parent_index(work_dir, Path(parent) if parent else None, key=key, factory=factory)
     if base is None:
@@ -380,38 +379,76 @@ def _build_options(config: IndexConfig, seed: int) -> dict[str, Any]:
     }
 
 
-def _sharded_index(
-    work_dir: Path, key: str, doc_vectors: np.ndarray, sample: np.ndarray, k: int, config: IndexConfig, *, seed: int
-) -> dict[str, Any]:
-    """One index file per range of ``config.shard_docs`` docs (never extended from a parent's)."""
-    from negminer.mining.index import build_index_shards
+def index_shards(n_docs: int, *, config: IndexConfig) -> list[dict[str, int]]:
+    """The doc ranges that get an index each; empty when the pool gets one index.
 
+    Example:
+        >>> index_shards(5, config=IndexConfig(shard_docs=2))
+        [{'shard': 0, 'first': 0, 'stop': 2}, {'shard': 1, 'first': 2, 'stop': 4}, {'shard': 2, 'first': 4, 'stop': 5}]
+    """
+    from negminer.mining.index import doc_ranges
+
+    if config.shard_docs is None or n_docs <= config.shard_docs:
+        return []
+    ranges = doc_ranges(n_docs, config.shard_docs)
+    return [{"shard": i, "first": first, "stop": stop} for i, (first, stop) in enumerate(ranges)]
+
+
+def index_shard_stage(
+    work_dir: str | Path, shard: dict[str, int], *, config: IndexConfig, mine: MineConfig
+) -> dict[str, Any]:
+    """Build and save the index of one doc range (:func:`index_shards`), tuned on its own.
+
+    Idempotent: a shard whose index is saved is not built again. The flow maps this over the
+    shards (on Dask workers, one per task); :func:`index_stage` then collects them.
+    """
+    from negminer.mining.index import build_search_index, save_index
+
+    work_dir = Path(work_dir)
+    path = work_dir / f"index-{_index_key(config, mine)}.s{shard['shard']:05d}.faiss"
+    if ref := _done(path.with_suffix(".json")):
+        return ref
     start = time.perf_counter()
-    built = build_index_shards(
-        doc_vectors,
-        shard_docs=config.shard_docs,
-        path_of=lambda number: work_dir / f"index-{key}.s{number:05d}.faiss",
-        sample_queries=sample,
-        k=k,
-        **_build_options(config, seed),
+    anchor_vectors = np.load(work_dir / "anchors.npy", mmap_mode="r")
+    doc_vectors = np.load(work_dir / "docs.npy", mmap_mode="r")
+    sample = np.random.default_rng(mine.seed).permutation(len(anchor_vectors))[: config.recall_sample]
+    first, stop = shard["first"], shard["stop"]
+    index, report = build_search_index(
+        doc_vectors[first:stop],
+        sample_queries=anchor_vectors[np.sort(sample)],
+        k=min(mine.search_depth, len(doc_vectors), stop - first),
+        **_build_options(config, mine.seed),
     )
-    recalls = [report.recall for _, report in built if report.recall is not None]
+    save_index(index, path)
+    logger.info("index shard %d: docs %d-%d, %s %s", shard["shard"], first, stop, report.factory, report.params)
+    ref = {
+        **{f: v for f, v in report._asdict().items() if f != "seconds"},
+        "path": str(path),
+        "first": first,
+        "stop": stop,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return _finish(path.with_suffix(".json"), ref)
+
+
+def _sharded_index(work_dir: Path, key: str, n_docs: int, k: int, config: IndexConfig, mine: MineConfig):
+    """The index reference over every doc range's index (built here when not built yet)."""
+    start = time.perf_counter()
+    built = [index_shard_stage(work_dir, s, config=config, mine=mine) for s in index_shards(n_docs, config=config)]
+    recalls = [shard["recall"] for shard in built if shard["recall"] is not None]
     return {
         "key": key,
         "path": None,
-        "rows": len(doc_vectors),
-        "factory": built[0][1].factory,
+        "rows": n_docs,
+        "factory": built[0]["factory"],
         "params": {},
         "recall": min(recalls) if recalls else None,
-        "recall_sample": built[0][1].recall_sample,
+        "recall_sample": built[0]["recall_sample"],
         "k": k,
-        "gpu": built[0][1].gpu,
-        "shards": [
-            {"path": s.path, "first": s.first, "stop": s.stop, "params": s.params, "recall": report.recall}
-            for s, report in built
-        ],
+        "gpu": built[0]["gpu"],
+        "shards": [{f: shard[f] for f in ("path", "first", "stop", "params", "recall")} for shard in built],
         "extended_from": None,
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(time.perf_counter() - start + sum(shard["seconds"] for shard in built), 3),
     }
 
 

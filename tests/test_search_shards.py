@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from negminer import stages
-from negminer.config import MineConfig, PipelineConfig
+from negminer.config import IndexConfig, MineConfig, PipelineConfig
 
 
 def write_inputs(tmp_path, *, n_anchors: int = 29, n_docs: int = 80) -> PipelineConfig:
@@ -118,3 +120,22 @@ def test_approximate_index_shards_are_tuned_one_by_one(tmp_path) -> None:
     assert index["recall"] == min(s["recall"] for s in index["shards"]) >= 0.98
     found = pq.read_table(stages.search_stage(work, config=config.mine, index_config=config.index)["candidates"])
     assert set(found.column("anchor_idx").to_pylist()) == set(range(29))
+
+
+def test_index_shards_built_one_by_one_are_collected_not_rebuilt(tmp_path) -> None:
+    config = _with_index(write_inputs(tmp_path), shard_docs=30)
+    work = stages.work_dir_for(
+        tmp_path / "out", "x", pairs=tmp_path / "pairs.parquet", corpus=tmp_path / "corpus.parquet", config=config
+    )
+    stages.read_stage(tmp_path / "pairs.parquet", tmp_path / "corpus.parquet", work, config=config.input)
+    stages.embed_stage(work, config=config.embed, store_root=tmp_path / "store")
+    shards = stages.index_shards(80, config=config.index)
+    assert [(s["first"], s["stop"]) for s in shards] == [(0, 30), (30, 60), (60, 80)]
+    assert stages.index_shards(30, config=config.index) == [] and stages.index_shards(80, config=IndexConfig()) == []
+    built = [stages.index_shard_stage(work, s, config=config.index, mine=config.mine) for s in reversed(shards)]
+    stamps = {b["path"]: Path(b["path"]).stat().st_mtime_ns for b in built}
+    assert stages.index_shard_stage(work, shards[0], config=config.index, mine=config.mine) == built[-1]
+
+    index = stages.index_stage(work, config=config.index, mine=config.mine)
+    assert [s["path"] for s in index["shards"]] == [b["path"] for b in reversed(built)]
+    assert all(Path(path).stat().st_mtime_ns == stamp for path, stamp in stamps.items()), "collected, not rebuilt"

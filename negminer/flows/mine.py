@@ -77,6 +77,11 @@ def embed_task(work_dir: str, config: EmbedConfig, store_root: str) -> dict[str,
     return stages.embed_assemble_stage(work_dir, config=config, store_root=store_root)
 
 
+@task(name="index-shard", **PERSISTED, **IO_RETRIES)
+def index_shard_task(work_dir: str, shard: dict[str, int], config: IndexConfig, mine: MineConfig) -> dict[str, Any]:
+    return stages.index_shard_stage(work_dir, shard, config=config, mine=mine)
+
+
 @task(name="index", **PERSISTED, **IO_RETRIES)
 def index_task(work_dir: str, config: IndexConfig, mine: MineConfig, parent: str | None) -> dict[str, Any]:
     return stages.index_stage(work_dir, config=config, mine=mine, parent=parent)
@@ -151,6 +156,7 @@ class _Tasks(NamedTuple):
     embed_plan: Task
     embed_shard: Task
     embed: Task
+    index_shard: Task
     index: Task
     search_shard: Task
     search: Task
@@ -159,7 +165,16 @@ class _Tasks(NamedTuple):
 def _cached_in(work_dir: Path) -> _Tasks:
     """The reusable tasks with their results persisted in the run's work folder."""
     storage = work_dir / RESULTS_FOLDER
-    tasks = (read_task, embed_plan_task, embed_shard_task, embed_task, index_task, search_shard_task, search_task)
+    tasks = (
+        read_task,
+        embed_plan_task,
+        embed_shard_task,
+        embed_task,
+        index_shard_task,
+        index_task,
+        search_shard_task,
+        search_task,
+    )
     return _Tasks(*(t.with_options(result_storage=storage) for t in tasks))
 
 
@@ -188,6 +203,20 @@ def _embed(tasks: _Tasks, work_dir: str, config: EmbedConfig, store_root: str, c
     cached = bool(futures) and all(f.state.name == "Cached" for f in futures)
     clock.add(f"embed-shards ({len(done)})", time.perf_counter() - start, cached=cached)
     return clock.run("embed", tasks.embed, work_dir, config, store_root)
+
+
+def _index(
+    tasks: _Tasks, work_dir: str, config: PipelineConfig, n_docs: int, parent: str | None, clock: _Clock
+) -> dict[str, Any]:
+    """Map the index shards' builds (when the pool is sharded), then collect the index reference."""
+    if shards := stages.index_shards(n_docs, config=config.index):
+        start = time.perf_counter()
+        futures = tasks.index_shard.map(unmapped(work_dir), shards, unmapped(config.index), unmapped(config.mine))
+        for future in futures:
+            future.result()
+        cached = all(f.state.name == "Cached" for f in futures)
+        clock.add(f"index-shards ({len(shards)})", time.perf_counter() - start, cached=cached)
+    return clock.run("index", tasks.index, work_dir, config.index, config.mine, parent=parent)
 
 
 def _search(
@@ -232,7 +261,7 @@ def mine_flow(
         embed_ref = _embed(tasks, w, config.embed, store_root, clock)
         logger.info("embedded %s", embed_ref["embedding"])
         parent = stages.parent_work_dir(out, name)
-        index_ref = clock.run("index", tasks.index, w, config.index, config.mine, parent=parent)
+        index_ref = _index(tasks, w, config, read_ref["counts"]["docs"], parent, clock)
         search_ref = _search(tasks, w, config, index_ref, read_ref["counts"]["anchors"], clock)
         curate_ref = clock.run("curate", curate_task, w, search_ref["candidates"], config.curate)
         logger.info("curation flagged %s", curate_ref["counts"].get("flagged_by_kind", "nothing (disabled)"))
