@@ -402,7 +402,7 @@ def index_shard_stage(
     Idempotent: a shard whose index is saved is not built again. The flow maps this over the
     shards (on Dask workers, one per task); :func:`index_stage` then collects them.
     """
-    from negminer.mining.index import build_search_index, save_index
+    from negminer.mining.index import build_index_shard
 
     work_dir = Path(work_dir)
     path = work_dir / f"index-{_index_key(config, mine)}.s{shard['shard']:05d}.faiss"
@@ -413,14 +413,15 @@ def index_shard_stage(
     doc_vectors = np.load(work_dir / "docs.npy", mmap_mode="r")
     sample = np.random.default_rng(mine.seed).permutation(len(anchor_vectors))[: config.recall_sample]
     first, stop = shard["first"], shard["stop"]
-    index, report = build_search_index(
-        doc_vectors[first:stop],
+    _, report = build_index_shard(
+        doc_vectors,
+        first,
+        stop,
+        path,
         sample_queries=anchor_vectors[np.sort(sample)],
-        k=min(mine.search_depth, len(doc_vectors), stop - first),
+        k=min(mine.search_depth, len(doc_vectors)),
         **_build_options(config, mine.seed),
     )
-    save_index(index, path)
-    logger.info("index shard %d: docs %d-%d, %s %s", shard["shard"], first, stop, report.factory, report.params)
     ref = {
         **{f: v for f, v in report._asdict().items() if f != "seconds"},
         "path": str(path),

@@ -240,15 +240,18 @@ def build_index_shards(
         >>> build_index_shards(docs, shard_docs=1_000_000, path_of=lambda i: f"index.s{i}.faiss",
         ...                    sample_queries=anchors[:1000], k=100)  # doctest: +SKIP
     """
-    shards = []
-    k = options.pop("k")
-    for number, (first, stop) in enumerate(doc_ranges(len(doc_vectors), shard_docs)):
-        index, report = build_search_index(doc_vectors[first:stop], k=min(k, stop - first), **options)
-        path = save_index(index, path_of(number))
-        del index
-        shards.append((IndexShard(str(path), first, stop, report.params), report))
-        logger.info("index shard %d: docs %d-%d, %s %s", number, first, stop, report.factory, report.params)
-    return shards
+    ranges = enumerate(doc_ranges(len(doc_vectors), shard_docs))
+    return [build_index_shard(doc_vectors, first, stop, path_of(i), **options) for i, (first, stop) in ranges]
+
+
+def build_index_shard(
+    doc_vectors: np.ndarray, first: int, stop: int, path: str | Path, *, k: int, **options: Any
+) -> tuple[IndexShard, IndexReport]:
+    """Build the index of docs ``[first, stop)``, tuned on its own, and save it to `path`."""
+    index, report = build_search_index(doc_vectors[first:stop], k=min(k, stop - first), **options)
+    save_index(index, path)
+    logger.info("index shard %s: docs %d-%d, %s %s", Path(path).name, first, stop, report.factory, report.params)
+    return IndexShard(str(path), first, stop, report.params), report
 
 
 def search_index_shards(
