@@ -95,6 +95,7 @@ def embed_into_store(
     Example:
         >>> embed_into_store(["a claim"], content_hashes(["a claim"]), model=model, store=store)  # doctest: +SKIP
     """
+    counts = token_lengths(texts, model)
     vectors = encode(
         texts,
         model,
@@ -102,8 +103,9 @@ def embed_into_store(
         show_progress_bar=show_progress_bar,
         processes=processes,
         precision=precision,
+        token_counts=counts,
     )
-    store.add(hashes, vectors, token_lengths=token_lengths(texts, model))
+    store.add(hashes, vectors, token_lengths=counts)
 
 
 def fetch_to_file(hashes: pa.Array, out_path: str | Path, *, store: EmbeddingStore) -> np.ndarray:

@@ -113,14 +113,22 @@ def encode(
     show_progress_bar: bool = False,
     processes: int = 1,
     precision: Precision = "float32",
+    token_counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Embed `texts` into normalised float32 vectors of shape (len(texts), dim).
+
+    In one process, batches are cut from the texts ordered by token count (truncated at the
+    model's max_seq_length), not by character count as sentence-transformers orders them: a
+    batch pads to its longest text, so token order pads less (about 4% fewer tokens on
+    NFCorpus's documents, 30% on its queries).
 
     Args:
         texts: the texts to embed.
         model: a loaded sentence-transformers model.
         batch_size: texts per forward pass; halved (and retried) while a batch runs out of
             memory, down to 1.
+        token_counts: each text's token count (`token_lengths`), when the caller has them;
+            counted here otherwise.
         show_progress_bar: sentence-transformers' progress bar.
         processes: CPU processes encoding at once through sentence-transformers'
             multi-process pool (started once per model and process, stopped at exit); 1
@@ -139,17 +147,21 @@ def encode(
     if not texts:
         return np.zeros((0, embedding_dimension(model)), np.float32)
     pool = multi_process_pool(model, processes) if processes > 1 else None
+    order = None if pool is not None else _token_order(texts, model, token_counts)
     while True:
         try:
             with _autocast(model, precision):
-                vectors = model.encode(
-                    texts,
-                    batch_size=batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=show_progress_bar,
-                    pool=pool,
-                )
+                if pool is not None:
+                    vectors = model.encode(
+                        texts,
+                        batch_size=batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=show_progress_bar,
+                        pool=pool,
+                    )
+                else:
+                    vectors = _encode_in_order(texts, model, order, batch_size, show_progress_bar)
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
             if precision != "float32":  # normalised in reduced precision: renormalise in float32
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -160,6 +172,35 @@ def encode(
             _release_cached_memory()
             logger.warning("out of memory at batch size %d (%s); retrying at %d", batch_size, err, batch_size // 2)
             batch_size //= 2
+
+
+def _token_order(texts: list[str], model: SentenceTransformer, token_counts: np.ndarray | None) -> np.ndarray:
+    """Positions of `texts`, longest first by token count truncated at max_seq_length (stable)."""
+    counts = token_lengths(texts, model) if token_counts is None else np.asarray(token_counts)
+    if len(counts) != len(texts):
+        raise ValueError(f"token_counts has {len(counts)} entries for {len(texts)} texts")
+    limit = model.max_seq_length or np.iinfo(np.int32).max
+    return np.argsort(-np.minimum(counts, limit), kind="stable")
+
+
+def _encode_in_order(
+    texts: list[str], model: SentenceTransformer, order: np.ndarray, batch_size: int, show_progress_bar: bool
+) -> np.ndarray:
+    """Encode `texts` in batches of `batch_size` taken along `order`; rows come back in text order."""
+    from tqdm.auto import tqdm
+
+    out = np.empty((len(texts), embedding_dimension(model)), np.float32)
+    starts = range(0, len(order), batch_size)
+    for first in tqdm(starts, desc="Batches", disable=not show_progress_bar):
+        rows = order[first : first + batch_size]
+        out[rows] = model.encode(
+            [texts[i] for i in rows],
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+    return out
 
 
 def _autocast(model: SentenceTransformer, precision: Precision) -> contextlib.AbstractContextManager:

@@ -23,15 +23,27 @@ TEXTS = [
 
 
 class FakeModel:
-    """Runs out of memory above `fits` texts per batch; records the batch sizes it was asked for."""
+    """Runs out of memory above `fits` texts per batch; records the batches it was asked for.
+
+    Its tokenizer makes one token per word; its vectors hold the text's character count.
+    """
+
+    max_seq_length = 256
 
     def __init__(self, fits: int, error: type[BaseException]) -> None:
-        self.fits, self.error, self.batch_sizes = fits, error, []
+        self.fits, self.error, self.batch_sizes, self.batches = fits, error, [], []
+
+    def tokenizer(self, texts: list[str], **options) -> dict[str, list[list[str]]]:
+        return {"input_ids": [t.split() for t in texts]}
+
+    def get_embedding_dimension(self) -> int:
+        return 4
 
     def encode(self, texts: list[str], *, batch_size: int, **options) -> np.ndarray:
         self.batch_sizes.append(batch_size)
         if batch_size > self.fits:
             raise self.error("simulated: tried to allocate 2.00 GiB")
+        self.batches.append(list(texts))
         return np.stack([np.full(4, len(t), np.float32) for t in texts])
 
 
@@ -40,7 +52,7 @@ def test_out_of_memory_halves_the_batch_and_retries(error, caplog) -> None:
     model = FakeModel(fits=5, error=error)
     with caplog.at_level(logging.WARNING, logger="negminer.mining.encoder"):
         vectors = encode(TEXTS, model, batch_size=32)
-    assert model.batch_sizes == [32, 16, 8, 4]
+    assert model.batch_sizes[:4] == [32, 16, 8, 4] and set(model.batch_sizes[4:]) == {4}
     np.testing.assert_array_equal(vectors[:, 0], [len(t) for t in TEXTS])
     assert "out of memory at batch size 32" in caplog.text
 
@@ -57,6 +69,38 @@ def test_other_errors_are_not_retried() -> None:
     with pytest.raises(ValueError, match="simulated"):
         encode(TEXTS, model, batch_size=4)
     assert model.batch_sizes == [4]
+
+
+def test_batches_are_cut_by_token_count_not_by_characters() -> None:
+    # by characters the two long words would lead; by tokens the many short words do
+    texts = ["a b c d e", "Supercalifragilistic", "x y", "Antidisestablishmentarianism", "p q r s"]
+    model = FakeModel(fits=32, error=MemoryError)
+    vectors = encode(texts, model, batch_size=2)
+    by_tokens = [["a b c d e", "p q r s"], ["x y", "Supercalifragilistic"], ["Antidisestablishmentarianism"]]
+    assert model.batches == by_tokens
+    np.testing.assert_array_equal(vectors[:, 0], [len(t) for t in texts])
+
+
+def test_token_counts_given_by_the_caller_set_the_order() -> None:
+    model = FakeModel(fits=32, error=MemoryError)
+    encode(["one", "two", "three"], model, batch_size=1, token_counts=np.array([1, 3, 2]))
+    assert model.batches == [["two"], ["three"], ["one"]]
+    with pytest.raises(ValueError, match="2 entries for 3 texts"):
+        encode(["one", "two", "three"], model, token_counts=np.array([1, 2]))
+
+
+def test_counts_above_max_seq_length_tie_and_keep_their_order() -> None:
+    model = FakeModel(fits=32, error=MemoryError)
+    model.max_seq_length = 2
+    encode(["a b c", "a b c d e", "a"], model, batch_size=1)
+    assert model.batches == [["a b c"], ["a b c d e"], ["a"]]
+
+
+@pytest.mark.slow
+def test_token_ordered_batches_give_sentence_transformers_vectors(model) -> None:
+    texts = [*TEXTS, "short", "a much longer sentence " * 30]
+    expected = model.encode(texts, batch_size=3, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(encode(texts, model, batch_size=3), expected, atol=1e-5)
 
 
 def test_processes_below_one_is_a_config_error() -> None:
