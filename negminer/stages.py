@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from functools import cache
@@ -339,7 +340,9 @@ def index_stage(
     sample = np.random.default_rng(mine.seed).permutation(len(anchor_vectors))[: config.recall_sample]
     k = min(mine.search_depth, len(doc_vectors))
     if index_shards(len(doc_vectors), config=config):
-        return _finish(work_dir / f"index-{key}.json", _sharded_index(work_dir, key, len(doc_vectors), k, config, mine))
+        parent_dir = Path(parent) if parent else None
+        ref = _sharded_index(work_dir, key, len(doc_vectors), k, config, mine, parent_dir)
+        return _finish(work_dir / f"index-{key}.json", ref)
     factory = choose_factory(*doc_vectors.shape, kind=config.kind, exact_max_docs=config.exact_max_docs)
     base = _parent_index(work_dir, Path(parent) if parent else None, key=key, factory=factory)
     if base is None:
@@ -395,22 +398,34 @@ def index_shards(n_docs: int, *, config: IndexConfig) -> list[dict[str, int]]:
 
 
 def index_shard_stage(
-    work_dir: str | Path, shard: dict[str, int], *, config: IndexConfig, mine: MineConfig
+    work_dir: str | Path,
+    shard: dict[str, int],
+    *,
+    config: IndexConfig,
+    mine: MineConfig,
+    parent: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build and save the index of one doc range (:func:`index_shards`), tuned on its own.
 
     Idempotent: a shard whose index is saved is not built again. The flow maps this over the
-    shards (on Dask workers, one per task); :func:`index_stage` then collects them.
+    shards (on Dask workers, one per task); :func:`index_stage` then collects them. When
+    `parent` (the work folder of the dataset's LATEST version) indexed the same doc range
+    over the same docs, its shard is taken over (hard link) instead of built: an incremental
+    run that appends docs builds only the ranges that changed.
     """
     from negminer.mining.index import build_index_shard
 
     work_dir = Path(work_dir)
-    path = work_dir / f"index-{_index_key(config, mine)}.s{shard['shard']:05d}.faiss"
+    key = _index_key(config, mine)
+    path = work_dir / f"index-{key}.s{shard['shard']:05d}.faiss"
     if ref := _done(path.with_suffix(".json")):
         return ref
     start = time.perf_counter()
-    anchor_vectors = np.load(work_dir / "anchors.npy", mmap_mode="r")
     doc_vectors = np.load(work_dir / "docs.npy", mmap_mode="r")
+    k = min(mine.search_depth, len(doc_vectors))
+    if taken := _parent_shard(work_dir, Path(parent) if parent else None, shard, key=key, k=k, path=path):
+        return _finish(path.with_suffix(".json"), {**taken, "seconds": round(time.perf_counter() - start, 3)})
+    anchor_vectors = np.load(work_dir / "anchors.npy", mmap_mode="r")
     sample = np.random.default_rng(mine.seed).permutation(len(anchor_vectors))[: config.recall_sample]
     first, stop = shard["first"], shard["stop"]
     _, report = build_index_shard(
@@ -419,7 +434,7 @@ def index_shard_stage(
         stop,
         path,
         sample_queries=anchor_vectors[np.sort(sample)],
-        k=min(mine.search_depth, len(doc_vectors)),
+        k=k,
         **_build_options(config, mine.seed),
     )
     ref = {
@@ -427,16 +442,54 @@ def index_shard_stage(
         "path": str(path),
         "first": first,
         "stop": stop,
+        "reused_from": None,
         "seconds": round(time.perf_counter() - start, 3),
     }
     return _finish(path.with_suffix(".json"), ref)
 
 
-def _sharded_index(work_dir: Path, key: str, n_docs: int, k: int, config: IndexConfig, mine: MineConfig):
-    """The index reference over every doc range's index (built here when not built yet)."""
+def _parent_shard(
+    work_dir: Path, parent: Path | None, shard: dict[str, int], *, key: str, k: int, path: Path
+) -> dict[str, Any] | None:
+    """The parent's index of the same doc range linked to `path`, when its docs are this run's."""
+    if parent is None or parent.resolve() == work_dir.resolve():
+        return None
+    old_path = parent / path.name
+    old_ref = _done(old_path.with_suffix(".json"))
+    if old_ref is None or not old_path.exists() or old_ref.get("k") != k:
+        return None
+    if (old_ref["first"], old_ref["stop"]) != (shard["first"], shard["stop"]):
+        return None
+    shared = _shared_doc_prefix(work_dir, parent)
+    if shared is None or shard["stop"] > shared:
+        return None
+    if None in _store_of(work_dir) and not _same_doc_vectors(work_dir, parent, shard["first"], shard["stop"]):
+        return None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        os.link(old_path, tmp)
+    except OSError:
+        shutil.copyfile(old_path, tmp)
+    os.replace(tmp, path)
+    logger.info("index shard %d (docs %d-%d) taken from %s", shard["shard"], shard["first"], shard["stop"], parent.name)
+    return {**old_ref, "path": str(path), "reused_from": parent.name}
+
+
+def _sharded_index(
+    work_dir: Path, key: str, n_docs: int, k: int, config: IndexConfig, mine: MineConfig, parent: Path | None
+) -> dict[str, Any]:
+    """The index reference over every doc range's index (built or taken over here when not yet)."""
     start = time.perf_counter()
-    built = [index_shard_stage(work_dir, s, config=config, mine=mine) for s in index_shards(n_docs, config=config)]
+    built = [
+        index_shard_stage(work_dir, s, config=config, mine=mine, parent=parent)
+        for s in index_shards(n_docs, config=config)
+    ]
     recalls = [shard["recall"] for shard in built if shard["recall"] is not None]
+    reused = [shard for shard in built if shard.get("reused_from")]
+    extended = None
+    if reused:
+        rows = sum(shard["stop"] - shard["first"] for shard in reused)
+        extended = {"work": reused[0]["reused_from"], "rows": rows, "shards": len(reused)}
     return {
         "key": key,
         "path": None,
@@ -447,8 +500,10 @@ def _sharded_index(work_dir: Path, key: str, n_docs: int, k: int, config: IndexC
         "recall_sample": built[0]["recall_sample"],
         "k": k,
         "gpu": built[0]["gpu"],
-        "shards": [{f: shard[f] for f in ("path", "first", "stop", "params", "recall")} for shard in built],
-        "extended_from": None,
+        "shards": [
+            {f: shard.get(f) for f in ("path", "first", "stop", "params", "recall", "reused_from")} for shard in built
+        ],
+        "extended_from": extended,
         "seconds": round(time.perf_counter() - start + sum(shard["seconds"] for shard in built), 3),
     }
 
@@ -476,19 +531,40 @@ def _parent_index(work_dir: Path, parent: Path | None, *, key: str, factory: str
         return None
     if not Path(old_ref["path"]).exists():
         return None
-    if _store_of(parent) != _store_of(work_dir) or None in _store_of(work_dir):
+    shared = _shared_doc_prefix(work_dir, parent)
+    if shared is None or None in _store_of(work_dir):
+        return None
+    index = faiss.read_index(old_ref["path"])
+    if index.ntotal != shared:
+        return None
+    logger.info("extending the index of %s (%d docs)", parent.name, shared)
+    return index, parent.name
+
+
+def _same_doc_vectors(work_dir: Path, parent: Path, first: int, stop: int, *, block: int = 65536) -> bool:
+    """Whether docs.npy rows [first, stop) are equal in both work folders (read in blocks)."""
+    new = np.load(work_dir / "docs.npy", mmap_mode="r")
+    old = np.load(parent / "docs.npy", mmap_mode="r")
+    if old.shape[1:] != new.shape[1:] or old.dtype != new.dtype or len(old) < stop:
+        return False
+    return all(
+        np.array_equal(new[i : min(i + block, stop)], old[i : min(i + block, stop)]) for i in range(first, stop, block)
+    )
+
+
+def _shared_doc_prefix(work_dir: Path, parent: Path) -> int | None:
+    """How many docs the parent run had, when they begin this run's docs (same texts and order).
+
+    Their vectors are the same too when both runs embedded through the same store; runs on
+    precomputed vectors (no store) compare them with :func:`_same_doc_vectors`.
+    """
+    if _store_of(parent) != _store_of(work_dir):
         return None
     old_docs = pq.read_table(parent / "docs.parquet", columns=["text"]).column("text")
     new_docs = pq.read_table(work_dir / "docs.parquet", columns=["text"]).column("text")
     if len(old_docs) > len(new_docs) or not new_docs.slice(0, len(old_docs)).equals(old_docs):
         return None
-    index = faiss.read_index(old_ref["path"])
-    if index.ntotal != len(old_docs):
-        return None
-    logger.info(
-        "extending the index of %s (%d docs) by %d docs", parent.name, len(old_docs), len(new_docs) - len(old_docs)
-    )
-    return index, parent.name
+    return len(old_docs)
 
 
 def _store_of(work_dir: Path) -> tuple[str | None, str | None]:

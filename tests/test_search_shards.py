@@ -139,3 +139,64 @@ def test_index_shards_built_one_by_one_are_collected_not_rebuilt(tmp_path) -> No
     index = stages.index_stage(work, config=config.index, mine=config.mine)
     assert [s["path"] for s in index["shards"]] == [b["path"] for b in reversed(built)]
     assert all(Path(path).stat().st_mtime_ns == stamp for path, stamp in stamps.items()), "collected, not rebuilt"
+
+
+def _append_docs(tmp_path, n_new: int, *, change_vector: int | None = None) -> None:
+    """Append `n_new` docs (texts and vectors) to the inputs of write_inputs; optionally alter one old vector."""
+    corpus = pq.read_table(tmp_path / "corpus.parquet")
+    start = corpus.num_rows
+    extra = pa.table(
+        {
+            "id": [f"d{j}" for j in range(start, start + n_new)],
+            "text": [f"doc {j}" for j in range(start, start + n_new)],
+        }
+    )
+    pq.write_table(pa.concat_tables([corpus, extra]), tmp_path / "corpus.parquet")
+    saved = np.load(tmp_path / "docs.npz")
+    vectors = np.concatenate([saved["vectors"], np.random.default_rng(4).normal(size=(n_new, 16)).astype(np.float32)])
+    if change_vector is not None:
+        vectors[change_vector] += 1.0
+    ids = np.concatenate([saved["ids"], np.array([f"d{j}" for j in range(start, start + n_new)])])
+    np.savez(tmp_path / "docs.npz", ids=ids, vectors=vectors)
+
+
+def _read_and_embed(tmp_path, config: PipelineConfig, out: str) -> Path:
+    work = stages.work_dir_for(
+        tmp_path / out, "x", pairs=tmp_path / "pairs.parquet", corpus=tmp_path / "corpus.parquet", config=config
+    )
+    stages.read_stage(tmp_path / "pairs.parquet", tmp_path / "corpus.parquet", work, config=config.input)
+    stages.embed_stage(work, config=config.embed, store_root=tmp_path / "store")
+    return work
+
+
+def test_an_incremental_run_takes_over_the_parent_index_shards_of_unchanged_docs(tmp_path) -> None:
+    config = _with_index(write_inputs(tmp_path), shard_docs=30)
+    parent, _ = prepared_work_dir(tmp_path, config, "first")  # 80 docs: (0, 30) (30, 60) (60, 80)
+    _append_docs(tmp_path, 25)  # 105 docs: (0, 30) (30, 60) (60, 90) (90, 105)
+    work = _read_and_embed(tmp_path, config, "second")
+
+    index = stages.index_stage(work, config=config.index, mine=config.mine, parent=parent)
+
+    assert [s["reused_from"] for s in index["shards"]] == [parent.name, parent.name, None, None]
+    assert index["extended_from"] == {"work": parent.name, "rows": 60, "shards": 2}
+    for shard in index["shards"][:2]:
+        assert Path(shard["path"]).parent == work
+        assert Path(shard["path"]).stat().st_ino == (parent / Path(shard["path"]).name).stat().st_ino
+    fresh_work = _read_and_embed(tmp_path, config, "fresh")
+    fresh = stages.index_stage(fresh_work, config=config.index, mine=config.mine)
+    assert fresh["extended_from"] is None and all(s["reused_from"] is None for s in fresh["shards"])
+    found = {}
+    for name, folder, ref in (("incremental", work, index), ("fresh", fresh_work, fresh)):
+        found[name] = pq.read_table(stages.search_stage(folder, config=config.mine, index_ref=ref)["candidates"])
+    assert found["incremental"].equals(found["fresh"])
+
+
+def test_index_shards_over_changed_vectors_are_rebuilt(tmp_path) -> None:
+    config = _with_index(write_inputs(tmp_path), shard_docs=30)
+    parent, _ = prepared_work_dir(tmp_path, config, "first")
+    _append_docs(tmp_path, 25, change_vector=40)  # doc 40 lies in the second shard
+    work = _read_and_embed(tmp_path, config, "second")
+
+    index = stages.index_stage(work, config=config.index, mine=config.mine, parent=parent)
+
+    assert [s["reused_from"] for s in index["shards"]] == [parent.name, None, None, None]

@@ -78,8 +78,10 @@ def embed_task(work_dir: str, config: EmbedConfig, store_root: str) -> dict[str,
 
 
 @task(name="index-shard", **PERSISTED, **IO_RETRIES)
-def index_shard_task(work_dir: str, shard: dict[str, int], config: IndexConfig, mine: MineConfig) -> dict[str, Any]:
-    return stages.index_shard_stage(work_dir, shard, config=config, mine=mine)
+def index_shard_task(
+    work_dir: str, shard: dict[str, int], config: IndexConfig, mine: MineConfig, parent: str | None
+) -> dict[str, Any]:
+    return stages.index_shard_stage(work_dir, shard, config=config, mine=mine, parent=parent)
 
 
 @task(name="index", **PERSISTED, **IO_RETRIES)
@@ -211,7 +213,9 @@ def _index(
     """Map the index shards' builds (when the pool is sharded), then collect the index reference."""
     if shards := stages.index_shards(n_docs, config=config.index):
         start = time.perf_counter()
-        futures = tasks.index_shard.map(unmapped(work_dir), shards, unmapped(config.index), unmapped(config.mine))
+        futures = tasks.index_shard.map(
+            unmapped(work_dir), shards, unmapped(config.index), unmapped(config.mine), unmapped(parent)
+        )
         for future in futures:
             future.result()
         cached = all(f.state.name == "Cached" for f in futures)
