@@ -102,15 +102,15 @@ def negminer_run(
     precision: str = "float32",
 ) -> tuple[float, str]:
     from negminer.config import PipelineConfig
-    from negminer.flows.mine import mine_flow
+    from negminer.flows.mine import run_mine
 
     mine: dict = {"num_negatives": num_negatives}
     if not curate:
         mine["strategy"] = "naive"
     config = PipelineConfig.from_dict({"mine": mine, "curate": {"enabled": curate}, "embed": {"precision": precision}})
     start = time.perf_counter()
-    version = mine_flow(
-        pairs=str(pairs_path), out=str(out), name="bench", corpus=str(corpus_path), config=config, store=str(store)
+    version = run_mine(  # what `negminer mine` runs
+        str(pairs_path), str(out), "bench", corpus=str(corpus_path), config=config, store=str(store)
     )
     return time.perf_counter() - start, version
 
