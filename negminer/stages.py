@@ -335,14 +335,14 @@ def index_stage(
     key = _index_key(config, mine)
     if ref := _done(work_dir / f"index-{key}.json"):
         return ref
-    anchor_vectors = np.load(work_dir / "anchors.npy", mmap_mode="r")
     doc_vectors = np.load(work_dir / "docs.npy", mmap_mode="r")
-    sample = np.random.default_rng(mine.seed).permutation(len(anchor_vectors))[: config.recall_sample]
     k = min(mine.search_depth, len(doc_vectors))
-    if index_shards(len(doc_vectors), config=config):
+    if index_shards(len(doc_vectors), config=config):  # each shard draws its own recall sample
         parent_dir = Path(parent) if parent else None
         ref = _sharded_index(work_dir, key, len(doc_vectors), k, config, mine, parent_dir)
         return _finish(work_dir / f"index-{key}.json", ref)
+    anchor_vectors = np.load(work_dir / "anchors.npy", mmap_mode="r")
+    sample = np.random.default_rng(mine.seed).permutation(len(anchor_vectors))[: config.recall_sample]
     factory = choose_factory(*doc_vectors.shape, kind=config.kind, exact_max_docs=config.exact_max_docs)
     base = _parent_index(work_dir, Path(parent) if parent else None, key=key, factory=factory)
     if base is None:
