@@ -456,7 +456,8 @@ def _parent_shard(
         return None
     old_path = parent / path.name
     old_ref = _done(old_path.with_suffix(".json"))
-    if old_ref is None or not old_path.exists() or old_ref.get("k") != k:
+    # the shard was tuned for min(k, its size) neighbours, as build_index_shard does
+    if old_ref is None or not old_path.exists() or old_ref.get("k") != min(k, shard["stop"] - shard["first"]):
         return None
     if (old_ref["first"], old_ref["stop"]) != (shard["first"], shard["stop"]):
         return None

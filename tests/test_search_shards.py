@@ -169,8 +169,10 @@ def _read_and_embed(tmp_path, config: PipelineConfig, out: str) -> Path:
     return work
 
 
-def test_an_incremental_run_takes_over_the_parent_index_shards_of_unchanged_docs(tmp_path) -> None:
+@pytest.mark.parametrize("depth", [9, 50])  # 50: deeper than a shard, whose index is tuned for 30 neighbours
+def test_an_incremental_run_takes_over_the_parent_index_shards_of_unchanged_docs(tmp_path, depth) -> None:
     config = _with_index(write_inputs(tmp_path), shard_docs=30)
+    config = config.model_copy(update={"mine": config.mine.model_copy(update={"search_depth": depth})})
     parent, _ = prepared_work_dir(tmp_path, config, "first")  # 80 docs: (0, 30) (30, 60) (60, 80)
     _append_docs(tmp_path, 25)  # 105 docs: (0, 30) (30, 60) (60, 90) (90, 105)
     work = _read_and_embed(tmp_path, config, "second")

@@ -15,14 +15,21 @@ import pytest
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 
-def run_flow(inputs: dict[str, Path], pairs: str, out: Path, store: Path) -> tuple[Path, str]:
+def run_flow(
+    inputs: dict[str, Path], pairs: str, out: Path, store: Path, *, index: dict | None = None
+) -> tuple[Path, str]:
     from negminer.config import PipelineConfig
     from negminer.flows.mine import mine_flow
 
     # Curation off: these tests pin caching and incremental counts; curation's flags (which a
     # refit on 42 pairs may change) are tested in tests/curation and end to end in tests/test_cli.py.
     config = PipelineConfig.from_dict(
-        {"embed": {"max_seq_length": 64, "chunk_size": 16}, "mine": {"num_negatives": 2}, "curate": {"enabled": False}}
+        {
+            "embed": {"max_seq_length": 64, "chunk_size": 16},
+            "mine": {"num_negatives": 2},
+            "curate": {"enabled": False},
+            "index": index or {},
+        }
     )
     state = mine_flow(
         pairs=str(inputs[pairs]),
@@ -199,3 +206,18 @@ def test_artifact_keys_are_valid() -> None:
     from negminer.flows.mine import artifact_key
 
     assert artifact_key("SciFact_sample.v2") == "negminer-scifact-sample-v2"
+
+
+def test_an_incremental_run_takes_over_the_index_shards(prefect_harness, tiny_inputs, tmp_path) -> None:
+    out, store = tmp_path / "out", tmp_path / "store"
+    first, _ = run_flow(tiny_inputs, "pairs40", out, store, index={"shard_docs": 30})
+    parent_key = manifest(first)["work"]["key"]
+
+    second, flow_run_id = run_flow(tiny_inputs, "pairs42", out, store, index={"shard_docs": 30})
+
+    index = manifest(second)["index"]  # 100 docs, the same in both runs: shards of 30, 30, 30, 10
+    assert [(s["first"], s["stop"]) for s in index["shards"]] == [(0, 30), (30, 60), (60, 90), (90, 100)]
+    assert [s["reused_from"] for s in index["shards"]] == [parent_key] * 4
+    assert index["extended_from"] == {"work": parent_key, "rows": 100, "shards": 4}
+    assert task_states(flow_run_id)["index_shard"] == ["Completed"] * 4
+    assert manifest(second)["changes"]["pairs"] == {"added": 2, "removed": 0, "kept": 40}
