@@ -194,17 +194,22 @@ class _Clock:
         self.add(stage, time.perf_counter() - start, cached=state.name == "Cached")
         return result
 
+    def map(self, stage: str, task_: Task, *args: Any) -> list[Any]:
+        """``task_.map(*args)``, waited for; timed as one stage named with its number of runs."""
+        start = time.perf_counter()
+        futures = task_.map(*args)
+        results = [future.result() for future in futures]
+        cached = bool(futures) and all(f.state.name == "Cached" for f in futures)
+        self.add(f"{stage} ({len(results)})", time.perf_counter() - start, cached=cached)
+        return results
+
     def add(self, stage: str, seconds: float, *, cached: bool) -> None:
         self.timings[stage] = {"seconds": round(seconds, 3), "cached": cached}
 
 
 def _embed(tasks: _Tasks, work_dir: str, config: EmbedConfig, store_root: str, clock: _Clock) -> dict[str, Any]:
     plan = clock.run("embed-plan", tasks.embed_plan, work_dir, config, store_root)
-    start = time.perf_counter()
-    futures = tasks.embed_shard.map(plan["shards"], unmapped(config), unmapped(store_root))
-    done = [future.result() for future in futures]
-    cached = bool(futures) and all(f.state.name == "Cached" for f in futures)
-    clock.add(f"embed-shards ({len(done)})", time.perf_counter() - start, cached=cached)
+    clock.map("embed-shards", tasks.embed_shard, plan["shards"], unmapped(config), unmapped(store_root))
     return clock.run("embed", tasks.embed, work_dir, config, store_root)
 
 
@@ -213,14 +218,8 @@ def _index(
 ) -> dict[str, Any]:
     """Map the index shards' builds (when the pool is sharded), then collect the index reference."""
     if shards := stages.index_shards(n_docs, config=config.index):
-        start = time.perf_counter()
-        futures = tasks.index_shard.map(
-            unmapped(work_dir), shards, unmapped(config.index), unmapped(config.mine), unmapped(parent)
-        )
-        for future in futures:
-            future.result()
-        cached = all(f.state.name == "Cached" for f in futures)
-        clock.add(f"index-shards ({len(shards)})", time.perf_counter() - start, cached=cached)
+        options = (unmapped(config.index), unmapped(config.mine), unmapped(parent))
+        clock.map("index-shards", tasks.index_shard, unmapped(work_dir), shards, *options)
     return clock.run("index", tasks.index, work_dir, config.index, config.mine, parent=parent)
 
 
@@ -229,14 +228,8 @@ def _search(
 ) -> dict[str, Any]:
     """Map the search over shards of anchors, then merge their parts (exactly) into one table."""
     shards = stages.search_shards(n_anchors, config=config.mine)
-    start = time.perf_counter()
-    futures = tasks.search_shard.map(
-        unmapped(work_dir), shards, unmapped(config.mine), unmapped(config.index), unmapped(index_ref)
-    )
-    for future in futures:
-        future.result()
-    cached = all(f.state.name == "Cached" for f in futures)
-    clock.add(f"search-shards ({len(shards)})", time.perf_counter() - start, cached=cached)
+    options = (unmapped(config.mine), unmapped(config.index), unmapped(index_ref))
+    clock.map("search-shards", tasks.search_shard, unmapped(work_dir), shards, *options)
     return clock.run("search", tasks.search, work_dir, config.mine, config.index, index_ref, shards)
 
 
