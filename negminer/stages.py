@@ -468,10 +468,14 @@ def _parent_shard(
         return None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        os.link(old_path, tmp)
-    except OSError:
-        shutil.copyfile(old_path, tmp)
-    os.replace(tmp, path)
+        try:
+            os.link(old_path, tmp)
+        except OSError:  # another file system: copy
+            shutil.copyfile(old_path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     logger.info("index shard %d (docs %d-%d) taken from %s", shard["shard"], shard["first"], shard["stop"], parent.name)
     return {**old_ref, "path": str(path), "reused_from": parent.name}
 
