@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from negminer.errors import ConfigError
+from negminer.mining.allocator import tensor_memory_kept
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -150,7 +151,7 @@ def encode(
     order = None if pool is not None else _token_order(texts, model, token_counts)
     while True:
         try:
-            with _autocast(model, precision):
+            with _autocast(model, precision), _kept_on_cpu(model):
                 if pool is not None:
                     vectors = model.encode(
                         texts,
@@ -201,6 +202,11 @@ def _encode_in_order(
             show_progress_bar=False,
         )
     return out
+
+
+def _kept_on_cpu(model: SentenceTransformer) -> contextlib.AbstractContextManager:
+    """Freed tensor memory kept for the next batch while a CPU model runs (`tensor_memory_kept`)."""
+    return tensor_memory_kept() if model.device.type == "cpu" else contextlib.nullcontext()
 
 
 def _autocast(model: SentenceTransformer, precision: Precision) -> contextlib.AbstractContextManager:

@@ -29,6 +29,7 @@ class FakeModel:
     """
 
     max_seq_length = 256
+    device = torch.device("cpu")
 
     def __init__(self, fits: int, error: type[BaseException]) -> None:
         self.fits, self.error, self.batch_sizes, self.batches = fits, error, [], []

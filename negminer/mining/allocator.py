@@ -1,0 +1,80 @@
+"""Keep glibc from handing a forward pass's tensors back to the kernel between batches.
+
+A transformer's forward pass on the CPU allocates the same large tensors batch after batch
+(all-MiniLM-L6-v2 at 32 texts x 256 tokens: 50 MB for each feed-forward activation). glibc
+serves an allocation over its mmap threshold (at most 32 MB) with mmap and unmaps it on free,
+trims the top of its heap above the trim threshold, and deletes a thread's heap as soon as it
+is empty; so every batch faults its tensors' pages in again and the kernel zeroes them. On
+NFCorpus that is about 2 million page faults and a tenth of the encode's CPU time spent in the
+kernel (docs/benchmarks.md). PyTorch's CPU tuning guide recommends preloading jemalloc or
+tcmalloc for this; a running process cannot swap its allocator, so while the forward passes run
+:func:`tensor_memory_kept` sets glibc's own knobs instead (``mallopt``), and afterwards restores
+them and gives the kept memory back (``malloc_trim``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+
+# mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
+
+_KEEP = {
+    M_MMAP_MAX: 0,  # large chunks come from the heap, where a freed one is reused by the next batch
+    M_TRIM_THRESHOLD: 1 << 30,  # the heap's free top is kept (up to 1 GiB)
+    M_TOP_PAD: 64 << 20,  # a thread's heap (64 MiB at most) is not deleted when it empties
+}
+# Setting any parameter turns off glibc's dynamic thresholds, so afterwards the thresholds are
+# set where the dynamic ones settle once a 32 MiB chunk has been freed, and the rest to defaults.
+_AFTER = {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20, M_TOP_PAD: 128 << 10}
+
+_lock = threading.Lock()
+_users = 0
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def _set(libc: ctypes.CDLL, values: dict[int, int]) -> None:
+    for parameter, value in values.items():
+        libc.mallopt(parameter, value)
+
+
+@contextmanager
+def tensor_memory_kept() -> Iterator[None]:
+    """Keep freed memory in glibc's heap for reuse inside the block; release it at the end.
+
+    Nothing happens off glibc. The settings are process-wide: nested or concurrent blocks keep
+    them until the last one ends.
+
+    Example:
+        >>> with tensor_memory_kept():
+        ...     vectors = model.encode(texts)  # doctest: +SKIP
+    """
+    global _users
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    with _lock:
+        if _users == 0:
+            _set(libc, _KEEP)
+        _users += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                _set(libc, _AFTER)
+                libc.malloc_trim(0)

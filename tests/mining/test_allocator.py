@@ -1,0 +1,43 @@
+import platform
+import resource
+
+import numpy as np
+import pytest
+
+from negminer.mining.allocator import tensor_memory_kept
+
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
+)
+
+MB = 1 << 20
+
+
+def _faults_of_big_allocations(rounds: int = 12, size: int = 48 * MB) -> int:
+    """Minor page faults of this thread while it allocates, writes and frees `size` bytes `rounds` times."""
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    for _ in range(rounds):
+        block = np.empty(size, np.uint8)
+        block[::4096] = 1  # touch every page
+        del block
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
+
+def test_big_blocks_are_reused_inside_and_handed_back_after():
+    outside = _faults_of_big_allocations()
+    with tensor_memory_kept():
+        inside = _faults_of_big_allocations()
+    after = _faults_of_big_allocations()
+    huge_pages_per_round = 48 * MB // (2 * MB)
+    assert outside >= 12 * huge_pages_per_round  # every round faults its block in again
+    assert inside < outside / 4  # the freed block is reused by the next round
+    assert after > 2 * inside  # restored: freed blocks go back to the kernel again
+
+
+def test_an_inner_block_ending_does_not_restore_the_settings():
+    with tensor_memory_kept():
+        with tensor_memory_kept():
+            pass
+        still_kept = _faults_of_big_allocations()
+    restored = _faults_of_big_allocations()
+    assert still_kept < restored / 4
