@@ -461,8 +461,7 @@ def _parent_shard(
         return None
     if (old_ref["first"], old_ref["stop"]) != (shard["first"], shard["stop"]):
         return None
-    shared = _shared_doc_prefix(work_dir, parent)
-    if shared is None or shard["stop"] > shared:
+    if _store_of(parent) != _store_of(work_dir) or not _same_doc_texts(work_dir, parent, shard["first"], shard["stop"]):
         return None
     if None in _store_of(work_dir) and not _same_doc_vectors(work_dir, parent, shard["first"], shard["stop"]):
         return None
@@ -557,11 +556,34 @@ def _same_doc_vectors(work_dir: Path, parent: Path, first: int, stop: int, *, bl
     )
 
 
+def _same_doc_texts(work_dir: Path, parent: Path, first: int, stop: int) -> bool:
+    """Whether both runs' docs [first, stop) are the same texts (only the row groups holding them are read)."""
+    old, new = pq.ParquetFile(parent / "docs.parquet"), pq.ParquetFile(work_dir / "docs.parquet")
+    if old.metadata.num_rows < stop or new.metadata.num_rows < stop:
+        return False
+    return _text_range(old, first, stop).equals(_text_range(new, first, stop))
+
+
+def _text_range(file: pq.ParquetFile, first: int, stop: int) -> pa.ChunkedArray:
+    """The ``text`` column's rows [first, stop) of `file`."""
+    groups, begin, offset = [], None, 0
+    for group in range(file.metadata.num_row_groups):
+        rows = file.metadata.row_group(group).num_rows
+        if offset < stop and offset + rows > first:
+            groups.append(group)
+            begin = offset if begin is None else begin
+        offset += rows
+    texts = file.read_row_groups(groups, columns=["text"]).column("text")
+    return texts.slice(first - (begin or 0), stop - first)
+
+
 def _shared_doc_prefix(work_dir: Path, parent: Path) -> int | None:
     """How many docs the parent run had, when they begin this run's docs (same texts and order).
 
     Their vectors are the same too when both runs embedded through the same store; runs on
-    precomputed vectors (no store) compare them with :func:`_same_doc_vectors`.
+    precomputed vectors (no store) compare them with :func:`_same_doc_vectors`. An unsharded
+    index is extended only over such a prefix; a shard is taken over when its own range matches
+    (:func:`_same_doc_texts`).
     """
     if _store_of(parent) != _store_of(work_dir):
         return None

@@ -202,3 +202,18 @@ def test_index_shards_over_changed_vectors_are_rebuilt(tmp_path) -> None:
     index = stages.index_stage(work, config=config.index, mine=config.mine, parent=parent)
 
     assert [s["reused_from"] for s in index["shards"]] == [parent.name, None, None, None]
+
+
+def test_a_changed_doc_text_rebuilds_only_its_own_shard(tmp_path) -> None:
+    config = _with_index(write_inputs(tmp_path), shard_docs=30)
+    parent, _ = prepared_work_dir(tmp_path, config, "first")  # 80 docs: (0, 30) (30, 60) (60, 80)
+    corpus = pq.read_table(tmp_path / "corpus.parquet")
+    texts = corpus.column("text").to_pylist()
+    texts[40] = "doc 40, revised"  # the second shard's docs are no longer the parent's
+    pq.write_table(corpus.set_column(1, "text", pa.array(texts)), tmp_path / "corpus.parquet")
+    work = _read_and_embed(tmp_path, config, "second")
+
+    index = stages.index_stage(work, config=config.index, mine=config.mine, parent=parent)
+
+    assert [s["reused_from"] for s in index["shards"]] == [parent.name, None, parent.name]
+    assert index["extended_from"] == {"work": parent.name, "rows": 50, "shards": 2}
