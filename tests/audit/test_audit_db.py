@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -36,6 +39,26 @@ def test_new_database_gets_the_schema_in_wal_mode(tmp_path):
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
     assert upgrade(engine) == "0001"  # idempotent: already at head
+
+
+def test_opening_waits_out_a_writer_holding_a_new_rollback_journal_database(tmp_path):
+    # SQLite refuses `PRAGMA journal_mode = WAL` at once (busy timeout not applied) while another
+    # connection holds the write lock of a rollback-journal database: what a second process
+    # meets when it opens a new database the moment the first one is switching it.
+    path = tmp_path / "audit.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE placeholder (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, holder.execute, args=("COMMIT",))
+    release.start()
+    try:
+        engine = open_db(f"sqlite:///{path}")
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        engine.dispose()
+    finally:
+        release.join()
+        holder.close()
 
 
 def test_migrations_match_the_models(any_engine):
