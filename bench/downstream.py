@@ -78,6 +78,7 @@ ARM_LABELS = {
     "st-margin": "ST mine_hard_negatives relative_margin=0.05",
     "negminer-default": "negminer default",
     "negminer-no-curation": "negminer without curation",
+    "negminer-custom": "negminer with --negminer-set overrides",
 }
 Device = Literal["cpu", "cuda"]
 # Fixed budgets per device: the same for every arm of a run (overridable on the command line).
@@ -255,7 +256,9 @@ def st_rows(task: Task, model: SentenceTransformer, *, arm: str, budget: Budget)
     return ArmData(arm, rows, {**info, **mined_stats(rows, task)})
 
 
-def negminer_rows(task: Task, folder: Path, *, arm: str, budget: Budget) -> ArmData:
+def negminer_rows(
+    task: Task, folder: Path, *, arm: str, budget: Budget, overrides: dict[str, dict[str, Any]] | None = None
+) -> ArmData:
     """``negminer mine`` (the CLI, its Prefect flow) with the defaults, or without curation."""
     from negminer.config import PipelineConfig
 
@@ -266,6 +269,11 @@ def negminer_rows(task: Task, folder: Path, *, arm: str, budget: Budget) -> ArmD
         if "curate" not in PipelineConfig.model_fields:
             raise ArmSkipped("PipelineConfig has no `curate` section yet: nothing to switch off")
         config["curate"] = {"enabled": False}
+    if arm == "negminer-custom":
+        if not overrides:
+            raise ArmSkipped("negminer-custom needs --negminer-set SECTION.KEY=VALUE")
+        for section, values in overrides.items():
+            config.setdefault(section, {}).update(values)
     start = time.perf_counter()
     version = run_negminer_mine(task, folder, name=f"{task.name}-{arm}", config=config)
     manifest = json.loads((version / "manifest.json").read_text())
@@ -350,7 +358,14 @@ def mined_stats(rows: pa.Table, task: Task) -> dict[str, Any]:
     }
 
 
-def build_arm(arm: str, task: Task, *, budget: Budget, mining_model: SentenceTransformer | None) -> ArmData:
+def build_arm(
+    arm: str,
+    task: Task,
+    *,
+    budget: Budget,
+    mining_model: SentenceTransformer | None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> ArmData:
     """The training rows of one arm (mines for the mined arms)."""
     if arm == "base":
         return ArmData("base", None)
@@ -361,7 +376,7 @@ def build_arm(arm: str, task: Task, *, budget: Budget, mining_model: SentenceTra
             raise ValueError("the sentence-transformers arms need the mining model")
         return st_rows(task, mining_model, arm=arm, budget=budget)
     if arm.startswith("negminer-"):
-        return negminer_rows(task, CACHE / "mining" / task.name, arm=arm, budget=budget)
+        return negminer_rows(task, CACHE / "mining" / task.name, arm=arm, budget=budget, overrides=overrides)
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
@@ -607,7 +622,9 @@ def run_dataset(name: str, args: argparse.Namespace, budget: Budget) -> str:
     info: dict[str, dict[str, Any]] = {}
     for arm in args.arms:
         try:
-            data = build_arm(arm, task, budget=budget, mining_model=mining_model)
+            data = build_arm(
+                arm, task, budget=budget, mining_model=mining_model, overrides=parse_overrides(args.negminer_set)
+            )
         except ArmSkipped as skip:
             logger.warning("%s %s: skipped: %s", name, arm, skip)
             continue
@@ -624,6 +641,20 @@ def _mining_model(arms: list[str], budget: Budget) -> SentenceTransformer | None
     from negminer.mining.encoder import load_model
 
     return load_model(None, device=budget.device)
+
+
+def parse_overrides(settings: list[str]) -> dict[str, dict[str, Any]]:
+    """``["mine.search_depth=300", ...]`` as config sections (values parsed as YAML)."""
+    import yaml
+
+    sections: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot and section and name):
+            raise SystemExit(f"--negminer-set {setting!r}: expected SECTION.KEY=VALUE, e.g. mine.search_depth=300")
+        sections.setdefault(section, {})[name] = yaml.safe_load(value)
+    return sections
 
 
 def pick_budget(args: argparse.Namespace) -> Budget:
@@ -648,7 +679,14 @@ def pick_budget(args: argparse.Namespace) -> Budget:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=[*ARMS, "negminer-custom"])
+    parser.add_argument(
+        "--negminer-set",
+        nargs="*",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config overrides for the negminer-custom arm (on top of the defaults), e.g. mine.search_depth=300",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--steps", type=int, help="training steps (default: 60 on CPU, 1000 on a GPU)")
     parser.add_argument("--batch-size", type=int, help="default: 16 on CPU, 64 on a GPU")

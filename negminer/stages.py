@@ -461,9 +461,10 @@ def _parent_shard(
         return None
     if (old_ref["first"], old_ref["stop"]) != (shard["first"], shard["stop"]):
         return None
-    if _store_of(parent) != _store_of(work_dir) or not _same_doc_texts(work_dir, parent, shard["first"], shard["stop"]):
+    store = _store_of(work_dir)
+    if _store_of(parent) != store or not _same_doc_texts(work_dir, parent, shard["first"], shard["stop"]):
         return None
-    if None in _store_of(work_dir) and not _same_doc_vectors(work_dir, parent, shard["first"], shard["stop"]):
+    if None in store and not _same_doc_vectors(work_dir, parent, shard["first"], shard["stop"]):
         return None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
