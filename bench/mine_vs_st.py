@@ -13,17 +13,29 @@ negatives that bfloat16 leaves unchanged (``--skip-bfloat16`` leaves them out).
 Then the cost of curation (issue 4: at most +25% on a mine run): negminer's default run
 (curation on) cold into a fresh store and warm, over the same runs with curation off.
 
-Run: python -m bench.mine_vs_st [--dataset nfcorpus] [--split train] [--limit N]
+``--fresh-processes`` runs every float32 run in its own Python process, as a user runs either
+tool (the default runs them all in this process, where each run inherits the heap, threads and
+models the runs before it left; a first flow run after the other arms was measured ~15%
+slower than later ones, docs/benchmarks.md). Each run is timed inside its process the same way
+in both modes (sentence-transformers from after its model load, negminer over the whole
+``run_mine``); fresh processes also print each run's peak RSS.
+
+Run: python -m bench.mine_vs_st [--dataset nfcorpus] [--split train] [--limit N] [--rounds N]
+     [--fresh-processes] [--skip-bfloat16] [--skip-curation]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
+import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -117,6 +129,53 @@ def negminer_run(
     return time.perf_counter() - start, version
 
 
+COLD_RUNS = ("embedding only", "embedding only, token-ordered batches", "sentence-transformers cold", "negminer cold")
+
+
+def run_arm(name: str, tmp: Path, num_negatives: int, run_id: int) -> tuple[float, str | None]:
+    """One timed run of `name` on the inputs in `tmp`; returns (seconds, negminer version or None).
+
+    A negminer cold run embeds into the empty store ``store-<run_id>``; the warm run reuses the
+    store of cold run `run_id` with a fresh output root, so no stage result is reused.
+    """
+    pairs, corpus = pq.read_table(tmp / "pairs.parquet"), pq.read_table(tmp / "corpus.parquet")
+    anchors = sorted(set(pairs.column("anchor").to_pylist()))
+    docs = sorted(set(corpus.column("text").to_pylist()) | set(pairs.column("positive").to_pylist()))
+    inputs = (tmp / "pairs.parquet", tmp / "corpus.parquet")
+    if name == "embedding only":
+        return embedding_only(anchors, docs), None
+    if name == "embedding only, token-ordered batches":
+        return embedding_token_order(anchors, docs), None
+    if name == "sentence-transformers cold":
+        return st_cold(pairs, corpus.column("text").to_pylist(), num_negatives), None
+    if name in ("negminer cold", "negminer warm"):
+        from prefect.server.api.server import SubprocessASGIServer
+
+        out = tmp / (f"out-{run_id}" if name == "negminer cold" else f"out-warm-{run_id}")
+        seconds, version = negminer_run(*inputs, out, tmp / f"store-{run_id}", num_negatives, curate=False)
+        SubprocessASGIServer().stop()  # so every cold run starts Prefect's temporary server, as a CLI run does
+        return seconds, version
+    raise ValueError(f"unknown run {name!r}")
+
+
+def run_arm_in_child(name: str, tmp: Path, num_negatives: int, run_id: int) -> tuple[float, str | None]:
+    """:func:`run_arm` in a fresh Python process, as a user runs either tool; prints its peak RSS."""
+    command = [sys.executable, "-m", "bench.mine_vs_st", "--child", name, "--workdir", str(tmp)]
+    command += ["--num-negatives", str(num_negatives), "--run-id", str(run_id)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"    {name}: peak RSS of its process {result['peak_rss_mb']:.0f} MB", flush=True)
+    return result["seconds"], result["version"]
+
+
+def _child(args: argparse.Namespace) -> None:
+    seconds, version = run_arm(args.child, Path(args.workdir), args.num_negatives, args.run_id)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "version": version, "peak_rss_mb": peak}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="nfcorpus")
@@ -128,7 +187,17 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="repeat the float32 cold runs, every other round in reverse order"
     )
+    parser.add_argument(
+        "--fresh-processes",
+        action="store_true",
+        help="run every float32 run in a fresh Python process (as a user runs either tool), not all in this one",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        return _child(args)
     pairs, corpus, _ = hidden_positive_inputs(load_retrieval_set(args.dataset, args.split))
     if args.limit:
         pairs = pairs.slice(0, args.limit)
@@ -139,32 +208,22 @@ def main() -> None:
         anchors = sorted(set(pairs.column("anchor").to_pylist()))
         docs = sorted(set(corpus.column("text").to_pylist()) | set(pairs.column("positive").to_pylist()))
         corpus_texts = corpus.column("text").to_pylist()
+        where = "each run in a fresh process" if args.fresh_processes else "all runs in this process"
         print(
-            f"{args.dataset}/{args.split}: {pairs.num_rows} pairs, {len(anchors)} anchors, {len(docs)} docs", flush=True
+            f"{args.dataset}/{args.split}: {pairs.num_rows} pairs, {len(anchors)} anchors, {len(docs)} docs; {where}",
+            flush=True,
         )
         inputs = (tmp / "pairs.parquet", tmp / "corpus.parquet")
-        stores: list[Path] = []
+        runner = run_arm_in_child if args.fresh_processes else run_arm
+        cold_runs = 0
 
-        def negminer_cold() -> float:
-            from prefect.server.api.server import SubprocessASGIServer
+        def timed(name: str) -> float:
+            nonlocal cold_runs
+            cold_runs += name == "negminer cold"
+            return runner(name, tmp, args.num_negatives, cold_runs)[0]
 
-            stores.append(tmp / f"store-{len(stores)}")  # an empty store every time
-            out = tmp / f"out-{len(stores)}"
-            seconds = negminer_run(*inputs, out, stores[-1], args.num_negatives, curate=False)[0]
-            SubprocessASGIServer().stop()  # so every cold run starts Prefect's temporary server, as a CLI run does
-            return seconds
-
-        runs = {
-            "embedding only": lambda: embedding_only(anchors, docs),
-            "embedding only, token-ordered batches": lambda: embedding_token_order(anchors, docs),
-            "sentence-transformers cold": lambda: st_cold(pairs, corpus_texts, args.num_negatives),
-            "negminer cold": negminer_cold,
-        }
-        timings = timed_rounds(runs, args.rounds)
-        # warm = the store has the vectors; a fresh output root so no stage result is reused
-        timings["negminer warm"], version = negminer_run(
-            *inputs, tmp / "out-warm", stores[-1], args.num_negatives, curate=False
-        )
+        timings = timed_rounds({name: functools.partial(timed, name) for name in COLD_RUNS}, args.rounds)
+        timings["negminer warm"], version = runner("negminer warm", tmp, args.num_negatives, cold_runs)
         print_report(timings, Path(version))
         if not args.skip_bfloat16:
             half = {"embedding only": embedding_only(anchors, docs, "bfloat16")}
@@ -200,8 +259,6 @@ def timed_rounds(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str,
 
 
 def print_report(timings: dict[str, float], version: Path) -> None:
-    import json
-
     manifest = json.loads((version / "manifest.json").read_text())
     st = timings["sentence-transformers cold"]
     print("\n| run | wall s (median of the rounds) |\n|---|---|")

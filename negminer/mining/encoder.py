@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -76,12 +77,26 @@ def load_model(
     from sentence_transformers import SentenceTransformer
 
     try:
-        loaded = SentenceTransformer(str(path), device=device, local_files_only=True)
+        with _no_progress_bars():  # transformers' "Loading weights" bar: noise on a CLI's stderr
+            loaded = SentenceTransformer(str(path), device=device, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         raise ConfigError(f"{path}: cannot load as a sentence-transformers model ({err})") from err
     if max_seq_length is not None:
         loaded.max_seq_length = max_seq_length
     return loaded
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def embedding_dimension(model: SentenceTransformer) -> int:
