@@ -11,8 +11,10 @@ For each labelled retrieval set in ../shared/data (BEIR layout, bench/common.py)
   ``st-naive`` and ``st-margin`` (sentence-transformers' ``mine_hard_negatives``, naive
   top-k and ``relative_margin=0.05``), ``negminer-default`` (``negminer mine`` with
   ``PipelineConfig()`` defaults, read at run time) and ``negminer-no-curation`` (the same
-  with ``curate.enabled: false``). Mining searches the full corpus with the base model at its
-  default max_seq_length (256); negminer reads the base model's vectors from the benchmark
+  with ``curate.enabled: false``); ``negminer-custom``, not run by default, mines with the
+  defaults plus ``--negminer-set SECTION.KEY=VALUE`` overrides (to try a setting). Mining
+  searches the full corpus with the base model at its default max_seq_length (256); negminer
+  reads the base model's vectors from the benchmark
   store (bench/.cache/store, ``python -m bench.warm_store``), sentence-transformers from its
   ``cache_folder`` (bench/.cache/downstream/st-embeddings).
 * training: a copy of the base model, MultipleNegativesRankingLoss, SentenceTransformerTrainer
@@ -32,6 +34,7 @@ evaluated once per dataset (it has no seed).
 
 Run: python -m bench.downstream [--datasets scifact nfcorpus] [--seeds 1 2 3] [--steps N]
      [--batch-size N] [--learning-rate F] [--max-test-queries N] [--arms ...] [--threads N]
+     [--negminer-set mine.search_depth=300 ...]
 """
 
 from __future__ import annotations
