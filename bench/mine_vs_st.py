@@ -132,6 +132,13 @@ def negminer_run(
 COLD_RUNS = ("embedding only", "embedding only, token-ordered batches", "sentence-transformers cold", "negminer cold")
 
 
+def distinct_texts(pairs, corpus) -> tuple[list[str], list[str]]:
+    """The texts each tool embeds: distinct anchors, and distinct corpus texts and positives."""
+    anchors = sorted(set(pairs.column("anchor").to_pylist()))
+    docs = sorted(set(corpus.column("text").to_pylist()) | set(pairs.column("positive").to_pylist()))
+    return anchors, docs
+
+
 def run_arm(name: str, tmp: Path, num_negatives: int, run_id: int) -> tuple[float, str | None]:
     """One timed run of `name` on the inputs in `tmp`; returns (seconds, negminer version or None).
 
@@ -139,8 +146,7 @@ def run_arm(name: str, tmp: Path, num_negatives: int, run_id: int) -> tuple[floa
     store of cold run `run_id` with a fresh output root, so no stage result is reused.
     """
     pairs, corpus = pq.read_table(tmp / "pairs.parquet"), pq.read_table(tmp / "corpus.parquet")
-    anchors = sorted(set(pairs.column("anchor").to_pylist()))
-    docs = sorted(set(corpus.column("text").to_pylist()) | set(pairs.column("positive").to_pylist()))
+    anchors, docs = distinct_texts(pairs, corpus)
     inputs = (tmp / "pairs.parquet", tmp / "corpus.parquet")
     if name == "embedding only":
         return embedding_only(anchors, docs), None
@@ -205,8 +211,7 @@ def main() -> None:
         tmp = Path(tmp)
         pq.write_table(pairs, tmp / "pairs.parquet")
         pq.write_table(corpus, tmp / "corpus.parquet")
-        anchors = sorted(set(pairs.column("anchor").to_pylist()))
-        docs = sorted(set(corpus.column("text").to_pylist()) | set(pairs.column("positive").to_pylist()))
+        anchors, docs = distinct_texts(pairs, corpus)
         corpus_texts = corpus.column("text").to_pylist()
         where = "each run in a fresh process" if args.fresh_processes else "all runs in this process"
         print(
