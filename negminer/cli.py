@@ -120,7 +120,17 @@ def mine(
         dask_address=dask_address,
         dask_workers=dask_workers,
     )
+    _echo_warnings(Path(version))
     typer.echo(version)
+
+
+def _echo_warnings(version: Path) -> None:
+    """The version's health warnings on stderr (Prefect's console logs are off without --debug)."""
+    from negminer.report import health_warnings
+    from negminer.storage.versions import read_manifest
+
+    for warning in health_warnings(read_manifest(version)):
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()
@@ -159,6 +169,7 @@ def refilter(
         f"{result.seconds:.2f} s",
         err=True,
     )
+    _echo_warnings(result.path)
     typer.echo(str(result.path))
 
 

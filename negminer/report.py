@@ -17,6 +17,10 @@ from negminer.storage.versions import read_manifest
 
 TOP_FLAGGED = 20
 _SCORE_COLUMNS = ("quality_score", "quality", "score")
+# Shares above which a version's counts get a warning (see health_warnings).
+SHORT_ANCHORS_WARN = 0.05
+EXCLUDED_PAIRS_WARN = 0.2
+TRUNCATED_TEXTS_WARN = 0.1
 
 
 class RunReport(NamedTuple):
@@ -24,6 +28,7 @@ class RunReport(NamedTuple):
     flagged: list[dict[str, Any]]  # the top flagged pairs, JSON-able rows
     flagged_total: int
     link: str  # file:// URI of the version folder
+    warnings: list[str]  # health_warnings of the version
 
 
 def run_report(version_dir: str | Path, *, timings: dict[str, dict[str, Any]] | None = None) -> RunReport:
@@ -40,9 +45,11 @@ def run_report(version_dir: str | Path, *, timings: dict[str, dict[str, Any]] | 
     version_dir = Path(version_dir).resolve()
     manifest = read_manifest(version_dir)
     flagged, total = top_flagged(version_dir / "flagged.parquet")
+    warnings = health_warnings(manifest)
     sections = [
         f"# {manifest.get('name', version_dir.parent.name)} {manifest['version']}",
         f"Dataset version: [{version_dir}]({version_dir.as_uri()}) (parent: {manifest.get('parent') or 'none'})",
+        "## Warnings\n\n" + "\n".join(f"- {w}" for w in warnings) if warnings else "",
         _counts_section(manifest.get("counts", {})),
         _mapping_section("Dropped candidates by reason", manifest.get("counts", {}).get("dropped_by_reason")),
         _mapping_section("Flagged pairs by kind", _flag_counts(manifest, version_dir / "flagged.parquet")),
@@ -50,7 +57,71 @@ def run_report(version_dir: str | Path, *, timings: dict[str, dict[str, Any]] | 
         _changes_section(manifest.get("changes")),
         _timing_section(timings or {}),
     ]
-    return RunReport("\n\n".join(s for s in sections if s), flagged, total, version_dir.as_uri())
+    return RunReport("\n\n".join(s for s in sections if s), flagged, total, version_dir.as_uri(), warnings)
+
+
+def health_warnings(manifest: dict[str, Any]) -> list[str]:
+    """What in a version's counts deserves a look before training on it; empty when nothing does.
+
+    Rejected input rows, anchors left short of negatives, given positives left out as
+    false positives, and texts truncated by the model, each above its share (module constants).
+
+    Example:
+        >>> health_warnings({"counts": {"anchors": 100, "anchors_short": 20}, "config": {}})[0][:28]
+        '20 of 100 anchors (20%) have'
+    """
+    counts = manifest.get("counts", {})
+    config = manifest.get("config", {})
+    return [
+        *_rejected_warning(counts),
+        *_short_anchors_warning(counts, config.get("mine", {})),
+        *_excluded_pairs_warning(counts.get("curation") or {}, config.get("curate", {})),
+        *_truncated_warning(counts.get("embedding") or {}),
+    ]
+
+
+def _rejected_warning(counts: dict[str, Any]) -> list[str]:
+    rejected = counts.get("rejected_rows", 0)
+    if not rejected:
+        return []
+    return [f"{rejected} input rows were rejected and left out; rejects.parquet names each one's file, row and reason"]
+
+
+def _short_anchors_warning(counts: dict[str, Any], mine: dict[str, Any]) -> list[str]:
+    short, anchors = counts.get("anchors_short", 0), counts.get("anchors", 0)
+    if not anchors or short / anchors <= SHORT_ANCHORS_WARN:
+        return []
+    wanted = mine.get("num_negatives", "the configured number of")
+    return [
+        f"{short} of {anchors} anchors ({short / anchors:.0%}) have fewer than {wanted} negatives: the strategy's "
+        "filters left too few candidates (a larger mine.search_depth or looser margins give them more)"
+    ]
+
+
+def _excluded_pairs_warning(curation: dict[str, Any], curate: dict[str, Any]) -> list[str]:
+    excluded, scored = curation.get("pairs_excluded", 0), curation.get("pairs_scored", 0)
+    if not scored or excluded / scored <= EXCLUDED_PAIRS_WARN:
+        return []
+    action = curate.get("false_positive_action", "quarantine")
+    return [
+        f"curation left {excluded} of {scored} given positives ({excluded / scored:.0%}) out of training "
+        f"({action}, false_positive): so large a share usually means the positives are looser than the "
+        "model's notion of relevance (topical labels) rather than wrong; audit a sample "
+        "(negminer audit list --kind false_positive) or set curate.false_positive_action: keep"
+    ]
+
+
+def _truncated_warning(embedding: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    for stem, tally in embedding.items():
+        truncated, rows = tally.get("truncated", 0), tally.get("rows", 0)
+        if rows and truncated / rows > TRUNCATED_TEXTS_WARN:  # -1 (unknown) never passes
+            out.append(
+                f"{truncated} of {rows} {stem.removesuffix('s')} texts ({truncated / rows:.0%}) are longer than "
+                "the model's max_seq_length and were embedded from their beginning only (embed.max_seq_length "
+                "raises it up to the model's limit)"
+            )
+    return out
 
 
 def top_flagged(path: Path, *, limit: int = TOP_FLAGGED) -> tuple[list[dict[str, Any]], int]:

@@ -21,19 +21,24 @@ def run_cli(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.C
     )
 
 
-def mine_sample(sample_dir: Path, out: Path, store_root: Path) -> Path:
-    """`negminer mine` on the shipped sample (3 negatives); returns the version it printed last."""
+def mine_sample(sample_dir: Path, out: Path, store_root: Path) -> tuple[Path, str]:
+    """`negminer mine` on the shipped sample (3 negatives): the version it printed last, and its stderr."""
     pairs, corpus = str(sample_dir / "pairs.parquet"), str(sample_dir / "corpus.parquet")
     options = ["--corpus", corpus, "--out", str(out), "--name", "sample", "--num-negatives", "3"]
     result = run_cli("mine", pairs, *options, "--store", str(store_root))
     assert result.returncode == 0, result.stderr[-3000:]
-    return Path(result.stdout.strip().splitlines()[-1])
+    return Path(result.stdout.strip().splitlines()[-1]), result.stderr
 
 
 @pytest.fixture(scope="module")
-def mined(sample_dir: Path, store_root: Path, tmp_path_factory) -> tuple[Path, Path]:
+def mined_with_stderr(sample_dir: Path, store_root: Path, tmp_path_factory) -> tuple[Path, Path, str]:
     out = tmp_path_factory.mktemp("datasets")
-    return out, mine_sample(sample_dir, out, store_root)
+    return out, *mine_sample(sample_dir, out, store_root)
+
+
+@pytest.fixture(scope="module")
+def mined(mined_with_stderr: tuple[Path, Path, str]) -> tuple[Path, Path]:
+    return mined_with_stderr[:2]
 
 
 def test_mine_writes_complete_version(mined: tuple[Path, Path]) -> None:
@@ -47,6 +52,17 @@ def test_mine_writes_complete_version(mined: tuple[Path, Path]) -> None:
     assert set(manifest["files"]) >= {"triplets.parquet", "candidates.parquet", "rejects.parquet"}
     assert manifest["model"]["fingerprint"] and manifest["config"]["mine"]["num_negatives"] == 3
     assert not list((out / "sample").glob(".staging-*"))
+
+
+def test_mine_prints_the_versions_warnings_on_stderr(mined_with_stderr: tuple[Path, Path, str]) -> None:
+    from negminer.report import health_warnings
+    from negminer.storage.versions import read_manifest
+
+    _, version, stderr = mined_with_stderr
+    warnings = health_warnings(read_manifest(version))
+    # SciFact abstracts: most exceed the packaged model's 256 tokens
+    assert any(" of 800 doc texts " in w and "max_seq_length" in w for w in warnings), warnings
+    assert [line.removeprefix("warning: ") for line in stderr.splitlines() if line.startswith("warning: ")] == warnings
 
 
 def test_triplets_are_text_only_and_exclude_positives(mined: tuple[Path, Path], sample_dir: Path) -> None:
@@ -88,7 +104,7 @@ def test_negatives_are_eligible_candidates(mined: tuple[Path, Path]) -> None:
 
 def test_second_run_embeds_nothing(mined: tuple[Path, Path], sample_dir: Path, store_root: Path) -> None:
     out, first = mined
-    second = mine_sample(sample_dir, out, store_root)
+    second, _ = mine_sample(sample_dir, out, store_root)
     assert second.name == "v0002"
     manifest = json.loads((second / "manifest.json").read_text())
     assert manifest["parent"] == first.name

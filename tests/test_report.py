@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from negminer.report import run_report
+from negminer.report import health_warnings, run_report
 from negminer.storage.versions import write_version
 
 
@@ -40,3 +40,49 @@ def test_report_without_flagged_file(tmp_path: Path) -> None:
     report = run_report(version)
     assert report.flagged == [] and report.flagged_total == 0
     assert "## Flagged pairs by kind\n\nnone" in report.markdown
+
+
+def _curation_manifest(excluded: int, scored: int) -> dict:
+    counts = {
+        "anchors": 100,
+        "anchors_short": 0,
+        "curation": {"pairs_excluded": excluded, "pairs_scored": scored},
+    }
+    return {"counts": counts, "config": {"curate": {"false_positive_action": "quarantine"}}}
+
+
+def test_many_positives_left_out_as_false_positives_warn_with_what_to_do() -> None:
+    (warning,) = health_warnings(_curation_manifest(excluded=46, scored=100))
+    assert warning.startswith("curation left 46 of 100 given positives (46%) out of training (quarantine")
+    assert "curate.false_positive_action: keep" in warning and "negminer audit list --kind false_positive" in warning
+    assert health_warnings(_curation_manifest(excluded=20, scored=100)) == []  # at the threshold: quiet
+
+
+def test_short_anchors_rejected_rows_and_truncated_texts_warn() -> None:
+    counts = {
+        "anchors": 200,
+        "anchors_short": 11,
+        "rejected_rows": 3,
+        "embedding": {
+            "anchors": {"rows": 200, "truncated": 0},
+            "docs": {"rows": 50, "truncated": 6},
+            "queries": {"rows": 50, "truncated": -1},  # unknown token lengths
+        },
+    }
+    warnings = health_warnings({"counts": counts, "config": {"mine": {"num_negatives": 5}}})
+    assert len(warnings) == 3
+    assert warnings[0].startswith("3 input rows were rejected") and "rejects.parquet" in warnings[0]
+    assert warnings[1].startswith("11 of 200 anchors (6%) have fewer than 5 negatives")
+    assert warnings[2].startswith("6 of 50 doc texts (12%) are longer than the model's max_seq_length")
+    counts.update(anchors_short=10, rejected_rows=0, embedding={"docs": {"rows": 50, "truncated": 5}})
+    assert health_warnings({"counts": counts}) == []  # 5% short and 10% truncated: at the thresholds
+
+
+def test_report_lists_warnings_at_the_top(tmp_path: Path) -> None:
+    version = write_version(tmp_path, "loose", tables={}, manifest=_curation_manifest(excluded=50, scored=100))
+    report = run_report(version)
+    assert report.warnings == health_warnings(_curation_manifest(excluded=50, scored=100))
+    sections = report.markdown.split("\n\n")
+    assert sections[2] == "## Warnings" and sections[3].startswith("- curation left 50 of 100 given positives")
+    quiet = run_report(write_version(tmp_path, "clean", tables={}, manifest=_curation_manifest(excluded=1, scored=100)))
+    assert quiet.warnings == [] and "## Warnings" not in quiet.markdown

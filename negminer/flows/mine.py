@@ -146,7 +146,9 @@ def report_task(version: str, name: str, timings: dict[str, dict[str, Any]]) -> 
         description=f"top {len(report['flagged'])} of {report['flagged_total']} flagged pairs (lowest quality first)",
     )
     create_link_artifact(link=report["link"], link_text=version, key=f"{key}-version", description="dataset version")
-    return {"version": version, "flagged": report["flagged_total"]}
+    for warning in report["warnings"]:
+        get_run_logger().warning("%s: %s", version, warning)
+    return {"version": version, "flagged": report["flagged_total"], "warnings": report["warnings"]}
 
 
 def artifact_key(name: str) -> str:

@@ -16,7 +16,14 @@ pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 
 def run_flow(
-    inputs: dict[str, Path], pairs: str, out: Path, store: Path, *, index: dict | None = None
+    inputs: dict[str, Path],
+    pairs: str,
+    out: Path,
+    store: Path,
+    *,
+    index: dict | None = None,
+    num_negatives: int = 2,
+    name: str = "tiny",
 ) -> tuple[Path, str]:
     from negminer.config import PipelineConfig
     from negminer.flows.mine import mine_flow
@@ -26,7 +33,7 @@ def run_flow(
     config = PipelineConfig.from_dict(
         {
             "embed": {"max_seq_length": 64, "chunk_size": 16},
-            "mine": {"num_negatives": 2},
+            "mine": {"num_negatives": num_negatives},
             "curate": {"enabled": False},
             "index": index or {},
         }
@@ -34,7 +41,7 @@ def run_flow(
     state = mine_flow(
         pairs=str(inputs[pairs]),
         out=str(out),
-        name="tiny",
+        name=name,
         corpus=str(inputs["corpus"]),
         config=config,
         store=str(store),
@@ -221,3 +228,37 @@ def test_an_incremental_run_takes_over_the_index_shards(prefect_harness, tiny_in
     assert index["extended_from"] == {"work": parent_key, "rows": 100, "shards": 4}
     assert task_states(flow_run_id)["index_shard"] == ["Completed"] * 4
     assert manifest(second)["changes"]["pairs"] == {"added": 2, "removed": 0, "kept": 40}
+
+
+def warning_logs(flow_run_id: str, *, containing: str, timeout: float = 30) -> list[str]:
+    """The run's WARNING log messages with `containing`, waiting for Prefect's log worker to ship them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterLevel
+
+    deadline = time.monotonic() + timeout
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]), level=LogFilterLevel(ge_=30, le_=30))
+    with get_client(sync_client=True) as client:
+        while True:
+            found = [log.message for log in client.read_logs(log_filter=log_filter) if containing in log.message]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+
+def test_run_logs_and_reports_its_warnings(prefect_harness, tiny_inputs, tmp_path) -> None:
+    from prefect.client.orchestration import get_client
+
+    # 100 docs, search depth 100: an anchor with a second positive or a duplicate text gets fewer than 99
+    version, flow_run_id = run_flow(
+        tiny_inputs, "pairs40", tmp_path / "out", tmp_path / "store", num_negatives=99, name="short"
+    )
+
+    counts = manifest(version)["counts"]
+    short, anchors = counts["anchors_short"], counts["anchors"]
+    assert short / anchors > 0.05
+    expected = f"{short} of {anchors} anchors ({short / anchors:.0%}) have fewer than 99 negatives"
+    (logged,) = warning_logs(flow_run_id, containing=expected)
+    assert logged.startswith(f"{version}: ")
+    with get_client(sync_client=True) as client:
+        (markdown,) = [a.data for a in client.read_latest_artifacts() if a.key == "negminer-short-report"]
+    assert "## Warnings" in markdown and expected in markdown
