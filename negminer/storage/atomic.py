@@ -14,14 +14,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _process_umask() -> int:
+def _umask_by_setting() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-# mkstemp creates 0600 files; published files get the mode open() would give them.
-FILE_MODE = 0o666 & ~_process_umask()
+_UMASK_AT_IMPORT = _umask_by_setting()
+
+
+def _current_umask() -> int:
+    """The umask now, read from /proc where it exists (setting it to read it races with threads)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return _UMASK_AT_IMPORT
+    for line in status.splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    return _UMASK_AT_IMPORT
+
+
+def file_mode() -> int:
+    """The mode open() would give a new file now; mkstemp's files are 0600 until set to it."""
+    return 0o666 & ~_current_umask()
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -30,7 +46,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

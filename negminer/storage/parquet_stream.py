@@ -24,7 +24,7 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negminer.storage.atomic import FILE_MODE
+from negminer.storage.atomic import file_mode
 
 # pyarrow.parquet.write_table's default maximum row-group size (rows).
 ROW_GROUP_ROWS = 1024 * 1024
@@ -44,7 +44,7 @@ class StagedParquetWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, file_mode())
         self._handle = os.fdopen(fd, "wb")
         self.tmp = Path(tmp)
         self._schema = schema

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -109,3 +110,15 @@ def test_published_file_has_the_mode_a_plain_open_would_give(tmp_path):
     plain.write_bytes(b"x")
     atomic = write_bytes_atomic(tmp_path / "atomic.bin", b"x")
     assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_published_file_follows_a_umask_set_after_import(tmp_path):
+    previous = os.umask(0o077)
+    try:
+        plain = tmp_path / "plain.bin"
+        plain.write_bytes(b"x")
+        atomic = write_bytes_atomic(tmp_path / "atomic.bin", b"x")
+    finally:
+        os.umask(previous)
+    assert plain.stat().st_mode & 0o777 == 0o600
+    assert atomic.stat().st_mode & 0o777 == 0o600
