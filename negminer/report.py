@@ -89,9 +89,9 @@ def _rejected_warning(counts: dict[str, Any]) -> list[str]:
 
 def _short_anchors_warning(counts: dict[str, Any], mine: dict[str, Any]) -> list[str]:
     short, anchors = counts.get("anchors_short", 0), counts.get("anchors", 0)
-    if not anchors or short / anchors <= SHORT_ANCHORS_WARN:
+    if not _share_above(short, anchors, SHORT_ANCHORS_WARN):
         return []
-    wanted = mine.get("num_negatives", "the configured number of")
+    wanted = mine.get("num_negatives", "the set")
     return [
         f"{short} of {anchors} anchors ({short / anchors:.0%}) have fewer than {wanted} negatives: the strategy's "
         "filters left too few candidates (a larger mine.search_depth or looser margins give them more)"
@@ -100,7 +100,7 @@ def _short_anchors_warning(counts: dict[str, Any], mine: dict[str, Any]) -> list
 
 def _excluded_pairs_warning(curation: dict[str, Any], curate: dict[str, Any]) -> list[str]:
     excluded, scored = curation.get("pairs_excluded", 0), curation.get("pairs_scored", 0)
-    if not scored or excluded / scored <= EXCLUDED_PAIRS_WARN:
+    if not _share_above(excluded, scored, EXCLUDED_PAIRS_WARN):
         return []
     action = curate.get("false_positive_action", "quarantine")
     return [
@@ -111,11 +111,15 @@ def _excluded_pairs_warning(curation: dict[str, Any], curate: dict[str, Any]) ->
     ]
 
 
+def _share_above(part: int, whole: int, limit: float) -> bool:
+    return whole > 0 and part / whole > limit
+
+
 def _truncated_warning(embedding: dict[str, dict[str, Any]]) -> list[str]:
     out = []
     for stem, tally in embedding.items():
         truncated, rows = tally.get("truncated", 0), tally.get("rows", 0)
-        if rows and truncated / rows > TRUNCATED_TEXTS_WARN:  # -1 (unknown) never passes
+        if _share_above(truncated, rows, TRUNCATED_TEXTS_WARN):  # -1 (unknown) never passes
             out.append(
                 f"{truncated} of {rows} {stem.removesuffix('s')} texts ({truncated / rows:.0%}) are longer than "
                 "the model's max_seq_length and were embedded from their beginning only (embed.max_seq_length "
