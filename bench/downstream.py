@@ -593,7 +593,23 @@ def markdown_table(name: str, by_arm: dict[str, list[dict[str, Any]]], info: dic
             f"negminer default − ST relative_margin=0.05, nDCG@10, paired by seed ({margin['n']} seeds): "
             f"{margin['mean']:+.4f} (min {margin['min']:+.4f}, max {margin['max']:+.4f})",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + gain_over_base(by_arm))
+
+
+def gain_over_base(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Each trained arm's mean nDCG@10 minus the base model's, and a note when none gains.
+
+    When no arm improves on the untrained model, the budget (or the training pairs) does not
+    let the data reward training at all, and differences between miners there say little.
+    """
+    base, trained = by_arm.get("base"), {arm: r for arm, r in by_arm.items() if arm != "base" and r}
+    if not base or not trained:
+        return []
+    gains = {arm: summarise(r, "ndcg@10")["mean"] - base[0]["ndcg@10"] for arm, r in trained.items()}
+    lines = ["", "mean nDCG@10 − base model: " + ", ".join(f"{ARM_LABELS[a]} {g:+.4f}" for a, g in gains.items())]
+    if max(gains.values()) <= 0:
+        lines.append("no trained arm beats the base model: at this budget training does not help on this set")
+    return lines
 
 
 def _cell(s: dict[str, float | int]) -> str:

@@ -115,6 +115,23 @@ def test_summary_margin_and_table() -> None:
     )
     assert "| negminer default | 3 | 0.6200 ± 0.0200 (0.6000–0.6400) |" in table
     assert "10.0%" in table and "paired by seed (3 seeds): +0.0167" in table
+    assert "base model" not in table  # no base arm in this run
+
+
+def test_table_says_when_no_trained_arm_beats_the_base_model() -> None:
+    base = [{"seed": 0, "ndcg@10": 0.61, "recall@100": 0.9}]
+    ours = [{"seed": s, "ndcg@10": v, "recall@100": 0.9} for s, v in ((1, 0.60), (2, 0.64))]
+    theirs = [{"seed": 1, "ndcg@10": 0.58, "recall@100": 0.9}]
+    by_arm = {"base": base, "negminer-default": ours, "st-margin": theirs}
+    lines = downstream.markdown_table("tiny", by_arm, {}).splitlines()
+    assert (
+        lines[-1]
+        == "mean nDCG@10 − base model: negminer default +0.0100, ST mine_hard_negatives relative_margin=0.05 -0.0300"
+    )
+    by_arm["negminer-default"] = ours[:1]
+    assert downstream.markdown_table("tiny", by_arm, {}).endswith(
+        "no trained arm beats the base model: at this budget training does not help on this set"
+    )
 
 
 def test_unknown_arm_is_refused(task: downstream.Task) -> None:
