@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+_PROC_STATUS = Path("/proc/self/status")
+
 
 def _umask_by_setting() -> int:
     mask = os.umask(0)
@@ -20,19 +22,21 @@ def _umask_by_setting() -> int:
     return mask
 
 
-_UMASK_AT_IMPORT = _umask_by_setting()
+# Without /proc the umask can only be read by setting it, which races with other threads, so
+# that is done once, at import (usually before any thread starts), and only there.
+_UMASK_AT_IMPORT = None if _PROC_STATUS.exists() else _umask_by_setting()
 
 
 def _current_umask() -> int:
-    """The umask now, read from /proc where it exists (setting it to read it races with threads)."""
+    """The umask now, read from /proc where it exists, else the one at import."""
     try:
-        status = Path("/proc/self/status").read_text()
+        status = _PROC_STATUS.read_text()
     except OSError:
-        return _UMASK_AT_IMPORT
+        status = ""
     for line in status.splitlines():
         if line.startswith("Umask:"):
             return int(line.split()[1], 8)
-    return _UMASK_AT_IMPORT
+    return _UMASK_AT_IMPORT if _UMASK_AT_IMPORT is not None else _umask_by_setting()
 
 
 def file_mode() -> int:

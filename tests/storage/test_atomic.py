@@ -122,3 +122,15 @@ def test_published_file_follows_a_umask_set_after_import(tmp_path):
         os.umask(previous)
     assert plain.stat().st_mode & 0o777 == 0o600
     assert atomic.stat().st_mode & 0o777 == 0o600
+
+
+def test_without_proc_the_mode_still_follows_the_umask(tmp_path, monkeypatch):
+    from negminer.storage import atomic
+
+    monkeypatch.setattr(atomic, "_PROC_STATUS", tmp_path / "no-proc-status")
+    previous = os.umask(0o027)
+    try:
+        written = write_bytes_atomic(tmp_path / "atomic.bin", b"x")
+    finally:
+        os.umask(previous)
+    assert written.stat().st_mode & 0o777 == 0o640
