@@ -22,20 +22,28 @@ def _umask_by_setting() -> int:
     return mask
 
 
-# Without /proc the umask can only be read by setting it, which races with other threads, so
-# that is done once, at import (usually before any thread starts), and only there.
-_UMASK_AT_IMPORT = None if _PROC_STATUS.exists() else _umask_by_setting()
-
-
-def _current_umask() -> int:
-    """The umask now, read from /proc where it exists, else the one at import."""
+def _umask_from_proc() -> int | None:
+    """The umask from /proc/self/status (Linux 4.7+), or None where it does not say."""
     try:
         status = _PROC_STATUS.read_text()
     except OSError:
-        status = ""
+        return None
     for line in status.splitlines():
         if line.startswith("Umask:"):
             return int(line.split()[1], 8)
+    return None
+
+
+# Where /proc does not give the umask it can only be read by setting it, which races with other
+# threads: that is done here, at import (usually before any thread starts).
+_UMASK_AT_IMPORT = None if _umask_from_proc() is not None else _umask_by_setting()
+
+
+def _current_umask() -> int:
+    """The umask now from /proc; else the one at import; else (/proc stopped answering) set-and-read."""
+    mask = _umask_from_proc()
+    if mask is not None:
+        return mask
     return _UMASK_AT_IMPORT if _UMASK_AT_IMPORT is not None else _umask_by_setting()
 
 
