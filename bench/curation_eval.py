@@ -5,8 +5,8 @@ between search and select: it curates the prepared candidate table, then derives
 negatives exactly as the other arms do, so its row sits in the same table with the same
 metrics (FN rate by text, coverage, hardness). The hidden labels are used only to score.
 
-`prepare_protocol` / `curate` are lighter helpers over in-memory tables (vectors from the
-benchmark store, bench/.cache/store) for experiments and for bench/curation_noise.py.
+`curate_prepared` curates a prepared protocol run (bench/curation_noise.py uses it on its own
+pairs); `stored_vectors` fetches vectors from the benchmark store (bench/.cache/store).
 
 Run: python -m bench.curation_eval [--dataset nfcorpus] [--split train] [--sweep]
 """
@@ -18,21 +18,17 @@ import dataclasses
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import STORE
 from negminer.config import CurateConfig
 from negminer.curation import CurationResult, curate_candidates
 from negminer.mining.encoder import model_fingerprint, resolve_model_path
-from negminer.mining.search import search_candidates
 from negminer.storage.embedding_store import EmbeddingStore
-from negminer.storage.inputs import PreparedInputs, prepare_inputs
 from negminer.textkeys import content_hashes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,17 +86,6 @@ def curate_prepared(prep, config: CurateConfig) -> CurationResult:
     )
 
 
-@dataclass(frozen=True)
-class ProtocolRun:
-    """Prepared inputs, their vectors and the candidate table, all in memory."""
-
-    inputs: PreparedInputs
-    anchor_vectors: np.ndarray
-    doc_vectors: np.ndarray
-    candidates: pa.Table
-    hidden: dict[int, set[int]]  # anchor_idx -> hidden relevant doc_idx (evaluation only)
-
-
 def stored_vectors(texts: list[str], store_root: Path = STORE) -> np.ndarray:
     """Vectors of `texts` from the benchmark store (all-MiniLM-L6-v2); raise if any is missing."""
     store = EmbeddingStore(store_root, model_fingerprint=model_fingerprint(resolve_model_path(None)), dim=384)
@@ -111,52 +96,8 @@ def stored_vectors(texts: list[str], store_root: Path = STORE) -> np.ndarray:
     return store.fetch(positions)
 
 
-def prepare_protocol(
-    pairs: pa.Table, corpus: pa.Table, hidden: dict[str, set[str]], *, search_depth: int = 100
-) -> ProtocolRun:
-    """Read pairs and corpus as the pipeline does, fetch stored vectors, search candidates."""
-    with tempfile.TemporaryDirectory() as tmp:
-        pq.write_table(pairs, Path(tmp) / "pairs.parquet")
-        pq.write_table(corpus, Path(tmp) / "corpus.parquet")
-        inputs = prepare_inputs(Path(tmp) / "pairs.parquet", Path(tmp) / "corpus.parquet")
-        anchor_vectors = stored_vectors(inputs.anchors.column("text").to_pylist())
-        doc_vectors = stored_vectors(inputs.docs.column("text").to_pylist())
-        result = search_candidates(
-            anchor_vectors,
-            doc_vectors,
-            Path(tmp) / "candidates.parquet",
-            pair_anchor=inputs.pairs.column("anchor_idx").to_numpy(),
-            pair_doc=inputs.pairs.column("doc_idx").to_numpy(),
-            doc_text_keys=inputs.docs.column("text_key").to_pylist(),
-            anchor_text_keys=inputs.anchors.column("text_key").to_pylist(),
-            search_depth=search_depth,
-        )
-        candidates = pq.read_table(result.path)
-    doc_idx = {d: i for i, d in enumerate(inputs.docs.column("doc_id").to_pylist())}
-    hidden_idx = {
-        a: {doc_idx[d] for d in hidden.get(aid, ()) if d in doc_idx}
-        for a, aid in enumerate(inputs.anchors.column("anchor_id").to_pylist())
-    }
-    return ProtocolRun(inputs, anchor_vectors, doc_vectors, candidates, hidden_idx)
-
-
-def curate(run: ProtocolRun, config: CurateConfig = CurateConfig()) -> CurationResult:
-    """curate_candidates on a protocol run."""
-    return curate_candidates(
-        run.candidates,
-        pairs=run.inputs.pairs,
-        anchor_vectors=run.anchor_vectors,
-        doc_vectors=run.doc_vectors,
-        anchor_texts=run.inputs.anchors.column("text").to_pylist(),
-        doc_texts=run.inputs.docs.column("text").to_pylist(),
-        config=config,
-        anchor_ids=run.inputs.anchors.column("anchor_id").to_pylist(),
-        doc_ids=run.inputs.docs.column("doc_id").to_pylist(),
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
-    from bench.false_negatives import ST_ARMS, evaluate, prepare, run_negminer, run_st
+    from bench.false_negatives import ST_ARMS, curation_target, evaluate, prepare, run_negminer, run_st
     from negminer.mining.encoder import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -175,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.sweep
         else []
     )
-    rows = []
+    rows, negatives_of = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         prep = prepare(args.dataset, args.split, Path(tmp), search_depth=depth, given=args.given, seed=args.given_seed)
         for label, options, curate_options in arms:
@@ -187,12 +128,15 @@ def main(argv: list[str] | None = None) -> None:
                     prep, options, k=k, depth=depth, curate_options=curate_options
                 )
                 counts = result.counts
+            negatives_of[label] = negatives
             rows.append((label, evaluate(prep, negatives, k=k), seconds, counts))
         if not args.no_st:
             model = load_model(device="cpu")
             for label, options in ST_ARMS:
-                negatives, seconds = run_st(prep, model, options, k=k)
-                rows.append((label, evaluate(prep, negatives, k=k), seconds, {}))
+                negatives_of[label], seconds = run_st(prep, model, options, k=k)
+                rows.append((label, evaluate(prep, negatives_of[label], k=k), seconds, {}))
+        curated = [label for label, _, curate_options in arms if curate_options is not None]
+        target = curation_target(prep, negatives_of, k=k, arms=curated)
     given = "lowest doc_id" if args.given == "lowest" else f"random, seed {args.given_seed}"
     print(f"\n## {args.dataset} {args.split} ({prep.pairs.num_rows} anchors, {k} negatives, given positive: {given})")
     print("| arm | FN rate | coverage | hardness | negatives | FN flags | FP flags | time s |")
@@ -202,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
             f"| {label} | {m['fn_rate']:.1%} | {m['coverage']:.1%} | {m['hardness']:.3f} | {m['negatives']} | "
             f"{counts.get('false_negative', '–')} | {counts.get('false_positive', '–')} | {seconds:.1f} |"
         )
+    for line in target:
+        print(line)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,16 @@ Run: python -m bench.curation_noise [--splits train test] [--rate 0.1] [--seed 0
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from bench.common import load_retrieval_set
-from bench.curation_eval import ProtocolRun, curate, prepare_protocol, stored_vectors
+from bench.curation_eval import curate_prepared, stored_vectors
+from bench.false_negatives import Prepared, prepare_pairs
 from negminer.config import CurateConfig
 from negminer.mining.strategies import pair_priority, stable_hash64
 
@@ -92,13 +95,13 @@ def _closest_wrong(pairs: pa.Table, corpus: pa.Table, qrels: dict[str, set[str]]
     return out
 
 
-def score_flags(run: ProtocolRun, flagged_pairs: np.ndarray, quality: np.ndarray, kind: np.ndarray) -> dict:
+def score_flags(prep: Prepared, flagged_pairs: np.ndarray, quality: np.ndarray, kind: np.ndarray) -> dict:
     """Precision, recall and AUC of the false_positive flags for each kind of swap."""
     from sklearn.metrics import roc_auc_score
 
-    source = run.inputs.pairs.column("source_row").to_numpy()
+    source = prep.tables["pairs"].column("source_row").to_numpy()
     pair_kind = kind[source - 1]  # source_row is 1-based
-    flagged = np.isin(run.inputs.pairs.column("pair_idx").to_numpy(), flagged_pairs)
+    flagged = np.isin(prep.tables["pairs"].column("pair_idx").to_numpy(), flagged_pairs)
     out = {}
     for name in ("random", "close"):
         scope = (pair_kind == name) | (pair_kind == "clean")
@@ -123,15 +126,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     pairs, corpus, qrels = relevant_pairs(args.splits)
     noisy, kind = plant_noise(pairs, corpus, qrels, rate=args.rate, seed=args.seed)
-    run = prepare_protocol(noisy, corpus, {})
-    start = time.perf_counter()
-    result = curate(run, CurateConfig())
-    seconds = time.perf_counter() - start
-    quality = np.ones(run.inputs.pairs.num_rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        prep = prepare_pairs("scifact", noisy, corpus, {}, Path(tmp), search_depth=CurateConfig().max_rank)
+        start = time.perf_counter()
+        result = curate_prepared(prep, CurateConfig())
+        seconds = time.perf_counter() - start
+    quality = np.ones(prep.tables["pairs"].num_rows)
     quality[result.pair_scores.column("pair_idx").to_numpy()] = result.pair_scores.column("quality").to_numpy()
-    scores = score_flags(run, result.false_positive_pairs, quality, kind)
+    scores = score_flags(prep, result.false_positive_pairs, quality, kind)
     print(
-        f"scifact {'+'.join(args.splits)}: {noisy.num_rows} pairs, {run.inputs.anchors.num_rows} anchors, "
+        f"scifact {'+'.join(args.splits)}: {noisy.num_rows} pairs, {prep.tables['anchors'].num_rows} anchors, "
         f"{args.rate:.0%} random + {args.rate:.0%} close swaps, curation {seconds:.1f}s"
     )
     print(f"{'swap':8} {'planted':>8} {'flagged':>8} {'precision':>10} {'recall':>8} {'AUC':>6}")

@@ -8,18 +8,25 @@ derives every strategy from that one candidate table. sentence-transformers'
 settings, with ``cache_folder=bench/.cache/st``: its first run ever embeds (that run's time is
 printed as the "cold" row), later runs load the cached vectors.
 
+The curated arms (issue 4) run curation with its defaults on the same candidate table before
+their strategy; after the table, each is checked against issue 4's target (FN rate at most
+half of ``relative_margin=0.05``'s, coverage >= 95%, hardness at least its) and shown on the
+anchors that baseline covers.
+
 Metrics, per arm: FN rate = share of mined negatives that are hidden relevant documents
 (compared by text, so duplicate documents count); coverage = share of anchors with all
 ``num_negatives`` negatives; ">=1" = share with at least one; hardness = mean cosine
 anchor–negative under all-MiniLM-L6-v2 (the same vectors for every arm); time = seconds to
 produce that arm's negatives from embedded vectors (negminer: read + store fetch + search +
-select; "derive" = select alone, from the stored candidate table, what ``refilter`` costs).
+select, + curate for the curated arms; "derive" = select alone, from the stored candidate
+table, what ``refilter`` costs).
 The embedding time E of the same texts is the same for both tools (same model, batch 32): it
 is measured as sentence-transformers' cold minus warm time when its cache was cold, or with
 ``--measure-embedding`` (negminer into an empty store); "with E" = time + E.
 
 Run: python -m bench.false_negatives [--datasets nfcorpus scifact] [--split train]
-     [--num-negatives 5] [--search-depth 100] [--measure-embedding]
+     [--num-negatives 5] [--search-depth 100] [--measure-embedding] [--given random]
+     [--no-curation] [--no-st]
 """
 
 from __future__ import annotations
@@ -66,6 +73,12 @@ NEGMINER_ARMS: list[tuple[str, dict[str, Any]]] = [
     ("simans a=20", {"strategy": "simans", "simans_a": 20.0}),
     ("random", {"strategy": "naive", "sampling_strategy": "random"}),
 ]
+# Curated with CurateConfig() defaults, then the strategy: issue 4's arms.
+CURATED_ARMS: list[tuple[str, dict[str, Any]]] = [
+    ("simans (default) + curation", {"strategy": "simans"}),
+    ("naive + curation", {"strategy": "naive"}),
+]
+TARGET_BASELINE = "ST relative_margin=0.05"
 ST_ARMS: list[tuple[str, dict[str, Any]]] = [
     ("ST naive", {}),
     ("ST relative_margin=0.05", {"relative_margin": 0.05}),
@@ -101,10 +114,22 @@ def prepare(
     name: str, split: str, folder: Path, *, search_depth: int, given: str = "lowest", seed: int = 0
 ) -> Prepared:
     """Write the protocol's inputs, then read, fetch vectors from the store and search once."""
+    pairs, corpus, hidden = hidden_positive_inputs(load_retrieval_set(name, split), given=given, seed=seed)
+    return prepare_pairs(name, pairs, corpus, hidden, folder, search_depth=search_depth)
+
+
+def prepare_pairs(
+    name: str, pairs: pa.Table, corpus: pa.Table, hidden: dict[str, set[str]], folder: Path, *, search_depth: int
+) -> Prepared:
+    """Write pairs and corpus into `folder`, then read, fetch vectors from the store and search once.
+
+    Args:
+        pairs: anchor_id, anchor, positive_id, positive. corpus: id, title, text.
+        hidden: anchor_id -> hidden relevant doc ids (empty where nothing is hidden).
+    """
     from negminer import stages
     from negminer.config import PipelineConfig
 
-    pairs, corpus, hidden = hidden_positive_inputs(load_retrieval_set(name, split), given=given, seed=seed)
     pq.write_table(pairs, folder / "pairs.parquet")
     pq.write_table(corpus, folder / "corpus.parquet")
     prep = Prepared(name, pairs, corpus, hidden, folder / "work")
@@ -219,11 +244,14 @@ def run_st(prep: Prepared, model, options: dict[str, Any], *, k: int) -> tuple[d
     return {qid: by_text.get(text, []) for qid, text in queries}, seconds
 
 
-def evaluate(prep: Prepared, negatives: dict[str, list[str]], *, k: int) -> dict[str, float]:
+def evaluate(
+    prep: Prepared, negatives: dict[str, list[str]], *, k: int, queries: set[str] | None = None
+) -> dict[str, float]:
     """FN rate, coverage, share with any negative, hardness and count over the protocol's queries.
 
     Args:
         negatives: query id -> mined negative texts.
+        queries: only these query ids (coverage is then a share of them); default all.
     """
     doc_text = dict(zip(prep.corpus.column("id").to_pylist(), prep.corpus.column("text").to_pylist(), strict=True))
     vectors = _vector_lookup(prep)
@@ -235,6 +263,8 @@ def evaluate(prep: Prepared, negatives: dict[str, list[str]], *, k: int) -> dict
             prep.pairs.column("anchor_id").to_pylist(), prep.pairs.column("anchor").to_pylist(), strict=True
         )
     }
+    if queries is not None:
+        vectors_of = {qid: vector for qid, vector in vectors_of.items() if qid in queries}
     for qid, anchor_vector in vectors_of.items():
         mined = negatives.get(qid, [])
         hidden = {doc_text[d] for d in prep.hidden[qid]}
@@ -243,7 +273,7 @@ def evaluate(prep: Prepared, negatives: dict[str, list[str]], *, k: int) -> dict
         full += len(mined) >= k
         some += len(mined) > 0
         cosines += [float(anchor_vector @ vectors["doc"][text]) for text in mined]
-    n = prep.pairs.num_rows
+    n = len(vectors_of)
     return {
         "fn_rate": fn / total if total else float("nan"),
         "coverage": full / n,
@@ -284,9 +314,17 @@ def bench_dataset(name: str, args: argparse.Namespace, model) -> tuple[list[Row]
         prep = prepare(name, args.split, Path(tmp), search_depth=depth, given=args.given, seed=args.given_seed)
         shared = sum(prep.seconds.values())
         rows, notes = [], {"anchors": prep.pairs.num_rows, "docs": prep.corpus.num_rows, **prep.seconds}
+        negatives_of: dict[str, dict[str, list[str]]] = {}
         for label, options in NEGMINER_ARMS:
-            negatives, seconds = run_negminer(prep, options, k=k, depth=depth)
-            rows.append(Row(name, label, **evaluate(prep, negatives, k=k), seconds=shared + seconds, derive=seconds))
+            negatives_of[label], seconds = run_negminer(prep, options, k=k, depth=depth)
+            metrics = evaluate(prep, negatives_of[label], k=k)
+            rows.append(Row(name, label, **metrics, seconds=shared + seconds, derive=seconds))
+        for label, options in CURATED_ARMS if not args.no_curation else []:
+            from bench.curation_eval import run_negminer_curated
+
+            negatives_of[label], seconds, _ = run_negminer_curated(prep, options, k=k, depth=depth)
+            metrics = evaluate(prep, negatives_of[label], k=k)
+            rows.append(Row(name, label, **metrics, seconds=shared + seconds, derive=None))
         st_was_cold = not (ST_CACHE / name).exists()
         for label, options in ST_ARMS if not args.no_st else []:
             negatives, seconds = run_st(prep, model, options, k=k)
@@ -295,11 +333,51 @@ def bench_dataset(name: str, args: argparse.Namespace, model) -> tuple[list[Row]
                 negatives, seconds = run_st(prep, model, options, k=k)
                 notes["embedding"] = notes["st_cold"] - seconds
                 notes["embedding_from"] = "sentence-transformers cold - warm"
+            negatives_of[label] = negatives
             rows.append(Row(name, label, **evaluate(prep, negatives, k=k), seconds=seconds, derive=None))
+        notes["target"] = curation_target(prep, negatives_of, k=k, arms=[label for label, _ in CURATED_ARMS])
         if args.measure_embedding:
             notes["embedding"] = measure_embedding(prep)
             notes["embedding_from"] = "negminer, empty store"
     return rows, notes
+
+
+def curation_target(
+    prep: Prepared, negatives_of: dict[str, dict[str, list[str]]], *, k: int, arms: list[str]
+) -> list[str]:
+    """Issue 4's check of each curated arm against sentence-transformers' relative_margin=0.05.
+
+    The target: FN rate at most half the baseline's, coverage >= 95%, hardness at least the
+    baseline's. The baseline's hardness is a mean over the anchors it covers, so each arm is
+    also shown on those anchors alone (like for like).
+    """
+    baseline = negatives_of.get(TARGET_BASELINE)
+    arms = [label for label in arms if label in negatives_of]
+    if baseline is None or not arms:
+        return []
+    base = evaluate(prep, baseline, k=k)
+    covered = {qid for qid, texts in baseline.items() if len(texts) >= k}
+    base_covered = evaluate(prep, baseline, k=k, queries=covered)
+    lines = [
+        f"issue 4 target: FN <= {base['fn_rate'] / 2:.2%} (half of {TARGET_BASELINE}'s {base['fn_rate']:.2%}), "
+        f"coverage >= 95%, hardness >= {base['hardness']:.4f}"
+    ]
+    for label in arms:
+        m = evaluate(prep, negatives_of[label], k=k)
+        checks = {
+            "FN rate": m["fn_rate"] <= base["fn_rate"] / 2,
+            "coverage": m["coverage"] >= 0.95,
+            "hardness": m["hardness"] >= base["hardness"],
+        }
+        missed = [check for check, ok in checks.items() if not ok]
+        same = evaluate(prep, negatives_of[label], k=k, queries=covered)
+        lines += [
+            f"  {label}: FN {m['fn_rate']:.2%}, coverage {m['coverage']:.1%}, hardness {m['hardness']:.4f}: "
+            + ("met" if not missed else f"missed ({', '.join(missed)})"),
+            f"    on the {len(covered)} anchors {TARGET_BASELINE} covers: FN {same['fn_rate']:.2%} vs "
+            f"{base_covered['fn_rate']:.2%}, hardness {same['hardness']:.4f} vs {base_covered['hardness']:.4f}",
+        ]
+    return lines
 
 
 def _embedding_seconds(name: str, notes: dict[str, Any]) -> float | None:
@@ -336,6 +414,8 @@ def print_table(name: str, rows: list[Row], notes: dict[str, Any], k: int) -> No
             f"| {r.arm} | {r.fn_rate:.1%} | {r.coverage:.1%} | {r.any_negative:.1%} | {r.hardness:.3f} | "
             f"{r.negatives} | {r.seconds:.2f} | {with_e} | {derive} |"
         )
+    for line in notes.get("target", []):
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -348,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--given", choices=["lowest", "random"], default="lowest", help="which relevant doc is given")
     parser.add_argument("--given-seed", type=int, default=0, help="seed of --given random")
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers' arms")
+    parser.add_argument("--no-curation", action="store_true", help="skip the curated arms (issue 4)")
     args = parser.parse_args(argv)
     import torch
 
