@@ -97,7 +97,9 @@ def export_pairs(views: Sequence[PairView], out: str | Path, *, output_format: E
 def _csv(records: list[dict[str, Any]]) -> bytes:
     buffer = io.StringIO()
     names = list(records[0]) if records else ["id"]
-    writer = csv.DictWriter(buffer, fieldnames=names, lineterminator="\n")
+    # csv's default "\r\n" (RFC 4180) also makes it quote a field holding a lone "\r";
+    # with "\n" such a field went out bare and split the row for every reader.
+    writer = csv.DictWriter(buffer, fieldnames=names)
     writer.writeheader()
     for record in records:
         writer.writerow({**record, "features": json.dumps(record["features"], ensure_ascii=False)})

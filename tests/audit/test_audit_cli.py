@@ -117,3 +117,23 @@ def test_errors_are_one_line_on_stderr(datasets_root):
         )
         assert result.returncode == 1, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_csv_export_keeps_texts_with_carriage_returns_in_one_field(engine, version_dir, tmp_path):
+    from sqlalchemy import update
+
+    from negminer.audit.db import FlaggedPair
+    from negminer.audit.export import export_pairs
+    from negminer.audit.loader import load_version
+
+    load_version(engine, version_dir)
+    texts = {1: "first line\rsecond line", 2: "crlf\r\nand lf\nand a \"quote\""}
+    with engine.begin() as conn:
+        for pair_id, text in texts.items():
+            conn.execute(update(FlaggedPair).where(FlaggedPair.id == pair_id).values(doc_text=text))
+    views = list_pairs(engine, Filters(), limit=100)
+    [out] = export_pairs(views, tmp_path / "pairs.csv", output_format="csv")
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(views) == 17
+    assert {int(r["id"]): r["doc"] for r in rows if int(r["id"]) in texts} == texts
