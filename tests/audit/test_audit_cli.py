@@ -127,7 +127,7 @@ def test_csv_export_keeps_texts_with_carriage_returns_in_one_field(engine, versi
     from negminer.audit.loader import load_version
 
     load_version(engine, version_dir)
-    texts = {1: "first line\rsecond line", 2: "crlf\r\nand lf\nand a \"quote\""}
+    texts = {1: "first line\rsecond line", 2: 'crlf\r\nand lf\nand a "quote"'}
     with engine.begin() as conn:
         for pair_id, text in texts.items():
             conn.execute(update(FlaggedPair).where(FlaggedPair.id == pair_id).values(doc_text=text))
