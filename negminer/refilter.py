@@ -23,6 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negminer.config import MineConfig, PipelineConfig, read_yaml_sections
@@ -156,6 +158,7 @@ def _derive(
         docs=tables["docs"],
         pairs=tables["pairs"],
         extra_positives=mine.audit_extra_positives,
+        held_out=_held_out_pairs(version_dir),
     )
     files = derive_files(
         candidates,
@@ -168,6 +171,28 @@ def _derive(
         batch_rows=batch_rows or BATCH_ROWS,
     )
     return files, feedback.counts
+
+
+def _held_out_pairs(version_dir: Path) -> pa.Table | None:
+    """The given positives curation left out of the version's pairs, from its flagged table.
+
+    Their cosine is the flagged row's ``feature_score``; other pair columns stay null.
+    """
+    path = version_dir / "flagged.parquet"
+    if not path.exists():
+        return None
+    flagged = pq.read_table(path)
+    if not {"kind", "action", "pair_idx", "anchor_idx", "doc_idx"} <= set(flagged.column_names):
+        return None
+    mask = pc.and_(
+        pc.and_(pc.equal(flagged.column("kind"), "false_positive"), pc.not_equal(flagged.column("action"), "keep")),
+        pc.is_valid(flagged.column("pair_idx")),
+    )
+    held = flagged.filter(mask)
+    columns = {name: held.column(name) for name in ("pair_idx", "anchor_idx", "doc_idx")}
+    if "feature_score" in held.column_names:
+        columns["score"] = held.column("feature_score")
+    return pa.table(columns)
 
 
 def _scratch_dir(dataset_dir: Path) -> Path:

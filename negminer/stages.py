@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig, EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
@@ -834,11 +835,12 @@ def select_stage(
 
     work_dir = Path(work_dir)
     start = time.perf_counter()
-    pairs = with_pair_scores(
-        pq.read_table(pairs_path or work_dir / "pairs.parquet"),
+    all_pairs = with_pair_scores(
+        pq.read_table(work_dir / "pairs.parquet"),
         np.load(work_dir / "anchors.npy", mmap_mode="r"),
         np.load(work_dir / "docs.npy", mmap_mode="r"),
     )
+    pairs, held_out = _split_training_pairs(all_pairs, pairs_path)
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
     docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text", "text_key"])
     feedback = BatchedFeedback(
@@ -848,6 +850,7 @@ def select_stage(
         docs=docs,
         pairs=pairs,
         extra_positives=config.audit_extra_positives,
+        held_out=held_out,
     )
     names = {"candidates": "selected", "triplets": "triplets", "scored": "scored"}
     derived = derive_files(
@@ -871,6 +874,15 @@ def select_stage(
         "score_quantiles": derived.score_quantiles,
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _split_training_pairs(all_pairs: pa.Table, training_path: str | Path | None) -> tuple[pa.Table, pa.Table]:
+    """(training pairs, pairs curation held out of training), both from `all_pairs`."""
+    if training_path is None:
+        return all_pairs, all_pairs.schema.empty_table()
+    training = pq.read_table(training_path, columns=["pair_idx"]).column("pair_idx")
+    in_training = pc.is_in(all_pairs.column("pair_idx"), value_set=training.combine_chunks())
+    return all_pairs.filter(in_training), all_pairs.filter(pc.invert(in_training))
 
 
 def _work_dir_decisions(work_dir: Path) -> pa.Table:

@@ -193,3 +193,58 @@ def test_cli_mine_has_a_strategy_option():
 
     result = CliRunner().invoke(app, ["mine", "--help"])
     assert result.exit_code == 0 and "--strategy" in result.stdout
+
+
+def test_a_held_out_positive_confirmed_by_a_reviewer_is_trained_on_again(version: Path, tmp_path: Path, monkeypatch):
+    tables = {p.stem: pq.read_table(p) for p in version.glob("*.parquet")}
+    pairs, anchors, docs = tables["pairs"], tables["anchors"], tables["docs"]
+    held = pairs.slice(0, 1).to_pylist()[0]
+    tables["pairs"] = pairs.slice(1)
+    tables["flagged"] = pa.table(
+        {
+            "kind": ["false_positive"],
+            "action": ["quarantine"],
+            "anchor_id": [anchors["anchor_id"][held["anchor_idx"]].as_py()],
+            "doc_id": [docs["doc_id"][held["doc_idx"]].as_py()],
+            "anchor_idx": pa.array([held["anchor_idx"]], pa.int32()),
+            "doc_idx": pa.array([held["doc_idx"]], pa.int32()),
+            "pair_idx": pa.array([held["pair_idx"]], pa.int32()),
+            "feature_score": pa.array([0.5], pa.float32()),
+        }
+    )
+    manifest = {k: v for k, v in read_manifest(version).items() if k != "files"}
+    curated = write_version(tmp_path / "cur", "toy", tables=tables, manifest=manifest)
+    pair_texts = (anchors["text"][held["anchor_idx"]].as_py(), docs["text"][held["doc_idx"]].as_py())
+
+    def trained_on(decision: str) -> bool:
+        table = pa.table({"anchor_id": [tables["flagged"]["anchor_id"][0].as_py()]})
+        table = table.append_column("doc_id", tables["flagged"]["doc_id"]).append_column("decision", [[decision]])
+        monkeypatch.setattr("negminer.audit.feedback.load_decisions", lambda root, name: table)
+        result = refilter(curated, mine=refilter_config(curated))
+        triplets = pq.read_table(result.path / "triplets.parquet")
+        return pair_texts in set(zip(triplets["anchor"].to_pylist(), triplets["positive"].to_pylist(), strict=True))
+
+    assert not trained_on("skip")
+    assert trained_on("is_positive")
+
+
+def test_select_stage_puts_back_a_held_out_positive_a_reviewer_confirmed(sample_dir: Path, tmp_path: Path, monkeypatch):
+    config = PipelineConfig.from_dict({"mine": {"search_depth": DEPTH, "num_negatives": 3}})
+    work = mine_without_model(sample_dir, tmp_path, config).parents[2] / "work"
+    pairs = pq.read_table(work / "pairs.parquet")
+    held = pairs.slice(0, 1).to_pylist()[0]
+    pq.write_table(pairs.slice(1), work / "training-pairs.parquet")  # as curation writes it
+    anchors, docs = pq.read_table(work / "anchors.parquet"), pq.read_table(work / "docs.parquet")
+    ids = (anchors["anchor_id"][held["anchor_idx"]].as_py(), docs["doc_id"][held["doc_idx"]].as_py())
+    texts = (anchors["text"][held["anchor_idx"]].as_py(), docs["text"][held["doc_idx"]].as_py())
+
+    def trained_on(decision: str) -> bool:
+        table = pa.table({"anchor_id": [ids[0]], "doc_id": [ids[1]], "decision": [decision]})
+        monkeypatch.setattr(stages, "_work_dir_decisions", lambda work_dir: table)
+        candidates = stages.search_stage(work, config=config.mine)["candidates"]
+        out = stages.select_stage(work, candidates, config=config.mine, pairs_path=work / "training-pairs.parquet")
+        triplets = pq.read_table(out["triplets"])
+        return texts in set(zip(triplets["anchor"].to_pylist(), triplets["positive"].to_pylist(), strict=True))
+
+    assert not trained_on("skip")
+    assert trained_on("is_positive")

@@ -8,8 +8,10 @@ version's ``anchors`` / ``docs`` / ``pairs`` tables, and returns:
 * the candidates with a bool column ``excluded_by_audit`` (replacing one already there):
   ``select_negatives`` drops those rows with reason ``audit_decision``. With no decisions at
   all the tables pass through unchanged (no column is added);
-* the pairs to train on: dropped pairs removed and, with ``extra_positives=True``, a pair
-  appended for each document confirmed relevant that was not yet a positive;
+* the pairs to train on: dropped pairs removed, given positives that curation held out of
+  training (``held_out``: dropped or quarantined as false positives) put back when a reviewer
+  confirmed them, and, with ``extra_positives=True``, a pair appended for each document
+  confirmed relevant that was not yet a positive;
 * the dropped ``pair_idx`` and counts for the manifest.
 
 What each decision on ``(anchor, doc)`` does:
@@ -17,7 +19,7 @@ What each decision on ``(anchor, doc)`` does:
 =============  ==================================================  ==========================
 decision       doc is a candidate (not a positive)                 doc is a labelled positive
 =============  ==================================================  ==========================
-is_positive    never a negative again (+ extra positive if on)     stays a positive
+is_positive    never a negative again (+ extra positive if on)     stays or is put back
 is_negative    eligible as a negative; curation's flag cleared     the pair is dropped
 drop_pair      never a negative again                              the pair is dropped
 skip           nothing                                             nothing
@@ -57,6 +59,7 @@ _ZERO_COUNTS = (
     "excluded_candidates",
     "unflagged_candidates",
     "dropped_pairs",
+    "restored_pairs",
     "extra_positives",
 )
 
@@ -77,6 +80,7 @@ class _Keys(NamedTuple):
     drop: np.ndarray
     extra: np.ndarray
     confirm: np.ndarray
+    restore: np.ndarray
     counts: dict[str, int]
 
 
@@ -88,6 +92,7 @@ def apply_decisions(
     docs: pa.Table,
     pairs: pa.Table,
     extra_positives: bool = False,
+    held_out: pa.Table | None = None,
 ) -> Feedback:
     """Apply reviewers' decisions to a candidate table and the training pairs.
 
@@ -99,13 +104,17 @@ def apply_decisions(
         docs: the version's docs (``doc_id``; ``doc_idx`` or row position).
         pairs: the version's pairs (``pair_idx``, ``anchor_idx``, ``doc_idx``).
         extra_positives: turn documents confirmed relevant into extra positive pairs.
+        held_out: given positives that curation left out of `pairs` (``pair_idx``,
+            ``anchor_idx``, ``doc_idx``; other columns of `pairs` are filled in or null): those
+            a reviewer confirmed ``is_positive`` go back into the training pairs.
 
     Returns:
         Feedback(candidates + ``excluded_by_audit``, pairs to train on, dropped pair_idx
         (sorted), counts: ``decisions``, one per decision kind, ``unmatched`` (anchor or doc
         not in this version), ``excluded_candidates``, ``unflagged_candidates`` (curation's
         ``flagged_false_negative`` cleared by a confirmed negative), ``dropped_pairs``,
-        ``extra_positives``, ``applied`` (matched decisions other than skip)).
+        ``restored_pairs``, ``extra_positives``, ``applied`` (matched decisions other than
+        skip)).
 
     Example:
         >>> decisions = load_decisions("datasets", "scifact")  # doctest: +SKIP
@@ -120,7 +129,9 @@ def apply_decisions(
     anchors, docs = _with_positions(anchors, "anchor_idx"), _with_positions(docs, "doc_idx")
     n_docs = int(pc.max(docs.column("doc_idx")).as_py() or 0) + 1 if docs.num_rows else 1
     pair_keys = _keys(pairs.column("anchor_idx"), pairs.column("doc_idx"), n_docs)
-    keys = _resolve(decisions, anchors=anchors, docs=docs, pair_keys=pair_keys, n_docs=n_docs)
+    held_out = _held_out_pairs(held_out, pairs.schema)
+    held_keys = _keys(held_out.column("anchor_idx"), held_out.column("doc_idx"), n_docs)
+    keys = _resolve(decisions, anchors=anchors, docs=docs, pair_keys=pair_keys, held_keys=held_keys, n_docs=n_docs)
     candidate_keys = _keys(candidates.column("anchor_idx"), candidates.column("doc_idx"), n_docs)
     excluded = np.isin(candidate_keys, keys.exclude)
     if EXCLUDED_COLUMN in candidates.column_names:
@@ -130,16 +141,30 @@ def apply_decisions(
     dropped = np.isin(pair_keys, keys.drop)
     dropped_idx = np.sort(pairs.column("pair_idx").to_numpy()[dropped])
     kept = pairs.filter(pa.array(~dropped))
+    restored = held_out.filter(pa.array(np.isin(held_keys, keys.restore)))
     extra = _extra_pairs(pairs, keys.extra if extra_positives else np.empty(0, np.int64), n_docs)
     counts = {
         **keys.counts,
         "excluded_candidates": int(excluded.sum()),
         "unflagged_candidates": unflagged,
         "dropped_pairs": len(dropped_idx),
+        "restored_pairs": restored.num_rows,
         "extra_positives": extra.num_rows,
     }
     logger.info("audit decisions applied: %s", counts)
-    return Feedback(candidates, pa.concat_tables([kept, extra]), dropped_idx, counts)
+    return Feedback(candidates, pa.concat_tables([kept, restored, extra]), dropped_idx, counts)
+
+
+def _held_out_pairs(held_out: pa.Table | None, schema: pa.Schema) -> pa.Table:
+    """`held_out` in the pairs' schema (columns it lacks are null); empty when None."""
+    if held_out is None:
+        return schema.empty_table()
+    _check_columns(held_out, ("pair_idx", "anchor_idx", "doc_idx"), "held-out pairs")
+    arrays = [
+        held_out.column(f.name).cast(f.type) if f.name in held_out.column_names else pa.nulls(held_out.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _clear_confirmed_flags(candidates: pa.Table, confirmed: np.ndarray) -> tuple[pa.Table, int]:
@@ -170,7 +195,15 @@ def _keys(anchor_idx: pa.ChunkedArray, doc_idx: pa.ChunkedArray, n_docs: int) ->
     return anchor * n_docs + doc_idx.to_numpy().astype(np.int64)
 
 
-def _resolve(decisions: pa.Table, *, anchors: pa.Table, docs: pa.Table, pair_keys: np.ndarray, n_docs: int) -> _Keys:
+def _resolve(
+    decisions: pa.Table,
+    *,
+    anchors: pa.Table,
+    docs: pa.Table,
+    pair_keys: np.ndarray,
+    held_keys: np.ndarray,
+    n_docs: int,
+) -> _Keys:
     """Map decisions' ids to keys and sort them by effect; unknown ids are counted, not fatal."""
     anchor_of = _index_of(anchors, "anchor_id", "anchor_idx", decisions.column("anchor_id"))
     doc_of = _index_of(docs, "doc_id", "doc_idx", decisions.column("doc_id"))
@@ -178,8 +211,9 @@ def _resolve(decisions: pa.Table, *, anchors: pa.Table, docs: pa.Table, pair_key
     for anchor_id, doc_id, decision in zip(*(decisions.column(c).to_pylist() for c in _DECISION_COLUMNS), strict=True):
         latest[(anchor_id, doc_id)] = decision
     counts = {"decisions": len(latest), "is_positive": 0, "is_negative": 0, "drop_pair": 0, "skip": 0, "unmatched": 0}
-    effects: dict[str, list[int]] = {"exclude": [], "drop": [], "extra": [], "confirm": []}
+    effects: dict[str, list[int]] = {"exclude": [], "drop": [], "extra": [], "confirm": [], "restore": []}
     positives = set(pair_keys.tolist())
+    held = set(held_keys.tolist()) - positives
     for (anchor_id, doc_id), decision in latest.items():
         if decision not in ("is_positive", "is_negative", "drop_pair", "skip"):
             raise InputError(f"unknown decision {decision!r} for pair ({anchor_id!r}, {doc_id!r})")
@@ -188,18 +222,20 @@ def _resolve(decisions: pa.Table, *, anchors: pa.Table, docs: pa.Table, pair_key
             continue
         counts[decision] += 1
         key = anchor_of[anchor_id] * n_docs + doc_of[doc_id]
-        for effect in _effects(decision, is_pair=key in positives):
+        for effect in _effects(decision, is_pair=key in positives, is_held_out=key in held):
             effects[effect].append(key)
     counts["applied"] = counts["decisions"] - counts["unmatched"] - counts["skip"]
     arrays = {name: np.unique(np.asarray(keys, np.int64)) for name, keys in effects.items()}
-    return _Keys(arrays["exclude"], arrays["drop"], arrays["extra"], arrays["confirm"], counts)
+    return _Keys(arrays["exclude"], arrays["drop"], arrays["extra"], arrays["confirm"], arrays["restore"], counts)
 
 
-def _effects(decision: str, *, is_pair: bool) -> tuple[str, ...]:
+def _effects(decision: str, *, is_pair: bool, is_held_out: bool) -> tuple[str, ...]:
     """What a decision does to a (anchor, doc): see the module docstring's table."""
     if decision == "drop_pair":
         return ("drop", "exclude")
     if decision == "is_positive":
+        if is_held_out:
+            return ("restore",)
         return () if is_pair else ("exclude", "extra")
     if decision == "is_negative":
         return ("drop",) if is_pair else ("confirm",)

@@ -84,11 +84,18 @@ class BatchedFeedback:
         docs: pa.Table,
         pairs: pa.Table,
         extra_positives: bool = False,
+        held_out: pa.Table | None = None,
     ) -> None:
         from negminer.audit.feedback import apply_decisions
 
         self._apply = lambda table: apply_decisions(
-            table, decisions, anchors=anchors, docs=docs, pairs=pairs, extra_positives=extra_positives
+            table,
+            decisions,
+            anchors=anchors,
+            docs=docs,
+            pairs=pairs,
+            extra_positives=extra_positives,
+            held_out=held_out,
         )
         self._active = decisions.num_rows > 0
         first = self._apply(schema.empty_table())

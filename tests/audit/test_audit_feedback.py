@@ -268,3 +268,27 @@ def test_work_dir_and_version_helpers_find_the_dataset_and_its_database(datasets
         assert result.counts["applied"] == 1 and result.counts["excluded_candidates"] == 1
     elsewhere = feedback_for_work_dir(tmp_path / "work", tables)  # not ROOT/NAME/.work/KEY
     assert elsewhere.candidates is tables["candidates"] and elsewhere.counts["decisions"] == 0
+
+
+def test_a_confirmed_positive_that_curation_held_out_goes_back_into_training(version_dir):
+    anchor_id, doc_id, first = a_positive(version_dir)
+    pairs = read(version_dir, "pairs")
+    is_held = pc.equal(pairs["pair_idx"], first["pair_idx"])
+    held, training = pairs.filter(is_held), pairs.filter(pc.invert(is_held))
+
+    def decide(decision):
+        return apply_decisions(
+            read(version_dir, "candidates"),
+            decisions((anchor_id, doc_id, decision)),
+            anchors=read(version_dir, "anchors"),
+            docs=read(version_dir, "docs"),
+            pairs=training,
+            held_out=held,
+        )
+
+    restored = decide("is_positive")
+    assert restored.pairs.slice(training.num_rows).to_pylist() == held.to_pylist()
+    assert restored.pairs.num_rows == pairs.num_rows and restored.counts["restored_pairs"] == 1
+    for decision in ("is_negative", "drop_pair", "skip"):
+        other = decide(decision)
+        assert other.pairs.equals(training) and other.counts["restored_pairs"] == 0, decision
