@@ -4,10 +4,10 @@ Contract: a flag has a kind (:data:`KINDS`) and the action of that kind's policy
 (:data:`ACTIONS`). ``drop`` removes the pair from the training view, ``quarantine`` keeps it
 out of the training view until an audit decides, ``keep`` leaves it in and only records the
 flag. A reviewer's ``is_positive`` on a dropped or quarantined given positive puts it back
-(:func:`negminer.audit.feedback.apply_decisions`, ``held_out``). A candidate negative that is dropped or quarantined is marked
-``flagged_false_negative`` so selection skips it and takes the next valid candidate; a given
-positive that is dropped or quarantined leaves the training pairs (:func:`training_pairs`).
-The flagged table (``flagged.parquet``) has one row per (pair, kind): see
+(:func:`negminer.audit.feedback.apply_decisions`, ``held_out``). A candidate negative that
+is dropped or quarantined is marked ``flagged_false_negative`` so selection skips it and
+takes the next valid candidate; a given positive that is dropped or quarantined leaves the
+training pairs (:func:`training_pairs`). The flagged table (``flagged.parquet``) has one row per (pair, kind): see
 :func:`flagged_table`.
 """
 
