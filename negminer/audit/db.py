@@ -92,6 +92,9 @@ class FlaggedPair(Base):
         UniqueConstraint("dataset", "version", "anchor_id", "doc_id", "kind", name="uq_audit_flagged_pair"),
         Index("ix_audit_flagged_queue", "dataset", "version", "quality"),
         Index("ix_audit_flagged_pair", "dataset", "anchor_id", "doc_id"),
+        # Reloading a version deletes its rows; AUTOINCREMENT keeps SQLite from handing their ids
+        # to the new rows, so an id a reviewer has on screen never names another pair.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -79,5 +79,5 @@ def test_processes_opening_a_new_database_at_once_migrate_it_once(db_url):
     assert len(set(dialects)) == 1 and dialects[0] in url
     engine = open_db(url)
     with engine.connect() as connection:
-        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [("0001",)]
+        assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [("0002",)]
     engine.dispose()

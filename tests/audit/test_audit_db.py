@@ -38,7 +38,7 @@ def test_new_database_gets_the_schema_in_wal_mode(tmp_path):
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
-    assert upgrade(engine) == "0001"  # idempotent: already at head
+    assert upgrade(engine) == "0002"  # idempotent: already at head
 
 
 def test_opening_waits_out_a_writer_holding_a_new_rollback_journal_database(tmp_path):
@@ -77,8 +77,55 @@ def test_migrations_ship_with_the_package():
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(alembic_config())
-    assert script.get_current_head() == "0001"
+    assert script.get_current_head() == "0002"
     assert script.dir and "negminer" in script.dir
+
+
+def test_upgrading_from_0001_keeps_the_pairs_and_stops_id_reuse(db_url, version_dir):
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from negminer.audit.db import Base, writing
+
+    engine = open_db(db_url, migrate=False)
+    config = alembic_config()
+    with writing(engine).begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    load_version(engine, version_dir)
+    before = {v.pair.id: (v.pair.anchor_id, v.pair.doc_id, v.pair.kind) for v in list_pairs(engine, limit=1000)}
+    assert upgrade(engine) == "0002"
+    assert {v.pair.id: (v.pair.anchor_id, v.pair.doc_id, v.pair.kind) for v in list_pairs(engine, limit=1000)} == before
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            schema = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'audit_flagged'").scalar()
+        assert "AUTOINCREMENT" in schema
+    _reload_reordered(engine, version_dir)
+    assert min(v.pair.id for v in list_pairs(engine, limit=1000)) > max(before)
+    engine.dispose()
+
+
+def test_reloading_a_changed_version_never_reuses_pair_ids(any_engine, version_dir):
+    engine = any_engine
+    load_version(engine, version_dir)
+    before = {v.pair.id for v in list_pairs(engine, limit=1000)}
+    _reload_reordered(engine, version_dir)
+    assert min(v.pair.id for v in list_pairs(engine, limit=1000)) > max(before)
+    stale = min(before)
+    assert get_pair(engine, stale) is None
+    with pytest.raises(InputError, match="no flagged pair"):
+        record_decision(engine, stale, "is_positive", reviewer="ana")
+    assert latest_decisions(engine, DATASET).num_rows == 0
+
+
+def _reload_reordered(engine, version_dir) -> None:
+    """Rewrite flagged.parquet with its rows reversed (a changed file) and reload it."""
+    flagged = pq.read_table(version_dir / "flagged.parquet")
+    pq.write_table(flagged.take(list(range(flagged.num_rows))[::-1]), version_dir / "flagged.parquet")
+    assert load_version(engine, version_dir).loaded
 
 
 def test_bad_url_is_a_config_error():
