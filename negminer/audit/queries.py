@@ -233,6 +233,10 @@ def record_decision(
     *,
     reviewer: str,
     comment: str | None = None,
+    dataset: str | None = None,
+    version: str | None = None,
+    anchor_id: str | None = None,
+    doc_id: str | None = None,
 ) -> int:
     """Append a decision on flagged pair `pair_id`; returns the new decision's id.
 
@@ -242,12 +246,18 @@ def record_decision(
         decision: one of :data:`~negminer.audit.db.DECISIONS`.
         reviewer: who decided (1–100 characters, one line).
         comment: optional free text (at most 2000 characters).
+        dataset: the pair's dataset as the reviewer saw it: refused when `pair_id` now names
+            a pair of another (its version was reloaded since). None: not checked.
+        version: the pair's version as the reviewer saw it, checked the same way.
+        anchor_id: the pair's anchor id as the reviewer saw it, checked the same way.
+        doc_id: the pair's document id as the reviewer saw it, checked the same way.
 
     Raises:
-        InputError: unknown pair or decision, or an invalid reviewer or comment.
+        InputError: unknown pair or decision, `pair_id` naming another pair than the one
+            expected, or an invalid reviewer or comment.
 
     Example:
-        >>> record_decision(engine, 17, "is_positive", reviewer="ana", comment="same finding")  # doctest: +SKIP
+        >>> record_decision(engine, 17, "is_positive", reviewer="ana", anchor_id="42", doc_id="1337")  # doctest: +SKIP
     """
     if decision not in DECISIONS:
         raise InputError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
@@ -256,7 +266,9 @@ def record_decision(
     with Session(writing(engine)) as session, session.begin():
         pair = session.get(FlaggedPair, pair_id)
         if pair is None:
-            raise InputError(f"no flagged pair with id {pair_id}")
+            raise InputError(f"no flagged pair with id {pair_id} (was its version reloaded? look the pair up again)")
+        expected = {"dataset": dataset, "version": version, "anchor_id": anchor_id, "doc_id": doc_id}
+        _check_same_pair(pair, expected)
         row = Decision(
             dataset=pair.dataset,
             anchor_id=pair.anchor_id,
@@ -271,6 +283,18 @@ def record_decision(
         session.add(row)
         session.flush()
         return row.id
+
+
+def _check_same_pair(pair: FlaggedPair, expected: dict[str, str | None]) -> None:
+    """Refuse when `pair` differs from what the reviewer saw under its id (a reloaded version)."""
+    differs = [name for name, value in expected.items() if value is not None and getattr(pair, name) != value]
+    if differs:
+        seen = ", ".join(f"{name} {expected[name]!r}" for name in differs)
+        now = ", ".join(f"{name} {getattr(pair, name)!r}" for name in differs)
+        raise InputError(
+            f"flagged pair {pair.id} is no longer the pair you reviewed ({seen}): its version was reloaded "
+            f"and the id now names {now}. Nothing was recorded: look the pair up again and decide again."
+        )
 
 
 def history(engine: Engine, dataset: str, anchor_id: str, doc_id: str) -> list[Decision]:

@@ -68,6 +68,9 @@ class DecisionForm(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=queries.MAX_COMMENT)
 
     pair_id: int = Field(ge=1)
+    # The pair the page showed: refused if pair_id names another one by now (a reloaded version).
+    anchor_id: str = Field(min_length=1)
+    doc_id: str = Field(min_length=1)
     decision: Literal["is_positive", "is_negative", "drop_pair", "skip"]
     reviewer: str = Field(max_length=queries.MAX_REVIEWER)
     comment: str = ""
@@ -177,6 +180,10 @@ def create_app(engine: Engine, *, token: str | None = None, root: str | Path | N
                 form.decision,
                 reviewer=form.reviewer,
                 comment=form.comment,
+                dataset=form.dataset,
+                version=form.version,
+                anchor_id=form.anchor_id,
+                doc_id=form.doc_id,
             )
         except (ValidationError, NegminerError) as err:
             return _error(templates, 400, _message(err))

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import delete, func, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from negminer.audit.db import Decision, FlaggedPair, LoadedVersion, alembic_config, open_db, upgrade
@@ -255,6 +255,37 @@ def test_newest_decision_wins_and_history_keeps_all(any_engine, version_dir):
     table = latest_decisions(engine, DATASET)
     assert table.to_pylist()[0]["decision"] == "is_negative" and table.num_rows == 1
     assert table.schema.field("decided_at").type == pa.timestamp("s", tz="UTC")
+
+
+def test_a_decision_refuses_an_id_that_now_names_another_pair(any_engine, version_dir):
+    engine = any_engine
+    load_version(engine, version_dir)
+    seen, other = _two_pairs(engine)
+    _give_id_to(engine, other, seen.id)  # what a reload reusing ids did to the pair on screen
+    shown = {"dataset": DATASET, "version": "v0001", "anchor_id": seen.anchor_id, "doc_id": seen.doc_id}
+    with pytest.raises(InputError, match=f"pair {seen.id} is no longer the pair you reviewed"):
+        record_decision(engine, seen.id, "is_positive", reviewer="ana", **shown)
+    assert latest_decisions(engine, DATASET).num_rows == 0
+    now_shown = {**shown, "anchor_id": other.anchor_id, "doc_id": other.doc_id}
+    record_decision(engine, seen.id, "is_positive", reviewer="ana", **now_shown)
+    [row] = latest_decisions(engine, DATASET).to_pylist()
+    assert (row["anchor_id"], row["doc_id"]) == (other.anchor_id, other.doc_id)
+    with pytest.raises(InputError, match="version 'v0002'"):
+        record_decision(engine, seen.id, "skip", reviewer="ana", **{**now_shown, "version": "v0002"})
+
+
+def _two_pairs(engine) -> tuple[FlaggedPair, FlaggedPair]:
+    """Two flagged pairs with different (anchor, doc)."""
+    pairs = [v.pair for v in list_pairs(engine, limit=1000)]
+    other = next(p for p in pairs if (p.anchor_id, p.doc_id) != (pairs[0].anchor_id, pairs[0].doc_id))
+    return pairs[0], other
+
+
+def _give_id_to(engine, pair: FlaggedPair, pair_id: int) -> None:
+    """Delete the row with id `pair_id` and renumber `pair` to it."""
+    with Session(engine) as session, session.begin():
+        session.execute(delete(FlaggedPair).where(FlaggedPair.id == pair_id))
+        session.execute(update(FlaggedPair).where(FlaggedPair.id == pair.id).values(id=pair_id))
 
 
 @pytest.mark.parametrize(

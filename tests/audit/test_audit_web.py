@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from html import unescape
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from negminer.audit.db import FlaggedPair
@@ -30,10 +31,21 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
+def hidden_fields(html: str) -> dict[str, str]:
+    """The hidden inputs of the page's decision form (empty when it shows no pair)."""
+    if 'id="decide"' not in html:
+        return {}
+    decide = html.split('id="decide"')[1].split("</form>")[0]
+    return {name: unescape(value) for name, value in re.findall(r'type="hidden" name="(\w+)" value="([^"]*)"', decide)}
+
+
 def form(client, pair_id: int, decision: str, *, reviewer="ana", comment="", csrf=None, **extra):
     page = client.get(f"/review?dataset={DATASET}&version=v0001").text
+    shown = hidden_fields(client.get(f"/review?dataset={DATASET}&version=v0001&pair={pair_id}").text)
     body = {
         "pair_id": str(pair_id),
+        "anchor_id": shown.get("anchor_id", "unknown"),
+        "doc_id": shown.get("doc_id", "unknown"),
         "decision": decision,
         "reviewer": reviewer,
         "comment": comment,
@@ -88,6 +100,22 @@ def test_a_decision_is_stored_and_the_next_pair_is_shown(client, engine):
     assert f'data-pair-id="{second.id}"' in page
     assert 'value="Ana Díaz"' in page  # the reviewer is remembered (cookie)
     assert "1 / " in page  # progress
+
+
+def test_a_form_whose_pair_id_now_names_another_pair_is_refused(client, engine):
+    seen, other = (v.pair for v in list_pairs(engine, Filters(dataset=DATASET), limit=2))
+    assert (seen.anchor_id, seen.doc_id) != (other.anchor_id, other.doc_id)
+    fields = hidden_fields(client.get(f"/review?dataset={DATASET}&version=v0001&pair={seen.id}").text)
+    assert (fields["pair_id"], fields["anchor_id"], fields["doc_id"]) == (str(seen.id), seen.anchor_id, seen.doc_id)
+    with Session(engine) as session, session.begin():  # a reload reusing ids, while the page is open
+        session.execute(delete(FlaggedPair).where(FlaggedPair.id == seen.id))
+        session.execute(update(FlaggedPair).where(FlaggedPair.id == other.id).values(id=seen.id))
+    response = client.post(
+        "/review/decide", data={**fields, "decision": "is_positive", "reviewer": "ana"}, follow_redirects=False
+    )
+    assert response.status_code == 400
+    assert f"pair {seen.id} is no longer the pair you reviewed" in unescape(response.text)
+    assert history(engine, DATASET, other.anchor_id, other.doc_id) == []
 
 
 def test_text_from_data_and_reviewers_is_escaped(client, engine):
