@@ -228,6 +228,12 @@ def serve(
     token: Annotated[
         str | None, typer.Option("--token", envvar="NEGMINER_AUDIT_TOKEN", help="Access token (16+ characters).")
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host", help="Another name the page is opened by (repeatable); else --host and loopback only."
+        ),
+    ] = None,
 ) -> None:
     """Serve the review page (one flagged pair at a time, keyboard shortcuts, progress, plot)."""
     import uvicorn
@@ -239,4 +245,5 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     suffix = "/?token=…" if token else "/"
     typer.echo(f"review page: http://{shown}:{port}{suffix}  (Ctrl+C stops)", err=True)
-    uvicorn.run(create_app(engine, token=token, root=root), host=host, port=port, log_level="warning")
+    app = create_app(engine, token=token, root=root, host=host, allowed_hosts=allowed_host or ())
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -8,14 +8,20 @@ a per-process CSRF token; JavaScript only adds the keyboard shortcuts.
 
 Access: the server binds to 127.0.0.1 by default. With a token (required to bind anywhere
 else), every request must carry it: ``Authorization: Bearer TOKEN``, the ``negminer_token``
-cookie, or ``?token=TOKEN`` once (which sets the cookie).
+cookie, or ``?token=TOKEN`` once (which sets the cookie). The ``Host`` header must name the
+bound host, a loopback name (``localhost``, ``127.0.0.1``, ``::1``) or an ``allowed_hosts``
+entry (any name on a wildcard bind with a token): a page on another site whose name an attacker
+re-points at 127.0.0.1 (DNS rebinding) reaches the socket but is refused, so it can neither
+read the page nor post decisions.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import secrets
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,6 +61,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_HOST_HEADER = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::\d{1,5})?")
 _STATIC = {"review.css": "text/css; charset=utf-8", "review.js": "text/javascript; charset=utf-8"}
 
 DatasetParam = Annotated[str | None, Query(pattern=queries.DATASET_RE.pattern, max_length=200)]
@@ -98,13 +106,57 @@ def check_binding(host: str, token: str | None) -> None:
         raise ConfigError(f"binding the review page to {host} needs --token (or NEGMINER_AUDIT_TOKEN)")
 
 
-def create_app(engine: Engine, *, token: str | None = None, root: str | Path | None = None) -> FastAPI:
+def host_names(host: str, *, token: str | None = None, allowed_hosts: Iterable[str] = ()) -> frozenset[str] | None:
+    """The names a request's ``Host`` header may carry when the server binds to `host`.
+
+    Loopback names, `host` and `allowed_hosts`, canonical (lowercase, IPv6 without brackets).
+    None (any name) for a wildcard bind (0.0.0.0, ::) with a token and no `allowed_hosts`:
+    the machine answers to names the server cannot know, and the token already keeps out
+    pages of other sites (their requests carry neither it nor its cookie).
+    """
+    allowed = [_canonical(name) for name in allowed_hosts]
+    if token and not allowed and _is_unspecified(host):
+        return None
+    return frozenset([*map(_canonical, LOOPBACK_NAMES), _canonical(host), *allowed])
+
+
+def host_of(header: str) -> str | None:
+    """The host name of a ``Host`` header, canonical and without the port; None if malformed."""
+    match = _HOST_HEADER.fullmatch(header)
+    return _canonical(match["ipv6"] or match["name"]) if match else None
+
+
+def _canonical(name: str) -> str:
+    name = name.strip().strip("[]").lower()
+    try:
+        return ipaddress.ip_address(name).compressed
+    except ValueError:
+        return name
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def create_app(
+    engine: Engine,
+    *,
+    token: str | None = None,
+    root: str | Path | None = None,
+    host: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
+) -> FastAPI:
     """The FastAPI app of the review page over the audit database `engine`.
 
     Args:
         engine: the audit database (:func:`negminer.audit.db.open_db`).
         token: when set, every request must present it (see the module docstring).
         root: a datasets root to load newly flagged versions from when the index is opened.
+        host: the address the server binds to; requests must name it or a loopback name.
+        allowed_hosts: further names the page is opened by (e.g. the machine's DNS name).
 
     Example:
         >>> uvicorn.run(create_app(open_db(default_url("datasets"))), host="127.0.0.1")  # doctest: +SKIP
@@ -118,11 +170,17 @@ def create_app(engine: Engine, *, token: str | None = None, root: str | Path | N
         undefined=jinja2.StrictUndefined,
     )
     templates.filters["num"] = format_number
-    state = _State(engine=engine, token=token, root=Path(root) if root else None, csrf=secrets.token_urlsafe(32))
+    state = _State(
+        engine=engine,
+        token=token,
+        root=Path(root) if root else None,
+        csrf=secrets.token_urlsafe(32),
+        hosts=host_names(host, token=token, allowed_hosts=allowed_hosts),
+    )
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Response:
-        denied = state.check_token(request)
+        denied = state.check_host(request) or state.check_token(request)
         if denied is not None:
             return denied
         response = await call_next(request)
@@ -199,10 +257,23 @@ def create_app(engine: Engine, *, token: str | None = None, root: str | Path | N
 
 
 class _State:
-    """Per-app settings shared by the routes and the token middleware."""
+    """Per-app settings shared by the routes and the guard middleware."""
 
-    def __init__(self, *, engine: Engine, token: str | None, root: Path | None, csrf: str) -> None:
-        self.engine, self.token, self.root, self.csrf = engine, token, root, csrf
+    def __init__(
+        self, *, engine: Engine, token: str | None, root: Path | None, csrf: str, hosts: frozenset[str] | None
+    ) -> None:
+        self.engine, self.token, self.root, self.csrf, self.hosts = engine, token, root, csrf, hosts
+
+    def check_host(self, request: Request) -> Response | None:
+        """None when the ``Host`` header names this server, else a 400 (DNS rebinding guard)."""
+        header = request.headers.get("host", "")
+        if self.hosts is None or host_of(header) in self.hosts:
+            return None
+        message = (
+            f"this page is not served as host {header!r}: open it as {' or '.join(sorted(self.hosts))}, "
+            "or start the server with --allowed-host NAME for another name"
+        )
+        return PlainTextResponse(message, status_code=400, headers=SECURITY_HEADERS)
 
     def check_token(self, request: Request) -> Response | None:
         """None when the request may proceed, else the response that refuses or redirects it."""

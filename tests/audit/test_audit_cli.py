@@ -100,6 +100,21 @@ def test_load_command_and_explicit_db_url(datasets_root, version_dir, tmp_path):
     assert not (datasets_root / "audit.db").exists()
 
 
+def test_serve_answers_to_its_host_loopback_and_allowed_names_only(cli, monkeypatch):
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    token = "t0ken-for-tests-0123456789"
+    cli("serve", "--host", "192.0.2.7", "--token", token, "--allowed-host", "review.example")
+    assert served["host"] == "192.0.2.7"
+    answers = {"192.0.2.7:8765": 200, "review.example": 200, "localhost": 200, "evil.example": 400}
+    with TestClient(served["app"], headers={"authorization": f"Bearer {token}"}) as client:
+        for host, status in answers.items():
+            assert client.get("/healthz", headers={"host": host}).status_code == status, host
+
+
 def test_errors_are_one_line_on_stderr(datasets_root):
     env = {**os.environ, "NEGMINER_AUDIT_DB": f"sqlite:///{datasets_root / 'audit.db'}"}
     for args, message in (

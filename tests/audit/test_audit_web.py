@@ -193,6 +193,51 @@ def test_token_is_required_when_set(engine, version_dir):
         assert anonymous.get(response.headers["location"]).status_code == 200  # the cookie now carries it
 
 
+def test_a_page_on_another_host_name_is_refused(engine, version_dir):
+    """DNS rebinding: attacker.example re-pointed at 127.0.0.1 reaches the socket, not the page."""
+    load_version(engine, version_dir)
+    pair = list_pairs(engine, Filters(dataset=DATASET), limit=1)[0].pair
+    app = create_app(engine)
+    with TestClient(app, base_url="http://127.0.0.1") as own:
+        csrf = csrf_of(own.get(f"/review?dataset={DATASET}&version=v0001").text)
+    with TestClient(app, base_url="http://attacker.example:8765") as rebound:
+        page = rebound.get(f"/review?dataset={DATASET}&version=v0001")
+        assert page.status_code == 400 and "not served as host 'attacker.example:8765'" in page.text
+        assert 'name="csrf"' not in page.text
+        assert form(rebound, pair.id, "drop_pair", csrf=csrf).status_code == 400  # even with a valid token
+    assert history(engine, DATASET, pair.anchor_id, pair.doc_id) == []
+
+
+@pytest.mark.parametrize(
+    ("bound", "host", "allowed"),
+    [
+        ("127.0.0.1", "127.0.0.1:8765", True),
+        ("127.0.0.1", "localhost:8765", True),
+        ("127.0.0.1", "[::1]:8765", True),
+        ("127.0.0.1", "LOCALHOST", True),
+        ("127.0.0.1", "localhost.attacker.example", False),
+        ("127.0.0.1", "attacker.example@127.0.0.1", False),
+        ("127.0.0.1", "127.0.0.1:8765/x", False),
+        ("127.0.0.1", "", False),
+        ("::1", "[0:0:0:0:0:0:0:1]:8765", True),
+        ("192.0.2.7", "192.0.2.7:8765", True),
+        ("192.0.2.7", "review.example", False),
+        ("0.0.0.0", "review.example", True),  # a wildcard bind with a token: the token guards it
+    ],
+)
+def test_host_header_must_name_the_bound_host_or_loopback(engine, bound, host, allowed):
+    app = create_app(engine, token=TOKEN, host=bound)
+    with TestClient(app, base_url="http://127.0.0.1", headers={"authorization": f"Bearer {TOKEN}"}) as client:
+        assert client.get("/healthz", headers={"host": host}).status_code == (200 if allowed else 400)
+
+
+def test_allowed_hosts_add_names(engine):
+    app = create_app(engine, token=TOKEN, host="0.0.0.0", allowed_hosts=["Review.Example"])
+    with TestClient(app, base_url="http://review.example", headers={"authorization": f"Bearer {TOKEN}"}) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz", headers={"host": "other.example"}).status_code == 400
+
+
 def test_binding_beyond_loopback_needs_a_token():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1")
