@@ -64,7 +64,8 @@ def health_warnings(manifest: dict[str, Any]) -> list[str]:
     """What in a version's counts deserves a look before training on it; empty when nothing does.
 
     Rejected input rows, anchors left short of negatives, given positives left out as
-    false positives, and texts truncated by the model, each above its share (module constants).
+    false positives, and texts truncated by the model, each above its share (module constants);
+    and a curation that judged nothing (its cross-validation had too few folds).
 
     Example:
         >>> health_warnings({"counts": {"anchors": 100, "anchors_short": 20}, "config": {}})[0][:28]
@@ -76,6 +77,7 @@ def health_warnings(manifest: dict[str, Any]) -> list[str]:
         *_rejected_warning(counts),
         *_short_anchors_warning(counts, config.get("mine", {})),
         *_excluded_pairs_warning(counts.get("curation") or {}, config.get("curate", {})),
+        *_curation_skipped_warning(counts.get("curation") or {}, manifest.get("noise") or {}),
         *_truncated_warning(counts.get("embedding") or {}),
     ]
 
@@ -109,6 +111,12 @@ def _excluded_pairs_warning(curation: dict[str, Any], curate: dict[str, Any]) ->
         "model's notion of relevance (topical labels) rather than wrong; audit a sample "
         "(negminer audit list --kind false_positive) or set curate.false_positive_action: keep"
     ]
+
+
+def _curation_skipped_warning(curation: dict[str, Any], noise: dict[str, Any]) -> list[str]:
+    if not curation.get("skipped"):
+        return []
+    return [noise.get("skipped") or "curation judged nothing (too few cross-validation folds): nothing flagged"]
 
 
 def _share_above(part: int, whole: int, limit: float) -> bool:

@@ -86,3 +86,13 @@ def test_report_lists_warnings_at_the_top(tmp_path: Path) -> None:
     assert sections[2] == "## Warnings" and sections[3].startswith("- curation left 50 of 100 given positives")
     quiet = run_report(write_version(tmp_path, "clean", tables={}, manifest=_curation_manifest(excluded=1, scored=100)))
     assert quiet.warnings == [] and "## Warnings" not in quiet.markdown
+
+
+def test_a_curation_that_judged_nothing_warns_with_its_reason() -> None:
+    reason = "curation needs anchors in at least 2 cross-validation folds, ...: nothing judged"
+    manifest = _curation_manifest(excluded=0, scored=1)
+    manifest["counts"]["curation"]["skipped"] = 1
+    manifest["noise"] = {"skipped": reason}
+    assert health_warnings(manifest) == [reason]
+    manifest["counts"]["curation"]["skipped"] = 0
+    assert health_warnings(manifest) == []

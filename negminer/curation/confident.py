@@ -113,6 +113,25 @@ def out_of_sample_probabilities(
     return np.column_stack([1.0 - relevant, relevant])
 
 
+def folds_can_train(labels: np.ndarray, folds: np.ndarray) -> bool:
+    """Whether every fold's training split (the other folds) holds both labels.
+
+    Otherwise :func:`out_of_sample_probabilities` predicts a constant prior for that fold,
+    and cleanlab's verdicts on it are arbitrary.
+
+    Example:
+        >>> folds_can_train(np.array([1, 0, 1, 0]), np.array([0, 0, 1, 1]))
+        True
+        >>> folds_can_train(np.array([1, 0, 1, 0]), np.zeros(4, np.int64))
+        False
+    """
+    for fold in np.unique(folds):
+        train = labels[folds != fold]
+        if not ((train == 0).any() and (train == 1).any()):
+            return False
+    return True
+
+
 def informative_columns(features: np.ndarray) -> np.ndarray:
     """Indices of the columns with at least two distinct finite values (others carry nothing)."""
     keep = []

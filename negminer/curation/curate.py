@@ -13,7 +13,14 @@ document vectors and texts, and returns a :class:`CurationResult`:
   ``false_positive_action``, and ``excluded_pairs`` (those of them to leave out of training);
 * ``flagged``: the audit table for ``flagged.parquet`` (:func:`negminer.curation.policy.flagged_table`);
 * ``pair_scores``: ``pair_idx``, ``relevance`` and ``quality`` of every given pair;
-* ``counts`` (rows scored, flags by kind, exclusions) and ``noise`` (cleanlab's estimates).
+* ``counts`` (rows scored, flags by kind, exclusions, ``skipped``) and ``noise`` (cleanlab's
+  estimates).
+
+When the anchor-grouped cross-validation cannot train (every anchor in one fold: a single
+anchor, one anchor family, or a few anchors that hash alike), curation refuses to judge
+rather than flag by chance: no ``false_negative`` or ``false_positive`` flags (near-duplicates,
+which need no model, are still flagged), ``relevance`` is null, ``counts["skipped"]`` is 1,
+``noise["skipped"]`` says why, and a warning is logged.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from negminer.curation.confident import (
     LabelIssues,
     anchor_folds,
     find_issues,
+    folds_can_train,
     out_of_sample_probabilities,
     second_view_adjust,
 )
@@ -65,6 +73,7 @@ class Scored(NamedTuple):
     quality: np.ndarray
     flags: dict[str, np.ndarray]
     noise: dict[str, Any]
+    skipped: str | None = None  # why no model judged the rows (see _fold_shortfall); None when they were
 
 
 _CANDIDATE_COLUMNS = set(CANDIDATE_SCHEMA.names)  # the search stage's contract
@@ -170,6 +179,10 @@ def score_pairs(
     matrix = np.column_stack(list(features.values()))
     duplicate, positive_sim = near_duplicates(rows, positives, doc_vectors, threshold=config.near_duplicate_threshold)
     features["positive_similarity"] = positive_sim
+    shortfall = _fold_shortfall(rows, folds, family)
+    if shortfall is not None:
+        logger.warning(shortfall)
+        return _unjudged(rows, features, duplicate, shortfall)
     weight = np.where(rows.tail, max(1.0, (len(doc_vectors) - config.max_rank) / max(config.tail_samples, 1)), 1.0)
     window = ~rows.tail & (rows.rank < config.max_rank)
     negative_side = _judge(matrix, rows, folds, config, positive_sim=positive_sim, scope=window)
@@ -196,6 +209,32 @@ def score_pairs(
         "population_side": population.issues.noise,
     }
     return Scored(rows, features, relevance, negative_side.relevance, quality, flags, noise)
+
+
+def _fold_shortfall(rows: PairRows, folds: np.ndarray, family: np.ndarray) -> str | None:
+    """Why the cross-validation cannot judge these rows, or None when it can."""
+    if folds_can_train(rows.label, folds):
+        return None
+    anchors = np.unique(rows.anchor[rows.label == 1])
+    n_folds = len(np.unique(folds[rows.label == 1]))
+    return (
+        "curation needs anchors in at least 2 cross-validation folds, each holding given positives and "
+        f"candidates; got {len(anchors)} anchor(s) with {len(np.unique(family[anchors]))} distinct text(s) "
+        f"in {n_folds} fold(s): nothing judged (no false_negative or false_positive flags; only near-duplicates, "
+        "which need no model, are flagged)"
+    )
+
+
+def _unjudged(rows: PairRows, features: dict[str, np.ndarray], duplicate: np.ndarray, reason: str) -> Scored:
+    """Scored rows without a model's verdict: unknown relevance and quality, near-duplicate flags only."""
+    unknown = np.full(len(rows.label), np.nan)
+    flags = {
+        "false_negative": duplicate.copy(),
+        "false_positive": np.zeros(len(rows.label), bool),
+        "near_duplicate": duplicate,
+    }
+    noise = {"negatives_relevant": None, "positives_irrelevant": None, "skipped": reason}
+    return Scored(rows, features, unknown, unknown.copy(), unknown.copy(), flags, noise, skipped=reason)
 
 
 class _Judgement(NamedTuple):
@@ -357,13 +396,15 @@ def apply_policies(
         **{kind: int(flag.sum()) for kind, flag in flags.items()},
         "negatives_excluded": int(exclude_row.sum()),
         "pairs_excluded": len(excluded_pairs),
+        "skipped": int(scored.skipped is not None),
     }
     is_pair = rows.label == 1
     pair_scores = pa.table(
         {
             "pair_idx": pa.array(rows.pair_idx[is_pair].astype(np.int32)),
-            "relevance": pa.array(scored.relevance[is_pair].astype(np.float32)),
-            "quality": pa.array(scored.quality[is_pair].astype(np.float32)),
+            # NaN (not judged) becomes null
+            "relevance": pa.array(scored.relevance[is_pair].astype(np.float32), from_pandas=True),
+            "quality": pa.array(scored.quality[is_pair].astype(np.float32), from_pandas=True),
         }
     )
     return CurationResult(
@@ -379,7 +420,7 @@ def _annotate(candidates: pa.Table, rows: PairRows, relevance: np.ndarray, exclu
     flagged = np.zeros(n, bool)
     retrieved = rows.candidate_row >= 0
     rel[rows.candidate_row[retrieved]] = relevance[retrieved]
-    has[rows.candidate_row[retrieved]] = True
+    has[rows.candidate_row[retrieved]] = np.isfinite(relevance[retrieved])  # NaN: not judged
     flagged[rows.candidate_row[retrieved]] = exclude_row[retrieved]
     out = candidates.append_column("relevance", pa.array(rel, mask=~has))
     return out.append_column("flagged_false_negative", pa.array(flagged))

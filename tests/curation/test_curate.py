@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -136,3 +138,45 @@ def test_pipeline_config_has_a_curate_section():
     assert config.curate.max_rank == 30
     with pytest.raises(ConfigError, match=r"curate\.false_negative_action"):
         PipelineConfig.from_dict({"curate": {"false_negative_action": "ignore"}})
+
+
+def _assert_not_judged(result) -> None:
+    assert result.counts["false_negative"] == result.counts["near_duplicate"]  # the model-free flags only
+    assert result.counts["false_positive"] == 0 and len(result.excluded_pairs) == 0
+    assert result.counts["skipped"] == 1
+    assert result.candidates.column("relevance").null_count == result.candidates.num_rows
+    assert result.pair_scores.column("relevance").null_count == result.pair_scores.num_rows
+
+
+def test_one_anchor_family_is_not_judged_by_chance(world, caplog):
+    # Equal anchor texts make one family, so every anchor falls into one fold: no training split.
+    kwargs = world.kwargs() | {"anchor_texts": ["the same question"] * len(world.anchor_texts)}
+    with caplog.at_level(logging.WARNING, logger="negminer.curation.curate"):
+        result = curate_candidates(world.candidates, **kwargs)
+    _assert_not_judged(result)
+    assert result.counts["near_duplicate"] == 1  # the planted paraphrase needs no model
+    assert f"got {len(world.anchor_texts)} anchor(s) with 1 distinct text(s) in 1 fold(s)" in caplog.text
+    assert result.noise["skipped"] in caplog.text
+
+
+def test_a_single_anchor_is_not_judged_by_chance(world):
+    anchor = 5  # its candidates, renumbered as anchor 0 of a one-anchor run
+    mine = world.candidates.filter(pc.equal(world.candidates.column("anchor_idx"), anchor))
+    mine = mine.set_column(0, "anchor_idx", pa.array(np.zeros(mine.num_rows, np.int32)))
+    positive = world.pairs.column("doc_idx")[anchor].as_py()
+    result = curate_candidates(
+        mine,
+        pairs=pa.table(
+            {
+                "pair_idx": pa.array([0], pa.int32()),
+                "anchor_idx": pa.array([0], pa.int32()),
+                "doc_idx": pa.array([positive], pa.int32()),
+            }
+        ),
+        anchor_vectors=world.anchor_vectors[anchor : anchor + 1],
+        doc_vectors=world.doc_vectors,
+        anchor_texts=world.anchor_texts[anchor : anchor + 1],
+        doc_texts=world.doc_texts,
+    )
+    _assert_not_judged(result)
+    assert not pc.any(result.candidates.column("flagged_false_negative")).as_py()
