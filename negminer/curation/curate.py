@@ -260,6 +260,11 @@ def _judge(
         prob = _with_second_view(prob, positive_sim, rows, config.max_rank)
     prob = balance_prior(prob, rows.label, weight)
     scope = np.ones(len(prob), bool) if scope is None else scope
+    quality = np.where(rows.label == 1, prob, 1.0 - prob)
+    missing = _missing_label(rows.label[scope], config.max_rank)
+    if missing is not None:
+        logger.warning(missing)
+        return _Judgement(prob, LabelIssues(np.zeros(len(prob), bool), quality, dict(_NO_NOISE)))
     found = find_issues(
         rows.label[scope],
         np.column_stack([1.0 - prob, prob])[scope],
@@ -268,9 +273,22 @@ def _judge(
     )
     is_issue = np.zeros(len(prob), bool)
     is_issue[scope] = found.is_issue
-    quality = np.where(rows.label == 1, prob, 1.0 - prob)
     quality[scope] = found.quality
     return _Judgement(prob, LabelIssues(is_issue, quality, found.noise))
+
+
+_NO_NOISE = {"negatives_relevant": None, "positives_irrelevant": None}  # cleanlab had nothing to estimate from
+
+
+def _missing_label(scoped_labels: np.ndarray, max_rank: int) -> str | None:
+    """Why cleanlab cannot judge the scored window (it needs both labels), or None when it can."""
+    if (scoped_labels == 1).any() and (scoped_labels == 0).any():
+        return None
+    missing = "given positive" if (scoped_labels == 0).any() else "candidate"
+    return (
+        f"no {missing} ranks below max_rank={max_rank}: no candidate-side label issues (cleanlab needs "
+        "both labels there); candidates keep the model's relevance"
+    )
 
 
 def balance_prior(prob: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:

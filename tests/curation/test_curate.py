@@ -180,3 +180,16 @@ def test_a_single_anchor_is_not_judged_by_chance(world):
     )
     _assert_not_judged(result)
     assert not pc.any(result.candidates.column("flagged_false_negative")).as_py()
+
+
+def test_no_given_positive_in_the_window_leaves_the_candidates_to_the_model(world, caplog):
+    # Positives the search did not retrieve rank at the table's depth (41), beyond max_rank.
+    unretrieved = world.candidates.filter(pc.invert(world.candidates.column("is_positive")))
+    with caplog.at_level(logging.WARNING, logger="negminer.curation.curate"):
+        result = curate_candidates(unretrieved, **world.kwargs(), config=CurateConfig(max_rank=30))
+    assert result.counts["false_negative"] == result.counts["near_duplicate"] == 1  # the planted paraphrase
+    assert result.noise["negatives_relevant"] is None
+    assert WRONG_PAIR in result.false_positive_pairs.tolist()  # the population side still judges
+    in_window = pc.less(unretrieved.column("rank"), 30)
+    assert result.candidates.filter(in_window).column("relevance").null_count == 0
+    assert "no given positive ranks below max_rank=30" in caplog.text
