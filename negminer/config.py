@@ -56,6 +56,10 @@ STRATEGY_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Seeds are mixed as unsigned 64-bit integers (negminer.mining.strategies.pair_priority).
+_SEED_MAX = 2**64 - 1
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -162,7 +166,7 @@ class MineConfig(_Frozen):
     simans_b: float = Field(-0.1, description="SimANS offset b: the peak sits at positive + b.")
     output_format: OutputFormat = "triplet"
     output_scores: bool = Field(False, description="Also write scored.parquet: the training view plus a scores column.")
-    seed: int = 12
+    seed: int = Field(12, ge=0, le=_SEED_MAX, description="Seed of the sampling (a non-negative integer).")
     audit_extra_positives: bool = Field(
         False, description="A document a reviewer confirmed relevant (negminer audit) becomes an extra positive."
     )
@@ -250,7 +254,9 @@ class CurateConfig(_Frozen):
     batched_above: int = Field(
         5_000_000, ge=1, description="Rows above which find_label_issues runs batched (find_label_issues rule)."
     )
-    seed: int = 12
+    seed: int = Field(
+        12, ge=0, le=_SEED_MAX, description="Seed of the folds, tail samples and classifier (a non-negative integer)."
+    )
 
 
 class IndexConfig(_Frozen):
