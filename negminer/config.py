@@ -212,7 +212,12 @@ class CurateConfig(_Frozen):
     """
 
     enabled: bool = Field(True, description="Run the curation stage between search and select.")
-    max_rank: int = Field(100, ge=1, description="Candidates with raw rank below this are scored and can be flagged.")
+    max_rank: int = Field(
+        100,
+        ge=1,
+        description="Candidates with raw rank below this are scored and can be flagged; the table is "
+        "search_depth + the most positives of an anchor deep, and deeper rows are not judged.",
+    )
     tail_samples: int = Field(
         50, ge=0, description="Random documents per anchor from outside the window, as label-0 rows."
     )

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
 from negminer.curation.confident import (
@@ -112,6 +113,7 @@ def curate_candidates(
         >>> result.counts["false_negative"]  # doctest: +SKIP
     """
     _validate(candidates, pairs, anchor_vectors, doc_vectors, anchor_texts, doc_texts)
+    _log_beyond_window(candidates, config.max_rank)
     start = time.perf_counter()
     scored = score_pairs(
         candidates,
@@ -125,6 +127,27 @@ def curate_candidates(
     result = apply_policies(scored, candidates, config=config, anchor_ids=anchor_ids, doc_ids=doc_ids)
     logger.info("curation: %s in %.1fs", result.counts, time.perf_counter() - start)
     return result
+
+
+def _log_beyond_window(candidates: pa.Table, max_rank: int) -> None:
+    """Say how many candidates curation leaves unjudged: the table is deeper than the search
+    depth by the largest number of positives per anchor family, so max_rank = search depth
+    leaves its last ranks unscored, and selection may still take them."""
+    rank = candidates.column("rank")
+    beyond = pc.and_(pc.greater_equal(rank, max_rank), pc.invert(candidates.column("is_positive")))
+    count = pc.sum(beyond).as_py() or 0
+    if count:
+        depth = pc.max(rank).as_py() + 1
+        logger.info(
+            "curation: %d of %d candidate rows (positives aside) rank at or beyond max_rank=%d in a table %d ranks "
+            "deep; the model does not judge them and they stay eligible as negatives "
+            "(curate.max_rank: %d judges every row)",
+            count,
+            candidates.num_rows,
+            max_rank,
+            depth,
+            depth,
+        )
 
 
 def score_pairs(

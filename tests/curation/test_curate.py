@@ -193,3 +193,17 @@ def test_no_given_positive_in_the_window_leaves_the_candidates_to_the_model(worl
     in_window = pc.less(unretrieved.column("rank"), 30)
     assert result.candidates.filter(in_window).column("relevance").null_count == 0
     assert "no given positive ranks below max_rank=30" in caplog.text
+
+
+def test_candidates_beyond_max_rank_are_counted_in_the_log(world, caplog):
+    rank = world.candidates.column("rank")
+    depth = pc.max(rank).as_py() + 1  # search depth 40 + 1 positive per anchor
+    beyond = pc.and_(pc.greater_equal(rank, 30), pc.invert(world.candidates.column("is_positive")))
+    with caplog.at_level(logging.INFO, logger="negminer.curation.curate"):
+        curate_candidates(world.candidates, **world.kwargs(), config=CurateConfig(max_rank=30))
+    expected = f"{pc.sum(beyond).as_py()} of {world.candidates.num_rows} candidate rows (positives aside)"
+    assert expected in caplog.text and f"curate.max_rank: {depth} judges every row" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="negminer.curation.curate"):
+        curate_candidates(world.candidates, **world.kwargs(), config=CurateConfig(max_rank=depth))
+    assert "beyond max_rank" not in caplog.text
