@@ -95,10 +95,14 @@ def latest_version(dataset_dir: str | Path) -> str | None:
 
 
 def read_manifest(version_dir: str | Path) -> dict[str, Any]:
+    """The version's manifest; StorageError when it is missing or not valid JSON."""
     path = Path(version_dir) / MANIFEST
     if not path.exists():
         raise StorageError(f"{version_dir}: not a complete dataset version (no {MANIFEST})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise StorageError(f"{path}: corrupt manifest ({err})") from err
 
 
 def write_version(
@@ -184,7 +188,7 @@ def verify_version(version_dir: str | Path) -> list[str]:
     version_dir = Path(version_dir)
     try:
         manifest = read_manifest(version_dir)
-    except (StorageError, json.JSONDecodeError) as err:
+    except StorageError as err:
         return [str(err)]
     problems = []
     for fname, info in manifest.get("files", {}).items():

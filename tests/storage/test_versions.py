@@ -204,6 +204,15 @@ def test_verify_without_manifest(tmp_path):
         read_manifest(path)
 
 
+def test_a_corrupt_manifest_is_a_storage_error_naming_the_file(tmp_path):
+    path = write_version(tmp_path, "ds", tables=tables(), manifest={})
+    (path / "manifest.json").write_text('{"version": "v0001", ')
+    with pytest.raises(StorageError, match=r"manifest\.json.*line 1 column"):
+        read_manifest(path)
+    problems = verify_version(path)
+    assert len(problems) == 1 and str(path / "manifest.json") in problems[0]
+
+
 def _writer(root: str, writer: int, barrier) -> None:
     barrier.wait()
     for i in range(3):
