@@ -95,6 +95,10 @@ def mine(
 ) -> None:
     """Embed, mine hard negatives and write a dataset version; prints its path last."""
     from negminer.config import PipelineConfig
+    from negminer.storage.versions import check_dataset_name
+
+    name = name or _default_name(pairs)
+    check_dataset_name(name)
 
     overrides = {
         "mine.num_negatives": num_negatives,
@@ -113,7 +117,7 @@ def mine(
     version = run_mine(
         str(pairs),
         str(out),
-        name or _default_name(pairs),
+        name,
         corpus=str(corpus) if corpus else None,
         config=pipeline,
         store=str(store) if store else None,
@@ -161,7 +165,10 @@ def refilter(
     """Derive a new version from VERSION's stored candidates, without embedding or searching; prints its path last."""
     from negminer.refilter import refilter as refilter_version
     from negminer.refilter import refilter_config
+    from negminer.storage.versions import check_dataset_name
 
+    if name is not None:
+        check_dataset_name(name)
     settings = refilter_config(version, config, strategy=strategy, num_negatives=num_negatives)
     result = refilter_version(version, mine=settings, root=out, name=name)
     typer.echo(

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from negminer.config import MineConfig, PipelineConfig, read_yaml_sections
 from negminer.errors import ConfigError, StorageError
 from negminer.storage.atomic import sha256_file
-from negminer.storage.versions import MANIFEST, read_manifest, verify_version, write_version
+from negminer.storage.versions import MANIFEST, check_dataset_name, read_manifest, verify_version, write_version
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +117,10 @@ def refilter(
     """
     start = time.perf_counter()
     version_dir = Path(version_dir)
+    name = name or version_dir.parent.name
+    check_dataset_name(name)
     manifest = _checked_manifest(version_dir, mine)
     root = Path(root) if root is not None else version_dir.parent.parent
-    name = name or version_dir.parent.name
     scratch = _scratch_dir(root / name)
     try:
         derived, audit_counts = _derive(version_dir, scratch, mine, batch_rows=batch_rows)

@@ -173,3 +173,24 @@ def test_precision_option_reaches_the_config(tmp_path: Path, sample_dir: Path) -
 def test_help_lists_mine() -> None:
     result = run_cli("--help")
     assert result.returncode == 0 and "mine" in result.stdout
+
+
+def test_a_bad_dataset_name_is_refused_before_any_work(tmp_path: Path, sample_dir: Path, monkeypatch) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    import negminer.flows.mine
+    from negminer.cli import app
+    from negminer.errors import ConfigError
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("run_mine was called with a bad dataset name")
+
+    monkeypatch.setattr(negminer.flows.mine, "run_mine", unreachable)
+    pairs = tmp_path / "pairs (1).parquet"  # the default name is the file's stem
+    shutil.copyfile(sample_dir / "pairs.parquet", pairs)
+    result = CliRunner().invoke(app, ["mine", str(pairs), "--out", str(tmp_path / "out")])
+    assert isinstance(result.exception, ConfigError), result.exception
+    assert str(result.exception) == "dataset name 'pairs (1)' must be letters, digits, '.', '_' or '-'"
+    assert not (tmp_path / "out").exists()

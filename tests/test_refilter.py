@@ -21,7 +21,7 @@ from negminer import stages
 from negminer.config import MineConfig, PipelineConfig
 from negminer.errors import ConfigError, StorageError
 from negminer.refilter import refilter, refilter_config
-from negminer.storage.versions import latest_version, read_manifest, verify_version, write_version
+from negminer.storage.versions import latest_version, list_versions, read_manifest, verify_version, write_version
 
 DEPTH = 20
 
@@ -174,6 +174,18 @@ def test_an_unsound_or_incomplete_version_is_refused(version: Path, tmp_path: Pa
     bare = write_version(tmp_path / "bare", "toy", tables={"triplets": pa.table({"a": [1]})}, manifest={})
     with pytest.raises(StorageError, match=r"candidates\.parquet"):
         refilter(bare, mine=MineConfig())
+
+
+def test_a_bad_dataset_name_is_refused_before_any_work(version: Path):
+    from negminer.cli import app
+
+    root = version.parent.parent
+    with pytest.raises(ConfigError, match=r"dataset name 'pairs \(1\)' must be letters"):
+        refilter(version, mine=refilter_config(version), name="pairs (1)")
+    result = CliRunner().invoke(app, ["refilter", str(version), "--name", "a/b"])
+    assert isinstance(result.exception, ConfigError), result.exception
+    assert sorted(p.name for p in root.iterdir()) == ["toy"]
+    assert list_versions(version.parent) == [version.name]
 
 
 def test_cli_refilter_prints_the_new_version_last(version: Path, tmp_path: Path):

@@ -30,6 +30,7 @@ from negminer import stages
 from negminer.config import CurateConfig, EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
 from negminer.errors import ConfigError, NegminerError, StorageError
 from negminer.storage.retention import work_lock
+from negminer.storage.versions import check_dataset_name
 
 # The parent run's work folder only says where an index may be extended from: the index
 # built either way is the same, so it is not part of the cache key.
@@ -250,6 +251,7 @@ def mine_flow(
     store: str | None = None,
 ) -> str:
     """Mine hard negatives for `pairs` (against `corpus`) into a new version of `out`/`name`."""
+    check_dataset_name(name)
     logger = get_run_logger()
     work_dir = stages.work_dir_for(out, name, pairs=pairs, corpus=corpus, config=config)
     store_root = store or str(Path(out) / ".embeddings")
@@ -371,6 +373,7 @@ def run_mine(
     dask_workers: int | None = None,
 ) -> str:
     """Run :func:`mine_flow`, on a Dask cluster when `dask_address` or `dask_workers` is given."""
+    check_dataset_name(name)
     parameters = {"pairs": pairs, "out": out, "name": name, "corpus": corpus, "config": config, "store": store}
     if dask_address is None and dask_workers is None:
         stages.preload_model(config.embed)  # overlaps Prefect's server start

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negminer import __version__
-from negminer.errors import StorageError
+from negminer.errors import ConfigError, StorageError
 from negminer.storage.atomic import sha256_file, write_bytes_atomic, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 _STAGING_RE = re.compile(r"^\.staging-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{12}$")
 
@@ -78,6 +79,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def dataset_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a dataset folder under ROOT, or None when it can."""
+    if _NAME_RE.fullmatch(name):
+        return None
+    return f"dataset name {name!r} must be letters, digits, '.', '_' or '-'"
+
+
+def check_dataset_name(name: str) -> None:
+    """Raise ConfigError unless `name` can name a dataset: entry points call it before any work.
+
+    Example:
+        >>> check_dataset_name("scifact-v2")
+    """
+    if problem := dataset_name_problem(name):
+        raise ConfigError(problem)
 
 
 def list_versions(dataset_dir: str | Path) -> list[str]:
@@ -132,8 +150,8 @@ def write_version(
     Example:
         >>> write_version("datasets", "scifact", tables={"triplets": t}, manifest={})  # doctest: +SKIP
     """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise StorageError(f"dataset name {name!r} must be letters, digits, '.', '_' or '-'")
+    if problem := dataset_name_problem(name):
+        raise StorageError(problem)
     dataset_dir = Path(root) / name
     dataset_dir.mkdir(parents=True, exist_ok=True)
     staging = dataset_dir / f".staging-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"

@@ -209,6 +209,16 @@ def test_retries_only_io_errors() -> None:
     }
 
 
+def test_a_bad_dataset_name_is_refused_before_any_work(tiny_inputs, tmp_path) -> None:
+    from negminer.errors import ConfigError
+    from negminer.flows.mine import mine_flow
+
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"dataset name 'pairs \(1\)' must be letters"):
+        mine_flow.fn(str(tiny_inputs["pairs40"]), str(out), "pairs (1)", corpus=str(tiny_inputs["corpus"]))
+    assert not out.exists()
+
+
 def test_artifact_keys_are_valid() -> None:
     from negminer.flows.mine import artifact_key
 
