@@ -10,6 +10,8 @@ the model are the parent's and cannot change here: that needs a new ``mine`` run
 Files of the parent that selection does not produce (``anchors``, ``docs``, ``pairs``,
 ``rejects``, curation's ``flagged``, …) are carried over unchanged; curation flags on the
 candidate table (``flagged_false_negative``, ``excluded_by_audit``) keep dropping their rows.
+The manifest's ``changes`` compare the new version with that parent, and its embedding counts
+say nothing was embedded.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import pyarrow.parquet as pq
 from negminer.config import MineConfig, PipelineConfig, read_yaml_sections
 from negminer.errors import ConfigError, StorageError
 from negminer.storage.atomic import sha256_file
+from negminer.storage.lineage import lineage_tables, version_changes
 from negminer.storage.versions import MANIFEST, check_dataset_name, read_manifest, verify_version, write_version
 
 logger = logging.getLogger(__name__)
@@ -125,14 +128,18 @@ def refilter(
     try:
         derived, audit_counts = _derive(version_dir, scratch, mine, batch_rows=batch_rows)
         carried = {s: version_dir / f"{s}.parquet" for s in _stems(manifest) if s not in DERIVED_FILES}
+        files = {**carried, **derived.paths}
         new_manifest = _child_manifest(manifest, version_dir, mine, derived, time.perf_counter() - start)
         new_manifest["counts"]["audit"] = audit_counts
+        new_manifest["changes"] = version_changes(
+            version_dir, tables=lineage_tables(files), score_quantiles=derived.score_quantiles
+        )
         same_dataset = root.resolve() / name == version_dir.parent.resolve()
         path = write_version(
             root,
             name,
             tables={},
-            files={**carried, **derived.paths},
+            files=files,
             manifest=new_manifest,
             parent=version_dir.name if same_dataset else str(version_dir.resolve()),
         )
@@ -235,6 +242,8 @@ def _child_manifest(
     manifest = {k: v for k, v in parent.items() if k not in _MANIFEST_OWN}
     manifest["config"] = {**parent["config"], "mine": mine.model_dump(mode="json")}
     manifest["counts"] = {**parent.get("counts", {}), **derived.counts}
+    if embedding := manifest["counts"].get("embedding"):
+        manifest["counts"]["embedding"] = _nothing_embedded(embedding)
     manifest["score_quantiles"] = derived.score_quantiles
     manifest["selection"] = derived.selection
     manifest["derived_from"] = {
@@ -245,3 +254,15 @@ def _child_manifest(
         "seconds": round(seconds, 3),
     }
     return manifest
+
+
+def _nothing_embedded(embedding: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The parent's embedding tallies with every text reused: refilter embeds nothing.
+
+    The other keys (``rows``, ``truncated``) stay: the version's scores still come from those
+    vectors, so the report's truncation warning still applies.
+    """
+    return {
+        stem: {**tally, "embedded": 0, "reused": tally.get("reused", 0) + tally.get("embedded", 0)}
+        for stem, tally in embedding.items()
+    }

@@ -933,7 +933,7 @@ def write_stage(
     `curate_ref` (the curation stage's reference, optional) adds its ``tables`` (stem -> path,
     e.g. ``{"flagged": ...}``) to the version and its ``counts`` (e.g. ``flagged_by_kind``).
     """
-    from negminer.storage.lineage import version_changes
+    from negminer.storage.lineage import lineage_tables, version_changes
     from negminer.storage.retention import prune_work_dirs
     from negminer.storage.versions import latest_version, remove_stale_staging, write_version
 
@@ -972,7 +972,7 @@ def write_stage(
         "embedding_store": _store_entry(embed_ref.get("store"), root),
         "changes": version_changes(
             dataset_dir / parent if parent else None,
-            tables=_lineage_tables(files) if parent else {},
+            tables=lineage_tables(files) if parent else {},
             score_quantiles=select_ref["score_quantiles"],
         ),
     }
@@ -981,11 +981,6 @@ def write_stage(
     _finish(work_dir / "published.json", {"versions": [*published, str(version)]})
     prune_work_dirs(dataset_dir, keep={work_dir.name})
     return str(version)
-
-
-def _lineage_tables(files: dict[str, str | Path]) -> dict[str, pa.Table]:
-    """The tables :func:`negminer.storage.lineage.version_changes` compares with the parent."""
-    return {stem: pq.read_table(files[stem]) for stem in ("triplets", "pairs", "anchors", "docs") if stem in files}
 
 
 def _embedding_counts(counts: dict[str, dict[str, int]], *, published: dict[str, Any] | None) -> dict[str, Any]:

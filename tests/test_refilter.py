@@ -21,6 +21,7 @@ from negminer import stages
 from negminer.config import MineConfig, PipelineConfig
 from negminer.errors import ConfigError, StorageError
 from negminer.refilter import refilter, refilter_config
+from negminer.storage.lineage import version_summaries
 from negminer.storage.versions import latest_version, list_versions, read_manifest, verify_version, write_version
 
 DEPTH = 20
@@ -36,7 +37,11 @@ def mine_without_model(sample_dir: Path, folder: Path, config: PipelineConfig) -
     for stem in ("anchors", "docs"):
         vectors = rng.normal(size=(pq.read_metadata(work / f"{stem}.parquet").num_rows, 16)).astype(np.float32)
         np.save(work / f"{stem}.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    embed = {"model": {"name": "random-16", "fingerprint": "random-16"}, "dim": 16, "embedding": {}}
+    embedding = {
+        stem: {"rows": read["counts"][stem], "embedded": read["counts"][stem], "reused": 0, "truncated": 0}
+        for stem in ("anchors", "docs")
+    }
+    embed = {"model": {"name": "random-16", "fingerprint": "random-16"}, "dim": 16, "embedding": embedding}
     (work / "embed.json").write_text(json.dumps(embed))
     search = stages.search_stage(work, config=config.mine)
     select = stages.select_stage(work, search["candidates"], config=config.mine)
@@ -95,6 +100,24 @@ def test_a_new_strategy_changes_the_selection_and_counts(version: Path):
     # the scored view is not carried over when the new settings do not ask for it
     assert "scored.parquet" not in files(result.path)
     assert files(result.path)["anchors.parquet"] == files(version)["anchors.parquet"]
+
+
+def test_changes_are_against_the_parent_and_nothing_is_counted_as_embedded(version: Path):
+    parent = read_manifest(version)
+    result = refilter(version, mine=refilter_config(version, num_negatives=1))
+    manifest = read_manifest(result.path)
+    changes = manifest["changes"]
+    rows = {"parent": parent["files"]["triplets.parquet"]["rows"], "new": manifest["files"]["triplets.parquet"]["rows"]}
+    assert changes["parent"] == version.name
+    assert changes["triplets"]["removed"] > 0
+    assert changes["triplets"]["kept"] + changes["triplets"]["removed"] == rows["parent"]
+    assert changes["triplets"]["kept"] + changes["triplets"]["added"] == rows["new"]
+    assert changes["pairs"] == {"added": 0, "removed": 0, "kept": parent["counts"]["pairs"]}
+    assert parent["counts"]["embedding"]["anchors"]["embedded"] > 0
+    for stem, tally in manifest["counts"]["embedding"].items():
+        assert tally == {**parent["counts"]["embedding"][stem], "embedded": 0, "reused": tally["rows"]}
+    summary = version_summaries(version.parent)[-1]
+    assert (summary.embedded, summary.removed) == (0, changes["triplets"]["removed"])
 
 
 def test_refilter_neither_embeds_nor_searches(version: Path, monkeypatch):

@@ -66,6 +66,11 @@ def version_changes(
     return out
 
 
+def lineage_tables(files: dict[str, str | Path]) -> dict[str, pa.Table]:
+    """The tables of a new version's files (stem -> Parquet path) that :func:`version_changes` compares."""
+    return {stem: pq.read_table(files[stem]) for stem in ("triplets", "pairs", "anchors", "docs") if stem in files}
+
+
 def quantile_drift(old: dict[str, dict[str, float]], new: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """New minus old for every (kind, quantile) present in both, rounded to 4 decimals."""
     drift = {}
