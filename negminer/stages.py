@@ -911,6 +911,9 @@ def audit_load_stage(version_dir: str | Path, root: str | Path) -> dict[str, Any
     return {"loaded": result.rows, "version": str(version_dir)}
 
 
+PUBLISHING = "publishing.json"  # in the work folder while write_stage publishes: {"parent": ...}
+
+
 def write_stage(
     work_dir: str | Path,
     root: str | Path,
@@ -930,10 +933,12 @@ def write_stage(
     with its parent, the LATEST version when it is written. This run's work folder is kept as
     the cache of the next run; the dataset's other idle work folders are removed.
 
+    Idempotent: a call that follows one which published its version and then failed (a task
+    retry) returns that version instead of publishing the same content again.
+
     `curate_ref` (the curation stage's reference, optional) adds its ``tables`` (stem -> path,
     e.g. ``{"flagged": ...}``) to the version and its ``counts`` (e.g. ``flagged_by_kind``).
     """
-    from negminer.storage.lineage import lineage_tables, version_changes
     from negminer.storage.retention import prune_work_dirs
     from negminer.storage.versions import latest_version, remove_stale_staging, write_version
 
@@ -950,17 +955,42 @@ def write_stage(
     files.update(
         {stem: work_dir / f"{stem}.parquet" for stem in ("rejects", "anchors", "docs", "pairs") if stem not in files}
     )
-    parent = latest_version(dataset_dir)
-    manifest = {
+    version = _published_before(work_dir, dataset_dir, files)
+    if version is None:
+        parent = latest_version(dataset_dir)
+        refs = {"read": read_ref, "embed": embed_ref, "search": search_ref, "select": select_ref}
+        manifest = _version_manifest(work_dir, root, name, config=config, refs=refs, curate_ref=curate_ref)
+        manifest["changes"] = _changes(dataset_dir, parent, files, select_ref["score_quantiles"])
+        # The intent goes first: a retry after the publish below finds the version by it.
+        _finish(work_dir / PUBLISHING, {"parent": parent})
+        version = write_version(root, name, tables={}, files=files, manifest=manifest, parent=parent)
+    _record_published(work_dir, version)
+    prune_work_dirs(dataset_dir, keep={work_dir.name})
+    (work_dir / PUBLISHING).unlink(missing_ok=True)
+    return str(version)
+
+
+def _version_manifest(
+    work_dir: Path,
+    root: str | Path,
+    name: str,
+    *,
+    config: PipelineConfig,
+    refs: dict[str, dict[str, Any]],
+    curate_ref: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The manifest of a mined version, but for ``changes`` and what write_version fills in."""
+    select_ref, search_ref = refs["select"], refs["search"]
+    return {
         "name": name,
         "config": config.model_dump(mode="json"),
-        "model": embed_ref["model"],
-        "inputs": read_ref["inputs"],
+        "model": refs["embed"]["model"],
+        "inputs": refs["read"]["inputs"],
         "counts": {
-            **read_ref["counts"],
+            **refs["read"]["counts"],
             **select_ref["counts"],
             **(curate_ref or {}).get("counts", {}),
-            "embedding": _embedding_counts(embed_ref["embedding"], published=_done(work_dir / "published.json")),
+            "embedding": _embedding_counts(refs["embed"]["embedding"], published=_done(work_dir / "published.json")),
             "candidates": search_ref["rows"],
         },
         "score_quantiles": select_ref["score_quantiles"],
@@ -969,18 +999,53 @@ def write_stage(
         "search_depth": search_ref["depth"],
         "index": _without_seconds(search_ref.get("index")),
         "work": {"key": work_dir.name},
-        "embedding_store": _store_entry(embed_ref.get("store"), root),
-        "changes": version_changes(
-            dataset_dir / parent if parent else None,
-            tables=lineage_tables(files) if parent else {},
-            score_quantiles=select_ref["score_quantiles"],
-        ),
+        "embedding_store": _store_entry(refs["embed"].get("store"), root),
     }
-    version = write_version(root, name, tables={}, files=files, manifest=manifest, parent=parent)
+
+
+def _changes(
+    dataset_dir: Path, parent: str | None, files: dict[str, str | Path], score_quantiles: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The new version's ``changes`` against `parent` (None for a first version)."""
+    from negminer.storage.lineage import lineage_tables, version_changes
+
+    return version_changes(
+        dataset_dir / parent if parent else None,
+        tables=lineage_tables(files) if parent else {},
+        score_quantiles=score_quantiles,
+    )
+
+
+def _published_before(work_dir: Path, dataset_dir: Path, files: dict[str, str | Path]) -> Path | None:
+    """The version an earlier call published from this work folder before it failed, if any.
+
+    That call left its intent (:data:`PUBLISHING`); its version is one newer than the parent
+    it names, with that parent, this work key and files of the same sha256.
+    """
+    from negminer.storage.versions import list_versions, read_manifest
+
+    intent = _done(work_dir / PUBLISHING)
+    if intent is None:
+        return None
+    wanted: dict[str, str] | None = None
+    for version in reversed(list_versions(dataset_dir)):
+        if version == intent["parent"]:
+            break
+        manifest = read_manifest(dataset_dir / version)
+        if manifest.get("parent") != intent["parent"] or (manifest.get("work") or {}).get("key") != work_dir.name:
+            continue
+        wanted = wanted or {f"{stem}.parquet": sha256_file(path) for stem, path in files.items()}
+        if {fname: info["sha256"] for fname, info in manifest.get("files", {}).items()} == wanted:
+            logger.info("%s was published by an earlier attempt of this write; not publishing it again", version)
+            return dataset_dir / version
+    return None
+
+
+def _record_published(work_dir: Path, version: Path) -> None:
+    """Add `version` to the work folder's ``published.json`` (once)."""
     published = (_done(work_dir / "published.json") or {}).get("versions", [])
-    _finish(work_dir / "published.json", {"versions": [*published, str(version)]})
-    prune_work_dirs(dataset_dir, keep={work_dir.name})
-    return str(version)
+    if str(version) not in published:
+        _finish(work_dir / "published.json", {"versions": [*published, str(version)]})
 
 
 def _embedding_counts(counts: dict[str, dict[str, int]], *, published: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,0 +1,114 @@
+"""The stages as plain functions: write_stage publishes once per run, retried or not.
+
+The stages before it run for real (read → search → select) on 40 sample pairs, with seeded
+random vectors in place of the model, so these tests stay fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from negminer import stages
+from negminer.config import PipelineConfig
+from negminer.storage.versions import list_versions, verify_version
+
+CONFIG = PipelineConfig.from_dict({"mine": {"search_depth": 20, "num_negatives": 3}})
+
+
+@pytest.fixture
+def refs(sample_dir: Path, tmp_path: Path) -> dict[str, Any]:
+    """What the flow hands write_stage: the stage references of one run, and its work folder."""
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pq.read_table(sample_dir / "pairs.parquet").slice(0, 40), pairs)
+    work = tmp_path / "work"
+    read = stages.read_stage(pairs, sample_dir / "corpus.parquet", work, config=CONFIG.input)
+    rng = np.random.default_rng(0)
+    for stem in ("anchors", "docs"):
+        vectors = rng.normal(size=(read["counts"][stem], 16)).astype(np.float32)
+        np.save(work / f"{stem}.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    embedding = {
+        stem: {"rows": read["counts"][stem], "embedded": read["counts"][stem], "reused": 0}
+        for stem in ("anchors", "docs")
+    }
+    embed = {"model": {"name": "random-16", "fingerprint": "random-16"}, "dim": 16, "embedding": embedding}
+    search = stages.search_stage(work, config=CONFIG.mine)
+    select = stages.select_stage(work, search["candidates"], config=CONFIG.mine)
+    return {"work_dir": work, "read_ref": read, "embed_ref": embed, "search_ref": search, "select_ref": select}
+
+
+def write(refs: dict[str, Any], root: Path) -> Path:
+    return Path(
+        stages.write_stage(
+            refs["work_dir"], root, "toy", config=CONFIG, **{k: v for k, v in refs.items() if k != "work_dir"}
+        )
+    )
+
+
+def fail_once(monkeypatch, target: Any, attribute: str, *, when: Any = lambda *args: True) -> None:
+    """Make `target.attribute` raise ENOSPC on its first call that `when` accepts."""
+    original = getattr(target, attribute)
+    failed = []
+
+    def failing(*args, **kwargs):
+        if not failed and when(*args):
+            failed.append(True)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, attribute, failing)
+
+
+def published(refs: dict[str, Any]) -> list[str]:
+    return [Path(v).name for v in json.loads((refs["work_dir"] / "published.json").read_text())["versions"]]
+
+
+def test_a_retry_after_the_version_was_published_returns_it(refs, tmp_path, monkeypatch):
+    fail_once(monkeypatch, stages, "_finish", when=lambda path, ref: path.name == "published.json")
+    with pytest.raises(OSError, match="No space left"):
+        write(refs, tmp_path / "out")
+    assert list_versions(tmp_path / "out" / "toy") == ["v0001"]
+
+    version = write(refs, tmp_path / "out")  # the task's retry
+
+    assert version == tmp_path / "out" / "toy" / "v0001"
+    assert list_versions(tmp_path / "out" / "toy") == ["v0001"] and verify_version(version) == []
+    assert published(refs) == ["v0001"]
+
+
+def test_a_retry_after_pruning_failed_does_not_record_the_version_twice(refs, tmp_path, monkeypatch):
+    import negminer.storage.retention as retention
+
+    fail_once(monkeypatch, retention, "prune_work_dirs")
+    with pytest.raises(OSError, match="No space left"):
+        write(refs, tmp_path / "out")
+
+    version = write(refs, tmp_path / "out")
+
+    assert version.name == "v0001" and list_versions(tmp_path / "out" / "toy") == ["v0001"]
+    assert published(refs) == ["v0001"]
+
+
+def test_a_retry_after_publishing_failed_publishes(refs, tmp_path, monkeypatch):
+    import negminer.storage.versions as versions
+
+    fail_once(monkeypatch, versions, "_publish")
+    with pytest.raises(Exception, match="No space left"):
+        write(refs, tmp_path / "out")
+    assert list_versions(tmp_path / "out" / "toy") == []
+
+    assert write(refs, tmp_path / "out").name == "v0001"
+    assert published(refs) == ["v0001"]
+
+
+def test_a_new_run_after_a_complete_write_publishes_a_new_version(refs, tmp_path):
+    first = write(refs, tmp_path / "out")
+    second = write(refs, tmp_path / "out")
+    assert (first.name, second.name) == ("v0001", "v0002")
+    assert published(refs) == ["v0001", "v0002"]
