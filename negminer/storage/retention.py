@@ -3,7 +3,9 @@
 * Work folders (``ROOT/NAME/.work/<key>/``) hold a run's stage outputs; the newest one is
   kept after a run as the cache of the next (same inputs: nothing recomputed; grown inputs:
   its index is extended). A running flow holds a shared lock on ``<key>/.lock``
-  (:func:`work_lock`); pruning takes an exclusive one without waiting and skips busy folders.
+  (:func:`work_lock`); pruning and gc take an exclusive one without waiting, skip busy
+  folders and hold it until the folder is removed (a run that was waiting for it then makes
+  the folder again).
 * :func:`collect_garbage` keeps the newest `keep` complete versions and always the LATEST
   one, and removes the other versions, the embedding-store shards that only removed versions
   used (every manifest and work folder under ROOT is consulted, so datasets sharing a store
@@ -17,10 +19,12 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from negminer.errors import StorageError
 from negminer.storage.versions import (
@@ -37,17 +41,73 @@ WORK = ".work"
 _SHARD_SUFFIXES = (".keys.npy", ".vec.npy", ".len.npy")  # keys first: it makes a shard visible
 
 
+_LOCK_TRIES = 100
+
+
 @contextlib.contextmanager
 def work_lock(work_dir: str | Path) -> Iterator[None]:
-    """Hold a shared lock on `work_dir` while a run uses it, so pruning skips it."""
+    """Hold a shared lock on `work_dir` while a run uses it, so pruning skips it.
+
+    Pruning and gc remove a folder while they hold its lock exclusively: a run that opened the
+    lock file before then gets its lock on a removed file, so it makes the folder again and
+    locks that one.
+    """
     work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with (work_dir / ".lock").open("a") as handle:
+    for _ in range(_LOCK_TRIES):
+        handle = _open_lock(work_dir, create=True)
+        if handle is None:
+            continue
         fcntl.flock(handle, fcntl.LOCK_SH)
+        if _is_current(handle, work_dir):
+            break
+        handle.close()
+    else:
+        raise StorageError(f"{work_dir}: removed {_LOCK_TRIES} times while taking its lock; is a gc looping?")
+    with handle:
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open_lock(work_dir: Path, *, create: bool) -> IO[str] | None:
+    """The open lock file of `work_dir`, or None when the folder is gone (removed meanwhile)."""
+    if create:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return (work_dir / ".lock").open("a")
+    except FileNotFoundError:
+        return None
+
+
+def _is_current(handle: IO[str], work_dir: Path) -> bool:
+    """Whether the locked file is still `work_dir`'s lock file, not one removed with its folder."""
+    try:
+        on_disk = os.stat(work_dir / ".lock")
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _lock_if_idle(work_dir: Path) -> IO[str] | None:
+    """`work_dir`'s lock file, locked exclusively; None when a run holds it or the folder is gone.
+
+    Closing the file releases the lock: keep it open until the folder is removed.
+    """
+    handle = _open_lock(work_dir, create=False)
+    if handle is None:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        logger.info("work folder %s is in use; kept", work_dir)
+        handle.close()
+        return None
+    if not _is_current(handle, work_dir):
+        handle.close()
+        return None
+    return handle
 
 
 def prune_work_dirs(dataset_dir: str | Path, *, keep: set[str]) -> list[Path]:
@@ -63,13 +123,14 @@ def prune_work_dirs(dataset_dir: str | Path, *, keep: set[str]) -> list[Path]:
 
 
 def _remove_if_idle(path: Path) -> bool:
-    with (path / ".lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("work folder %s is in use; kept", path)
-            return False
-        shutil.rmtree(path, ignore_errors=True)
+    handle = _lock_if_idle(path)
+    if handle is None:
+        return False
+    with handle:
+        # Renamed first, so a run that starts now makes a new folder rather than writing into this one.
+        trash = path.with_name(f".removing-{path.name}-{uuid.uuid4().hex[:8]}")
+        path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
     return True
 
 
@@ -103,10 +164,11 @@ def collect_garbage(root: str | Path, name: str, *, keep: int, dry_run: bool = F
     root, dataset_dir = Path(root), Path(root) / name
     if not dataset_dir.is_dir():
         raise StorageError(f"{dataset_dir}: no such dataset")
-    with dataset_lock(dataset_dir):
+    # The idle work folders stay locked until they are removed: a run starting on one waits.
+    with dataset_lock(dataset_dir), contextlib.ExitStack() as held:
         doomed = _doomed_versions(dataset_dir, keep)
         doomed_paths = [dataset_dir / v for v in doomed]
-        work = _idle_work_dirs(dataset_dir, exclude=set(doomed_paths))
+        work = _idle_work_dirs(dataset_dir, exclude=set(doomed_paths), held=held)
         still_used = _shards_used(
             root,
             _all_manifest_dirs(root, exclude=set(doomed_paths)),
@@ -168,26 +230,17 @@ def _shard_files(shard: Path) -> list[Path]:
     return [shard.with_name(shard.name + suffix) for suffix in _SHARD_SUFFIXES]
 
 
-def _idle_work_dirs(dataset_dir: Path, *, exclude: set[Path]) -> list[Path]:
-    """Work folders that no kept version names and no running flow holds."""
+def _idle_work_dirs(dataset_dir: Path, *, exclude: set[Path], held: contextlib.ExitStack) -> list[Path]:
+    """Work folders that no kept version names and no running flow holds, locked until `held` closes."""
     kept_versions = [dataset_dir / v for v in list_versions(dataset_dir) if dataset_dir / v not in exclude]
     needed = {(read_manifest(v).get("work") or {}).get("key") for v in kept_versions}
     work_root = dataset_dir / WORK
     idle = []
     for path in sorted(work_root.iterdir()) if work_root.is_dir() else ():
-        if path.is_dir() and path.name not in needed and not _busy(path):
+        if path.is_dir() and path.name not in needed and (handle := _lock_if_idle(path)) is not None:
+            held.enter_context(handle)
             idle.append(path)
     return idle
-
-
-def _busy(path: Path) -> bool:
-    with (path / ".lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
 
 
 def _size(path: Path) -> int:

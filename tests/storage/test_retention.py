@@ -3,9 +3,13 @@ used, never a shard another dataset or a running flow needs; stale staging and i
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +126,74 @@ def test_stale_staging_of_dead_writers_is_removed(tmp_path: Path) -> None:
 
     assert remove_stale_staging(tmp_path) == [dead]
     assert alive.is_dir() and not dead.exists()
+
+
+def test_gc_holds_the_idle_folders_until_they_are_removed(root: Path, monkeypatch) -> None:
+    """A run that starts on an idle folder while gc is deciding waits, then works in a fresh folder."""
+    import negminer.storage.retention as retention
+
+    work = root / "ds" / ".work" / "w1"
+    locked, gc_done, seen = threading.Event(), threading.Event(), []
+
+    def run() -> None:
+        with work_lock(work):
+            locked.set()
+            gc_done.wait(10)
+            seen.append((work / ".lock").is_file())
+            seen.append(prune_work_dirs(root / "ds", keep={"w3"}))
+
+    shards_used = retention._shards_used
+
+    def start_a_run_meanwhile(*args, **kwargs):
+        if not seen:  # the first call only
+            seen.append("started")
+            threading.Thread(target=run, daemon=True).start()
+            locked.wait(0.5)  # set at once unless gc holds the folder
+        return shards_used(*args, **kwargs)
+
+    monkeypatch.setattr(retention, "_shards_used", start_a_run_meanwhile)
+    result = collect_garbage(root, "ds", keep=1)
+    gc_done.set()
+    assert locked.wait(10)
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "w1" in result.work_dirs
+    assert seen == ["started", True, []]  # the run's folder exists, and pruning sees it busy
+
+
+def test_a_run_whose_folder_is_removed_while_it_waits_for_the_lock_makes_it_again(tmp_path: Path) -> None:
+    work = tmp_path / "ds" / ".work" / "k"
+    work.mkdir(parents=True)
+    locked = threading.Event()
+
+    def remove_holding_the_lock() -> None:  # what prune and gc do
+        with (work / ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            locked.set()
+            time.sleep(0.3)  # the run below opens the lock file and waits
+            shutil.rmtree(work)
+
+    remover = threading.Thread(target=remove_holding_the_lock)
+    remover.start()
+    locked.wait(5)
+    with work_lock(work):
+        remover.join()
+        assert (work / ".lock").is_file()
+        assert prune_work_dirs(tmp_path / "ds", keep=set()) == [] and work.is_dir()
+
+
+def test_prune_skips_a_folder_removed_after_it_was_listed(tmp_path: Path, monkeypatch) -> None:
+    for key in ("a", "b", "c"):
+        (tmp_path / "ds" / ".work" / key).mkdir(parents=True)
+    is_dir = Path.is_dir
+
+    def removed_right_after_the_check(self: Path) -> bool:
+        answer = is_dir(self)
+        if self.name == "b" and answer:
+            shutil.rmtree(self)  # another prune or gc
+        return answer
+
+    monkeypatch.setattr(Path, "is_dir", removed_right_after_the_check)
+    removed = prune_work_dirs(tmp_path / "ds", keep={"a"})
+    assert [p.name for p in removed] == ["c"]
