@@ -21,7 +21,15 @@ import pyarrow as pa
 
 from negminer.config import InputConfig
 from negminer.errors import InputError
-from negminer.storage.readers import REJECT_SCHEMA, bad_row_error, order_rejects, read_table, reject_record
+from negminer.storage.readers import (
+    REJECT_SCHEMA,
+    PartedRead,
+    bad_row_error,
+    name_part_files,
+    order_rejects,
+    read_table_parts,
+    reject_record,
+)
 from negminer.textkeys import text_key
 
 logger = logging.getLogger(__name__)
@@ -97,7 +105,7 @@ def prepare_inputs(
     rejects = []
     if corpus_path is not None:
         rejects.append(_add_corpus(Path(corpus_path), config, pool, counter))
-    pairs_read = read_table(
+    pairs_read = read_table_parts(
         pairs_path,
         required={"anchor": config.anchor_column, "positive": config.positive_column},
         optional={"anchor_id": config.anchor_id_column, "positive_id": config.positive_id_column},
@@ -106,7 +114,7 @@ def prepare_inputs(
     )
     index_rejects: list[dict] = []
     anchors, pairs = _index_pairs(Path(pairs_path), pairs_read.table, config, pool, counter, index_rejects)
-    rejects.append(_file_rejects(pairs_read.rejects, index_rejects, config))
+    rejects.append(_file_rejects(pairs_read, index_rejects, config))
     if not pairs["pair_idx"]:
         raise InputError("no valid (anchor, positive) rows remain after validation", path=str(pairs_path))
     all_rejects = pa.concat_tables(rejects)
@@ -132,16 +140,21 @@ def _conflict(path: Path, row: int, column: str, reason: str, value: str, reject
     rejects.append(reject_record(path, row, column, reason, value))
 
 
-def _file_rejects(read_rejects: pa.Table, more: list[dict], config: InputConfig) -> pa.Table:
-    """One file's rejects in row order; in fail mode, the error for the first of them."""
-    rejects = order_rejects([read_rejects, pa.Table.from_pylist(more, schema=REJECT_SCHEMA)])
+def _file_rejects(read: PartedRead, more: list[dict], config: InputConfig) -> pa.Table:
+    """One input's rejects in file order; in fail mode, the error for the first of them.
+
+    `more` counts rows as ``read.table.source_row`` does (across a folder's files); they are
+    renamed to the part file and its row, like the reader's own rejects.
+    """
+    more_rejects = name_part_files(pa.Table.from_pylist(more, schema=REJECT_SCHEMA), read.parts)
+    rejects = order_rejects([read.rejects, more_rejects], read.parts)
     if rejects.num_rows and config.on_bad_rows == "fail":
         raise bad_row_error(rejects.slice(0, 1).to_pylist()[0])
     return rejects
 
 
 def _add_corpus(path: Path, config: InputConfig, pool: _Pool, counter: Counter[str]) -> pa.Table:
-    read = read_table(
+    read = read_table_parts(
         path,
         required={"text": config.text_column},
         optional={"id": config.id_column, "title": config.title_column},
@@ -168,7 +181,7 @@ def _add_corpus(path: Path, config: InputConfig, pool: _Pool, counter: Counter[s
     counter["corpus_in"] = table.num_rows + read.rejects.num_rows
     if table.num_rows == 0 and read.rejects.num_rows == 0:
         raise InputError("corpus is empty", path=str(path))
-    return _file_rejects(read.rejects, conflicts, config)
+    return _file_rejects(read, conflicts, config)
 
 
 class _Conflict(Exception):

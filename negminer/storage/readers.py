@@ -63,6 +63,14 @@ class ReadResult(NamedTuple):
     rejects: pa.Table
 
 
+class PartedRead(NamedTuple):
+    """A :class:`ReadResult` and, for a folder, the (first table row, file) of each of its files."""
+
+    table: pa.Table
+    rejects: pa.Table
+    parts: tuple[tuple[int, Path], ...]  # empty for a single file
+
+
 class _Raw(NamedTuple):
     """What a format reader found: wanted columns as read, their row numbers, parse rejects."""
 
@@ -105,6 +113,25 @@ def read_table(
     Example:
         >>> read_table("pairs.jsonl", required={"anchor": "anchor", "positive": "positive"})  # doctest: +SKIP
     """
+    read = read_table_parts(
+        path, required=required, optional=optional, text_columns=text_columns, on_bad_rows=on_bad_rows
+    )
+    return ReadResult(read.table, read.rejects)
+
+
+def read_table_parts(
+    path: str | Path,
+    *,
+    required: dict[str, str],
+    optional: dict[str, str] | None = None,
+    text_columns: tuple[str, ...] = (),
+    on_bad_rows: OnBadRows = "quarantine",
+) -> PartedRead:
+    """:func:`read_table`, also returning a folder's ``parts`` for :func:`name_part_files`.
+
+    A caller that finds more bad rows in ``table`` (numbered by its ``source_row``, which counts
+    across a folder's files) names them like the reader's own with ``parts``.
+    """
     path = Path(path)
     optional = optional or {}
     wanted = {**required, **optional}
@@ -121,12 +148,12 @@ def read_table(
     table, utf8_rejects = _drop_invalid_utf8(table, path, present)
     table, text_rejects = _check_texts(table, path, present, text_columns)
     rejects = order_rejects([pa.Table.from_pylist(raw.rejects, schema=REJECT_SCHEMA), utf8_rejects, text_rejects])
-    rejects = _name_part_files(rejects, raw.parts)
+    rejects = name_part_files(rejects, raw.parts)
     if rejects.num_rows and on_bad_rows == "fail":
         raise bad_row_error(rejects.slice(0, 1).to_pylist()[0])
     if rejects.num_rows:
         logger.warning("%s: quarantined %d row(s)", path, rejects.num_rows)
-    return ReadResult(table, rejects)
+    return PartedRead(table, rejects, raw.parts)
 
 
 # --- files and formats ------------------------------------------------------------------------
@@ -262,8 +289,13 @@ def _read_parquet_files(files: list[Path], columns: list[str], required: list[st
     return _Raw(table, _number_rows(table.num_rows), [], names, file_parts)
 
 
-def _name_part_files(rejects: pa.Table, parts: tuple[tuple[int, Path], ...]) -> pa.Table:
-    """Rejects of a folder name the part file and the row within it, not the folder's row."""
+def name_part_files(rejects: pa.Table, parts: tuple[tuple[int, Path], ...]) -> pa.Table:
+    """Rejects of a folder name the part file and the row within it, not the folder's row.
+
+    Args:
+        rejects: rows in :data:`REJECT_SCHEMA` whose ``source_row`` counts across the folder.
+        parts: :attr:`PartedRead.parts` of the read; empty (a single file) changes nothing.
+    """
     if not parts or not rejects.num_rows:
         return rejects
     starts = np.array([start for start, _ in parts])
@@ -586,9 +618,18 @@ def _reject_table(rows: pa.Table, path: Path, column: str, reason: str, canon: s
     )
 
 
-def order_rejects(parts: list[pa.Table]) -> pa.Table:
-    """All rejects in file order (the sort is stable: parse problems first within a row)."""
-    rejects = pa.concat_tables(parts)
+def order_rejects(tables: list[pa.Table], parts: tuple[tuple[int, Path], ...] = ()) -> pa.Table:
+    """All rejects in file order (the sort is stable: parse problems first within a row).
+
+    With the `parts` of a folder (rejects already naming the part file), the order is by part
+    file in the folder's order, then by row within it.
+    """
+    rejects = pa.concat_tables(tables)
     if rejects.num_rows < 2:
         return rejects
-    return rejects.take(pc.sort_indices(rejects, sort_keys=[("source_row", "ascending")]))
+    keys = {"row": rejects.column("source_row")}
+    if parts:
+        names = pa.array([_source_file(path) for _, path in parts], pa.string())
+        keys = {"file": pc.index_in(rejects.column("source_file"), value_set=names)} | keys
+    order = pa.table(keys)
+    return rejects.take(pc.sort_indices(order, sort_keys=[(name, "ascending") for name in keys]))

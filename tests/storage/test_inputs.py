@@ -719,6 +719,65 @@ def test_rejects_are_ordered_by_file_then_row(tmp_path, corpus):
     ]
 
 
+def write_pairs_folder(folder: Path) -> Path:
+    """Two part files; the bad rows of part-1 are found by the index (row 1) and the reader (row 2)."""
+    folder.mkdir()
+    write_parquet(folder / "part-0.parquet", [{"anchor": "a1", "positive": "p1"}, {"anchor": "a2", "positive": "p2"}])
+    write_parquet(folder / "part-1.parquet", [{"anchor": "same", "positive": "SAME"}, {"anchor": "a4", "positive": ""}])
+    return folder
+
+
+def test_rejects_of_a_folder_name_the_part_file_and_its_row(tmp_path):
+    folder = write_pairs_folder(tmp_path / "pairs")
+
+    prepared = prepare_inputs(folder)
+
+    assert [(f, row, reason) for f, row, _, reason, _ in reject_view(prepared)] == [
+        ("part-1.parquet", 1, "anchor_equals_positive"),
+        ("part-1.parquet", 2, "empty_text"),
+    ]
+    assert prepared.rejects.column("source_file")[0].as_py() == str(folder / "part-1.parquet")
+
+
+def test_fail_mode_on_a_folder_names_the_first_bad_row_of_its_part_file(tmp_path):
+    folder = write_pairs_folder(tmp_path / "pairs")
+
+    with pytest.raises(InputError, match="anchor equals positive") as err:
+        prepare_inputs(folder, config=InputConfig(on_bad_rows="fail"))
+
+    assert (err.value.path, err.value.row, err.value.column) == (str(folder / "part-1.parquet"), 1, "positive")
+
+
+def test_rejects_of_a_folder_are_ordered_by_part_file_then_row(tmp_path):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    write_parquet(folder / "part-0.parquet", [{"anchor": "a1", "positive": "p1"}, {"anchor": "a2", "positive": ""}])
+    part_1 = [{"anchor": "same", "positive": "SAME"}, {"anchor": "a4", "positive": "p4"}]
+    write_parquet(folder / "part-1.parquet", part_1)
+
+    prepared = prepare_inputs(folder)
+
+    assert [(f, row, reason) for f, row, _, reason, _ in reject_view(prepared)] == [
+        ("part-0.parquet", 2, "empty_text"),
+        ("part-1.parquet", 1, "anchor_equals_positive"),
+    ]
+
+
+def test_corpus_conflicts_of_a_folder_name_the_part_file_and_its_row(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_parquet(corpus / "part-0.parquet", [{"id": "d1", "text": "Alpha."}, {"id": "d2", "text": "Beta."}])
+    write_parquet(corpus / "part-1.parquet", [{"id": "d1", "text": "Gamma."}, {"id": "d3", "text": ""}])
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"anchor": "Query.", "positive": "Alpha."}])
+
+    prepared = prepare_inputs(pairs, corpus)
+
+    assert [(f, row, reason) for f, row, _, reason, _ in reject_view(prepared)] == [
+        ("part-1.parquet", 1, "conflicting_id"),
+        ("part-1.parquet", 2, "empty_text"),
+    ]
+
+
 def test_unknown_positive_id_matched_by_text_names_that_doc_from_then_on(corpus, tmp_path):
     pairs = write_jsonl(
         tmp_path / "pairs.jsonl",
