@@ -743,26 +743,50 @@ def search_merge_stage(
 
     Each anchor is searched in exactly one shard against the whole index, so the merged table
     equals the single-task one row for row. Parts still missing (a lost worker) are searched here.
+    Runs on the same inputs share the work folder and may run at once: a run that finds the
+    merge done by another (before or after its shards, or its parts removed by that merge)
+    returns that merge's reference.
     """
-    from negminer.mining.search import merge_candidate_files
-
     work_dir = Path(work_dir)
     stem = _search_stem(config, index_ref)
-    if ref := _done(work_dir / f"search-{stem}.json"):
+    merged = work_dir / f"search-{stem}.json"
+    if ref := _done(merged):
         return ref
     refs = [
         search_shard_stage(work_dir, shard, config=config, index_config=index_config, index_ref=index_ref)
         for shard in shards
     ]
+    ref = _done(merged) or _merge_parts(work_dir, stem, refs, index_ref)
+    _remove_parts(refs)
+    return ref
+
+
+def _merge_parts(work_dir: Path, stem: str, refs: list[dict[str, Any]], index_ref: dict[str, Any]) -> dict[str, Any]:
+    """Merge the shards' parts into the candidate table and record it (search-<stem>.json).
+
+    A part missing while it is read was removed by a concurrent run's finished merge: its
+    reference is returned; without one the error stands.
+    """
+    from negminer.mining.search import merge_candidate_files
+
     start = time.perf_counter()
     path = work_dir / f"candidates-{stem}.parquet"
-    rows = merge_candidate_files([r["path"] for r in refs], path)
+    try:
+        rows = merge_candidate_files([r["path"] for r in refs], path)
+    except FileNotFoundError:
+        if ref := _done(work_dir / f"search-{stem}.json"):
+            return ref
+        raise
     seconds = time.perf_counter() - start + sum(r["seconds"] for r in refs)
-    ref = _finish(work_dir / f"search-{stem}.json", _search_ref(path, rows, refs[0]["depth"], seconds, index_ref))
+    return _finish(work_dir / f"search-{stem}.json", _search_ref(path, rows, refs[0]["depth"], seconds, index_ref))
+
+
+def _remove_parts(refs: list[dict[str, Any]]) -> None:
+    """Remove merged parts (refs of shards found merged have no part)."""
     for r in refs:
-        Path(r["path"]).unlink(missing_ok=True)
-        Path(r["path"]).with_suffix(".json").unlink(missing_ok=True)
-    return ref
+        if "path" in r:
+            Path(r["path"]).unlink(missing_ok=True)
+            Path(r["path"]).with_suffix(".json").unlink(missing_ok=True)
 
 
 def curate_stage(work_dir: str | Path, candidates_path: str | Path, *, config: CurateConfig) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -217,3 +220,77 @@ def test_a_changed_doc_text_rebuilds_only_its_own_shard(tmp_path) -> None:
 
     assert [s["reused_from"] for s in index["shards"]] == [parent.name, None, parent.name]
     assert index["extended_from"] == {"work": parent.name, "rows": 50, "shards": 2}
+
+
+def _race_setup(tmp_path) -> tuple[Path, list[dict[str, int]], dict, pa.Table]:
+    """A prepared work folder, its shards and options, and the single-task candidates."""
+    config = write_inputs(tmp_path)
+    single_work, index = prepared_work_dir(tmp_path, config, "single")
+    single = stages.search_stage(single_work, config=config.mine, index_config=config.index, index_ref=index)
+    work, index = prepared_work_dir(tmp_path, config, "shared")
+    options = {"config": config.mine, "index_config": config.index, "index_ref": index}
+    return work, stages.search_shards(29, config=config.mine), options, pq.read_table(single["candidates"])
+
+
+def _once(run_other: Callable[[], object], call: Callable[..., Any], *, skip: int = 0) -> Callable[..., Any]:
+    """`call`, which runs `run_other` (another run, to its end) before its call number `skip` + 1."""
+    calls = {"n": 0}
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == skip + 1:
+            run_other()
+        return call(*args, **kwargs)
+
+    return hooked
+
+
+def _assert_merged_once(work: Path, ref: dict[str, Any], other: dict[str, Any], single: pa.Table) -> None:
+    assert ref["candidates"] == other["candidates"] and ref["rows"] == other["rows"] == single.num_rows
+    assert pq.read_table(ref["candidates"]).equals(single)
+    assert not list(work.glob("candidates-*.part*")) and not list(work.glob(".candidates-*"))
+
+
+def test_a_run_whose_search_another_run_merges_before_its_shard_loop_returns_that_merge(tmp_path, monkeypatch) -> None:
+    work, shards, options, single = _race_setup(tmp_path)
+    shard_stage, other = stages.search_shard_stage, {}
+
+    def other_run() -> None:  # runs with the shard stage unhooked, as another process would
+        monkeypatch.setattr(stages, "search_shard_stage", shard_stage)
+        other.update(stages.search_merge_stage(work, shards, **options))
+        monkeypatch.setattr(stages, "search_shard_stage", hooked)
+
+    hooked = _once(other_run, shard_stage)
+    monkeypatch.setattr(stages, "search_shard_stage", hooked)
+    ref = stages.search_merge_stage(work, shards, **options)
+    _assert_merged_once(work, ref, other, single)
+
+
+@pytest.mark.parametrize("skip", [0, 2])  # before the merge reads its first part / once it has copied two
+def test_a_run_whose_parts_another_run_merges_and_removes_returns_that_merge(tmp_path, monkeypatch, skip) -> None:
+    from negminer.mining import search
+
+    work, shards, options, single = _race_setup(tmp_path)
+    for shard in shards:
+        stages.search_shard_stage(work, shard, **options)
+    other: dict[str, Any] = {}
+    monkeypatch.setattr(
+        search.pq,
+        "ParquetFile",
+        _once(lambda: other.update(stages.search_merge_stage(work, shards, **options)), pq.ParquetFile, skip=skip),
+    )
+    ref = stages.search_merge_stage(work, shards, **options)
+    _assert_merged_once(work, ref, other, single)
+
+
+def test_two_runs_searching_one_shard_at_once_write_the_same_part(tmp_path, monkeypatch) -> None:
+    from negminer.mining import search
+
+    work, shards, options, single = _race_setup(tmp_path)
+    other: dict[str, Any] = {}
+    batch = _once(lambda: other.update(stages.search_shard_stage(work, shards[1], **options)), search._candidate_batch)
+    monkeypatch.setattr(search, "_candidate_batch", batch)
+    ref = stages.search_shard_stage(work, shards[1], **options)
+    assert ref["path"] == other["path"] and ref["rows"] == other["rows"]
+    assert pq.read_table(ref["path"]).equals(single.filter(pc.field("anchor_idx").isin(range(5, 10))))
+    assert not list(work.glob(".candidates-*"))

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negminer.mining.vectors import read_rows, take_rows
+from negminer.storage.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -131,15 +132,9 @@ def search_candidates(
     )
     max_positives = _max_positives_per_family(pair_anchor, anchor_text_keys)
     depth = min(n_docs, search_depth + max_positives)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
-    rows = 0
-    with pq.ParquetWriter(tmp, CANDIDATE_SCHEMA, compression="zstd") as writer:
-        found = _top_docs(anchor_vectors, doc_vectors, index, (start_row, stop_row), depth, batch_size)
-        for first, scores, ids in found:
-            batch = _candidate_batch(first, scores, ids, pos_score, exclusions, n_docs)
-            writer.write_table(batch)
-            rows += batch.num_rows
-    tmp.replace(out_path)
+    found = _top_docs(anchor_vectors, doc_vectors, index, (start_row, stop_row), depth, batch_size)
+    batches = (_candidate_batch(first, scores, ids, pos_score, exclusions, n_docs) for first, scores, ids in found)
+    rows = _write_candidates(out_path, batches)
     logger.info("searched %d anchors × %d docs, depth %d", stop_row - start_row, n_docs, depth)
     return SearchResult(out_path, rows, depth, time.perf_counter() - start)
 
@@ -190,17 +185,33 @@ def merge_candidate_files(parts: list[str | Path], out_path: str | Path) -> int:
     Example:
         >>> merge_candidate_files(["part-0.parquet", "part-1.parquet"], "candidates.parquet")  # doctest: +SKIP
     """
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.partial")
+    return _write_candidates(out_path, _row_groups(parts))
+
+
+def _row_groups(parts: list[str | Path]) -> Iterator[pa.Table]:
+    for part in parts:
+        source = pq.ParquetFile(part)
+        for group in range(source.num_row_groups):
+            yield source.read_row_group(group)
+
+
+def _write_candidates(out_path: str | Path, tables: Iterable[pa.Table]) -> int:
+    """Write `tables` as the candidate table at `out_path`, one write per table; returns the rows.
+
+    The file is staged under a unique temp name beside `out_path` and moved into place
+    (:func:`~negminer.storage.atomic.atomic_write`): runs sharing a work folder may write the
+    same table at once without clobbering each other's temp file.
+    """
     rows = 0
-    with pq.ParquetWriter(tmp, CANDIDATE_SCHEMA, compression="zstd") as writer:
-        for part in parts:
-            source = pq.ParquetFile(part)
-            for group in range(source.num_row_groups):
-                table = source.read_row_group(group)
+
+    def write(handle: IO[bytes]) -> None:
+        nonlocal rows
+        with pq.ParquetWriter(handle, CANDIDATE_SCHEMA, compression="zstd") as writer:
+            for table in tables:
                 writer.write_table(table)
                 rows += table.num_rows
-    tmp.replace(out_path)
+
+    atomic_write(out_path, write)
     return rows
 
 
