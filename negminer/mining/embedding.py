@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from negminer.errors import StorageError
 from negminer.mining.encoder import Precision, encode, token_lengths
+from negminer.storage.atomic import unique_partial
 from negminer.storage.embedding_store import EmbeddingStore
 from negminer.textkeys import content_hashes
 
@@ -121,12 +122,13 @@ def fetch_to_file(hashes: pa.Array, out_path: str | Path, *, store: EmbeddingSto
     positions = store.lookup(hashes)
     if (positions < 0).any():
         raise StorageError(f"{store.folder}: {int((positions < 0).sum())} texts are not in the embedding store")
-    out = np.lib.format.open_memmap(_tmp_path(out_path), mode="w+", dtype=np.float32, shape=(len(hashes), store.dim))
+    tmp = unique_partial(out_path, suffix=".npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(hashes), store.dim))
     for first in range(0, len(hashes), 65536):
         out[first : first + 65536] = store.fetch(positions[first : first + 65536])
     out.flush()
     del out
-    _tmp_path(out_path).replace(out_path)
+    tmp.replace(out_path)
     return positions
 
 
@@ -138,7 +140,3 @@ def missing_unique(store: EmbeddingStore, hashes: pa.Array) -> np.ndarray:
     keys = np.frombuffer(b"".join(h.as_py() for h in hashes.take(absent)), dtype="V16")
     _, first = np.unique(keys, return_index=True)
     return np.sort(absent[first])
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial.npy")

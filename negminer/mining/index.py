@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from negminer.mining.vectors import read_rows, take_rows
+from negminer.storage.atomic import unique_partial
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def save_index(index: Any, path: str | Path) -> Path:
 
     path = Path(path)
     cpu = faiss.index_gpu_to_cpu(index) if _is_gpu(index) else index
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = unique_partial(path)
     faiss.write_index(cpu, str(tmp))
     tmp.replace(path)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -80,6 +81,13 @@ def write_parquet_atomic(path: str | Path, table: pa.Table) -> Path:
 
 def write_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
     return atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+
+
+def unique_partial(path: str | Path, *, suffix: str = "") -> Path:
+    """A temporary name beside `path` that no other process or call uses (for writers that
+    need a file name, not a file object, before the rename into place)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial{suffix}")
 
 
 def sha256_file(path: str | Path) -> str:

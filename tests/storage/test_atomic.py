@@ -134,3 +134,24 @@ def test_without_proc_the_mode_still_follows_the_umask(tmp_path, monkeypatch):
     finally:
         os.umask(previous)
     assert written.stat().st_mode & 0o777 == 0o640
+
+
+def test_two_writers_of_one_path_get_different_temporary_names(tmp_path):
+    from negminer.storage.atomic import unique_partial
+
+    target = tmp_path / "docs.npy"
+    first, second = unique_partial(target, suffix=".npy"), unique_partial(target, suffix=".npy")
+    assert first != second and first.parent == second.parent == tmp_path
+    assert first.name.startswith(".docs.npy.") and first.name.endswith(".partial.npy")
+
+
+def test_a_saved_index_leaves_no_temporary_file(tmp_path):
+    import faiss
+
+    from negminer.mining.index import load_index, save_index
+
+    index = faiss.IndexFlatIP(4)
+    index.add(np.eye(4, dtype=np.float32))
+    save_index(index, tmp_path / "index.faiss")
+    assert [p.name for p in tmp_path.iterdir()] == ["index.faiss"]
+    assert load_index(tmp_path / "index.faiss").ntotal == 4
