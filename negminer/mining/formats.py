@@ -122,7 +122,7 @@ def _rows(
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
     pair_anchor = pairs.column("anchor_idx").to_numpy().astype(np.int64)
     pair_doc = pairs.column("doc_idx").to_numpy().astype(np.int64)
-    texts = (_as_string(anchor_texts), _as_string(doc_texts))
+    texts = (text_array(anchor_texts), text_array(doc_texts))
     build = {
         "triplet": _triplet_rows,
         "n-tuple": _n_tuple_rows,
@@ -132,10 +132,15 @@ def _rows(
     return build(pair_anchor, pair_doc, negatives, texts, scores)
 
 
-def _as_string(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    return pc.cast(values, pa.string())
+def text_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The texts as one ``large_string`` array: its 64-bit offsets hold a column over 2 GiB,
+    which ``string`` cannot; the views cast the rows they take back to ``string``."""
+    values = pc.cast(values, pa.large_string())
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _take_text(texts: pa.Array, indices: np.ndarray) -> pa.Array:
+    return pc.cast(texts.take(pa.array(indices, pa.int64())), pa.string())
 
 
 def _triplet_rows(pair_anchor, pair_doc, negatives, texts, scores) -> _Rows:
@@ -237,14 +242,12 @@ def _lists(matrix: np.ndarray, valid: np.ndarray, value_type: pa.DataType = pa.f
 
 
 def _lists_of(texts: pa.Array, indices: np.ndarray, valid: np.ndarray) -> pa.Array:
-    values = texts.take(pa.array(indices[valid], pa.int64()))
+    values = _take_text(texts, indices[valid])
     return pa.ListArray.from_arrays(_offsets(valid), values, type=_list_type(pa.string()))
 
 
 def _table(rows: _Rows, *, with_scores: bool, output_format: str) -> pa.Table:
-    data: dict[str, pa.Array] = {
-        name: texts.take(pa.array(idx, pa.int64())) for name, (texts, idx) in rows.columns.items()
-    }
+    data: dict[str, pa.Array] = {name: _take_text(texts, idx) for name, (texts, idx) in rows.columns.items()}
     if output_format == "labeled-list":
         data["documents"] = rows.extra["documents"]
         data["labels"] = rows.extra["labels"]

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from negminer.config import MineConfig
 from negminer.mining.derive import DERIVED_COLUMNS, QUANTILES, SELECT_OPTIONS, text_groups, with_ids
-from negminer.mining.formats import scored_view, training_view
+from negminer.mining.formats import scored_view, text_array, training_view
 from negminer.mining.quantiles import StreamedQuantiles
 from negminer.mining.strategies import percentile_bounds_of, select_negatives, stable_hash64
 from negminer.storage.parquet_stream import StagedParquetWriter
@@ -284,12 +284,6 @@ def _fill_grid(grid: tuple[np.ndarray, np.ndarray], chosen: pa.Table) -> None:
     score_grid[anchor, slot] = chosen.column("score").to_numpy()
 
 
-def _as_string(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    return pc.cast(values, pa.string())
-
-
 def _write_views(
     out_paths: dict[str, str | Path],
     pairs: pa.Table,
@@ -302,7 +296,7 @@ def _write_views(
     pairs_per_slice: int,
 ) -> dict[str, int]:
     """Write the training view (and the scored view) slice by slice of the pairs."""
-    texts = (_as_string(anchors.column("text")), _as_string(docs.column("text")))
+    texts = (text_array(anchors.column("text")), text_array(docs.column("text")))
     fmt = config.output_format
     step = (pairs.num_rows or 1) if fmt == "labeled-pair" else pairs_per_slice
     if "score" in pairs.column_names:

@@ -111,3 +111,19 @@ def test_view_loads_with_datasets(tmp_path, output_format):
     assert ds.column_names == view.column_names
     assert ds.num_rows == view.num_rows
     assert ds[0] == view.to_pylist()[0]
+
+
+def test_texts_are_combined_with_64_bit_offsets_and_views_keep_plain_strings():
+    """A text column over 2 GiB cannot combine into one ``string`` array (32-bit offsets);
+    ``text_array`` uses ``large_string``, and the views still write ``string`` columns."""
+    from negminer.mining.formats import text_array
+
+    docs = pa.chunked_array([pa.array(["d0", "d1"]), pa.array(["d2", "d3"])])
+    assert text_array(docs).type == pa.large_string()
+    pairs = pa.table({"pair_idx": [0], "anchor_idx": [0], "doc_idx": [3]})
+    view = training_view(pairs, pa.chunked_array([pa.array(["a0"])]), docs, np.array([[1, 2]]))
+    assert view.schema.types == [pa.string()] * 3
+    assert view.to_pylist() == [
+        {"anchor": "a0", "positive": "d3", "negative": "d1"},
+        {"anchor": "a0", "positive": "d3", "negative": "d2"},
+    ]
