@@ -69,6 +69,13 @@ def vectors_for(ids: list[str], path: str | Path, *, what: str) -> np.ndarray:
         first = ids[int(np.argmax(missing))]
         raise InputError(f"{int(missing.sum())} {what} id(s) have no vector, first {first!r}", path=str(path))
     picked = vectors[position.astype(np.int64)]
+    finite = np.isfinite(picked).all(axis=1)
+    if not finite.all():
+        first = ids[int(np.argmin(finite))]
+        raise InputError(
+            f"{int((~finite).sum())} {what} vector(s) hold NaN, null or infinite values, first {first!r}",
+            path=str(path),
+        )
     norms = np.linalg.norm(picked, axis=1, keepdims=True)
     if np.any(norms == 0):
         raise InputError(f"a zero vector for {what} {ids[int(np.argmin(norms))]!r}", path=str(path))

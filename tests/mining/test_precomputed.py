@@ -59,6 +59,13 @@ def test_ragged_embeddings_name_the_row(tmp_path) -> None:
         load_vectors(tmp_path / "v.parquet")
 
 
+@pytest.mark.parametrize("bad", [[np.nan, 1.0], [0.5, None], [np.inf, 1.0]])
+def test_nan_null_or_infinite_values_name_the_file_and_the_id(tmp_path, bad) -> None:
+    pq.write_table(pa.table({"id": ["a", "b"], "embedding": [[1.0, 0.0], bad]}), tmp_path / "v.parquet")
+    with pytest.raises(InputError, match=r"v\.parquet.*1 doc vector\(s\) hold NaN, null or infinite values, first 'b'"):
+        vectors_for(["a", "b"], tmp_path / "v.parquet", what="doc")
+
+
 def test_stages_mine_with_precomputed_vectors(tmp_path) -> None:
     write_inputs(tmp_path)
     config = PipelineConfig.from_dict(
