@@ -291,8 +291,11 @@ def save_index(index: Any, path: str | Path) -> Path:
     path = Path(path)
     cpu = faiss.index_gpu_to_cpu(index) if _is_gpu(index) else index
     tmp = unique_partial(path)
-    faiss.write_index(cpu, str(tmp))
-    tmp.replace(path)
+    try:
+        faiss.write_index(cpu, str(tmp))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -96,3 +96,20 @@ def test_empty_text_list(tmp_path, model, store):
     result = embed_to_file([], tmp_path / "out.npy", model=model, store=store)
     assert result.rows == 0 and result.embedded == 0
     assert np.load(result.path).shape == (0, embedding_dimension(model))
+
+
+def test_a_failed_fetch_leaves_no_temporary_file(tmp_path):
+    from negminer.mining.embedding import fetch_to_file
+    from negminer.storage.embedding_store import EmbeddingStore
+    from negminer.textkeys import content_hashes
+
+    store = EmbeddingStore(tmp_path / "store", model_fingerprint="m", dim=4)
+    hashes = content_hashes(["a", "b"])
+    store.add(hashes, np.ones((2, 4), np.float32))
+    for shard in (tmp_path / "store").rglob("*.vec.npy"):
+        shard.unlink()  # e.g. removed by gc while this run fetched
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OSError):
+        fetch_to_file(hashes, out / "docs.npy", store=store)
+    assert list(out.iterdir()) == []
