@@ -119,6 +119,11 @@ def build_search_index(
     n_docs, dim = doc_vectors.shape
     factory = choose_factory(n_docs, dim, kind=kind, exact_max_docs=exact_max_docs)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if (lists := _ivf_lists(index)) is not None and n_docs < lists:
+        # FAISS cannot train fewer points than lists (e.g. the last, small shard of a pool)
+        logger.warning("%d docs are too few to train %s (%d lists): searching them exactly", n_docs, factory, lists)
+        factory = FLAT
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         index.train(_training_sample(doc_vectors, index, seed))
     for first in range(0, n_docs, BLOCK_ROWS):
@@ -173,12 +178,22 @@ def _tune(index: Any, doc_vectors: np.ndarray, queries: np.ndarray, k: int, min_
 
 
 def _knob(index: Any) -> tuple[str, int, int]:
+    lists = _ivf_lists(index)
+    if lists is not None:
+        return "nprobe", min(8, lists), lists
+    return "efSearch", 64, 8192
+
+
+def _ivf_lists(index: Any) -> int | None:
+    """The number of inverted lists of an IVF index, on CPU or GPU; None for other kinds."""
     import faiss
 
-    ivf = faiss.try_extract_index_ivf(index) if not _is_gpu(index) else None
-    if ivf is not None:
-        return "nprobe", min(8, ivf.nlist), ivf.nlist
-    return "efSearch", 64, 8192
+    if _is_gpu(index):  # GpuIndexIVF* (IndexIVFInterface) expose nprobe and nlist themselves
+        if not hasattr(index, "nprobe"):
+            return None
+        return int(index.nlist) if hasattr(index, "nlist") else int(index.getNumLists())
+    ivf = faiss.try_extract_index_ivf(index)
+    return None if ivf is None else int(ivf.nlist)
 
 
 def _is_gpu(index: Any) -> bool:

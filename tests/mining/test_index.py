@@ -49,3 +49,29 @@ def test_flat_index_is_exact_and_not_measured() -> None:
     assert report.factory == "Flat" and report.recall is None
     _, ids = index.search(docs[:10], 1)
     assert ids[:, 0].tolist() == list(range(10))
+
+
+def test_a_shard_too_small_to_train_its_ivf_is_searched_exactly(tmp_path) -> None:
+    from negminer.mining.index import build_index_shards, search_index_shards
+
+    docs, queries = clustered(3_010), clustered(20, seed=3)
+    shards = build_index_shards(
+        docs,
+        shard_docs=1_000,
+        path_of=lambda i: tmp_path / f"s{i}.faiss",
+        sample_queries=queries,
+        k=5,
+        kind="IVF16,Flat",
+    )
+    assert [report.factory for _, report in shards] == ["IVF16,Flat"] * 3 + ["Flat"]
+    _, ids = search_index_shards([shard for shard, _ in shards], queries, 0, len(queries), 5)
+    assert recall_at_k(ids, exact_topk(queries, docs, 5)) >= 0.9
+
+
+def test_a_gpu_ivf_index_is_tuned_by_nprobe() -> None:
+    from negminer.mining.index import _knob
+
+    class GpuIndexIVFFlat:  # the attributes faiss-gpu's IVF indexes expose (no GPU here)
+        nprobe, nlist = 1, 256
+
+    assert _knob(GpuIndexIVFFlat()) == ("nprobe", 8, 256)
