@@ -329,12 +329,15 @@ class PipelineConfig(_Frozen):
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config", **overrides: Any) -> PipelineConfig:
         """Validate a nested dict; errors name the offending key, e.g. `mine.num_negatives`."""
-        merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+        # an empty section (``mine:`` with nothing under it) reads as None: no settings
+        merged: dict[str, Any] = {k: {} if v is None else dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
         for dotted, value in overrides.items():
             if value is None:
                 continue
             section, _, key = dotted.partition(".")
-            merged.setdefault(section, {})[key] = value
+            if not isinstance(merged.setdefault(section, {}), dict):
+                raise ConfigError(f"{source}: {section}: must be a mapping of settings, got {merged[section]!r}")
+            merged[section][key] = value
         try:
             return cls.model_validate(merged)
         except ValidationError as err:

@@ -22,3 +22,15 @@ def test_a_negative_seed_is_refused(model):
 def test_a_negative_seed_in_a_config_file_names_its_key(section):
     with pytest.raises(ConfigError, match=rf"{section}\.seed: Input should be greater than or equal to 0"):
         PipelineConfig.from_dict({section: {"seed": -1}})
+
+
+def test_an_empty_section_is_no_settings_and_overrides_still_apply(tmp_path):
+    (tmp_path / "c.yaml").write_text("mine:\ncurate:\n")
+    config = PipelineConfig.from_yaml(tmp_path / "c.yaml", **{"mine.num_negatives": 5})
+    assert config.mine.num_negatives == 5 and config.curate == CurateConfig()
+
+
+def test_an_override_into_a_section_that_is_not_a_mapping_names_the_file_and_section(tmp_path):
+    (tmp_path / "c.yaml").write_text("mine: 5\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: mine: must be a mapping of settings, got 5"):
+        PipelineConfig.from_yaml(tmp_path / "c.yaml", **{"mine.num_negatives": 5})

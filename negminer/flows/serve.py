@@ -14,12 +14,14 @@ from pydantic import ValidationError
 
 from negminer.config import PipelineConfig, RunConfig
 from negminer.errors import ConfigError
+from negminer.storage.versions import check_dataset_name
 
 
 def deployment_parameters(config: PipelineConfig, *, base: Path) -> dict[str, Any]:
     """The mine flow's parameters for `config`: paths from its ``run`` section, made absolute."""
     if config.run is None:
         raise ConfigError("run: section required to serve (pairs, out, name; optional corpus, store)")
+    check_dataset_name(config.run.name)  # every scheduled run would fail on it otherwise
     run = RunConfig(**{k: _absolute(v, base) if k != "name" else v for k, v in config.run.model_dump().items()})
     resolved = config.model_copy(update={"run": run})
     return {
@@ -45,7 +47,8 @@ def cron_schedule(config: PipelineConfig, *, cron: str | None, timezone: str | N
     from prefect.schedules import Cron
 
     section = config.schedule
-    key = "--cron" if cron else "schedule.cron"
+    cron_key = "--cron" if cron else "schedule.cron"
+    timezone_key = "--timezone" if timezone else "schedule.timezone"
     cron = cron or (section.cron if section else None)
     timezone = timezone or (section.timezone if section else None)
     if not cron:
@@ -53,7 +56,9 @@ def cron_schedule(config: PipelineConfig, *, cron: str | None, timezone: str | N
     try:
         CronSchedule(cron=cron, timezone=timezone)
     except ValidationError as err:
-        raise ConfigError(f"{key}: {err.errors()[0]['msg']}") from err
+        first = err.errors()[0]
+        key = timezone_key if "timezone" in first["loc"] else cron_key
+        raise ConfigError(f"{key}: {first['msg']}") from err
     return Cron(cron, timezone=timezone)
 
 

@@ -60,6 +60,24 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     assert schedule.cron == "0 3 * * *"
 
 
+def test_a_bad_timezone_names_the_timezone_key() -> None:
+    from negminer.flows.serve import cron_schedule
+
+    config = PipelineConfig.from_dict({"schedule": {"cron": "0 3 * * *", "timezone": "Europe/Berln"}})
+    with pytest.raises(ConfigError, match=r"^schedule.timezone: .*Europe/Berln"):
+        cron_schedule(config, cron=None, timezone=None)
+    with pytest.raises(ConfigError, match=r"^--timezone: .*Mars/Base"):
+        cron_schedule(config, cron="0 4 * * *", timezone="Mars/Base")
+
+
+def test_a_dataset_name_every_run_would_refuse_is_refused_when_serving(tmp_path: Path) -> None:
+    from negminer.flows.serve import deployment_parameters
+
+    (tmp_path / "nightly.yaml").write_text(NIGHTLY.replace("name: nightly", "name: nightly data"))
+    with pytest.raises(ConfigError, match="dataset name 'nightly data'"):
+        deployment_parameters(PipelineConfig.from_yaml(tmp_path / "nightly.yaml"), base=tmp_path)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
