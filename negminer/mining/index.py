@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from negminer.errors import ConfigError
 from negminer.mining.vectors import read_rows, take_rows
 from negminer.storage.atomic import unique_partial
 
@@ -118,7 +120,7 @@ def build_search_index(
     start = time.perf_counter()
     n_docs, dim = doc_vectors.shape
     factory = choose_factory(n_docs, dim, kind=kind, exact_max_docs=exact_max_docs)
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index = _new_index(dim, factory)
     if (lists := _ivf_lists(index)) is not None and n_docs < lists:
         # FAISS cannot train fewer points than lists (e.g. the last, small shard of a pool)
         logger.warning("%d docs are too few to train %s (%d lists): searching them exactly", n_docs, factory, lists)
@@ -137,6 +139,16 @@ def build_search_index(
     report = IndexReport(factory, params, recall, len(sample_queries), k, gpu, time.perf_counter() - start)
     logger.info("index %s %s: recall@%d %.4f on %d anchors", factory, params, k, recall, len(sample_queries))
     return index, report
+
+
+def _new_index(dim: int, factory: str) -> Any:
+    import faiss
+
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:  # FAISS prefixes its message with the C++ function and source line
+        reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(err).strip()) or type(err).__name__
+        raise ConfigError(f"index.kind: FAISS cannot build {factory!r} for {dim}-d vectors ({reason})") from err
 
 
 def _training_sample(doc_vectors: np.ndarray, index: Any, seed: int) -> np.ndarray:

@@ -75,3 +75,12 @@ def test_a_gpu_ivf_index_is_tuned_by_nprobe() -> None:
         nprobe, nlist = 1, 256
 
     assert _knob(GpuIndexIVFFlat()) == ("nprobe", 8, 256)
+
+
+def test_a_factory_string_faiss_cannot_build_is_a_config_error_naming_the_key() -> None:
+    from negminer.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^index\.kind: FAISS cannot build 'IVFbogus,Flat' for 32-d vectors \(could not parse"
+    ):
+        build_search_index(clustered(100), sample_queries=clustered(5), k=5, kind="IVFbogus,Flat")
