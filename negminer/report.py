@@ -51,7 +51,8 @@ def run_report(version_dir: str | Path, *, timings: dict[str, dict[str, Any]] | 
         f"Dataset version: [{version_dir}]({version_dir.as_uri()}) (parent: {manifest.get('parent') or 'none'})",
         "## Warnings\n\n" + "\n".join(f"- {w}" for w in warnings) if warnings else "",
         _counts_section(manifest.get("counts", {})),
-        _mapping_section("Dropped candidates by reason", manifest.get("counts", {}).get("dropped_by_reason")),
+        # counts.dropped_by_reason gives every candidate its outcome, the chosen ones as "selected"
+        _mapping_section("Candidates by outcome", manifest.get("counts", {}).get("dropped_by_reason")),
         _mapping_section("Flagged pairs by kind", _flag_counts(manifest, version_dir / "flagged.parquet")),
         _quantile_section(manifest.get("score_quantiles", {})),
         _changes_section(manifest.get("changes")),

@@ -19,7 +19,7 @@ def test_report_counts_flags_and_top_flagged(tmp_path: Path) -> None:
             "features": [[0.1, 0.2], [0.3], []],
         }
     )
-    counts = {"pairs_in": 10, "triplet_rows": 27, "dropped_by_reason": {"positive": 10, "surplus": 300}}
+    counts = {"pairs_in": 10, "triplet_rows": 27, "dropped_by_reason": {"selected": 27, "surplus": 300}}
     manifest = {"name": "nightly", "counts": counts, "score_quantiles": {"negative": {"q50": 0.5}}}
     version = write_version(tmp_path, "nightly", tables={"flagged": flagged}, manifest=manifest)
 
@@ -31,6 +31,7 @@ def test_report_counts_flags_and_top_flagged(tmp_path: Path) -> None:
     assert report.link == version.resolve().as_uri()
     text = report.markdown
     assert text.startswith("# nightly v0001")
+    assert "## Candidates by outcome" in text and "Dropped" not in text and "| selected | 27 |" in text
     assert "| surplus | 300 |" in text and "| false_negative | 2 |" in text and "| near_duplicate | 1 |" in text
     assert "| negative | 0.5 |" in text and "| embed | 1.50 | cached |" in text and "first version" in text
 
