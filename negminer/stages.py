@@ -690,8 +690,10 @@ def search_shards(n_anchors: int, *, config: MineConfig) -> list[dict[str, int]]
     return [{"shard": i, "first": first, "stop": min(first + size, n_anchors)} for i, first in enumerate(starts)]
 
 
-def _part_path(work_dir: Path, stem: str, shard: int) -> Path:
-    return work_dir / f"candidates-{stem}.part{shard:05d}.parquet"
+def _part_path(work_dir: Path, stem: str, shard: dict[str, int]) -> Path:
+    """A shard's part, named by the anchor range it covers (not its number, which another
+    ``search_shard_size`` gives to other anchors): a resumed run reuses only the parts of its own shards."""
+    return work_dir / f"candidates-{stem}.part{shard['first']:08d}-{shard['stop']:08d}.parquet"
 
 
 def search_shard_stage(
@@ -704,11 +706,12 @@ def search_shard_stage(
 ) -> dict[str, Any]:
     """Search one shard of anchors (:func:`search_shards`) into its part of the candidate table.
 
-    Idempotent: a finished part, or a finished merged table, is not searched again.
+    Idempotent: a finished part of the same anchor range, or a finished merged table, is not
+    searched again.
     """
     work_dir = Path(work_dir)
     stem = _search_stem(config, index_ref)
-    part = _part_path(work_dir, stem, shard["shard"])
+    part = _part_path(work_dir, stem, shard)
     if _done(work_dir / f"search-{stem}.json"):
         return {"shard": shard["shard"], "rows": None, "merged": True}
     if ref := _done(part.with_suffix(".json")):
@@ -723,6 +726,8 @@ def search_shard_stage(
     )
     ref = {
         "shard": shard["shard"],
+        "first": shard["first"],
+        "stop": shard["stop"],
         "path": str(part),
         "rows": result.rows,
         "depth": result.depth,
@@ -757,7 +762,7 @@ def search_merge_stage(
         for shard in shards
     ]
     ref = _done(merged) or _merge_parts(work_dir, stem, refs, index_ref)
-    _remove_parts(refs)
+    _remove_parts(work_dir, stem)
     return ref
 
 
@@ -781,12 +786,11 @@ def _merge_parts(work_dir: Path, stem: str, refs: list[dict[str, Any]], index_re
     return _finish(work_dir / f"search-{stem}.json", _search_ref(path, rows, refs[0]["depth"], seconds, index_ref))
 
 
-def _remove_parts(refs: list[dict[str, Any]]) -> None:
-    """Remove merged parts (refs of shards found merged have no part)."""
-    for r in refs:
-        if "path" in r:
-            Path(r["path"]).unlink(missing_ok=True)
-            Path(r["path"]).with_suffix(".json").unlink(missing_ok=True)
+def _remove_parts(work_dir: Path, stem: str) -> None:
+    """Remove the search's parts once merged, those of other shard sizes (an earlier, killed run) too."""
+    for path in work_dir.glob(f"candidates-{stem}.part*"):
+        if path.suffix in (".parquet", ".json"):
+            path.unlink(missing_ok=True)
 
 
 def curate_stage(work_dir: str | Path, candidates_path: str | Path, *, config: CurateConfig) -> dict[str, Any]:

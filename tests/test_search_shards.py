@@ -92,6 +92,26 @@ def test_shard_size_does_not_change_the_candidates(tmp_path, size) -> None:
     assert pq.read_table(merged["candidates"]).equals(pq.read_table(single["candidates"]))
 
 
+@pytest.mark.parametrize(("killed_size", "done", "resumed_size"), [(10, 1, 5), (5, 2, 10)])
+def test_a_run_resumed_with_another_shard_size_searches_each_anchor_once(
+    tmp_path, killed_size, done, resumed_size
+) -> None:
+    """Parts left by a killed run cover other anchors than the resumed run's shards of the same number."""
+    config = write_inputs(tmp_path)
+    single_work, index = prepared_work_dir(tmp_path, config, "single")
+    single = stages.search_stage(single_work, config=config.mine, index_config=config.index, index_ref=index)
+    work, index = prepared_work_dir(tmp_path, config, "resumed")
+    killed = config.mine.model_copy(update={"search_shard_size": killed_size})
+    for shard in stages.search_shards(29, config=killed)[:done]:
+        stages.search_shard_stage(work, shard, config=killed, index_config=config.index, index_ref=index)
+    resumed = config.mine.model_copy(update={"search_shard_size": resumed_size})
+    options = {"config": resumed, "index_config": config.index, "index_ref": index}
+    merged = stages.search_merge_stage(work, stages.search_shards(29, config=resumed), **options)
+
+    assert pq.read_table(merged["candidates"]).equals(pq.read_table(single["candidates"]))
+    assert not list(work.glob("candidates-*.part*")), "the killed run's parts are removed too"
+
+
 def _with_index(config: PipelineConfig, **options) -> PipelineConfig:
     return config.model_copy(update={"index": config.index.model_copy(update=options)})
 
