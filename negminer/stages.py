@@ -49,10 +49,26 @@ def fingerprint_input(path: str | Path | None) -> dict[str, Any] | None:
     return {"path": str(path), "sha256": digest.hexdigest(), "bytes": sum(f.stat().st_size for f in files)}
 
 
+def default_store_root(root: str | Path) -> Path:
+    """The embedding store of runs into `root` that name none: ``ROOT/.embeddings``."""
+    return Path(root) / ".embeddings"
+
+
 def work_dir_for(
-    root: str | Path, name: str, *, pairs: str | Path, corpus: str | Path | None, config: PipelineConfig
+    root: str | Path,
+    name: str,
+    *,
+    pairs: str | Path,
+    corpus: str | Path | None,
+    config: PipelineConfig,
+    store: str | Path | None = None,
 ) -> Path:
-    """The run's work folder, keyed by input content, input options and embedding model."""
+    """The run's work folder, keyed by input content, input options, embedding model and store.
+
+    `store` is the embedding store root (None: :func:`default_store_root`). Another store gets
+    another work folder: the folder's embed.json (the manifest's store and embedded counts)
+    describes one store. The default store adds nothing to the key, so its folders keep their names.
+    """
     key = {
         "pairs": fingerprint_input(pairs)["sha256"],
         "corpus": (fingerprint_input(corpus) or {}).get("sha256"),
@@ -65,6 +81,8 @@ def work_dir_for(
             key["store_dtype"] = config.embed.store_dtype
         if config.embed.precision != "float32":
             key["precision"] = config.embed.precision
+        if store is not None and (resolved := Path(store).resolve()) != default_store_root(root).resolve():
+            key["store"] = str(resolved)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return Path(root) / name / ".work" / digest
 

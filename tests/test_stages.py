@@ -112,3 +112,13 @@ def test_a_new_run_after_a_complete_write_publishes_a_new_version(refs, tmp_path
     second = write(refs, tmp_path / "out")
     assert (first.name, second.name) == ("v0001", "v0002")
     assert published(refs) == ["v0001", "v0002"]
+
+
+def test_only_a_store_other_than_the_default_changes_the_work_folder(sample_dir: Path, tmp_path: Path) -> None:
+    root, pairs = tmp_path / "out", sample_dir / "pairs.parquet"
+
+    def work(store: Path | None, config: PipelineConfig = CONFIG) -> Path:
+        return stages.work_dir_for(root, "d", pairs=pairs, corpus=None, config=config, store=store)
+
+    assert work(None) == work(root / ".embeddings") == work(tmp_path / "out" / "." / ".embeddings")
+    assert work(tmp_path / "a") != work(None) and work(tmp_path / "a") != work(tmp_path / "b")

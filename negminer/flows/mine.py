@@ -253,8 +253,8 @@ def mine_flow(
     """Mine hard negatives for `pairs` (against `corpus`) into a new version of `out`/`name`."""
     check_dataset_name(name)
     logger = get_run_logger()
-    work_dir = stages.work_dir_for(out, name, pairs=pairs, corpus=corpus, config=config)
-    store_root = store or str(Path(out) / ".embeddings")
+    store_root = store or str(stages.default_store_root(out))
+    work_dir = stages.work_dir_for(out, name, pairs=pairs, corpus=corpus, config=config, store=store_root)
     clock = _Clock()
     with work_lock(work_dir):
         tasks, w = _cached_in(work_dir), str(work_dir)

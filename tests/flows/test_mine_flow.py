@@ -240,6 +240,20 @@ def test_an_incremental_run_takes_over_the_index_shards(prefect_harness, tiny_in
     assert manifest(second)["changes"]["pairs"] == {"added": 2, "removed": 0, "kept": 40}
 
 
+def test_a_rerun_into_another_store_embeds_into_it_and_records_it(prefect_harness, tiny_inputs, tmp_path) -> None:
+    """The store is part of the work folder's key: the rerun's manifest names its own store and counts."""
+    out = tmp_path / "out"
+    first, _ = run_flow(tiny_inputs, "pairs40", out, tmp_path / "a")
+    second, _ = run_flow(tiny_inputs, "pairs40", out, tmp_path / "b")
+
+    for version, store in ((first, "a"), (second, "b")):
+        assert manifest(version)["embedding_store"]["path"] == str((tmp_path / store).resolve())
+    embedded = manifest(second)["counts"]["embedding"]
+    assert embedded == manifest(first)["counts"]["embedding"] and embedded["anchors"]["embedded"] > 0
+    assert store_rows(tmp_path / "b") == store_rows(tmp_path / "a") > 0
+    assert manifest(first)["work"]["key"] != manifest(second)["work"]["key"]
+
+
 def warning_logs(flow_run_id: str, *, containing: str, timeout: float = 30) -> list[str]:
     """The run's WARNING log messages with `containing`, waiting for Prefect's log worker to ship them."""
     from prefect.client.orchestration import get_client
