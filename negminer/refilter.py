@@ -57,7 +57,10 @@ def refilter_config(
 ) -> MineConfig:
     """The mine settings for refiltering `version_dir`: a YAML file's ``mine`` section + overrides.
 
-    Retrieval settings come from the parent. A file that sets a different ``search_depth``,
+    Retrieval settings come from the parent; every other ``mine`` setting starts from its
+    default (or the chosen preset's), not from the parent's, so a file or override that
+    switches the strategy does not inherit the old strategy's options: give every setting to
+    keep (e.g. ``num_negatives``). A file that sets a different ``search_depth``,
     or ``input`` / ``embed`` sections that differ from the parent's, is refused with a
     message that says to run ``mine`` again.
 
