@@ -207,7 +207,9 @@ def runs(
     """List a dataset's versions with their counts, oldest first (* marks LATEST)."""
     from negminer.errors import StorageError
     from negminer.storage.lineage import version_summaries
+    from negminer.storage.versions import check_dataset_name
 
+    check_dataset_name(name)
     summaries = version_summaries(out / name)
     if not summaries:
         raise StorageError(f"{out / name}: no complete versions")

@@ -60,6 +60,12 @@ def test_runs_of_unknown_dataset_is_one_line_error(tmp_path: Path) -> None:
     assert "no complete versions" in result.stderr
 
 
+def test_runs_refuses_a_name_that_points_outside_the_root(tmp_path: Path) -> None:
+    write_version(tmp_path, "ds", tables={"pairs": pa.table({"x": [1]})}, manifest={})
+    result = run_cli("runs", "..", "--out", str(tmp_path / "ds"))
+    assert result.returncode == 1 and "dataset name '..'" in result.stderr
+
+
 def test_gc_keeps_the_newest(tmp_path: Path) -> None:
     make_versions(tmp_path, 4)
     dry = run_cli("gc", "nightly", "--keep", "2", "--out", str(tmp_path), "--dry-run")

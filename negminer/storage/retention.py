@@ -28,6 +28,7 @@ from typing import IO, Any, NamedTuple
 
 from negminer.errors import StorageError
 from negminer.storage.versions import (
+    check_dataset_name,
     dataset_lock,
     latest_version,
     list_versions,
@@ -159,6 +160,7 @@ def collect_garbage(root: str | Path, name: str, *, keep: int, dry_run: bool = F
         >>> collect_garbage("datasets", "nightly", keep=7).versions  # doctest: +SKIP
         ['v0001', 'v0002']
     """
+    check_dataset_name(name)  # "..", "/x" or "a/b" would point gc outside ROOT
     if keep < 1:
         raise StorageError(f"--keep must be at least 1 (got {keep}); the LATEST version is never removed")
     root, dataset_dir = Path(root), Path(root) / name

@@ -107,6 +107,14 @@ def test_gc_rejects_keep_below_one(root: Path) -> None:
         collect_garbage(root, "missing", keep=1)
 
 
+@pytest.mark.parametrize("name", ["..", "../ds", "/tmp"])
+def test_gc_refuses_a_name_that_points_outside_the_root(root: Path, name: str) -> None:
+    from negminer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dataset name"):
+        collect_garbage(root / "ds", name, keep=1)
+
+
 def test_prune_skips_kept_and_busy_work_folders(tmp_path: Path) -> None:
     for key in ("a", "b", "c"):
         (tmp_path / "ds" / ".work" / key).mkdir(parents=True)
