@@ -58,6 +58,7 @@ STRATEGY_PRESETS: dict[str, dict[str, Any]] = {
 
 # Seeds are mixed as unsigned 64-bit integers (negminer.mining.strategies.pair_priority).
 _SEED_MAX = 2**64 - 1
+_CLASSIFIER_SEED_MAX = 2**32 - 1  # scikit-learn's random_state range
 
 
 class _Frozen(BaseModel):
@@ -260,7 +261,10 @@ class CurateConfig(_Frozen):
         5_000_000, ge=1, description="Rows above which find_label_issues runs batched (find_label_issues rule)."
     )
     seed: int = Field(
-        12, ge=0, le=_SEED_MAX, description="Seed of the folds, tail samples and classifier (a non-negative integer)."
+        12,
+        ge=0,
+        le=_CLASSIFIER_SEED_MAX,
+        description="Seed of the folds, tail samples and classifier (a non-negative integer below 2**32).",
     )
 
 
@@ -329,8 +333,8 @@ class PipelineConfig(_Frozen):
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, source: str = "config", **overrides: Any) -> PipelineConfig:
         """Validate a nested dict; errors name the offending key, e.g. `mine.num_negatives`."""
-        # an empty section (``mine:`` with nothing under it) reads as None: no settings
-        merged: dict[str, Any] = {k: {} if v is None else dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+        # an empty section (``mine:`` with nothing under it) reads as None: as if it were absent
+        merged: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items() if v is not None}
         for dotted, value in overrides.items():
             if value is None:
                 continue
