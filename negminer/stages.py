@@ -1082,9 +1082,27 @@ def _published_before(work_dir: Path, dataset_dir: Path, files: dict[str, str | 
             continue
         wanted = wanted or {f"{stem}.parquet": sha256_file(path) for stem, path in files.items()}
         if {fname: info["sha256"] for fname, info in manifest.get("files", {}).items()} == wanted:
-            logger.info("%s was published by an earlier attempt of this write; not publishing it again", version)
-            return dataset_dir / version
+            return _as_latest(dataset_dir, version, parent=intent["parent"])
     return None
+
+
+def _as_latest(dataset_dir: Path, version: str, *, parent: str | None) -> Path | None:
+    """`version` (published by an earlier attempt) once it is LATEST, or None to publish anew.
+
+    The attempt may have died between the rename into place and writing LATEST: then LATEST
+    still names its parent and is moved on. If another version has become LATEST since, this
+    call is no retry of the last publish, and a new version is published as before.
+    """
+    from negminer.storage.versions import LATEST, dataset_lock, latest_version
+
+    with dataset_lock(dataset_dir):
+        latest = latest_version(dataset_dir)
+        if latest == parent:
+            write_bytes_atomic(dataset_dir / LATEST, f"{version}\n".encode())
+        elif latest != version:
+            return None
+    logger.info("%s was published by an earlier attempt of this write; not publishing it again", version)
+    return dataset_dir / version
 
 
 def _record_published(work_dir: Path, version: Path) -> None:

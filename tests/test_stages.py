@@ -17,7 +17,7 @@ import pytest
 
 from negminer import stages
 from negminer.config import PipelineConfig
-from negminer.storage.versions import list_versions, verify_version
+from negminer.storage.versions import latest_version, list_versions, read_manifest, verify_version, write_version
 
 CONFIG = PipelineConfig.from_dict({"mine": {"search_depth": 20, "num_negatives": 3}})
 
@@ -105,6 +105,32 @@ def test_a_retry_after_publishing_failed_publishes(refs, tmp_path, monkeypatch):
 
     assert write(refs, tmp_path / "out").name == "v0001"
     assert published(refs) == ["v0001"]
+
+
+def test_a_retry_after_latest_failed_makes_the_published_version_latest(refs, tmp_path, monkeypatch):
+    import negminer.storage.versions as versions
+
+    fail_once(monkeypatch, versions, "write_bytes_atomic", when=lambda path, data: Path(path).name == "LATEST")
+    with pytest.raises(Exception, match="No space left"):
+        write(refs, tmp_path / "out")
+    assert list_versions(tmp_path / "out" / "toy") == ["v0001"] and latest_version(tmp_path / "out" / "toy") is None
+
+    assert write(refs, tmp_path / "out").name == "v0001"
+    assert latest_version(tmp_path / "out" / "toy") == "v0001"
+
+
+def test_a_rerun_after_another_version_became_latest_publishes_anew(refs, tmp_path, monkeypatch):
+    import negminer.storage.retention as retention
+
+    fail_once(monkeypatch, retention, "prune_work_dirs")
+    with pytest.raises(OSError, match="No space left"):
+        write(refs, tmp_path / "out")
+    first = tmp_path / "out" / "toy" / "v0001"
+    manifest = {"work": read_manifest(first)["work"]}
+    write_version(tmp_path / "out", "toy", tables={"pairs": pq.read_table(first / "pairs.parquet")}, manifest=manifest)
+
+    assert write(refs, tmp_path / "out").name == "v0003"
+    assert latest_version(tmp_path / "out" / "toy") == "v0003"
 
 
 def test_a_new_run_after_a_complete_write_publishes_a_new_version(refs, tmp_path):
