@@ -44,3 +44,36 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def read_with_random_vectors(sample_dir: Path, folder: Path, config, *, pairs: int = 40) -> tuple[Path, dict, dict]:
+    """The read stage on the sample's first `pairs` pairs, then seeded random unit vectors
+    (16-d) in place of the model: (work folder, read reference, embed reference)."""
+    import json
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from negminer import stages
+
+    path = folder / "pairs.parquet"
+    pq.write_table(pq.read_table(sample_dir / "pairs.parquet").slice(0, pairs), path)
+    work = folder / "work"
+    read = stages.read_stage(path, sample_dir / "corpus.parquet", work, config=config.input)
+    rng = np.random.default_rng(0)
+    for stem in ("anchors", "docs"):
+        vectors = rng.normal(size=(read["counts"][stem], 16)).astype(np.float32)
+        np.save(work / f"{stem}.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    embedding = {
+        stem: {"rows": read["counts"][stem], "embedded": read["counts"][stem], "reused": 0, "truncated": 0}
+        for stem in ("anchors", "docs")
+    }
+    embed = {"model": {"name": "random-16", "fingerprint": "random-16"}, "dim": 16, "embedding": embedding}
+    (work / "embed.json").write_text(json.dumps(embed))
+    return work, read, embed
+
+
+@pytest.fixture(scope="session")
+def random_vector_run(sample_dir: Path):
+    """:func:`read_with_random_vectors` bound to the shipped sample."""
+    return lambda folder, config, **kwargs: read_with_random_vectors(sample_dir, folder, config, **kwargs)

@@ -6,7 +6,6 @@ sample pairs with seeded random vectors in place of the model, so these tests st
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -27,22 +26,9 @@ from negminer.storage.versions import latest_version, list_versions, read_manife
 DEPTH = 20
 
 
-def mine_without_model(sample_dir: Path, folder: Path, config: PipelineConfig) -> Path:
+def mine_without_model(random_vector_run, folder: Path, config: PipelineConfig) -> Path:
     """A complete version through the real stages, with seeded random unit vectors."""
-    pairs = folder / "pairs.parquet"
-    pq.write_table(pq.read_table(sample_dir / "pairs.parquet").slice(0, 40), pairs)
-    work = folder / "work"
-    read = stages.read_stage(pairs, sample_dir / "corpus.parquet", work, config=config.input)
-    rng = np.random.default_rng(0)
-    for stem in ("anchors", "docs"):
-        vectors = rng.normal(size=(pq.read_metadata(work / f"{stem}.parquet").num_rows, 16)).astype(np.float32)
-        np.save(work / f"{stem}.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    embedding = {
-        stem: {"rows": read["counts"][stem], "embedded": read["counts"][stem], "reused": 0, "truncated": 0}
-        for stem in ("anchors", "docs")
-    }
-    embed = {"model": {"name": "random-16", "fingerprint": "random-16"}, "dim": 16, "embedding": embedding}
-    (work / "embed.json").write_text(json.dumps(embed))
+    work, read, embed = random_vector_run(folder, config)
     search = stages.search_stage(work, config=config.mine)
     select = stages.select_stage(work, search["candidates"], config=config.mine)
     path = stages.write_stage(
@@ -52,9 +38,9 @@ def mine_without_model(sample_dir: Path, folder: Path, config: PipelineConfig) -
 
 
 @pytest.fixture(scope="module")
-def parent(sample_dir: Path, tmp_path_factory) -> Path:
+def parent(random_vector_run, tmp_path_factory) -> Path:
     config = PipelineConfig.from_dict({"mine": {"search_depth": DEPTH, "num_negatives": 3, "output_scores": True}})
-    return mine_without_model(sample_dir, tmp_path_factory.mktemp("refilter"), config)
+    return mine_without_model(random_vector_run, tmp_path_factory.mktemp("refilter"), config)
 
 
 @pytest.fixture
@@ -263,9 +249,11 @@ def test_a_held_out_positive_confirmed_by_a_reviewer_is_trained_on_again(version
     assert trained_on("is_positive")
 
 
-def test_select_stage_puts_back_a_held_out_positive_a_reviewer_confirmed(sample_dir: Path, tmp_path: Path, monkeypatch):
+def test_select_stage_puts_back_a_held_out_positive_a_reviewer_confirmed(
+    random_vector_run, tmp_path: Path, monkeypatch
+):
     config = PipelineConfig.from_dict({"mine": {"search_depth": DEPTH, "num_negatives": 3}})
-    work = mine_without_model(sample_dir, tmp_path, config).parents[2] / "work"
+    work = mine_without_model(random_vector_run, tmp_path, config).parents[2] / "work"
     pairs = pq.read_table(work / "pairs.parquet")
     held = pairs.slice(0, 1).to_pylist()[0]
     pq.write_table(pairs.slice(1), work / "training-pairs.parquet")  # as curation writes it

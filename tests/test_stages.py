@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,21 +22,9 @@ CONFIG = PipelineConfig.from_dict({"mine": {"search_depth": 20, "num_negatives":
 
 
 @pytest.fixture
-def refs(sample_dir: Path, tmp_path: Path) -> dict[str, Any]:
+def refs(random_vector_run, tmp_path: Path) -> dict[str, Any]:
     """What the flow hands write_stage: the stage references of one run, and its work folder."""
-    pairs = tmp_path / "pairs.parquet"
-    pq.write_table(pq.read_table(sample_dir / "pairs.parquet").slice(0, 40), pairs)
-    work = tmp_path / "work"
-    read = stages.read_stage(pairs, sample_dir / "corpus.parquet", work, config=CONFIG.input)
-    rng = np.random.default_rng(0)
-    for stem in ("anchors", "docs"):
-        vectors = rng.normal(size=(read["counts"][stem], 16)).astype(np.float32)
-        np.save(work / f"{stem}.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    embedding = {
-        stem: {"rows": read["counts"][stem], "embedded": read["counts"][stem], "reused": 0}
-        for stem in ("anchors", "docs")
-    }
-    embed = {"model": {"name": "random-16", "fingerprint": "random-16"}, "dim": 16, "embedding": embedding}
+    work, read, embed = random_vector_run(tmp_path, CONFIG)
     search = stages.search_stage(work, config=CONFIG.mine)
     select = stages.select_stage(work, search["candidates"], config=CONFIG.mine)
     return {"work_dir": work, "read_ref": read, "embed_ref": embed, "search_ref": search, "select_ref": select}
