@@ -17,8 +17,9 @@ KEY_BYTES = 16
 
 
 def normalize_text(text: str) -> str:
-    """NFKC, case-folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    """NFKC, case-folded, NFKC again (case folding can undo the normal form, e.g. Greek
+    letters with two accents), whitespace collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold()).split())
 
 
 def text_key(text: str) -> bytes:

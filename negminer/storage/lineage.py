@@ -98,10 +98,18 @@ def _row_keys(table: pa.Table, *, batch_rows: int = 65536) -> Counter:
     """Multiset of row digests over every column (cast to text, nulls as empty), in batches."""
     keys: Counter = Counter()
     for batch in table.to_batches(max_chunksize=batch_rows):
-        columns = [pc.fill_null(pc.cast(column, pa.string()), "") for column in batch.columns]
+        columns = [pc.fill_null(_as_text(column), "") for column in batch.columns]
         joined = pc.binary_join_element_wise(*columns, "\x1f") if len(columns) > 1 else columns[0]
         keys.update(hashlib.blake2b(row.encode(), digest_size=12).digest() for row in joined.to_pylist())
     return keys
+
+
+def _as_text(column: pa.Array) -> pa.Array:
+    """A column cast to text; a list column (labeled-list views) as its length and items."""
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        return pc.cast(column, pa.string())
+    items = pc.binary_join(pc.cast(column, pa.list_(pa.string())), "\x1e")
+    return pc.binary_join_element_wise(pc.cast(pc.list_value_length(column), pa.string()), items, "\x1d")
 
 
 def _pair_keys(pairs: pa.Table, anchors: pa.Table, docs: pa.Table) -> Counter:

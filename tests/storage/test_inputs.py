@@ -846,3 +846,11 @@ def test_whitespace_only_corpus_text_is_quarantined_in_every_format(tmp_path):
 
     assert reject_view(prepared) == [("corpus.csv", 2, "text", "empty_text", "  ")]
     assert prepared.counts["corpus_in"] == 2
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [("\u0390", "\u03aa\u0301"), ("\u03b0", "\u03ab\u0301"), ("\u01f0\u0323", "J\u030c\u0323"), ("Straße", "STRASSE")],
+)
+def test_texts_equal_up_to_case_and_unicode_form_share_a_key(one, other):
+    assert text_key(one) == text_key(other)

@@ -70,3 +70,12 @@ def test_summaries_list_versions_with_counts_and_latest(tmp_path: Path) -> None:
     assert summaries[0].embedded == 3 and summaries[0].added is None
     assert (summaries[1].pairs, summaries[1].triplet_rows, summaries[1].added) == (1, 1, 0)
     assert version_summaries(tmp_path / "missing") == []
+
+
+def test_labeled_list_views_are_compared_row_by_row(tmp_path: Path) -> None:
+    def view(labels):
+        return pa.table({"anchor": ["a", "b"], "documents": [["p", "n1"], ["q", "n2"]], "labels": labels})
+
+    parent = write_version(tmp_path, "ds", tables={"triplets": view([[1, 0], [1, 0]])}, manifest={})
+    changes = version_changes(parent, tables={"triplets": view([[1, 0], [1, 1]])}, score_quantiles={})
+    assert changes["triplets"] == {"added": 1, "removed": 1, "kept": 1}
