@@ -492,14 +492,39 @@ def _read_csv(path: Path, columns: list[str]) -> _Raw:
     data: dict[str, list[str]] = {c: [] for c in present}
     rows: list[int] = []
     rejects: list[dict] = []
+    start = end = reader.line_num  # physical lines before and after the current record
     for row, record in enumerate(_csv_records(reader, path, rejects), start=1):
+        start, end = end, reader.line_num
         if not record or not _csv_record_ok(record, len(header), path, row, delimiter, rejects):
             continue
         for col in present:
             data[col].append(record[index[col]])
         rows.append(row)
+    if rows and _opens_an_unclosed_quote(text, start, delimiter):  # the last record, kept
+        rejects.append(reject_record(path, rows.pop(), None, "unparseable_csv", _UNCLOSED))
+        for col in present:
+            data[col].pop()
     table = pa.table({c: pa.array(data[c], pa.string()) for c in present})
     return _Raw(table, pa.array(rows, pa.int64()), rejects, header)
+
+
+_UNCLOSED = "a quoted field is never closed: it runs to the end of the file, taking every later line with it"
+
+
+def _opens_an_unclosed_quote(text: str, start_line: int, delimiter: str) -> bool:
+    """Whether the file's last record (from physical line `start_line`, 0-based) opens a quote
+    it never closes: the csv module's lenient mode then returns the rest of the file as that
+    one field, and the lines after it would vanish without a trace."""
+    buffer = io.StringIO(text, newline="")
+    for _ in range(start_line):
+        buffer.readline()
+    tail = buffer.read()
+    try:
+        for _ in csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as err:
+        return "unexpected end of data" in str(err)
+    return False
 
 
 def _csv_header(reader: Iterator[list[str]], path: Path) -> list[str]:

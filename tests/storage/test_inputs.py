@@ -854,3 +854,16 @@ def test_whitespace_only_corpus_text_is_quarantined_in_every_format(tmp_path):
 )
 def test_texts_equal_up_to_case_and_unicode_form_share_a_key(one, other):
     assert text_key(one) == text_key(other)
+
+
+def test_a_quote_never_closed_is_rejected_not_silently_swallowing_the_rest(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text('anchor,positive\na1,p1\na2,"p2 with a stray quote\na3,p3\na4,p4\n')
+    prepared = prepare_inputs(path)
+    assert prepared.pairs.num_rows == 1
+    [reject] = prepared.rejects.to_pylist()
+    assert (reject["source_row"], reject["reason"]) == (2, "unparseable_csv") and "never closed" in reject["value"]
+    with pytest.raises(InputError, match=r"row 2.*never closed"):
+        prepare_inputs(path, config=InputConfig(on_bad_rows="fail"))
+    path.write_text('anchor,positive\na1,"p1\non two lines"\na2,p2\n')  # a closed multi-line field stays
+    assert prepare_inputs(path).pairs.num_rows == 2
