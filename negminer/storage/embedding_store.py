@@ -113,10 +113,15 @@ class EmbeddingStore:
         """Store `vectors` (n, dim) under `hashes` (n 16-byte keys) as one new shard."""
         if vectors.shape != (len(hashes), self.dim):
             raise StorageError(f"vectors of shape {vectors.shape} do not match {len(hashes)} keys")
+        with np.errstate(over="ignore"):  # reported below, with the row
+            stored = np.asarray(vectors, self.dtype)
+        if not np.isfinite(stored).all():  # NaN in, or a value beyond float16's range (65504)
+            row = int(np.argmin(np.isfinite(stored).all(axis=1)))
+            raise StorageError(f"{self.folder}: vector {row} is not finite as {np.dtype(self.dtype).name}; not stored")
         keys = np.frombuffer(_key_bytes(hashes), np.uint8).reshape(-1, KEY_BYTES)
         name = hashlib.blake2b(keys.tobytes(), digest_size=12).hexdigest()
         keys_path = self.folder / f"shard-{name}.keys.npy"
-        write_npy_atomic(self._vector_path(keys_path), np.asarray(vectors, self.dtype))
+        write_npy_atomic(self._vector_path(keys_path), stored)
         if token_lengths is not None:
             write_npy_atomic(self._suffixed(keys_path, ".len.npy"), np.asarray(token_lengths, np.int32))
         write_npy_atomic(keys_path, keys)

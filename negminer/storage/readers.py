@@ -415,7 +415,7 @@ def _parse_json_line(raw_line: bytes, path: Path, row: int, rejects: list[dict])
     except UnicodeDecodeError:
         rejects.append(reject_record(path, row, None, "invalid_utf8", _shown_line(raw_line)))
         return None
-    if not line.strip():
+    if not line.strip(" \t\r\n"):  # JSON's whitespace only: a form feed or NBSP line is invalid JSON
         return None
     try:
         record = json.loads(line)

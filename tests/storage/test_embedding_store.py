@@ -171,3 +171,13 @@ def test_reopening_a_store_with_another_dtype_raises(tmp_path):
         EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float16")
     with pytest.raises(StorageError, match="float32 or float16"):
         EmbeddingStore(tmp_path, model_fingerprint="m2", dim=DIM, dtype="float64")
+
+
+@pytest.mark.parametrize(("dtype", "value"), [("float32", np.nan), ("float16", 70_000.0)])
+def test_a_vector_that_is_not_finite_as_stored_is_refused(tmp_path, dtype, value):
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype=dtype)
+    vectors = random_vectors(3)
+    vectors[1, 0] = value
+    with pytest.raises(StorageError, match=rf"vector 1 is not finite as {dtype}"):
+        store.add(keys(["a", "b", "c"]), vectors)
+    assert store.lookup(keys(["a"])).tolist() == [-1]

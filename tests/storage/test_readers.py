@@ -1208,3 +1208,15 @@ def test_integer_text_column_still_raises(tmp_path):
 
     with pytest.raises(InputError, match="must hold strings"):
         read_table(path, required=PAIRS, text_columns=TEXTS)
+
+
+def test_jsonl_line_of_non_json_whitespace_is_invalid_json_not_blank(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        '{"anchor": "a1", "positive": "p1"}\n\x0c\n\n{"anchor": "a4", "positive": "p4"}\n', encoding="utf-8"
+    )
+
+    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+
+    assert rows_of(result.table) == [1, 4]
+    assert reject_keys(result.rejects) == [(2, None, "invalid_json")]
