@@ -42,6 +42,8 @@ def _engine(root: Path, db: str | None, *, sync: bool = True):
     from negminer.audit.db import default_url, open_db
     from negminer.audit.loader import sync_root
 
+    if db is None and not root.is_dir():  # a mistyped --root would get an empty database of its own
+        raise InputError(f"{root}: no such datasets root (pass --root ROOT, or --db URL for a database elsewhere)")
     engine = open_db(db or default_url(root))
     if sync:
         sync_root(engine, root)
@@ -180,10 +182,15 @@ def decide(
     comment: Annotated[str | None, typer.Option("--comment", help="Why (optional).")] = None,
 ) -> None:
     """Record a decision on one or more flagged pairs (appended; the newest one counts)."""
-    from negminer.audit.queries import record_decision
+    from negminer.audit.queries import get_pair, record_decision
 
     engine = _engine(root, db, sync=False)
     who = reviewer or os.environ.get("NEGMINER_REVIEWER") or getpass.getuser()
+    if decision not in DECISIONS:
+        raise InputError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+    unknown = [str(pair_id) for pair_id in pair_ids if get_pair(engine, pair_id) is None]
+    if unknown:  # all or nothing: a typo in one id must not leave the others half recorded
+        raise InputError(f"no flagged pair with id {', '.join(unknown)}; nothing recorded")
     for pair_id in pair_ids:
         decision_id = record_decision(engine, pair_id, decision, reviewer=who, comment=comment)
         typer.echo(f"pair {pair_id}: {decision} by {who} (decision {decision_id})")

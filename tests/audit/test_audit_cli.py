@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from negminer.audit.db import open_db
 from negminer.audit.queries import Filters, latest_decisions, list_pairs
 from negminer.cli import app
+from negminer.errors import InputError
 
 DATASET = "scifact-audit"  # the dataset conftest.py builds
 
@@ -152,3 +153,21 @@ def test_csv_export_keeps_texts_with_carriage_returns_in_one_field(engine, versi
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(views) == 17
     assert {int(r["id"]): r["doc"] for r in rows if int(r["id"]) in texts} == texts
+
+
+def test_decide_records_nothing_when_one_id_is_unknown(datasets_root):
+    runner = CliRunner()
+    listing = runner.invoke(app, ["audit", "list", "--root", str(datasets_root)]).stdout
+    [first] = ids_of(listing)[:1]
+    result = runner.invoke(app, ["audit", "decide", "drop_pair", str(first), "999999", "--root", str(datasets_root)])
+    assert isinstance(result.exception, InputError) and "999999" in str(result.exception)
+    assert "nothing recorded" in str(result.exception)
+    engine = open_db(f"sqlite:///{datasets_root / 'audit.db'}")
+    assert latest_decisions(engine, DATASET).num_rows == 0
+    engine.dispose()
+
+
+def test_a_datasets_root_that_does_not_exist_is_an_error_not_an_empty_database(tmp_path):
+    result = CliRunner().invoke(app, ["audit", "list", "--root", str(tmp_path / "typo")])
+    assert isinstance(result.exception, InputError) and "no such datasets root" in str(result.exception)
+    assert not (tmp_path / "typo").exists()
