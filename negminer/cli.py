@@ -284,7 +284,8 @@ def main() -> None:
     except Exception as err:
         import click
 
-        if isinstance(err, click.exceptions.ClickException):
+        # typer ships its own copy of click: its usage errors are not click's classes
+        if isinstance(err, click.exceptions.ClickException) or (hasattr(err, "show") and hasattr(err, "exit_code")):
             err.show()
             sys.exit(err.exit_code)
         if os.environ.get("NEGMINER_DEBUG"):

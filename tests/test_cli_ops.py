@@ -79,3 +79,9 @@ def test_gc_keeps_the_newest(tmp_path: Path) -> None:
 
     bad = run_cli("gc", "nightly", "--keep", "0", "--out", str(tmp_path))
     assert bad.returncode == 1 and "--keep must be at least 1" in bad.stderr
+
+
+def test_a_usage_error_is_shown_as_one_and_exits_2(tmp_path: Path) -> None:
+    result = run_cli("runs", "ds", "--out", str(tmp_path), "--debug")
+    assert result.returncode == 2 and "No such option: --debug" in result.stderr
+    assert "rerun with --debug" not in result.stderr and "NoSuchOption" not in result.stderr
