@@ -1093,14 +1093,10 @@ def _as_latest(dataset_dir: Path, version: str, *, parent: str | None) -> Path |
     still names its parent and is moved on. If another version has become LATEST since, this
     call is no retry of the last publish, and a new version is published as before.
     """
-    from negminer.storage.versions import LATEST, dataset_lock, latest_version
+    from negminer.storage.versions import finish_publish
 
-    with dataset_lock(dataset_dir):
-        latest = latest_version(dataset_dir)
-        if latest == parent:
-            write_bytes_atomic(dataset_dir / LATEST, f"{version}\n".encode())
-        elif latest != version:
-            return None
+    if not finish_publish(dataset_dir, version, parent=parent):
+        return None
     logger.info("%s was published by an earlier attempt of this write; not publishing it again", version)
     return dataset_dir / version
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from negminer.errors import StorageError
 from negminer.mining.encoder import Precision, encode, token_lengths
-from negminer.storage.atomic import unique_partial
+from negminer.storage.atomic import atomic_path
 from negminer.storage.embedding_store import EmbeddingStore
 from negminer.textkeys import content_hashes
 
@@ -122,16 +122,12 @@ def fetch_to_file(hashes: pa.Array, out_path: str | Path, *, store: EmbeddingSto
     positions = store.lookup(hashes)
     if (positions < 0).any():
         raise StorageError(f"{store.folder}: {int((positions < 0).sum())} texts are not in the embedding store")
-    tmp = unique_partial(out_path, suffix=".npy")
-    try:
+    with atomic_path(out_path, suffix=".npy") as tmp:  # a failed fetch leaves no n x dim temp file
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(hashes), store.dim))
         for first in range(0, len(hashes), 65536):
             out[first : first + 65536] = store.fetch(positions[first : first + 65536])
         out.flush()
         del out
-        tmp.replace(out_path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed fetch leaves no n x dim temp file behind
     return positions
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from negminer.errors import ConfigError
 from negminer.mining.vectors import read_rows, take_rows
-from negminer.storage.atomic import unique_partial
+from negminer.storage.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -317,12 +317,8 @@ def save_index(index: Any, path: str | Path) -> Path:
 
     path = Path(path)
     cpu = faiss.index_gpu_to_cpu(index) if _is_gpu(index) else index
-    tmp = unique_partial(path)
-    try:
+    with atomic_path(path) as tmp:
         faiss.write_index(cpu, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

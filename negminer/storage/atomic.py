@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -83,11 +84,22 @@ def write_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
     return atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
-def unique_partial(path: str | Path, *, suffix: str = "") -> Path:
-    """A temporary name beside `path` that no other process or call uses (for writers that
-    need a file name, not a file object, before the rename into place)."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside `path`, unique to this call, for writers that need a file name
+    (FAISS, numpy memory maps): moved into place when the block ends, removed if it raises.
+
+    Example:
+        >>> with atomic_path("index.faiss") as tmp:  # doctest: +SKIP
+        ...     faiss.write_index(index, str(tmp))
+    """
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial{suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial{suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: str | Path) -> str:

@@ -196,9 +196,25 @@ def _publish(dataset_dir: Path, staging: Path, manifest: dict[str, Any], parent:
         write_bytes_atomic(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True).encode())
         target = dataset_dir / version
         staging.rename(target)
-        write_bytes_atomic(dataset_dir / LATEST, f"{version}\n".encode())
+        _set_latest(dataset_dir, version)
     logger.info("wrote dataset version %s", target)
     return target
+
+
+def _set_latest(dataset_dir: Path, version: str) -> None:
+    write_bytes_atomic(dataset_dir / LATEST, f"{version}\n".encode())
+
+
+def finish_publish(dataset_dir: str | Path, version: str, *, parent: str | None) -> bool:
+    """Make `version`, already in place, LATEST if LATEST still names `parent` (a publish that
+    died between the rename and LATEST); whether `version` is LATEST afterwards."""
+    dataset_dir = Path(dataset_dir)
+    with _locked(dataset_dir):
+        latest = latest_version(dataset_dir)
+        if latest == parent:
+            _set_latest(dataset_dir, version)
+            return True
+        return latest == version
 
 
 def verify_version(version_dir: str | Path) -> list[str]:

@@ -137,12 +137,15 @@ def test_without_proc_the_mode_still_follows_the_umask(tmp_path, monkeypatch):
 
 
 def test_two_writers_of_one_path_get_different_temporary_names(tmp_path):
-    from negminer.storage.atomic import unique_partial
+    from negminer.storage.atomic import atomic_path
 
     target = tmp_path / "docs.npy"
-    first, second = unique_partial(target, suffix=".npy"), unique_partial(target, suffix=".npy")
-    assert first != second and first.parent == second.parent == tmp_path
-    assert first.name.startswith(".docs.npy.") and first.name.endswith(".partial.npy")
+    with atomic_path(target, suffix=".npy") as first, atomic_path(target, suffix=".npy") as second:
+        first.write_bytes(b"1")
+        second.write_bytes(b"2")
+        assert first != second and first.parent == second.parent == tmp_path
+        assert first.name.startswith(".docs.npy.") and first.name.endswith(".partial.npy")
+    assert [p.name for p in tmp_path.iterdir()] == ["docs.npy"]
 
 
 def test_a_saved_index_leaves_no_temporary_file(tmp_path):
