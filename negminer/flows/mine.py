@@ -1,7 +1,8 @@
 """The `mine` flow: read → embed → index → search → strategy → (curate) → write → report.
 
-One task per stage, each a thin adapter over :mod:`negminer.stages`; tasks pass paths and
-small dicts, never arrays, models or texts. Embedding is planned once, then mapped over
+One task per stage, each a thin adapter over :mod:`negminer.stages`; tasks pass the stages'
+frozen references (:mod:`negminer.stages.refs`), never arrays, models or texts. Embedding is
+planned once, then mapped over
 shards of the texts the store lacks (each shard is a unit of caching, retry and resume).
 
 Caching: the stages that later runs reuse (read, embed, index, search) cache on
@@ -27,8 +28,34 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from negminer import stages
-from negminer.config import CurateConfig, EmbedConfig, IndexConfig, InputConfig, MineConfig, PipelineConfig
+from negminer.config import (
+    CurateConfig,
+    EmbedConfig,
+    IndexConfig,
+    InputConfig,
+    PipelineConfig,
+    RetrievalConfig,
+    SelectionConfig,
+)
 from negminer.errors import ConfigError, NegminerError, StorageError
+from negminer.mining.embedder import Embedder
+from negminer.report import run_report
+from negminer.stages.publish import StageRefs
+from negminer.stages.refs import (
+    AuditLoadRef,
+    CurateRef,
+    DocRange,
+    EmbedPlanRef,
+    EmbedRef,
+    EmbedShard,
+    EmbedShardResult,
+    IndexRef,
+    IndexShardRef,
+    ReadRef,
+    SearchPartRef,
+    SearchRef,
+    SelectRef,
+)
 from negminer.storage.retention import work_lock
 from negminer.storage.versions import check_dataset_name
 
@@ -60,96 +87,86 @@ PERSISTED: dict[str, Any] = {"cache_policy": REUSED, "persist_result": True, "re
 
 
 @task(name="read", **PERSISTED, **IO_RETRIES)
-def read_task(pairs: str, corpus: str | None, work_dir: str, config: InputConfig) -> dict[str, Any]:
+def read_task(pairs: str, corpus: str | None, work_dir: str, config: InputConfig) -> ReadRef:
     return stages.read_stage(pairs, corpus, work_dir, config=config)
 
 
 @task(name="embed-plan", **PERSISTED, **IO_RETRIES)
-def embed_plan_task(work_dir: str, config: EmbedConfig, store_root: str) -> dict[str, Any]:
+def embed_plan_task(work_dir: str, config: EmbedConfig, store_root: str) -> EmbedPlanRef:
     return stages.embed_plan_stage(work_dir, config=config, store_root=store_root)
 
 
 @task(name="embed-shard", **PERSISTED, **IO_RETRIES)
-def embed_shard_task(shard: dict[str, Any], config: EmbedConfig, store_root: str) -> dict[str, Any]:
+def embed_shard_task(shard: EmbedShard, config: EmbedConfig, store_root: str) -> EmbedShardResult:
     return stages.embed_shard_stage(shard, config=config, store_root=store_root)
 
 
 @task(name="embed", **PERSISTED, **IO_RETRIES)
-def embed_task(work_dir: str, config: EmbedConfig, store_root: str) -> dict[str, Any]:
+def embed_task(work_dir: str, config: EmbedConfig, store_root: str) -> EmbedRef:
     return stages.embed_assemble_stage(work_dir, config=config, store_root=store_root)
 
 
 @task(name="index-shard", **PERSISTED, **IO_RETRIES)
 def index_shard_task(
-    work_dir: str, shard: dict[str, int], config: IndexConfig, mine: MineConfig, parent: str | None
-) -> dict[str, Any]:
-    return stages.index_shard_stage(work_dir, shard, config=config, mine=mine, parent=parent)
+    work_dir: str, shard: DocRange, config: IndexConfig, retrieval: RetrievalConfig, parent: str | None
+) -> IndexShardRef:
+    return stages.index_shard_stage(work_dir, shard, config=config, retrieval=retrieval, parent=parent)
 
 
 @task(name="index", **PERSISTED, **IO_RETRIES)
-def index_task(work_dir: str, config: IndexConfig, mine: MineConfig, parent: str | None) -> dict[str, Any]:
-    return stages.index_stage(work_dir, config=config, mine=mine, parent=parent)
+def index_task(work_dir: str, config: IndexConfig, retrieval: RetrievalConfig, parent: str | None) -> IndexRef:
+    return stages.index_stage(work_dir, config=config, retrieval=retrieval, parent=parent)
 
 
 @task(name="search-shard", **PERSISTED, **IO_RETRIES)
 def search_shard_task(
-    work_dir: str, shard: dict[str, int], config: MineConfig, index_config: IndexConfig, index: dict[str, Any]
-) -> dict[str, Any]:
-    return stages.search_shard_stage(work_dir, shard, config=config, index_config=index_config, index_ref=index)
+    work_dir: str, shard: DocRange, config: RetrievalConfig, index_config: IndexConfig, index: IndexRef
+) -> SearchPartRef:
+    return stages.search_shard_stage(work_dir, shard, config=config, index_config=index_config, index=index)
 
 
 @task(name="search", **PERSISTED, **IO_RETRIES)
 def search_task(
-    work_dir: str, config: MineConfig, index_config: IndexConfig, index: dict[str, Any], shards: list[dict[str, int]]
-) -> dict[str, Any]:
-    return stages.search_merge_stage(work_dir, shards, config=config, index_config=index_config, index_ref=index)
+    work_dir: str, config: RetrievalConfig, index_config: IndexConfig, index: IndexRef, shards: list[DocRange]
+) -> SearchRef:
+    return stages.search_merge_stage(work_dir, shards, config=config, index_config=index_config, index=index)
 
 
 @task(name="curate", cache_policy=NO_CACHE)
-def curate_task(work_dir: str, candidates: str, config: CurateConfig) -> dict[str, Any]:
-    return stages.curate_stage(work_dir, candidates, config=config)
+def curate_task(work_dir: str, search: SearchRef, config: CurateConfig) -> CurateRef:
+    return stages.curate_stage(work_dir, search, config=config)
 
 
 @task(name="strategy", cache_policy=NO_CACHE)
-def strategy_task(work_dir: str, candidates: str, config: MineConfig, pairs: str | None = None) -> dict[str, Any]:
-    return stages.select_stage(work_dir, candidates, config=config, pairs_path=pairs)
+def strategy_task(work_dir: str, curated: CurateRef, config: SelectionConfig) -> SelectRef:
+    return stages.select_stage(work_dir, curated, config=config)
 
 
 @task(name="write", cache_policy=NO_CACHE, **IO_RETRIES)
-def write_task(work_dir: str, root: str, name: str, config: PipelineConfig, refs: dict[str, Any]) -> str:
-    return stages.write_stage(
-        work_dir,
-        root,
-        name,
-        config=config,
-        read_ref=refs["read"],
-        embed_ref=refs["embed"],
-        search_ref=refs["search"],
-        select_ref=refs["strategy"],
-        curate_ref=refs.get("curate"),
-    )
+def write_task(work_dir: str, root: str, name: str, config: PipelineConfig, refs: StageRefs) -> str:
+    return stages.publish_stage(work_dir, root, name, config=config, refs=refs)
 
 
 @task(name="audit-load", cache_policy=NO_CACHE, **IO_RETRIES)
-def audit_load_task(version: str, root: str) -> dict[str, Any]:
+def audit_load_task(version: str, root: str) -> AuditLoadRef:
     return stages.audit_load_stage(version, root)
 
 
 @task(name="report", cache_policy=NO_CACHE)
 def report_task(version: str, name: str, timings: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Publish the run's markdown summary, its top flagged pairs and a link to the version."""
-    report = stages.report_stage(version, timings=timings)
+    report = run_report(version, timings=timings)
     key = artifact_key(name)
-    create_markdown_artifact(markdown=report["markdown"], key=f"{key}-report", description=f"negminer run {version}")
+    create_markdown_artifact(markdown=report.markdown, key=f"{key}-report", description=f"negminer run {version}")
     create_table_artifact(
-        table=report["flagged"],
+        table=report.flagged,
         key=f"{key}-flagged",
-        description=f"top {len(report['flagged'])} of {report['flagged_total']} flagged pairs (lowest quality first)",
+        description=f"top {len(report.flagged)} of {report.flagged_total} flagged pairs (lowest quality first)",
     )
-    create_link_artifact(link=report["link"], link_text=version, key=f"{key}-version", description="dataset version")
-    for warning in report["warnings"]:
+    create_link_artifact(link=report.link, link_text=version, key=f"{key}-version", description="dataset version")
+    for warning in report.warnings:
         get_run_logger().warning("%s: %s", version, warning)
-    return {"version": version, "flagged": report["flagged_total"], "warnings": report["warnings"]}
+    return {"version": version, "flagged": report.flagged_total, "warnings": report.warnings}
 
 
 def artifact_key(name: str) -> str:
@@ -210,30 +227,32 @@ class _Clock:
         self.timings[stage] = {"seconds": round(seconds, 3), "cached": cached}
 
 
-def _embed(tasks: _Tasks, work_dir: str, config: EmbedConfig, store_root: str, clock: _Clock) -> dict[str, Any]:
+def _embed(tasks: _Tasks, work_dir: str, config: EmbedConfig, store_root: str, clock: _Clock) -> EmbedRef:
     plan = clock.run("embed-plan", tasks.embed_plan, work_dir, config, store_root)
-    clock.map("embed-shards", tasks.embed_shard, plan["shards"], unmapped(config), unmapped(store_root))
+    clock.map("embed-shards", tasks.embed_shard, list(plan.shards), unmapped(config), unmapped(store_root))
     return clock.run("embed", tasks.embed, work_dir, config, store_root)
 
 
 def _index(
     tasks: _Tasks, work_dir: str, config: PipelineConfig, n_docs: int, parent: str | None, clock: _Clock
-) -> dict[str, Any]:
+) -> IndexRef:
     """Map the index shards' builds (when the pool is sharded), then collect the index reference."""
+    retrieval = config.mine.retrieval
     if shards := stages.index_shards(n_docs, config=config.index):
-        options = (unmapped(config.index), unmapped(config.mine), unmapped(parent))
+        options = (unmapped(config.index), unmapped(retrieval), unmapped(parent))
         clock.map("index-shards", tasks.index_shard, unmapped(work_dir), shards, *options)
-    return clock.run("index", tasks.index, work_dir, config.index, config.mine, parent=parent)
+    return clock.run("index", tasks.index, work_dir, config.index, retrieval, parent=parent)
 
 
 def _search(
-    tasks: _Tasks, work_dir: str, config: PipelineConfig, index_ref: dict[str, Any], n_anchors: int, clock: _Clock
-) -> dict[str, Any]:
+    tasks: _Tasks, work_dir: str, config: PipelineConfig, index: IndexRef, n_anchors: int, clock: _Clock
+) -> SearchRef:
     """Map the search over shards of anchors, then merge their parts (exactly) into one table."""
-    shards = stages.search_shards(n_anchors, config=config.mine)
-    options = (unmapped(config.mine), unmapped(config.index), unmapped(index_ref))
+    retrieval = config.mine.retrieval
+    shards = stages.search_shards(n_anchors, config=retrieval)
+    options = (unmapped(retrieval), unmapped(config.index), unmapped(index))
     clock.map("search-shards", tasks.search_shard, unmapped(work_dir), shards, *options)
-    return clock.run("search", tasks.search, work_dir, config.mine, config.index, index_ref, shards)
+    return clock.run("search", tasks.search, work_dir, retrieval, config.index, index, shards)
 
 
 @flow(
@@ -258,26 +277,18 @@ def mine_flow(
     clock = _Clock()
     with work_lock(work_dir):
         tasks, w = _cached_in(work_dir), str(work_dir)
-        read_ref = clock.run("read", tasks.read, pairs, corpus, w, config.input)
-        logger.info("read %s", read_ref["counts"])
-        embed_ref = _embed(tasks, w, config.embed, store_root, clock)
-        logger.info("embedded %s", embed_ref["embedding"])
+        read = clock.run("read", tasks.read, pairs, corpus, w, config.input)
+        logger.info("read %s", read.counts)
+        embed = _embed(tasks, w, config.embed, store_root, clock)
+        logger.info("embedded %s", embed.manifest_counts())
         parent = stages.parent_work_dir(out, name)
-        index_ref = _index(tasks, w, config, read_ref["counts"]["docs"], parent, clock)
-        search_ref = _search(tasks, w, config, index_ref, read_ref["counts"]["anchors"], clock)
-        curate_ref = clock.run("curate", curate_task, w, search_ref["candidates"], config.curate)
-        logger.info("curation flagged %s", curate_ref["counts"].get("flagged_by_kind", "nothing (disabled)"))
-        strategy_ref = clock.run(
-            "strategy", strategy_task, w, curate_ref["candidates"], config.mine, curate_ref["pairs"]
-        )
-        logger.info("selected %s", strategy_ref["counts"])
-        refs = {
-            "read": read_ref,
-            "embed": embed_ref,
-            "search": search_ref,
-            "strategy": strategy_ref,
-            "curate": curate_ref,
-        }
+        index = _index(tasks, w, config, read.docs, parent, clock)
+        search = _search(tasks, w, config, index, read.anchors, clock)
+        curate = clock.run("curate", curate_task, w, search, config.curate)
+        logger.info("curation flagged %s", curate.counts.get("flagged_by_kind", "nothing (disabled)"))
+        select = clock.run("strategy", strategy_task, w, curate, config.mine.selection)
+        logger.info("selected %s", select.counts)
+        refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select)
         version = clock.run("write", write_task, w, out, name, config, refs)
     clock.run("audit-load", audit_load_task, version, out)
     clock.run("report", report_task, version, name, dict(clock.timings))
@@ -376,7 +387,7 @@ def run_mine(
     check_dataset_name(name)
     parameters = {"pairs": pairs, "out": out, "name": name, "corpus": corpus, "config": config, "store": store}
     if dask_address is None and dask_workers is None:
-        stages.preload_model(config.embed)  # overlaps Prefect's server start
+        Embedder(config.embed).preload()  # overlaps Prefect's server start
         start_temporary_server()
         return mine_flow(**parameters)
     runner = dask_task_runner(address=dask_address, workers=dask_workers)

@@ -1,0 +1,248 @@
+"""The typed references stages hand each other: paths, fingerprints and counts, never data.
+
+Every stage returns one of these frozen models and takes its producers' models as arguments;
+a stage's completion marker in the work folder (``read.json``, ``embed.json``, ...) is the
+JSON of its reference, so a resumed run reads back exactly what the first run returned.
+
+Fields a later stage reads are named and typed. What only goes into the manifest as it is
+(counters by reason, cleanlab's noise estimate, score quantiles) is a :data:`JsonObject`:
+its keys are documented where the manifest is (README, docs/curation.md), not read by code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+JsonObject = dict[str, JsonValue]
+
+RefT = TypeVar("RefT", bound="Ref")
+
+
+class Ref(BaseModel):
+    """Base of every reference: frozen, unknown keys refused, JSON round trip exact."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_json(self) -> dict[str, Any]:
+        """The reference as plain JSON types (what its completion marker holds)."""
+        return self.model_dump(mode="json")
+
+
+class InputFingerprint(Ref):
+    """An input file (or folder of Parquet files): path, content hash and size."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+
+class Inputs(Ref):
+    pairs: InputFingerprint
+    corpus: InputFingerprint | None
+
+
+class ReadRef(Ref):
+    """The read stage's output: ``anchors``/``docs``/``pairs``/``rejects.parquet`` in `work_dir`."""
+
+    work_dir: str
+    inputs: Inputs
+    counts: dict[str, int]  # rows in and out, rejects by reason (manifest ``counts``)
+    seconds: float
+
+    @property
+    def anchors(self) -> int:
+        return self.counts["anchors"]
+
+    @property
+    def docs(self) -> int:
+        return self.counts["docs"]
+
+
+class EmbedCounts(Ref):
+    rows: int
+    embedded: int
+    reused: int
+    truncated: int | None = None  # set once vectors are assembled
+
+
+class EmbedShard(Ref):
+    """One row group of ``embed-plan.parquet``: texts the store lacks, embedded as one unit."""
+
+    plan: str
+    shard: int
+    rows: int
+
+
+class EmbedPlanRef(Ref):
+    shards: tuple[EmbedShard, ...]
+    counts: dict[str, EmbedCounts]  # "anchors", "docs"
+    texts: int
+
+
+class EmbedShardResult(Ref):
+    shard: int
+    rows: int
+    embedded: int
+    seconds: float
+
+
+class ModelRef(Ref):
+    """The embedding model as the manifest names it (``precomputed`` for the user's vectors)."""
+
+    name: str
+    path: str | None
+    fingerprint: str
+
+
+class StoreRef(Ref):
+    """The embedding store folder the vectors came from, and its shards holding them."""
+
+    root: str
+    folder: str
+    shards: tuple[str, ...]
+
+
+class EmbedRef(Ref):
+    """``anchors.npy`` / ``docs.npy`` in the work folder, and where their vectors came from."""
+
+    model: ModelRef
+    dim: int
+    embedding: dict[str, EmbedCounts]
+    store: StoreRef | None
+
+    def manifest_counts(self) -> dict[str, Any]:
+        return {stem: counts.to_json() for stem, counts in self.embedding.items()}
+
+
+class DocRange(Ref):
+    """A consecutive range ``[first, stop)`` of docs (an index shard) or anchors (a search shard)."""
+
+    shard: int
+    first: int
+    stop: int
+
+
+class IndexShardRef(Ref):
+    """One doc range's saved index (built, or taken over from the parent run)."""
+
+    factory: str
+    params: dict[str, int]
+    recall: float | None
+    recall_sample: int
+    k: int
+    gpu: bool
+    path: str
+    first: int
+    stop: int
+    reused_from: str | None
+    seconds: float
+
+
+class IndexShardEntry(Ref):
+    """An index shard as the index reference lists it (``path`` is dropped from the manifest)."""
+
+    path: str | None = None
+    first: int
+    stop: int
+    params: dict[str, int]
+    recall: float | None
+    reused_from: str | None
+
+
+class ExtendedFrom(Ref):
+    """The parent run whose index (or index shards) this run's index started from."""
+
+    work: str
+    rows: int
+    shards: int | None = None
+
+
+class IndexRef(Ref):
+    """The search index: one file (`path`) or one file per doc range (`shards`)."""
+
+    key: str
+    path: str | None
+    rows: int
+    factory: str
+    params: dict[str, int]
+    recall: float | None
+    recall_sample: int
+    k: int
+    gpu: bool
+    shards: tuple[IndexShardEntry, ...] | None = None
+    extended_from: ExtendedFrom | None
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """The reference without paths or timing: what the manifest records as ``index``."""
+        summary = self.model_dump(mode="json", exclude={"path", "seconds"}, exclude_none=False)
+        if self.shards is None:
+            del summary["shards"]
+        else:
+            summary["shards"] = [shard.model_dump(mode="json", exclude={"path"}) for shard in self.shards]
+        if self.extended_from is not None and self.extended_from.shards is None:
+            del summary["extended_from"]["shards"]
+        return summary
+
+
+class SearchPartRef(Ref):
+    """One search shard's part of the candidate table; `merged` when the merge came first."""
+
+    shard: int
+    first: int | None = None
+    stop: int | None = None
+    path: str | None = None
+    rows: int | None
+    depth: int | None = None
+    seconds: float = 0.0
+    merged: bool = False
+
+
+class SearchRef(Ref):
+    """The candidate table: `search_depth` candidates per anchor plus its positives."""
+
+    candidates: str
+    rows: int
+    depth: int
+    index: JsonObject  # IndexRef.summary() of the index searched
+    seconds: float
+
+
+class CurateRef(Ref):
+    """Curated candidates and training pairs (the inputs unchanged when curation is off)."""
+
+    candidates: str
+    pairs: str
+    flagged: str | None = None
+    counts: JsonObject = {}  # flagged_by_kind, curation (manifest ``counts``)
+    noise: JsonObject | None = None  # cleanlab's estimated label noise
+    seconds: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.flagged is not None
+
+
+class SelectRef(Ref):
+    """The selected candidates and training views, with the manifest's figures."""
+
+    selected: str
+    triplets: str
+    tables: dict[str, str]  # table stem -> path of every file the version publishes from selection
+    counts: JsonObject
+    selection: JsonObject
+    score_quantiles: JsonObject
+    seconds: float
+
+
+class AuditLoadRef(Ref):
+    loaded: int
+    version: str | None = None
+
+
+def load_ref(path: Path, kind: type[RefT]) -> RefT | None:
+    """The reference a finished stage left at `path`, or None when the stage has not finished."""
+    return kind.model_validate_json(path.read_bytes()) if path.exists() else None

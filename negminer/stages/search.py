@@ -1,0 +1,188 @@
+"""Search stage: `search_depth` candidates per anchor, searched in shards of anchors, merged.
+
+Each anchor is searched in exactly one shard against the whole index, so the merged table
+equals a single search row for row. A shard's part is named by its anchor range, so a run
+resumed with another shard size reuses only the parts of its own shards.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from negminer.config import IndexConfig, RetrievalConfig
+from negminer.stages.index import index_stage, open_index
+from negminer.stages.refs import DocRange, IndexRef, SearchPartRef, SearchRef
+from negminer.stages.workdir import finish, finished
+
+
+def search_shards(n_anchors: int, *, config: RetrievalConfig) -> list[DocRange]:
+    """Consecutive anchor ranges of at most ``config.search_shard_size`` anchors (always one or more).
+
+    Example:
+        >>> [(s.first, s.stop) for s in search_shards(5, config=RetrievalConfig(search_shard_size=2))]
+        [(0, 2), (2, 4), (4, 5)]
+    """
+    size = config.search_shard_size
+    starts = range(0, max(n_anchors, 1), size)
+    return [DocRange(shard=i, first=first, stop=min(first + size, n_anchors)) for i, first in enumerate(starts)]
+
+
+def _stem(config: RetrievalConfig, index: IndexRef) -> str:
+    return f"d{config.search_depth}-{index.key}"
+
+
+def _marker(work_dir: Path, stem: str) -> Path:
+    return work_dir / f"search-{stem}.json"
+
+
+def _part_path(work_dir: Path, stem: str, shard: DocRange) -> Path:
+    return work_dir / f"candidates-{stem}.part{shard.first:08d}-{shard.stop:08d}.parquet"
+
+
+def _search(
+    work_dir: Path,
+    out_path: Path,
+    *,
+    config: RetrievalConfig,
+    index_config: IndexConfig,
+    index: IndexRef,
+    anchor_range: tuple[int, int] | None = None,
+):
+    from negminer.mining.search import search_candidates
+
+    pairs = pq.read_table(work_dir / "pairs.parquet")
+    anchors = pq.read_table(work_dir / "anchors.parquet", columns=["text_key"])
+    docs = pq.read_table(work_dir / "docs.parquet", columns=["text_key"])
+    return search_candidates(
+        np.load(work_dir / "anchors.npy", mmap_mode="r"),
+        np.load(work_dir / "docs.npy", mmap_mode="r"),
+        out_path,
+        pair_anchor=pairs.column("anchor_idx").to_numpy(),
+        pair_doc=pairs.column("doc_idx").to_numpy(),
+        doc_text_keys=docs.column("text_key").to_pylist(),
+        anchor_text_keys=anchors.column("text_key").to_pylist(),
+        search_depth=config.search_depth,
+        batch_size=config.search_batch_size,
+        index=open_index(index, index_config),
+        anchor_range=anchor_range,
+    )
+
+
+def search_stage(
+    work_dir: str | Path,
+    *,
+    config: RetrievalConfig,
+    index_config: IndexConfig,
+    index: IndexRef | None = None,
+) -> SearchRef:
+    """Retrieve `search_depth` candidates per anchor into ``candidates-d<depth>-<index key>.parquet``.
+
+    `index` is the index stage's reference; without it the index is built here. The flow
+    runs the same search as shards (:func:`search_shard_stage`, :func:`search_merge_stage`).
+    """
+    work_dir = Path(work_dir)
+    index = index or index_stage(work_dir, config=index_config, retrieval=config)
+    stem = _stem(config, index)
+    if ref := finished(_marker(work_dir, stem), SearchRef):
+        return ref
+    result = _search(
+        work_dir, work_dir / f"candidates-{stem}.parquet", config=config, index_config=index_config, index=index
+    )
+    ref = SearchRef(
+        candidates=str(result.path),
+        rows=result.rows,
+        depth=result.depth,
+        index=index.summary(),
+        seconds=round(result.seconds, 3),
+    )
+    return finish(_marker(work_dir, stem), ref)
+
+
+def search_shard_stage(
+    work_dir: str | Path, shard: DocRange, *, config: RetrievalConfig, index_config: IndexConfig, index: IndexRef
+) -> SearchPartRef:
+    """Search one shard of anchors (:func:`search_shards`) into its part of the candidate table.
+
+    Idempotent: a finished part of the same anchor range, or a finished merged table, is not
+    searched again.
+    """
+    work_dir = Path(work_dir)
+    stem = _stem(config, index)
+    part = _part_path(work_dir, stem, shard)
+    if _marker(work_dir, stem).exists():
+        return SearchPartRef(shard=shard.shard, rows=None, merged=True)
+    if ref := finished(part.with_suffix(".json"), SearchPartRef):
+        return ref
+    result = _search(
+        work_dir, part, config=config, index_config=index_config, index=index, anchor_range=(shard.first, shard.stop)
+    )
+    ref = SearchPartRef(
+        shard=shard.shard,
+        first=shard.first,
+        stop=shard.stop,
+        path=str(part),
+        rows=result.rows,
+        depth=result.depth,
+        seconds=round(result.seconds, 3),
+    )
+    return finish(part.with_suffix(".json"), ref)
+
+
+def search_merge_stage(
+    work_dir: str | Path,
+    shards: list[DocRange],
+    *,
+    config: RetrievalConfig,
+    index_config: IndexConfig,
+    index: IndexRef,
+) -> SearchRef:
+    """Concatenate the shards' parts, in anchor order, into the candidate table of :func:`search_stage`.
+
+    Parts still missing (a lost worker) are searched here. Runs on the same inputs share the
+    work folder and may run at once: a run that finds the merge done by another (before or
+    after its shards, or its parts removed by that merge) returns that merge's reference.
+    """
+    work_dir = Path(work_dir)
+    stem = _stem(config, index)
+    if ref := finished(_marker(work_dir, stem), SearchRef):
+        return ref
+    parts = [
+        search_shard_stage(work_dir, shard, config=config, index_config=index_config, index=index) for shard in shards
+    ]
+    ref = finished(_marker(work_dir, stem), SearchRef) or _merge_parts(work_dir, stem, parts, index)
+    _remove_parts(work_dir, stem)
+    return ref
+
+
+def _merge_parts(work_dir: Path, stem: str, parts: list[SearchPartRef], index: IndexRef) -> SearchRef:
+    """Merge the shards' parts into the candidate table and record it (``search-<stem>.json``).
+
+    A part missing while it is read was removed by a concurrent run's finished merge: its
+    reference is returned; without one the error stands.
+    """
+    from negminer.mining.search import merge_candidate_files
+
+    start = time.perf_counter()
+    path = work_dir / f"candidates-{stem}.parquet"
+    try:
+        rows = merge_candidate_files([part.path for part in parts], path)
+    except FileNotFoundError:
+        if ref := finished(_marker(work_dir, stem), SearchRef):
+            return ref
+        raise
+    seconds = time.perf_counter() - start + sum(part.seconds for part in parts)
+    ref = SearchRef(
+        candidates=str(path), rows=rows, depth=parts[0].depth, index=index.summary(), seconds=round(seconds, 3)
+    )
+    return finish(_marker(work_dir, stem), ref)
+
+
+def _remove_parts(work_dir: Path, stem: str) -> None:
+    """Remove the search's parts once merged, those of other shard sizes (an earlier, killed run) too."""
+    for path in work_dir.glob(f"candidates-{stem}.part*"):
+        if path.suffix in (".parquet", ".json"):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,123 @@
+"""The run's work folder: its key, its completion markers, and the parent run's folder.
+
+A run works in ``ROOT/NAME/.work/KEY``, KEY hashing what its reusable outputs depend on
+(input content, input options, embedding source, store). Each stage leaves a completion
+marker there, the JSON of the reference it returned (:mod:`negminer.stages.refs`); a stage
+that finds its marker returns it without redoing the work, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from negminer.config import EmbedConfig, PipelineConfig
+from negminer.errors import InputError
+from negminer.stages.refs import EmbedRef, InputFingerprint, RefT, load_ref
+from negminer.storage.atomic import sha256_file, write_bytes_atomic
+
+
+def fingerprint_input(path: str | Path | None) -> InputFingerprint | None:
+    """sha256 and size of an input file, or of every Parquet file in a folder."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path=str(path))
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(sha256_file(file).encode())
+    return InputFingerprint(path=str(path), sha256=digest.hexdigest(), bytes=sum(f.stat().st_size for f in files))
+
+
+def default_store_root(root: str | Path) -> Path:
+    """The embedding store of runs into `root` that name none: ``ROOT/.embeddings``."""
+    return Path(root) / ".embeddings"
+
+
+def work_dir_for(
+    root: str | Path,
+    name: str,
+    *,
+    pairs: str | Path,
+    corpus: str | Path | None,
+    config: PipelineConfig,
+    store: str | Path | None,
+) -> Path:
+    """The run's work folder, keyed by input content, input options, embedding model and store.
+
+    `store` is the embedding store root (None: :func:`default_store_root`). Another store gets
+    another work folder: the folder's embed.json (the manifest's store and embedded counts)
+    describes one store. The default store adds nothing to the key, so its folders keep their names.
+    """
+    corpus_print = fingerprint_input(corpus)
+    key = {
+        "pairs": fingerprint_input(pairs).sha256,
+        "corpus": corpus_print.sha256 if corpus_print else None,
+        "input": config.input.model_dump(),
+        "model": embedding_source_fingerprint(config.embed),
+        "max_seq_length": config.embed.max_seq_length,
+    }
+    if not config.embed.precomputed:  # other vectors: another work folder
+        if config.embed.store_dtype != "float32":
+            key["store_dtype"] = config.embed.store_dtype
+        if config.embed.precision != "float32":
+            key["precision"] = config.embed.precision
+        if store is not None and (resolved := Path(store).resolve()) != default_store_root(root).resolve():
+            key["store"] = str(resolved)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(root) / name / ".work" / digest
+
+
+def embedding_source_fingerprint(config: EmbedConfig) -> str:
+    """The model's content hash, or ``precomputed:`` and the vector files' hashes."""
+    if config.precomputed:
+        files = (fingerprint_input(config.anchor_vectors), fingerprint_input(config.doc_vectors))
+        return "precomputed:" + "+".join(f.sha256 for f in files)
+    from negminer.mining.embedder import Embedder
+
+    return Embedder(config).fingerprint
+
+
+def finished(path: Path, kind: type[RefT]) -> RefT | None:
+    """The reference of a stage whose completion marker is `path`, or None."""
+    return load_ref(path, kind)
+
+
+def finish(path: Path, ref: RefT) -> RefT:
+    """Write `ref` as the completion marker `path` (atomically) and return it."""
+    write_bytes_atomic(path, json.dumps(ref.to_json(), indent=2, sort_keys=True).encode())
+    return ref
+
+
+def read_marker(path: Path) -> dict | None:
+    """A small JSON file the stages keep beside their markers (publish intent, published list)."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_marker(path: Path, content: dict) -> None:
+    write_bytes_atomic(path, json.dumps(content, indent=2, sort_keys=True).encode())
+
+
+def store_of(work_dir: Path) -> tuple[str | None, str | None]:
+    """(store root, model folder) that a work folder's vectors came from."""
+    embed = finished(work_dir / "embed.json", EmbedRef)
+    if embed is None or embed.store is None:
+        return None, None
+    return embed.store.root, embed.store.folder
+
+
+def parent_work_dir(root: str | Path, name: str) -> str | None:
+    """The work folder of the dataset's LATEST version, if it is still there (see the index stage)."""
+    from negminer.storage.versions import latest_version, read_manifest
+
+    dataset_dir = Path(root) / name
+    latest = latest_version(dataset_dir)
+    if latest is None or not (dataset_dir / latest).is_dir():
+        return None
+    key = (read_manifest(dataset_dir / latest).get("work") or {}).get("key")
+    path = dataset_dir / ".work" / key if key else None
+    return str(path) if path is not None and path.is_dir() else None
