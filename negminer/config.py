@@ -132,8 +132,25 @@ class EmbedConfig(_Frozen):
         return self.anchor_vectors is not None
 
 
-class MineConfig(_Frozen):
-    """How candidates are retrieved and negatives chosen (sentence-transformers' names).
+class _Seeded(_Frozen):
+    seed: int = Field(12, ge=0, le=_SEED_MAX, description="Seed of the sampling (a non-negative integer).")
+
+
+class RetrievalConfig(_Seeded):
+    """How candidates are retrieved: what ``refilter`` cannot change, since it reuses them.
+
+    The seed also draws the anchors an approximate index measures its recall on.
+    """
+
+    search_depth: int = Field(100, ge=1, description="Candidates retrieved per anchor (before excluding positives).")
+    search_batch_size: int = Field(4096, ge=1)
+    search_shard_size: int = Field(
+        100_000, ge=1, description="Anchors per search task: the unit the flow maps over (and Dask distributes)."
+    )
+
+
+class SelectionConfig(_Seeded):
+    """How negatives are chosen among the retrieved candidates: everything ``refilter`` may change.
 
     ``strategy`` names a preset from :data:`STRATEGY_PRESETS`; options given explicitly
     (in the YAML file or on the command line) override the preset's values. Without a preset
@@ -144,7 +161,6 @@ class MineConfig(_Frozen):
         None, description="Named preset of selection settings; explicit options override it."
     )
     num_negatives: int = Field(3, ge=1)
-    search_depth: int = Field(100, ge=1, description="Candidates retrieved per anchor (before excluding positives).")
     range_min: int = Field(0, ge=0, description="Skip candidates with raw rank below this.")
     range_max: int | None = Field(None, ge=1, description="Skip candidates with raw rank at or above this.")
     min_score: float | None = None
@@ -167,13 +183,8 @@ class MineConfig(_Frozen):
     simans_b: float = Field(-0.1, description="SimANS offset b: the peak sits at positive + b.")
     output_format: OutputFormat = "triplet"
     output_scores: bool = Field(False, description="Also write scored.parquet: the training view plus a scores column.")
-    seed: int = Field(12, ge=0, le=_SEED_MAX, description="Seed of the sampling (a non-negative integer).")
     audit_extra_positives: bool = Field(
         False, description="A document a reviewer confirmed relevant (negminer audit) becomes an extra positive."
-    )
-    search_batch_size: int = Field(4096, ge=1)
-    search_shard_size: int = Field(
-        100_000, ge=1, description="Anchors per search task: the unit the flow maps over (and Dask distributes)."
     )
 
     @model_validator(mode="before")
@@ -184,11 +195,9 @@ class MineConfig(_Frozen):
         return data
 
     @model_validator(mode="after")
-    def _check_ranges(self) -> MineConfig:
+    def _check_selection_bounds(self) -> SelectionConfig:
         if self.range_max is not None and self.range_max <= self.range_min:
             raise ValueError(f"range_max ({self.range_max}) must be > range_min ({self.range_min})")
-        if self.range_max is not None and self.range_max > self.search_depth:
-            raise ValueError(f"range_max ({self.range_max}) must be <= search_depth ({self.search_depth})")
         _check_bounds("min_score", self.min_score, "max_score", self.max_score)
         _check_bounds(
             "min_score_percentile",
@@ -197,6 +206,28 @@ class MineConfig(_Frozen):
             self.max_score_percentile,
         )
         return self
+
+
+class MineConfig(RetrievalConfig, SelectionConfig):
+    """The ``mine`` section of the YAML file: retrieval and selection settings side by side.
+
+    Stages take the part they use (:attr:`retrieval`, :attr:`selection`); users write one
+    flat section, as sentence-transformers' ``mine_hard_negatives`` takes one flat call.
+    """
+
+    @model_validator(mode="after")
+    def _check_window_depth(self) -> MineConfig:
+        if self.range_max is not None and self.range_max > self.search_depth:
+            raise ValueError(f"range_max ({self.range_max}) must be <= search_depth ({self.search_depth})")
+        return self
+
+    @property
+    def retrieval(self) -> RetrievalConfig:
+        return RetrievalConfig(**self.model_dump(include=set(RetrievalConfig.model_fields)))
+
+    @property
+    def selection(self) -> SelectionConfig:
+        return SelectionConfig(**self.model_dump(include=set(SelectionConfig.model_fields)))
 
 
 def _check_bounds(low_name: str, low: float | None, high_name: str, high: float | None) -> None:

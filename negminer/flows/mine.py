@@ -1,9 +1,9 @@
-"""The `mine` flow: read → embed → index → search → strategy → (curate) → write → report.
+"""The `mine` flow: read → embed → index → search → curate → select → publish → report.
 
 One task per stage, each a thin adapter over :mod:`negminer.stages`; tasks pass the stages'
 frozen references (:mod:`negminer.stages.refs`), never arrays, models or texts. Embedding is
-planned once, then mapped over
-shards of the texts the store lacks (each shard is a unit of caching, retry and resume).
+planned once, then mapped over shards of the texts the store lacks (each shard is a unit of
+caching, retry and resume).
 
 Caching: the stages that later runs reuse (read, embed, index, search) cache on
 ``INPUTS + TASK_SOURCE`` with their small results persisted inside the run's work folder,
