@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def model():
     """The packaged all-MiniLM-L6-v2, loaded once per session."""
     from negminer.mining.encoder import load_model
 
-    return load_model(device="cpu")
+    return load_model(None, device="cpu", max_seq_length=None)
 
 
 @pytest.fixture(scope="session")
@@ -46,15 +47,15 @@ def prefect_harness():
         yield
 
 
-def read_with_random_vectors(sample_dir: Path, folder: Path, config, *, pairs: int = 40) -> tuple[Path, dict, dict]:
+def read_with_random_vectors(sample_dir: Path, folder: Path, config, *, pairs: int = 40) -> tuple[Path, Any, Any]:
     """The read stage on the sample's first `pairs` pairs, then seeded random unit vectors
     (16-d) in place of the model: (work folder, read reference, embed reference)."""
-    import json
-
     import numpy as np
     import pyarrow.parquet as pq
 
     from negminer import stages
+    from negminer.stages.refs import EmbedCounts, EmbedRef, ModelRef
+    from negminer.stages.workdir import finish
 
     path = folder / "pairs.parquet"
     pq.write_table(pq.read_table(sample_dir / "pairs.parquet").slice(0, pairs), path)
@@ -62,14 +63,14 @@ def read_with_random_vectors(sample_dir: Path, folder: Path, config, *, pairs: i
     read = stages.read_stage(path, sample_dir / "corpus.parquet", work, config=config.input)
     rng = np.random.default_rng(0)
     for stem in ("anchors", "docs"):
-        vectors = rng.normal(size=(read["counts"][stem], 16)).astype(np.float32)
+        vectors = rng.normal(size=(read.counts[stem], 16)).astype(np.float32)
         np.save(work / f"{stem}.npy", vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
     embedding = {
-        stem: {"rows": read["counts"][stem], "embedded": read["counts"][stem], "reused": 0, "truncated": 0}
+        stem: EmbedCounts(rows=read.counts[stem], embedded=read.counts[stem], reused=0, truncated=0)
         for stem in ("anchors", "docs")
     }
-    embed = {"model": {"name": "random-16", "fingerprint": "random-16"}, "dim": 16, "embedding": embedding}
-    (work / "embed.json").write_text(json.dumps(embed))
+    model = ModelRef(name="random-16", path=None, fingerprint="random-16")
+    embed = finish(work / "embed.json", EmbedRef(model=model, dim=16, embedding=embedding, store=None))
     return work, read, embed
 
 

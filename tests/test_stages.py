@@ -1,4 +1,4 @@
-"""The stages as plain functions: write_stage publishes once per run, retried or not.
+"""The stages as plain functions: publish_stage publishes once per run, retried or not.
 
 The stages before it run for real (read → search → select) on 40 sample pairs, with seeded
 random vectors in place of the model, so these tests stay fast.
@@ -23,19 +23,19 @@ CONFIG = PipelineConfig.from_dict({"mine": {"search_depth": 20, "num_negatives":
 
 @pytest.fixture
 def refs(random_vector_run, tmp_path: Path) -> dict[str, Any]:
-    """What the flow hands write_stage: the stage references of one run, and its work folder."""
+    """What the flow hands publish_stage: the stage references of one run, and its work folder."""
     work, read, embed = random_vector_run(tmp_path, CONFIG)
-    search = stages.search_stage(work, config=CONFIG.mine)
-    select = stages.select_stage(work, search["candidates"], config=CONFIG.mine)
-    return {"work_dir": work, "read_ref": read, "embed_ref": embed, "search_ref": search, "select_ref": select}
+    search = stages.search_stage(work, config=CONFIG.mine.retrieval, index_config=CONFIG.index)
+    curate = stages.curate_stage(work, search, config=CONFIG.curate.model_copy(update={"enabled": False}))
+    select = stages.select_stage(work, curate, config=CONFIG.mine.selection)
+    return {
+        "work_dir": work,
+        "refs": stages.StageRefs(read=read, embed=embed, search=search, curate=curate, select=select),
+    }
 
 
 def write(refs: dict[str, Any], root: Path) -> Path:
-    return Path(
-        stages.write_stage(
-            refs["work_dir"], root, "toy", config=CONFIG, **{k: v for k, v in refs.items() if k != "work_dir"}
-        )
-    )
+    return Path(stages.publish_stage(refs["work_dir"], root, "toy", config=CONFIG, refs=refs["refs"]))
 
 
 def fail_once(monkeypatch, target: Any, attribute: str, *, when: Any = lambda *args: True) -> None:
@@ -57,7 +57,9 @@ def published(refs: dict[str, Any]) -> list[str]:
 
 
 def test_a_retry_after_the_version_was_published_returns_it(refs, tmp_path, monkeypatch):
-    fail_once(monkeypatch, stages, "_finish", when=lambda path, ref: path.name == "published.json")
+    import negminer.stages.publish as publish
+
+    fail_once(monkeypatch, publish, "write_marker", when=lambda path, content: path.name == "published.json")
     with pytest.raises(OSError, match="No space left"):
         write(refs, tmp_path / "out")
     assert list_versions(tmp_path / "out" / "toy") == ["v0001"]

@@ -38,13 +38,13 @@ def mine(inputs: dict[str, Path], out: Path, **runner) -> Path:
 def test_local_cluster_of_two_workers_writes_the_same_dataset(prefect_harness, tiny_inputs, tmp_path) -> None:
     from distributed import Client, LocalCluster
 
-    from negminer import stages
+    from negminer.mining import embedder
 
     default = mine(tiny_inputs, tmp_path / "default")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         distributed = mine(tiny_inputs, tmp_path / "dask", dask_address=cluster.scheduler_address)
         with Client(cluster) as client:
-            loads = client.run(lambda: stages._cached_model.cache_info().misses)
+            loads = client.run(lambda: embedder._cached_model.cache_info().misses)
             executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
 
     # Both workers ran shard tasks; each that embedded loaded the model itself, once.
