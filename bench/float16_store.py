@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from bench.common import STORE
 from negminer import stages
-from negminer.config import PipelineConfig
-from negminer.mining.encoder import model_fingerprint, resolve_model_path
+from negminer.config import EmbedConfig, PipelineConfig
+from negminer.mining.embedder import store_key
 from negminer.storage.embedding_store import EmbeddingStore
 from negminer.textkeys import content_hashes
 
@@ -32,9 +32,10 @@ SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "scifact-sample"
 
 def _float16_store(root: Path, work: Path) -> None:
     """A float16 store with the benchmark store's vectors of the sample's texts."""
-    fingerprint = model_fingerprint(resolve_model_path(None))
-    source = EmbeddingStore(STORE, model_fingerprint=fingerprint, dim=384)
-    target = EmbeddingStore(root, model_fingerprint=f"{fingerprint}-float16", dim=384, dtype="float16")
+    source = EmbeddingStore(STORE, model_fingerprint=store_key(EmbedConfig()), dim=384, dtype="float32")
+    target = EmbeddingStore(
+        root, model_fingerprint=store_key(EmbedConfig(store_dtype="float16")), dim=384, dtype="float16"
+    )
     for stem in ("anchors", "docs"):
         hashes = content_hashes(pq.read_table(work / f"{stem}.parquet", columns=["text"]).column("text").to_pylist())
         positions = source.lookup(hashes)
@@ -50,8 +51,9 @@ def _mine(folder: Path, store: Path, config: PipelineConfig) -> dict:
         _float16_store(store, work)
     stages.embed_stage(work, config=config.embed, store_root=store)
     search = stages.search_stage(work, config=config.mine, index_config=config.index)
-    select = stages.select_stage(work, search["candidates"], config=config.mine)
-    tables = {"candidates": pq.read_table(search["candidates"]), "selected": pq.read_table(select["selected"])}
+    curated = stages.curate_stage(work, search, config=config.curate.model_copy(update={"enabled": False}))
+    select = stages.select_stage(work, curated, config=config.mine)
+    tables = {"candidates": pq.read_table(search.candidates), "selected": pq.read_table(select.selected)}
     return {"work": work, **tables}
 
 

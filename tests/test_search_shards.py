@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from negminer import stages
-from negminer.config import IndexConfig, MineConfig, PipelineConfig
+from negminer.config import IndexConfig, PipelineConfig, RetrievalConfig
+from negminer.stages import search as search_stages
+from negminer.stages.refs import DocRange, ExtendedFrom, IndexRef, SearchPartRef, SearchRef
 
 
 def write_inputs(tmp_path, *, n_anchors: int = 29, n_docs: int = 80) -> PipelineConfig:
@@ -45,39 +47,35 @@ def write_inputs(tmp_path, *, n_anchors: int = 29, n_docs: int = 80) -> Pipeline
     )
 
 
-def prepared_work_dir(tmp_path, config: PipelineConfig, out: str):
-    work = stages.work_dir_for(
-        tmp_path / out, "x", pairs=tmp_path / "pairs.parquet", corpus=tmp_path / "corpus.parquet", config=config
-    )
-    stages.read_stage(tmp_path / "pairs.parquet", tmp_path / "corpus.parquet", work, config=config.input)
-    stages.embed_stage(work, config=config.embed, store_root=tmp_path / "store")
-    return work, stages.index_stage(work, config=config.index, mine=config.mine)
+def prepared_work_dir(tmp_path, config: PipelineConfig, out: str) -> tuple[Path, IndexRef]:
+    work = _read_and_embed(tmp_path, config, out)
+    return work, stages.index_stage(work, config=config.index, retrieval=config.mine)
 
 
 def test_shards_cover_the_anchors_in_order() -> None:
-    shards = stages.search_shards(12, config=MineConfig(search_shard_size=5))
-    assert [(s["first"], s["stop"]) for s in shards] == [(0, 5), (5, 10), (10, 12)]
-    assert stages.search_shards(0, config=MineConfig()) == [{"shard": 0, "first": 0, "stop": 0}]
+    shards = stages.search_shards(12, config=RetrievalConfig(search_shard_size=5))
+    assert [(s.first, s.stop) for s in shards] == [(0, 5), (5, 10), (10, 12)]
+    assert stages.search_shards(0, config=RetrievalConfig()) == [DocRange(shard=0, first=0, stop=0)]
 
 
 def test_sharded_search_equals_the_single_task(tmp_path) -> None:
     config = write_inputs(tmp_path)
     single_work, index = prepared_work_dir(tmp_path, config, "single")
-    single = stages.search_stage(single_work, config=config.mine, index_config=config.index, index_ref=index)
+    single = stages.search_stage(single_work, config=config.mine, index_config=config.index, index=index)
 
     work, index = prepared_work_dir(tmp_path, config, "sharded")
     shards = stages.search_shards(29, config=config.mine)
     assert len(shards) == 6
-    options = {"config": config.mine, "index_config": config.index, "index_ref": index}
+    options = {"config": config.mine, "index_config": config.index, "index": index}
     for shard in reversed(shards[1:]):  # shards finish in any order; shard 0 is left to the merge
         stages.search_shard_stage(work, shard, **options)
     merged = stages.search_merge_stage(work, shards, **options)
 
-    assert pq.read_table(merged["candidates"]).equals(pq.read_table(single["candidates"]))
-    assert (merged["rows"], merged["depth"], merged["index"]) == (single["rows"], single["depth"], single["index"])
+    assert pq.read_table(merged.candidates).equals(pq.read_table(single.candidates))
+    assert (merged.rows, merged.depth, merged.index) == (single.rows, single.depth, single.index)
     assert not list(work.glob("candidates-*.part*")), "parts are removed once merged"
     assert stages.search_merge_stage(work, shards, **options) == merged  # idempotent
-    assert stages.search_shard_stage(work, shards[0], **options)["merged"] is True
+    assert stages.search_shard_stage(work, shards[0], **options).merged is True
 
 
 @pytest.mark.parametrize("size", [1, 4, 29, 1000])
@@ -85,11 +83,11 @@ def test_shard_size_does_not_change_the_candidates(tmp_path, size) -> None:
     config = write_inputs(tmp_path)
     config = config.model_copy(update={"mine": config.mine.model_copy(update={"search_shard_size": size})})
     work, index = prepared_work_dir(tmp_path, config, f"s{size}")
-    options = {"config": config.mine, "index_config": config.index, "index_ref": index}
+    options = {"config": config.mine, "index_config": config.index, "index": index}
     merged = stages.search_merge_stage(work, stages.search_shards(29, config=config.mine), **options)
     single_work, _ = prepared_work_dir(tmp_path, config, "single")
     single = stages.search_stage(single_work, **options)
-    assert pq.read_table(merged["candidates"]).equals(pq.read_table(single["candidates"]))
+    assert pq.read_table(merged.candidates).equals(pq.read_table(single.candidates))
 
 
 @pytest.mark.parametrize(("killed_size", "done", "resumed_size"), [(10, 1, 5), (5, 2, 10)])
@@ -99,16 +97,16 @@ def test_a_run_resumed_with_another_shard_size_searches_each_anchor_once(
     """Parts left by a killed run cover other anchors than the resumed run's shards of the same number."""
     config = write_inputs(tmp_path)
     single_work, index = prepared_work_dir(tmp_path, config, "single")
-    single = stages.search_stage(single_work, config=config.mine, index_config=config.index, index_ref=index)
+    single = stages.search_stage(single_work, config=config.mine, index_config=config.index, index=index)
     work, index = prepared_work_dir(tmp_path, config, "resumed")
     killed = config.mine.model_copy(update={"search_shard_size": killed_size})
     for shard in stages.search_shards(29, config=killed)[:done]:
-        stages.search_shard_stage(work, shard, config=killed, index_config=config.index, index_ref=index)
+        stages.search_shard_stage(work, shard, config=killed, index_config=config.index, index=index)
     resumed = config.mine.model_copy(update={"search_shard_size": resumed_size})
-    options = {"config": resumed, "index_config": config.index, "index_ref": index}
+    options = {"config": resumed, "index_config": config.index, "index": index}
     merged = stages.search_merge_stage(work, stages.search_shards(29, config=resumed), **options)
 
-    assert pq.read_table(merged["candidates"]).equals(pq.read_table(single["candidates"]))
+    assert pq.read_table(merged.candidates).equals(pq.read_table(single.candidates))
     assert not list(work.glob("candidates-*.part*")), "the killed run's parts are removed too"
 
 
@@ -120,47 +118,45 @@ def _with_index(config: PipelineConfig, **options) -> PipelineConfig:
 def test_index_shards_give_the_candidates_of_one_index(tmp_path, shard_docs) -> None:
     config = write_inputs(tmp_path)
     single_work, index = prepared_work_dir(tmp_path, config, "single")
-    single = pq.read_table(stages.search_stage(single_work, config=config.mine, index_ref=index)["candidates"])
+    single = pq.read_table(
+        stages.search_stage(single_work, config=config.mine, index_config=config.index, index=index).candidates
+    )
 
     sharded = _with_index(config, shard_docs=shard_docs)
     work, index = prepared_work_dir(tmp_path, sharded, "docs")
     n_shards = -(-80 // shard_docs)
-    assert len(index["shards"]) == len(list(work.glob("index-*.s*.faiss"))) == n_shards
-    options = {"config": sharded.mine, "index_config": sharded.index, "index_ref": index}
+    assert len(index.shards) == len(list(work.glob("index-*.s*.faiss"))) == n_shards
+    options = {"config": sharded.mine, "index_config": sharded.index, "index": index}
     merged = stages.search_merge_stage(work, stages.search_shards(29, config=sharded.mine), **options)
-    table = pq.read_table(merged["candidates"])
+    table = pq.read_table(merged.candidates)
 
     assert table.drop_columns(["score"]).equals(single.drop_columns(["score"]))
     np.testing.assert_allclose(table.column("score").to_numpy(), single.column("score").to_numpy(), atol=1e-5)
-    assert all("path" not in shard for shard in merged["index"]["shards"]), "the manifest gets no paths"
+    assert all("path" not in shard for shard in merged.index["shards"]), "the manifest gets no paths"
 
 
 def test_approximate_index_shards_are_tuned_one_by_one(tmp_path) -> None:
     config = _with_index(write_inputs(tmp_path), shard_docs=40, kind="IVF2,Flat", recall_sample=29)
     work, index = prepared_work_dir(tmp_path, config, "ivf")
-    assert [(s["first"], s["stop"]) for s in index["shards"]] == [(0, 40), (40, 80)]
-    assert index["factory"] == "IVF2,Flat" and all("nprobe" in s["params"] for s in index["shards"])
-    assert index["recall"] == min(s["recall"] for s in index["shards"]) >= 0.98
-    found = pq.read_table(stages.search_stage(work, config=config.mine, index_config=config.index)["candidates"])
+    assert [(s.first, s.stop) for s in index.shards] == [(0, 40), (40, 80)]
+    assert index.factory == "IVF2,Flat" and all("nprobe" in s.params for s in index.shards)
+    assert index.recall == min(s.recall for s in index.shards) >= 0.98
+    found = pq.read_table(stages.search_stage(work, config=config.mine, index_config=config.index).candidates)
     assert set(found.column("anchor_idx").to_pylist()) == set(range(29))
 
 
 def test_index_shards_built_one_by_one_are_collected_not_rebuilt(tmp_path) -> None:
     config = _with_index(write_inputs(tmp_path), shard_docs=30)
-    work = stages.work_dir_for(
-        tmp_path / "out", "x", pairs=tmp_path / "pairs.parquet", corpus=tmp_path / "corpus.parquet", config=config
-    )
-    stages.read_stage(tmp_path / "pairs.parquet", tmp_path / "corpus.parquet", work, config=config.input)
-    stages.embed_stage(work, config=config.embed, store_root=tmp_path / "store")
+    work = _read_and_embed(tmp_path, config, "out")
     shards = stages.index_shards(80, config=config.index)
-    assert [(s["first"], s["stop"]) for s in shards] == [(0, 30), (30, 60), (60, 80)]
+    assert [(s.first, s.stop) for s in shards] == [(0, 30), (30, 60), (60, 80)]
     assert stages.index_shards(30, config=config.index) == [] and stages.index_shards(80, config=IndexConfig()) == []
-    built = [stages.index_shard_stage(work, s, config=config.index, mine=config.mine) for s in reversed(shards)]
-    stamps = {b["path"]: Path(b["path"]).stat().st_mtime_ns for b in built}
-    assert stages.index_shard_stage(work, shards[0], config=config.index, mine=config.mine) == built[-1]
+    built = [stages.index_shard_stage(work, s, config=config.index, retrieval=config.mine) for s in reversed(shards)]
+    stamps = {b.path: Path(b.path).stat().st_mtime_ns for b in built}
+    assert stages.index_shard_stage(work, shards[0], config=config.index, retrieval=config.mine) == built[-1]
 
-    index = stages.index_stage(work, config=config.index, mine=config.mine)
-    assert [s["path"] for s in index["shards"]] == [b["path"] for b in reversed(built)]
+    index = stages.index_stage(work, config=config.index, retrieval=config.mine)
+    assert [s.path for s in index.shards] == [b.path for b in reversed(built)]
     assert all(Path(path).stat().st_mtime_ns == stamp for path, stamp in stamps.items()), "collected, not rebuilt"
 
 
@@ -185,7 +181,12 @@ def _append_docs(tmp_path, n_new: int, *, change_vector: int | None = None) -> N
 
 def _read_and_embed(tmp_path, config: PipelineConfig, out: str) -> Path:
     work = stages.work_dir_for(
-        tmp_path / out, "x", pairs=tmp_path / "pairs.parquet", corpus=tmp_path / "corpus.parquet", config=config
+        tmp_path / out,
+        "x",
+        pairs=tmp_path / "pairs.parquet",
+        corpus=tmp_path / "corpus.parquet",
+        config=config,
+        store=None,
     )
     stages.read_stage(tmp_path / "pairs.parquet", tmp_path / "corpus.parquet", work, config=config.input)
     stages.embed_stage(work, config=config.embed, store_root=tmp_path / "store")
@@ -200,19 +201,20 @@ def test_an_incremental_run_takes_over_the_parent_index_shards_of_unchanged_docs
     _append_docs(tmp_path, 25)  # 105 docs: (0, 30) (30, 60) (60, 90) (90, 105)
     work = _read_and_embed(tmp_path, config, "second")
 
-    index = stages.index_stage(work, config=config.index, mine=config.mine, parent=parent)
+    index = stages.index_stage(work, config=config.index, retrieval=config.mine, parent=parent)
 
-    assert [s["reused_from"] for s in index["shards"]] == [parent.name, parent.name, None, None]
-    assert index["extended_from"] == {"work": parent.name, "rows": 60, "shards": 2}
-    for shard in index["shards"][:2]:
-        assert Path(shard["path"]).parent == work
-        assert Path(shard["path"]).stat().st_ino == (parent / Path(shard["path"]).name).stat().st_ino
+    assert [s.reused_from for s in index.shards] == [parent.name, parent.name, None, None]
+    assert index.extended_from == ExtendedFrom(work=parent.name, rows=60, shards=2)
+    for shard in index.shards[:2]:
+        assert Path(shard.path).parent == work
+        assert Path(shard.path).stat().st_ino == (parent / Path(shard.path).name).stat().st_ino
     fresh_work = _read_and_embed(tmp_path, config, "fresh")
-    fresh = stages.index_stage(fresh_work, config=config.index, mine=config.mine)
-    assert fresh["extended_from"] is None and all(s["reused_from"] is None for s in fresh["shards"])
+    fresh = stages.index_stage(fresh_work, config=config.index, retrieval=config.mine)
+    assert fresh.extended_from is None and all(s.reused_from is None for s in fresh.shards)
     found = {}
     for name, folder, ref in (("incremental", work, index), ("fresh", fresh_work, fresh)):
-        found[name] = pq.read_table(stages.search_stage(folder, config=config.mine, index_ref=ref)["candidates"])
+        search = stages.search_stage(folder, config=config.mine, index_config=config.index, index=ref)
+        found[name] = pq.read_table(search.candidates)
     assert found["incremental"].equals(found["fresh"])
 
 
@@ -222,9 +224,9 @@ def test_index_shards_over_changed_vectors_are_rebuilt(tmp_path) -> None:
     _append_docs(tmp_path, 25, change_vector=40)  # doc 40 lies in the second shard
     work = _read_and_embed(tmp_path, config, "second")
 
-    index = stages.index_stage(work, config=config.index, mine=config.mine, parent=parent)
+    index = stages.index_stage(work, config=config.index, retrieval=config.mine, parent=parent)
 
-    assert [s["reused_from"] for s in index["shards"]] == [parent.name, None, None, None]
+    assert [s.reused_from for s in index.shards] == [parent.name, None, None, None]
 
 
 def test_a_changed_doc_text_rebuilds_only_its_own_shard(tmp_path) -> None:
@@ -236,20 +238,20 @@ def test_a_changed_doc_text_rebuilds_only_its_own_shard(tmp_path) -> None:
     pq.write_table(corpus.set_column(1, "text", pa.array(texts)), tmp_path / "corpus.parquet")
     work = _read_and_embed(tmp_path, config, "second")
 
-    index = stages.index_stage(work, config=config.index, mine=config.mine, parent=parent)
+    index = stages.index_stage(work, config=config.index, retrieval=config.mine, parent=parent)
 
-    assert [s["reused_from"] for s in index["shards"]] == [parent.name, None, parent.name]
-    assert index["extended_from"] == {"work": parent.name, "rows": 50, "shards": 2}
+    assert [s.reused_from for s in index.shards] == [parent.name, None, parent.name]
+    assert index.extended_from == ExtendedFrom(work=parent.name, rows=50, shards=2)
 
 
-def _race_setup(tmp_path) -> tuple[Path, list[dict[str, int]], dict, pa.Table]:
+def _race_setup(tmp_path) -> tuple[Path, list[DocRange], dict[str, Any], pa.Table]:
     """A prepared work folder, its shards and options, and the single-task candidates."""
     config = write_inputs(tmp_path)
     single_work, index = prepared_work_dir(tmp_path, config, "single")
-    single = stages.search_stage(single_work, config=config.mine, index_config=config.index, index_ref=index)
+    single = stages.search_stage(single_work, config=config.mine, index_config=config.index, index=index)
     work, index = prepared_work_dir(tmp_path, config, "shared")
-    options = {"config": config.mine, "index_config": config.index, "index_ref": index}
-    return work, stages.search_shards(29, config=config.mine), options, pq.read_table(single["candidates"])
+    options = {"config": config.mine, "index_config": config.index, "index": index}
+    return work, stages.search_shards(29, config=config.mine), options, pq.read_table(single.candidates)
 
 
 def _once(run_other: Callable[[], object], call: Callable[..., Any], *, skip: int = 0) -> Callable[..., Any]:
@@ -265,25 +267,25 @@ def _once(run_other: Callable[[], object], call: Callable[..., Any], *, skip: in
     return hooked
 
 
-def _assert_merged_once(work: Path, ref: dict[str, Any], other: dict[str, Any], single: pa.Table) -> None:
-    assert ref["candidates"] == other["candidates"] and ref["rows"] == other["rows"] == single.num_rows
-    assert pq.read_table(ref["candidates"]).equals(single)
+def _assert_merged_once(work: Path, ref: SearchRef, other: SearchRef, single: pa.Table) -> None:
+    assert ref.candidates == other.candidates and ref.rows == other.rows == single.num_rows
+    assert pq.read_table(ref.candidates).equals(single)
     assert not list(work.glob("candidates-*.part*")) and not list(work.glob(".candidates-*"))
 
 
 def test_a_run_whose_search_another_run_merges_before_its_shard_loop_returns_that_merge(tmp_path, monkeypatch) -> None:
     work, shards, options, single = _race_setup(tmp_path)
-    shard_stage, other = stages.search_shard_stage, {}
+    shard_stage, other = search_stages.search_shard_stage, {}
 
     def other_run() -> None:  # runs with the shard stage unhooked, as another process would
-        monkeypatch.setattr(stages, "search_shard_stage", shard_stage)
-        other.update(stages.search_merge_stage(work, shards, **options))
-        monkeypatch.setattr(stages, "search_shard_stage", hooked)
+        monkeypatch.setattr(search_stages, "search_shard_stage", shard_stage)
+        other["ref"] = stages.search_merge_stage(work, shards, **options)
+        monkeypatch.setattr(search_stages, "search_shard_stage", hooked)
 
     hooked = _once(other_run, shard_stage)
-    monkeypatch.setattr(stages, "search_shard_stage", hooked)
+    monkeypatch.setattr(search_stages, "search_shard_stage", hooked)  # the name search_merge_stage calls
     ref = stages.search_merge_stage(work, shards, **options)
-    _assert_merged_once(work, ref, other, single)
+    _assert_merged_once(work, ref, other["ref"], single)
 
 
 @pytest.mark.parametrize("skip", [0, 2])  # before the merge reads its first part / once it has copied two
@@ -293,24 +295,27 @@ def test_a_run_whose_parts_another_run_merges_and_removes_returns_that_merge(tmp
     work, shards, options, single = _race_setup(tmp_path)
     for shard in shards:
         stages.search_shard_stage(work, shard, **options)
-    other: dict[str, Any] = {}
-    monkeypatch.setattr(
-        search.pq,
-        "ParquetFile",
-        _once(lambda: other.update(stages.search_merge_stage(work, shards, **options)), pq.ParquetFile, skip=skip),
-    )
+    other: dict[str, SearchRef] = {}
+
+    def other_run() -> None:
+        other["ref"] = stages.search_merge_stage(work, shards, **options)
+
+    monkeypatch.setattr(search.pq, "ParquetFile", _once(other_run, pq.ParquetFile, skip=skip))
     ref = stages.search_merge_stage(work, shards, **options)
-    _assert_merged_once(work, ref, other, single)
+    _assert_merged_once(work, ref, other["ref"], single)
 
 
 def test_two_runs_searching_one_shard_at_once_write_the_same_part(tmp_path, monkeypatch) -> None:
     from negminer.mining import search
 
     work, shards, options, single = _race_setup(tmp_path)
-    other: dict[str, Any] = {}
-    batch = _once(lambda: other.update(stages.search_shard_stage(work, shards[1], **options)), search._candidate_batch)
-    monkeypatch.setattr(search, "_candidate_batch", batch)
+    other: dict[str, SearchPartRef] = {}
+
+    def other_run() -> None:
+        other["ref"] = stages.search_shard_stage(work, shards[1], **options)
+
+    monkeypatch.setattr(search, "_candidate_batch", _once(other_run, search._candidate_batch))
     ref = stages.search_shard_stage(work, shards[1], **options)
-    assert ref["path"] == other["path"] and ref["rows"] == other["rows"]
-    assert pq.read_table(ref["path"]).equals(single.filter(pc.field("anchor_idx").isin(range(5, 10))))
+    assert ref.path == other["ref"].path and ref.rows == other["ref"].rows
+    assert pq.read_table(ref.path).equals(single.filter(pc.field("anchor_idx").isin(range(5, 10))))
     assert not list(work.glob(".candidates-*"))

@@ -75,19 +75,24 @@ def test_stages_mine_with_precomputed_vectors(tmp_path) -> None:
         }
     )
     work = stages.work_dir_for(
-        tmp_path / "out", "byo", pairs=tmp_path / "pairs.parquet", corpus=tmp_path / "corpus.parquet", config=config
+        tmp_path / "out",
+        "byo",
+        pairs=tmp_path / "pairs.parquet",
+        corpus=tmp_path / "corpus.parquet",
+        config=config,
+        store=None,
     )
     stages.read_stage(tmp_path / "pairs.parquet", tmp_path / "corpus.parquet", work, config=config.input)
     ref = stages.embed_stage(work, config=config.embed, store_root=tmp_path / "store")
-    assert ref["model"]["name"] == "precomputed" and ref["model"]["fingerprint"].startswith("precomputed:")
+    assert ref.model.name == "precomputed" and ref.model.fingerprint.startswith("precomputed:")
     assert not (tmp_path / "store").exists()
     np.testing.assert_allclose(np.load(work / "anchors.npy"), [[1, 0], [0, 1]])
     # q1 = (1, 0): d1 is its positive, then d4 (0.8) beats d3 (0.6)
     docs = np.load(work / "docs.npy")
     scores = np.load(work / "anchors.npy") @ docs.T
     np.testing.assert_allclose(scores, [[1.0, 0.0, 0.6, 0.8], [0.0, 1.0, 0.8, 0.6]], atol=1e-6)
-    search = stages.search_stage(work, config=config.mine)
-    candidates = pq.read_table(search["candidates"]).to_pylist()
+    search = stages.search_stage(work, config=config.mine, index_config=config.index)
+    candidates = pq.read_table(search.candidates).to_pylist()
     top_non_positive = {
         row["anchor_idx"]: row["doc_idx"]
         for row in sorted(candidates, key=lambda r: -r["rank"])
