@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.common import STORE
-from negminer.config import CurateConfig
+from negminer.config import CurateConfig, EmbedConfig
 from negminer.curation import CurationResult, curate_candidates
-from negminer.mining.encoder import model_fingerprint, resolve_model_path
+from negminer.mining.embedder import store_key
 from negminer.storage.embedding_store import EmbeddingStore
 from negminer.textkeys import content_hashes
 
@@ -88,7 +88,7 @@ def curate_prepared(prep, config: CurateConfig) -> CurationResult:
 
 def stored_vectors(texts: list[str], store_root: Path = STORE) -> np.ndarray:
     """Vectors of `texts` from the benchmark store (all-MiniLM-L6-v2); raise if any is missing."""
-    store = EmbeddingStore(store_root, model_fingerprint=model_fingerprint(resolve_model_path(None)), dim=384)
+    store = EmbeddingStore(store_root, model_fingerprint=store_key(EmbedConfig()), dim=384, dtype="float32")
     positions = store.lookup(content_hashes(texts))
     if (positions < 0).any():
         missing = int((positions < 0).sum())
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             negatives_of[label] = negatives
             rows.append((label, evaluate(prep, negatives, k=k), seconds, counts))
         if not args.no_st:
-            model = load_model(device="cpu")
+            model = load_model(None, device="cpu", max_seq_length=None)
             for label, options in ST_ARMS:
                 negatives_of[label], seconds = run_st(prep, model, options, k=k)
                 rows.append((label, evaluate(prep, negatives_of[label], k=k), seconds, {}))

@@ -662,7 +662,7 @@ def _mining_model(arms: list[str], budget: Budget) -> SentenceTransformer | None
         return None
     from negminer.mining.encoder import load_model
 
-    return load_model(None, device=budget.device)
+    return load_model(None, device=budget.device, max_seq_length=None)
 
 
 def parse_overrides(settings: list[str]) -> dict[str, dict[str, Any]]:

@@ -62,7 +62,7 @@ def embedding_only(anchors: list[str], docs: list[str], precision: str = "float3
     """The forward passes alone, batched as sentence-transformers batches them (by characters)."""
     from negminer.mining.encoder import load_model
 
-    model = load_model(device="cpu")
+    model = load_model(None, device="cpu", max_seq_length=None)
     start = time.perf_counter()
     with _autocast(precision):
         for texts in (anchors, docs):
@@ -74,10 +74,10 @@ def embedding_token_order(anchors: list[str], docs: list[str]) -> float:
     """The same forward passes through negminer's encode (batches cut by token count)."""
     from negminer.mining.encoder import encode, load_model
 
-    model = load_model(device="cpu")
+    model = load_model(None, device="cpu", max_seq_length=None)
     start = time.perf_counter()
-    encode(anchors, model, batch_size=32)
-    encode(docs, model, batch_size=32)
+    encode(anchors, model, batch_size=32, processes=1, precision="float32")
+    encode(docs, model, batch_size=32, processes=1, precision="float32")
     return time.perf_counter() - start
 
 
@@ -87,7 +87,7 @@ def st_cold(pairs, corpus_texts: list[str], num_negatives: int, precision: str =
 
     from negminer.mining.encoder import load_model
 
-    model = load_model(device="cpu")
+    model = load_model(None, device="cpu", max_seq_length=None)
     dataset = datasets.Dataset.from_dict(
         {"anchor": pairs.column("anchor").to_pylist(), "positive": pairs.column("positive").to_pylist()}
     )

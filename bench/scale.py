@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
-from negminer.config import IndexConfig
+from negminer.config import IndexConfig, MineConfig
 from negminer.mining.index import (
     build_index_shards,
     build_search_index,
@@ -149,6 +149,8 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
         "kind": args.index,
         "exact_max_docs": IndexConfig().exact_max_docs,
         "min_recall": IndexConfig().min_recall,
+        "use_gpu": IndexConfig().use_gpu,
+        "seed": MineConfig().seed,
     }
     if args.shard_docs:
         built_shards = build_index_shards(
@@ -167,7 +169,9 @@ def run(tmp: Path, args: argparse.Namespace) -> None:
     searched = time.perf_counter() - start
     _phase("searched", searched)
     if args.shard_docs:
-        approx = search_index_shards(index, sample, 0, len(sample), args.depth)[1]
+        approx = search_index_shards(
+            index, sample, 0, len(sample), args.depth, batch_size=MineConfig().search_batch_size
+        )[1]
     else:
         approx = index.search(sample, args.depth)[1]
     recall = recall_at_k(approx, exact_topk(sample, docs, args.depth))
@@ -195,7 +199,7 @@ def _search(anchors: np.ndarray, docs: np.ndarray, tmp: Path, index, args: argpa
         doc_text_keys=range(len(docs)),
         anchor_text_keys=[-1 - i for i in range(n_anchors)],
         search_depth=args.depth,
-        batch_size=4096,
+        batch_size=MineConfig().search_batch_size,
         index=index,
     )
     return result.rows

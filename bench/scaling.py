@@ -64,15 +64,15 @@ def encoding(processes: int) -> None:
 
     texts = pq.read_table(SAMPLE / "pairs.parquet").column("anchor").to_pylist()
     texts += pq.read_table(SAMPLE / "corpus.parquet").column("text").to_pylist()
-    model = load_model(device="cpu")
+    model = load_model(None, device="cpu", max_seq_length=None)
     start = time.perf_counter()
-    single = encode(texts, model)
+    single = encode(texts, model, batch_size=32, processes=1, precision="float32")
     one = time.perf_counter() - start
     start = time.perf_counter()
     multi_process_pool(model, processes)
     pool_start = time.perf_counter() - start
     start = time.perf_counter()
-    pooled = encode(texts, model, processes=processes)
+    pooled = encode(texts, model, batch_size=32, processes=processes, precision="float32")
     many = time.perf_counter() - start
     print(
         f"encode {len(texts)} texts: 1 process {one:.1f} s ({len(texts) / one:.0f}/s); "

@@ -13,23 +13,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from bench.common import SHARED_DATA, STORE
-from negminer.mining.embedding import embed_to_file
-from negminer.mining.encoder import embedding_dimension, load_model, model_fingerprint, resolve_model_path
-from negminer.storage.embedding_store import EmbeddingStore
+from negminer.config import EmbedConfig
+from negminer.mining.embedder import Embedder
 
 
 def main(names: list[str]) -> None:
-    model = load_model(device="cpu")
-    store = EmbeddingStore(
-        STORE, model_fingerprint=model_fingerprint(resolve_model_path(None)), dim=embedding_dimension(model)
-    )
+    embedder = Embedder(EmbedConfig(device="cpu", chunk_size=512))
+    store = embedder.open_store(STORE)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             for stem in ("queries", "corpus"):
                 texts = (
                     pq.read_table(SHARED_DATA / name / f"{stem}.parquet", columns=["text"]).column("text").to_pylist()
                 )
-                result = embed_to_file(texts, Path(tmp) / "x.npy", model=model, store=store, chunk_size=512)
+                result = embedder.embed_to_file(texts, Path(tmp) / "x.npy", store)
                 print(name, stem, result.rows, "embedded", result.embedded, f"{result.seconds:.1f}s", flush=True)
 
 

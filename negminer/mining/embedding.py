@@ -42,16 +42,17 @@ def embed_to_file(
     *,
     model: SentenceTransformer,
     store: EmbeddingStore,
-    batch_size: int = 32,
-    chunk_size: int = 4096,
+    batch_size: int,
+    chunk_size: int,
+    processes: int,
+    precision: Precision,
     show_progress_bar: bool = False,
-    processes: int = 1,
-    precision: Precision = "float32",
 ) -> EmbedResult:
     """Write the embeddings of `texts` to `out_path` (float32, shape (len(texts), dim)).
 
     Example:
-        >>> embed_to_file(["a claim"], "anchors.npy", model=model, store=store)  # doctest: +SKIP
+        >>> embed_to_file(["a claim"], "anchors.npy", model=model, store=store, batch_size=32,
+        ...     chunk_size=4096, processes=1, precision="float32")  # doctest: +SKIP
     """
     start = time.perf_counter()
     out_path = Path(out_path)
@@ -86,15 +87,16 @@ def embed_into_store(
     *,
     model: SentenceTransformer,
     store: EmbeddingStore,
-    batch_size: int = 32,
+    batch_size: int,
+    processes: int,
+    precision: Precision,
     show_progress_bar: bool = False,
-    processes: int = 1,
-    precision: Precision = "float32",
 ) -> None:
     """Embed `texts` (whose content hashes are `hashes`) and add them to `store` as one shard.
 
     Example:
-        >>> embed_into_store(["a claim"], content_hashes(["a claim"]), model=model, store=store)  # doctest: +SKIP
+        >>> embed_into_store(["a claim"], content_hashes(["a claim"]), model=model, store=store,
+        ...     batch_size=32, processes=1, precision="float32")  # doctest: +SKIP
     """
     counts = token_lengths(texts, model)
     vectors = encode(

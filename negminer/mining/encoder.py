@@ -63,13 +63,18 @@ def model_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(
-    model: str | None = None, *, device: str | None = None, max_seq_length: int | None = None
-) -> SentenceTransformer:
+def load_model(model: str | None, *, device: str | None, max_seq_length: int | None) -> SentenceTransformer:
     """Load a sentence-transformers model from a local folder, never from a hub.
 
+    Args:
+        model: a local sentence-transformers folder; None means the packaged all-MiniLM-L6-v2
+            (``EmbedConfig.model``).
+        device: torch device; None picks CUDA when present (``EmbedConfig.device``).
+        max_seq_length: truncation length in tokens; None keeps the model's own
+            (``EmbedConfig.max_seq_length``).
+
     Example:
-        >>> model = load_model()  # packaged all-MiniLM-L6-v2  # doctest: +SKIP
+        >>> model = load_model(None, device="cpu", max_seq_length=None)  # all-MiniLM-L6-v2  # doctest: +SKIP
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -105,16 +110,26 @@ def embedding_dimension(model: SentenceTransformer) -> int:
     return int(getter())
 
 
-def token_lengths(texts: list[str], model: SentenceTransformer, *, batch_size: int = 4096) -> np.ndarray:
-    """Untruncated token count of each text (special tokens included), shape (len(texts),)."""
+# Texts per tokenizer call in token_lengths (tokenizing only, no forward pass): not EmbedConfig.batch_size.
+TOKENIZE_CHUNK = 4096
+
+
+def token_lengths(texts: list[str], model: SentenceTransformer, *, tokenize_chunk: int = TOKENIZE_CHUNK) -> np.ndarray:
+    """Untruncated token count of each text (special tokens included), shape (len(texts),).
+
+    Args:
+        texts: the texts to count.
+        model: a loaded sentence-transformers model (its tokenizer counts).
+        tokenize_chunk: texts per tokenizer call.
+    """
     import transformers
 
     out = np.empty(len(texts), np.int32)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # silence "sequence longer than max length"
     try:
-        for first in range(0, len(texts), batch_size):
-            ids = model.tokenizer(texts[first : first + batch_size], truncation=False)["input_ids"]
+        for first in range(0, len(texts), tokenize_chunk):
+            ids = model.tokenizer(texts[first : first + tokenize_chunk], truncation=False)["input_ids"]
             out[first : first + len(ids)] = [len(i) for i in ids]
     finally:
         transformers.logging.set_verbosity(verbosity)
@@ -125,10 +140,10 @@ def encode(
     texts: list[str],
     model: SentenceTransformer,
     *,
-    batch_size: int = 32,
+    batch_size: int,
+    processes: int,
+    precision: Precision,
     show_progress_bar: bool = False,
-    processes: int = 1,
-    precision: Precision = "float32",
     token_counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Embed `texts` into normalised float32 vectors of shape (len(texts), dim).
@@ -153,7 +168,9 @@ def encode(
             only, so `processes` must be 1); the vectors come back as normalised float32.
 
     Example:
-        >>> encode(["A man is eating food."], model, processes=2).shape  # doctest: +SKIP
+        >>> vectors = encode(["A man is eating food."], model, batch_size=32, processes=2,
+        ...     precision="float32")  # doctest: +SKIP
+        >>> vectors.shape  # doctest: +SKIP
         (1, 384)
     """
     if processes < 1:

@@ -46,10 +46,10 @@ class IndexShard(NamedTuple):
     first: int
     stop: int
     params: dict[str, int]
-    use_gpu: bool | None = None
+    use_gpu: bool | None  # as IndexConfig.use_gpu: None loads it on the GPUs when faiss sees one
 
 
-def choose_factory(n_docs: int, dim: int, *, kind: str = "auto", exact_max_docs: int = 200_000) -> str:
+def choose_factory(n_docs: int, dim: int, *, kind: str, exact_max_docs: int) -> str:
     """The FAISS factory string for `kind` ("auto", "flat" or any factory string)."""
     if kind.lower() == "flat":
         return FLAT
@@ -93,11 +93,11 @@ def build_search_index(
     *,
     sample_queries: np.ndarray,
     k: int,
-    kind: str = "auto",
-    exact_max_docs: int = 200_000,
-    min_recall: float = 0.98,
-    use_gpu: bool | None = None,
-    seed: int = 12,
+    kind: str,
+    exact_max_docs: int,
+    min_recall: float,
+    use_gpu: bool | None,
+    seed: int,
 ) -> tuple[Any, IndexReport]:
     """Build the index for `doc_vectors` (n_docs, dim) and tune it to `min_recall`.
 
@@ -112,7 +112,8 @@ def build_search_index(
         seed: seed for the training sample.
 
     Example:
-        >>> index, report = build_search_index(docs, sample_queries=anchors[:1000], k=100)  # doctest: +SKIP
+        >>> index, report = build_search_index(docs, sample_queries=anchors[:1000], k=100, kind="auto",
+        ...     exact_max_docs=200_000, min_recall=0.98, use_gpu=None, seed=12)  # doctest: +SKIP
         >>> report.recall  # doctest: +SKIP
     """
     import faiss
@@ -220,7 +221,7 @@ def extend_search_index(
     factory: str,
     sample_queries: np.ndarray,
     k: int,
-    min_recall: float = 0.98,
+    min_recall: float,
 ) -> tuple[Any, IndexReport]:
     """Add ``doc_vectors[first_new:]`` to `index`, built earlier over ``doc_vectors[:first_new]``.
 
@@ -229,7 +230,7 @@ def extend_search_index(
 
     Example:
         >>> index, report = extend_search_index(old, docs, first_new=old.ntotal, factory="Flat",
-        ...                                     sample_queries=anchors[:1000], k=100)  # doctest: +SKIP
+        ...     sample_queries=anchors[:1000], k=100, min_recall=0.98)  # doctest: +SKIP
     """
     start = time.perf_counter()
     if index.ntotal != first_new or first_new > len(doc_vectors):
@@ -266,24 +267,36 @@ def build_index_shards(
 
     Example:
         >>> build_index_shards(docs, shard_docs=1_000_000, path_of=lambda i: f"index.s{i}.faiss",
-        ...                    sample_queries=anchors[:1000], k=100)  # doctest: +SKIP
+        ...     sample_queries=anchors[:1000], k=100, kind="auto", exact_max_docs=200_000,
+        ...     min_recall=0.98, use_gpu=None, seed=12)  # doctest: +SKIP
     """
     ranges = enumerate(doc_ranges(len(doc_vectors), shard_docs))
     return [build_index_shard(doc_vectors, first, stop, path_of(i), **options) for i, (first, stop) in ranges]
 
 
 def build_index_shard(
-    doc_vectors: np.ndarray, first: int, stop: int, path: str | Path, *, k: int, **options: Any
+    doc_vectors: np.ndarray,
+    first: int,
+    stop: int,
+    path: str | Path,
+    *,
+    k: int,
+    use_gpu: bool | None,
+    **options: Any,
 ) -> tuple[IndexShard, IndexReport]:
-    """Build the index of docs ``[first, stop)``, tuned on its own, and save it to `path`."""
-    index, report = build_search_index(doc_vectors[first:stop], k=min(k, stop - first), **options)
+    """Build the index of docs ``[first, stop)``, tuned on its own, and save it to `path`.
+
+    The returned shard loads on the GPUs as `use_gpu` says; `options` are the rest of
+    :func:`build_search_index`'s keyword arguments.
+    """
+    index, report = build_search_index(doc_vectors[first:stop], k=min(k, stop - first), use_gpu=use_gpu, **options)
     save_index(index, path)
     logger.info("index shard %s: docs %d-%d, %s %s", Path(path).name, first, stop, report.factory, report.params)
-    return IndexShard(str(path), first, stop, report.params), report
+    return IndexShard(str(path), first, stop, report.params, use_gpu), report
 
 
 def search_index_shards(
-    shards: list[IndexShard], anchor_vectors: np.ndarray, first: int, stop: int, k: int, *, batch_size: int = 4096
+    shards: list[IndexShard], anchor_vectors: np.ndarray, first: int, stop: int, k: int, *, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, doc ids) of anchors ``[first, stop)`` over all index shards.
 
@@ -293,7 +306,7 @@ def search_index_shards(
     ``(stop - first) * k`` results. Missing slots (fewer than k docs) have id -1.
 
     Example:
-        >>> scores, ids = search_index_shards(shards, anchors, 0, len(anchors), 100)  # doctest: +SKIP
+        >>> scores, ids = search_index_shards(shards, anchors, 0, len(anchors), 100, batch_size=4096)  # doctest: +SKIP
     """
     import faiss
 
@@ -322,7 +335,7 @@ def save_index(index: Any, path: str | Path) -> Path:
     return path
 
 
-def load_index(path: str | Path, *, params: dict[str, int] | None = None, use_gpu: bool | None = None) -> Any:
+def load_index(path: str | Path, *, params: dict[str, int] | None = None, use_gpu: bool | None) -> Any:
     """Read an index written by :func:`save_index`, apply its search `params`, optionally on GPUs."""
     import faiss
 

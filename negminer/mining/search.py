@@ -86,8 +86,8 @@ def search_candidates(
     pair_doc: np.ndarray,
     doc_text_keys: list[bytes],
     anchor_text_keys: list[bytes],
-    search_depth: int = 100,
-    batch_size: int = 4096,
+    search_depth: int,
+    batch_size: int,
     index: Any = None,
     anchor_range: tuple[int, int] | None = None,
 ) -> SearchResult:
@@ -116,7 +116,7 @@ def search_candidates(
 
     Example:
         >>> search_candidates(a, d, "candidates.parquet", pair_anchor=pa_, pair_doc=pd_,
-        ...                   doc_text_keys=dk, anchor_text_keys=ak)  # doctest: +SKIP
+        ...     doc_text_keys=dk, anchor_text_keys=ak, search_depth=100, batch_size=4096)  # doctest: +SKIP
     """
     start = time.perf_counter()
     out_path = Path(out_path)

@@ -1,11 +1,13 @@
 """Content-addressed embedding store, reused across runs and datasets.
 
-Layout: ``STORE/<model fingerprint>/shard-<digest>.npy`` (float32 or, with ``dtype="float16"``,
+Layout: ``STORE/<store key>/shard-<digest>.npy`` (float32 or, with ``dtype="float16"``,
 float16 vectors, shape (n, dim); :meth:`EmbeddingStore.fetch` always returns float32)
 and ``shard-<digest>.keys.npy`` (uint8, shape (n, 16): blake2b of each exact text), plus
-``shard-<digest>.len.npy`` (int32 untruncated token counts; -1 where unknown). A shard
-is visible once its keys file exists; the vectors are written first, both atomically, and
-shard names are digests of their keys, so concurrent writers never corrupt each other.
+``shard-<digest>.len.npy`` (int32 untruncated token counts; -1 where unknown). The store key
+(:func:`negminer.mining.embedder.store_key`) is the model's content fingerprint plus the
+settings that change its vectors. A shard is visible once its keys file exists; the vectors
+are written first, both atomically, and shard names are digests of their keys, so concurrent
+writers never corrupt each other.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ class EmbeddingStore:
     """Vectors of one model, keyed by the hash of the exact text.
 
     Example:
-        >>> store = EmbeddingStore("store", model_fingerprint="ab12…", dim=384)  # doctest: +SKIP
+        >>> store = EmbeddingStore("store", model_fingerprint="ab12…", dim=384, dtype="float32")  # doctest: +SKIP
         >>> found = store.lookup(hashes)  # -1 where missing  # doctest: +SKIP
     """
 
     def __init__(
-        self, root: str | Path, *, model_fingerprint: str, dim: int, dtype: Literal["float32", "float16"] = "float32"
+        self, root: str | Path, *, model_fingerprint: str, dim: int, dtype: Literal["float32", "float16"]
     ) -> None:
         if dtype not in ("float32", "float16"):
             raise StorageError(f"embedding store dtype must be float32 or float16, got {dtype!r}")

@@ -91,7 +91,7 @@ def read_table(
     required: dict[str, str],
     optional: dict[str, str] | None = None,
     text_columns: tuple[str, ...] = (),
-    on_bad_rows: OnBadRows = "quarantine",
+    on_bad_rows: OnBadRows,
 ) -> ReadResult:
     """Read a file into canonical string columns and quarantine bad rows.
 
@@ -111,7 +111,8 @@ def read_table(
             ``on_bad_rows="fail"``.
 
     Example:
-        >>> read_table("pairs.jsonl", required={"anchor": "anchor", "positive": "positive"})  # doctest: +SKIP
+        >>> read_table("pairs.jsonl", required={"anchor": "anchor", "positive": "positive"},
+        ...     on_bad_rows="quarantine")  # doctest: +SKIP
     """
     read = read_table_parts(
         path, required=required, optional=optional, text_columns=text_columns, on_bad_rows=on_bad_rows
@@ -125,7 +126,7 @@ def read_table_parts(
     required: dict[str, str],
     optional: dict[str, str] | None = None,
     text_columns: tuple[str, ...] = (),
-    on_bad_rows: OnBadRows = "quarantine",
+    on_bad_rows: OnBadRows,
 ) -> PartedRead:
     """:func:`read_table`, also returning a folder's ``parts`` for :func:`name_part_files`.
 

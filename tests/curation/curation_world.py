@@ -84,5 +84,6 @@ def build_world(tmp: Path, seed: int = 0) -> World:
         doc_text_keys=[text_key(t) for t in doc_texts],
         anchor_text_keys=[text_key(t) for t in anchor_texts],
         search_depth=40,
+        batch_size=4096,
     )
     return World(pq.read_table(result.path), pairs, anchors, docs, anchor_texts, doc_texts, paraphrase)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from negminer.config import EmbedConfig
 from negminer.mining.embedding import embed_to_file
 from negminer.mining.encoder import embedding_dimension, model_fingerprint, resolve_model_path
 from negminer.storage.embedding_store import EmbeddingStore
 
 pytestmark = pytest.mark.slow
+
+# embed_to_file's settings, as the embed section gives them by default
+EMBED = EmbedConfig().model_dump(include={"batch_size", "chunk_size", "processes", "precision"})
 
 TEXTS = [
     "Vitamin D supplementation reduces fracture risk.",
@@ -26,6 +30,7 @@ def store(tmp_path, model):
         tmp_path / "store",
         model_fingerprint=model_fingerprint(resolve_model_path(None)),
         dim=embedding_dimension(model),
+        dtype="float32",
     )
 
 
@@ -34,7 +39,7 @@ def reference(model, texts: list[str]) -> np.ndarray:
 
 
 def test_vectors_equal_the_model_normalised_embeddings(tmp_path, model, store):
-    result = embed_to_file(TEXTS, tmp_path / "out.npy", model=model, store=store)
+    result = embed_to_file(TEXTS, tmp_path / "out.npy", model=model, store=store, **EMBED)
     vectors = np.load(result.path)
     assert result.path == tmp_path / "out.npy"
     assert vectors.dtype == np.float32
@@ -46,7 +51,7 @@ def test_vectors_equal_the_model_normalised_embeddings(tmp_path, model, store):
 
 
 def test_duplicate_texts_are_embedded_once(tmp_path, model, store):
-    result = embed_to_file(TEXTS, tmp_path / "out.npy", model=model, store=store)
+    result = embed_to_file(TEXTS, tmp_path / "out.npy", model=model, store=store, **EMBED)
     # the lowercase variant is a different exact text, so it counts
     assert result.rows == 5
     assert result.embedded == 4
@@ -56,8 +61,8 @@ def test_duplicate_texts_are_embedded_once(tmp_path, model, store):
 
 
 def test_second_call_embeds_nothing_and_reuses_all(tmp_path, model, store):
-    first = embed_to_file(TEXTS, tmp_path / "first.npy", model=model, store=store)
-    second = embed_to_file(TEXTS, tmp_path / "second.npy", model=model, store=store)
+    first = embed_to_file(TEXTS, tmp_path / "first.npy", model=model, store=store, **EMBED)
+    second = embed_to_file(TEXTS, tmp_path / "second.npy", model=model, store=store, **EMBED)
     assert second.embedded == 0
     assert second.reused == len(TEXTS)
     assert second.rows == len(TEXTS)
@@ -65,35 +70,38 @@ def test_second_call_embeds_nothing_and_reuses_all(tmp_path, model, store):
 
 
 def test_a_reopened_store_is_reused(tmp_path, model, store):
-    embed_to_file(TEXTS, tmp_path / "first.npy", model=model, store=store)
+    embed_to_file(TEXTS, tmp_path / "first.npy", model=model, store=store, **EMBED)
     reopened = EmbeddingStore(
         tmp_path / "store",
         model_fingerprint=model_fingerprint(resolve_model_path(None)),
         dim=embedding_dimension(model),
+        dtype="float32",
     )
-    again = embed_to_file(TEXTS[::-1], tmp_path / "again.npy", model=model, store=reopened)
+    again = embed_to_file(TEXTS[::-1], tmp_path / "again.npy", model=model, store=reopened, **EMBED)
     assert again.embedded == 0 and again.reused == len(TEXTS)
     np.testing.assert_array_equal(np.load(again.path), np.load(tmp_path / "first.npy")[::-1])
 
 
 def test_only_new_texts_are_embedded(tmp_path, model, store):
-    embed_to_file(TEXTS[:2], tmp_path / "first.npy", model=model, store=store)
+    embed_to_file(TEXTS[:2], tmp_path / "first.npy", model=model, store=store, **EMBED)
     texts = [TEXTS[1], "A brand new sentence.", TEXTS[0], "A brand new sentence."]
-    result = embed_to_file(texts, tmp_path / "second.npy", model=model, store=store)
+    result = embed_to_file(texts, tmp_path / "second.npy", model=model, store=store, **EMBED)
     assert result.embedded == 1
     assert result.rows == 4
     np.testing.assert_allclose(np.load(result.path), reference(model, texts), atol=1e-5)
 
 
 def test_small_chunks_give_the_same_vectors(tmp_path, model, store):
-    result = embed_to_file(TEXTS, tmp_path / "out.npy", model=model, store=store, chunk_size=1, batch_size=2)
+    result = embed_to_file(
+        TEXTS, tmp_path / "out.npy", model=model, store=store, **{**EMBED, "chunk_size": 1, "batch_size": 2}
+    )
     assert result.embedded == 4
     assert len(list(store.folder.glob("shard-*.keys.npy"))) == 4
     np.testing.assert_allclose(np.load(result.path), reference(model, TEXTS), atol=1e-5)
 
 
 def test_empty_text_list(tmp_path, model, store):
-    result = embed_to_file([], tmp_path / "out.npy", model=model, store=store)
+    result = embed_to_file([], tmp_path / "out.npy", model=model, store=store, **EMBED)
     assert result.rows == 0 and result.embedded == 0
     assert np.load(result.path).shape == (0, embedding_dimension(model))
 
@@ -103,7 +111,7 @@ def test_a_failed_fetch_leaves_no_temporary_file(tmp_path):
     from negminer.storage.embedding_store import EmbeddingStore
     from negminer.textkeys import content_hashes
 
-    store = EmbeddingStore(tmp_path / "store", model_fingerprint="m", dim=4)
+    store = EmbeddingStore(tmp_path / "store", model_fingerprint="m", dim=4, dtype="float32")
     hashes = content_hashes(["a", "b"])
     store.add(hashes, np.ones((2, 4), np.float32))
     for shard in (tmp_path / "store").rglob("*.vec.npy"):

@@ -52,7 +52,7 @@ class FakeModel:
 def test_out_of_memory_halves_the_batch_and_retries(error, caplog) -> None:
     model = FakeModel(fits=5, error=error)
     with caplog.at_level(logging.WARNING, logger="negminer.mining.encoder"):
-        vectors = encode(TEXTS, model, batch_size=32)
+        vectors = encode(TEXTS, model, batch_size=32, processes=1, precision="float32")
     assert model.batch_sizes[:4] == [32, 16, 8, 4] and set(model.batch_sizes[4:]) == {4}
     np.testing.assert_array_equal(vectors[:, 0], [len(t) for t in TEXTS])
     assert "out of memory at batch size 32" in caplog.text
@@ -61,14 +61,14 @@ def test_out_of_memory_halves_the_batch_and_retries(error, caplog) -> None:
 def test_out_of_memory_at_batch_size_one_is_raised() -> None:
     model = FakeModel(fits=0, error=torch.OutOfMemoryError)
     with pytest.raises(torch.OutOfMemoryError):
-        encode(TEXTS, model, batch_size=4)
+        encode(TEXTS, model, batch_size=4, processes=1, precision="float32")
     assert model.batch_sizes == [4, 2, 1]
 
 
 def test_other_errors_are_not_retried() -> None:
     model = FakeModel(fits=0, error=ValueError)
     with pytest.raises(ValueError, match="simulated"):
-        encode(TEXTS, model, batch_size=4)
+        encode(TEXTS, model, batch_size=4, processes=1, precision="float32")
     assert model.batch_sizes == [4]
 
 
@@ -76,7 +76,7 @@ def test_batches_are_cut_by_token_count_not_by_characters() -> None:
     # by characters the two long words would lead; by tokens the many short words do
     texts = ["a b c d e", "Supercalifragilistic", "x y", "Antidisestablishmentarianism", "p q r s"]
     model = FakeModel(fits=32, error=MemoryError)
-    vectors = encode(texts, model, batch_size=2)
+    vectors = encode(texts, model, batch_size=2, processes=1, precision="float32")
     by_tokens = [["a b c d e", "p q r s"], ["x y", "Supercalifragilistic"], ["Antidisestablishmentarianism"]]
     assert model.batches == by_tokens
     np.testing.assert_array_equal(vectors[:, 0], [len(t) for t in texts])
@@ -84,16 +84,25 @@ def test_batches_are_cut_by_token_count_not_by_characters() -> None:
 
 def test_token_counts_given_by_the_caller_set_the_order() -> None:
     model = FakeModel(fits=32, error=MemoryError)
-    encode(["one", "two", "three"], model, batch_size=1, token_counts=np.array([1, 3, 2]))
+    encode(
+        ["one", "two", "three"], model, batch_size=1, token_counts=np.array([1, 3, 2]), processes=1, precision="float32"
+    )
     assert model.batches == [["two"], ["three"], ["one"]]
     with pytest.raises(ValueError, match="2 entries for 3 texts"):
-        encode(["one", "two", "three"], model, token_counts=np.array([1, 2]))
+        encode(
+            ["one", "two", "three"],
+            model,
+            token_counts=np.array([1, 2]),
+            batch_size=32,
+            processes=1,
+            precision="float32",
+        )
 
 
 def test_counts_above_max_seq_length_tie_and_keep_their_order() -> None:
     model = FakeModel(fits=32, error=MemoryError)
     model.max_seq_length = 2
-    encode(["a b c", "a b c d e", "a"], model, batch_size=1)
+    encode(["a b c", "a b c d e", "a"], model, batch_size=1, processes=1, precision="float32")
     assert model.batches == [["a b c"], ["a b c d e"], ["a"]]
 
 
@@ -101,18 +110,20 @@ def test_counts_above_max_seq_length_tie_and_keep_their_order() -> None:
 def test_token_ordered_batches_give_sentence_transformers_vectors(model) -> None:
     texts = [*TEXTS, "short", "a much longer sentence " * 30]
     expected = model.encode(texts, batch_size=3, normalize_embeddings=True, convert_to_numpy=True)
-    np.testing.assert_allclose(encode(texts, model, batch_size=3), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        encode(texts, model, batch_size=3, processes=1, precision="float32"), expected, atol=1e-5
+    )
 
 
 def test_processes_below_one_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="processes"):
-        encode(TEXTS, FakeModel(fits=1, error=MemoryError), processes=0)
+        encode(TEXTS, FakeModel(fits=1, error=MemoryError), processes=0, batch_size=32, precision="float32")
 
 
 @pytest.mark.slow
 def test_two_processes_give_the_vectors_of_one(model) -> None:
-    single = encode(TEXTS, model, batch_size=2)
-    pooled = encode(TEXTS, model, batch_size=2, processes=2)
+    single = encode(TEXTS, model, batch_size=2, processes=1, precision="float32")
+    pooled = encode(TEXTS, model, batch_size=2, processes=2, precision="float32")
     assert pooled.shape == single.shape == (len(TEXTS), 384) and pooled.dtype == np.float32
     np.testing.assert_allclose(pooled, single, atol=1e-5)
     assert not np.array_equal(pooled[0], pooled[1])
@@ -133,5 +144,5 @@ def test_a_daemon_process_encodes_without_a_pool(monkeypatch, caplog) -> None:
     monkeypatch.setattr(multiprocessing, "current_process", DaemonProcess)
     model = CpuModel(fits=32, error=MemoryError)
     with caplog.at_level(logging.WARNING, logger="negminer.mining.encoder"):
-        vectors = encode(TEXTS, model, processes=2)
+        vectors = encode(TEXTS, model, processes=2, batch_size=32, precision="float32")
     assert vectors.shape == (len(TEXTS), 4) and "daemon process" in caplog.text

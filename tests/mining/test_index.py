@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from negminer.config import IndexConfig, MineConfig
 from negminer.mining.index import build_search_index, choose_factory, exact_topk, recall_at_k
+
+# build_search_index's options as the index section and the mine seed give them by default
+BUILD = {
+    **IndexConfig().model_dump(include={"kind", "exact_max_docs", "min_recall", "use_gpu"}),
+    "seed": MineConfig().seed,
+}
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 50, seed: int = 0) -> np.ndarray:
@@ -16,11 +23,11 @@ def clustered(n: int, dim: int = 32, clusters: int = 50, seed: int = 0) -> np.nd
 
 
 def test_choose_factory() -> None:
-    assert choose_factory(1000, 384) == "Flat"
-    assert choose_factory(1000, 384, kind="flat") == "Flat"
-    assert choose_factory(10, 384, kind="HNSW32") == "HNSW32"
-    assert choose_factory(1_000_000, 384, exact_max_docs=10).startswith("IVF4096,")
-    assert choose_factory(10_000_000, 384, exact_max_docs=10).endswith(",SQ8")
+    assert choose_factory(1000, 384, kind="auto", exact_max_docs=200_000) == "Flat"
+    assert choose_factory(1000, 384, kind="flat", exact_max_docs=200_000) == "Flat"
+    assert choose_factory(10, 384, kind="HNSW32", exact_max_docs=200_000) == "HNSW32"
+    assert choose_factory(1_000_000, 384, exact_max_docs=10, kind="auto").startswith("IVF4096,")
+    assert choose_factory(10_000_000, 384, exact_max_docs=10, kind="auto").endswith(",SQ8")
 
 
 def test_exact_topk_in_blocks_matches_brute_force() -> None:
@@ -37,7 +44,7 @@ def test_recall_at_k() -> None:
 @pytest.mark.parametrize("kind", ["IVF64,Flat", "HNSW16"])
 def test_approximate_index_is_tuned_to_the_recall_target(kind: str) -> None:
     docs, queries = clustered(20_000), clustered(200, seed=2)
-    index, report = build_search_index(docs, sample_queries=queries, k=20, kind=kind, min_recall=0.98)
+    index, report = build_search_index(docs, sample_queries=queries, k=20, **{**BUILD, "kind": kind})
     assert report.factory == kind and report.recall >= 0.98 and report.params
     _, ids = index.search(queries, 20)
     assert recall_at_k(ids, exact_topk(queries, docs, 20)) >= 0.98
@@ -45,7 +52,7 @@ def test_approximate_index_is_tuned_to_the_recall_target(kind: str) -> None:
 
 def test_flat_index_is_exact_and_not_measured() -> None:
     docs = clustered(500)
-    index, report = build_search_index(docs, sample_queries=docs[:10], k=5)
+    index, report = build_search_index(docs, sample_queries=docs[:10], k=5, **BUILD)
     assert report.factory == "Flat" and report.recall is None
     _, ids = index.search(docs[:10], 1)
     assert ids[:, 0].tolist() == list(range(10))
@@ -61,10 +68,11 @@ def test_a_shard_too_small_to_train_its_ivf_is_searched_exactly(tmp_path) -> Non
         path_of=lambda i: tmp_path / f"s{i}.faiss",
         sample_queries=queries,
         k=5,
-        kind="IVF16,Flat",
+        **{**BUILD, "kind": "IVF16,Flat"},
     )
     assert [report.factory for _, report in shards] == ["IVF16,Flat"] * 3 + ["Flat"]
-    _, ids = search_index_shards([shard for shard, _ in shards], queries, 0, len(queries), 5)
+    assert {shard.use_gpu for shard, _ in shards} == {BUILD["use_gpu"]}  # each shard loads as it was built
+    _, ids = search_index_shards([shard for shard, _ in shards], queries, 0, len(queries), 5, batch_size=4096)
     assert recall_at_k(ids, exact_topk(queries, docs, 5)) >= 0.9
 
 
@@ -83,4 +91,4 @@ def test_a_factory_string_faiss_cannot_build_is_a_config_error_naming_the_key() 
     with pytest.raises(
         ConfigError, match=r"^index\.kind: FAISS cannot build 'IVFbogus,Flat' for 32-d vectors \(could not parse"
     ):
-        build_search_index(clustered(100), sample_queries=clustered(5), k=5, kind="IVFbogus,Flat")
+        build_search_index(clustered(100), sample_queries=clustered(5), k=5, **{**BUILD, "kind": "IVFbogus,Flat"})

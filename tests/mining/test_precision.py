@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from negminer import stages
 from negminer.config import EmbedConfig, PipelineConfig
 from negminer.errors import ConfigError
+from negminer.mining.embedder import store_key
 from negminer.mining.encoder import encode
 
 TEXTS = [
@@ -23,8 +24,8 @@ TEXTS = [
 
 
 def test_bfloat16_vectors_are_unit_float32_close_to_float32s(model) -> None:
-    full = encode(TEXTS, model)
-    half = encode(TEXTS, model, precision="bfloat16")
+    full = encode(TEXTS, model, batch_size=32, processes=1, precision="float32")
+    half = encode(TEXTS, model, precision="bfloat16", batch_size=32, processes=1)
     assert half.dtype == np.float32 and half.shape == full.shape
     np.testing.assert_allclose(np.linalg.norm(half, axis=1), 1.0, atol=1e-6)
     assert np.min(np.sum(full * half, axis=1)) > 0.999
@@ -39,7 +40,7 @@ def test_bfloat16_with_processes_is_refused() -> None:
     with pytest.raises(ValidationError, match="processes to 1"):
         EmbedConfig(precision="bfloat16", processes=2)
     with pytest.raises(ConfigError, match="processes"):
-        encode(TEXTS, object(), precision="bfloat16", processes=2)
+        encode(TEXTS, object(), precision="bfloat16", processes=2, batch_size=32)
 
 
 def test_unknown_precision_is_refused() -> None:
@@ -50,7 +51,7 @@ def test_unknown_precision_is_refused() -> None:
 def test_bfloat16_vectors_get_their_own_store_folder_and_work_folder(sample_dir: Path, tmp_path: Path) -> None:
     inputs = {"pairs": sample_dir / "pairs.parquet", "corpus": sample_dir / "corpus.parquet"}
     full, half = PipelineConfig(), PipelineConfig.from_dict({"embed": {"precision": "bfloat16"}})
-    assert stages._store_key(half.embed) == stages._store_key(full.embed) + "-bfloat16"
-    assert stages.work_dir_for(tmp_path, "d", config=half, **inputs) != stages.work_dir_for(
-        tmp_path, "d", config=full, **inputs
+    assert store_key(half.embed) == store_key(full.embed) + "-bfloat16"
+    assert stages.work_dir_for(tmp_path, "d", config=half, store=None, **inputs) != stages.work_dir_for(
+        tmp_path, "d", config=full, store=None, **inputs
     )

@@ -36,7 +36,9 @@ def cos(deg: float) -> float:
     return math.cos(math.radians(deg))
 
 
-def run_search(tmp_path: Path, **options) -> tuple[object, dict[str, list]]:
+def run_search(
+    tmp_path: Path, *, search_depth: int, batch_size: int = 4096, **options
+) -> tuple[object, dict[str, list]]:
     result = search_candidates(
         unit(ANCHOR_ANGLES),
         unit(DOC_ANGLES),
@@ -45,6 +47,8 @@ def run_search(tmp_path: Path, **options) -> tuple[object, dict[str, list]]:
         pair_doc=options.pop("pair_doc", PAIR_DOC),
         doc_text_keys=[text_key(t) for t in DOC_TEXTS],
         anchor_text_keys=[text_key(t) for t in options.pop("anchor_texts", ANCHOR_TEXTS)],
+        search_depth=search_depth,
+        batch_size=batch_size,
         **options,
     )
     return result, pq.read_table(result.path).to_pydict()
@@ -291,4 +295,4 @@ def test_anchor_shards_merged_in_order_equal_one_search(tmp_path):
 
 def test_anchor_range_outside_the_anchors_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="anchor_range"):
-        run_search(tmp_path, anchor_range=(1, 5))
+        run_search(tmp_path, search_depth=10, anchor_range=(1, 5))

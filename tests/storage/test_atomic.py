@@ -157,4 +157,4 @@ def test_a_saved_index_leaves_no_temporary_file(tmp_path):
     index.add(np.eye(4, dtype=np.float32))
     save_index(index, tmp_path / "index.faiss")
     assert [p.name for p in tmp_path.iterdir()] == ["index.faiss"]
-    assert load_index(tmp_path / "index.faiss").ntotal == 4
+    assert load_index(tmp_path / "index.faiss", use_gpu=None).ntotal == 4

@@ -22,13 +22,13 @@ def keys(texts: list[str]) -> pa.Array:
 
 
 def test_empty_store_finds_nothing(tmp_path):
-    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     assert len(store) == 0
     assert store.lookup(keys(["a", "b"])).tolist() == [-1, -1]
 
 
 def test_add_lookup_fetch_round_trip(tmp_path):
-    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     texts = [f"text {i}" for i in range(10)]
     vectors = random_vectors(10)
     store.add(keys(texts), vectors)
@@ -45,14 +45,14 @@ def test_add_lookup_fetch_round_trip(tmp_path):
 
 
 def test_lookup_is_by_exact_text(tmp_path):
-    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     store.add(keys(["Hello world"]), random_vectors(1))
     found = store.lookup(keys(["hello world", "Hello  world", "Hello world"]))
     assert found.tolist() == [-1, -1, 0]
 
 
 def test_fetch_across_several_shards(tmp_path):
-    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     first, second, third = random_vectors(4, 1), random_vectors(3, 2), random_vectors(5, 3)
     store.add(keys([f"a{i}" for i in range(4)]), first)
     store.add(keys([f"b{i}" for i in range(3)]), second)
@@ -64,7 +64,7 @@ def test_fetch_across_several_shards(tmp_path):
 
 
 def test_add_accepts_a_sliced_hash_array(tmp_path):
-    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     texts = [f"t{i}" for i in range(6)]
     vectors = random_vectors(6)
     store.add(keys(texts).slice(2, 3), vectors[2:5])
@@ -74,7 +74,7 @@ def test_add_accepts_a_sliced_hash_array(tmp_path):
 
 
 def test_vectors_are_stored_as_float32(tmp_path):
-    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     vectors = random_vectors(3).astype(np.float64)
     store.add(keys(["x", "y", "z"]), vectors)
     got = store.fetch(store.lookup(keys(["x", "y", "z"])))
@@ -83,7 +83,7 @@ def test_vectors_are_stored_as_float32(tmp_path):
 
 
 def test_shard_layout_on_disk(tmp_path):
-    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     store.add(keys(["x", "y", "z"]), random_vectors(3))
     folder = tmp_path / "m1"
     key_files = list(folder.glob("shard-*.keys.npy"))
@@ -98,8 +98,8 @@ def test_shard_layout_on_disk(tmp_path):
 
 
 def test_a_different_model_gets_a_separate_folder(tmp_path):
-    one = EmbeddingStore(tmp_path, model_fingerprint="model-one", dim=DIM)
-    two = EmbeddingStore(tmp_path, model_fingerprint="model-two", dim=DIM)
+    one = EmbeddingStore(tmp_path, model_fingerprint="model-one", dim=DIM, dtype="float32")
+    two = EmbeddingStore(tmp_path, model_fingerprint="model-two", dim=DIM, dtype="float32")
     one.add(keys(["shared text"]), random_vectors(1, 1))
     assert one.folder != two.folder
     assert one.folder == tmp_path / "model-one" and two.folder == tmp_path / "model-two"
@@ -111,19 +111,19 @@ def test_a_different_model_gets_a_separate_folder(tmp_path):
 
 
 def test_a_different_model_with_another_dimension_is_fine(tmp_path):
-    EmbeddingStore(tmp_path, model_fingerprint="small", dim=DIM)
-    big = EmbeddingStore(tmp_path, model_fingerprint="big", dim=2 * DIM)
+    EmbeddingStore(tmp_path, model_fingerprint="small", dim=DIM, dtype="float32")
+    big = EmbeddingStore(tmp_path, model_fingerprint="big", dim=2 * DIM, dtype="float32")
     assert big.dim == 2 * DIM
 
 
 def test_dimension_mismatch_on_reopen_raises(tmp_path):
-    EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     with pytest.raises(StorageError, match="dimension"):
-        EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM + 1)
+        EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM + 1, dtype="float32")
 
 
 def test_vectors_of_the_wrong_shape_raise(tmp_path):
-    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     with pytest.raises(StorageError):
         store.add(keys(["a", "b"]), np.zeros((2, DIM + 1), np.float32))
     with pytest.raises(StorageError):
@@ -133,18 +133,18 @@ def test_vectors_of_the_wrong_shape_raise(tmp_path):
 
 
 def test_reopening_sees_earlier_shards(tmp_path):
-    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     store.add(keys(["a", "b"]), random_vectors(2, 1))
     store.add(keys(["c"]), random_vectors(1, 2))
     del store
-    again = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    again = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     assert len(again) == 3
     found = again.lookup(keys(["c", "a", "b"]))
     expected = np.concatenate([random_vectors(1, 2), random_vectors(2, 1)])
     np.testing.assert_array_equal(again.fetch(found), expected)
     # and it can keep adding
     again.add(keys(["d"]), random_vectors(1, 3))
-    third = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    third = EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     np.testing.assert_array_equal(third.fetch(third.lookup(keys(["d"]))), random_vectors(1, 3))
 
 
@@ -166,7 +166,7 @@ def test_float16_store_round_trips_as_float32(tmp_path):
 
 
 def test_reopening_a_store_with_another_dtype_raises(tmp_path):
-    EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM)
+    EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float32")
     with pytest.raises(StorageError, match="float32, not float16"):
         EmbeddingStore(tmp_path, model_fingerprint="m1", dim=DIM, dtype="float16")
     with pytest.raises(StorageError, match="float32 or float16"):

@@ -78,7 +78,7 @@ def reject_keys(rejects: pa.Table) -> list[tuple[int, str | None, str]]:
 def test_each_format_reads_the_same_rows(tmp_path, sample_rows, fmt):
     path = write_rows(tmp_path, sample_rows, fmt)
 
-    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.column_names == [
         "anchor",
@@ -100,7 +100,7 @@ def test_optional_columns_absent_from_the_file_are_left_out(tmp_path, fmt):
     rows = [{"positive": "p1", "anchor": "a1"}, {"positive": "p2", "anchor": "a2"}]
     path = write_rows(tmp_path, rows, fmt)
 
-    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.column_names == ["anchor", "positive", "source_row"]
     assert result.table.column("anchor").to_pylist() == ["a1", "a2"]
@@ -116,6 +116,7 @@ def test_file_columns_are_renamed_to_canonical_names(tmp_path, fmt):
         required={"anchor": "question", "positive": "answer"},
         optional={"anchor_id": "qid", "positive_id": "did"},
         text_columns=TEXTS,
+        on_bad_rows="quarantine",
     )
 
     assert result.table.to_pylist() == [{"anchor": "a1", "positive": "p1", "anchor_id": "q1", "source_row": 1}]
@@ -125,8 +126,8 @@ def test_uppercase_suffixes_are_recognised(tmp_path):
     (tmp_path / "pairs.JSONL").write_text('{"anchor": "a", "positive": "p"}\n', encoding="utf-8")
     (tmp_path / "pairs.TSV").write_text("anchor\tpositive\na, b\tp, q\n", encoding="utf-8")
 
-    assert read_table(tmp_path / "pairs.JSONL", required=PAIRS).table.num_rows == 1
-    tsv = read_table(tmp_path / "pairs.TSV", required=PAIRS).table
+    assert read_table(tmp_path / "pairs.JSONL", required=PAIRS, on_bad_rows="quarantine").table.num_rows == 1
+    tsv = read_table(tmp_path / "pairs.TSV", required=PAIRS, on_bad_rows="quarantine").table
     assert tsv.select(["anchor", "positive"]).to_pylist() == [{"anchor": "a, b", "positive": "p, q"}]
 
 
@@ -136,7 +137,7 @@ def test_folder_numbers_rows_across_files_in_name_order(tmp_path):
     pq.write_table(pa.table({"anchor": ["b1", "b2"], "positive": ["q1", "q2"]}), folder / "part-1.parquet")
     pq.write_table(pa.table({"anchor": ["a1"], "positive": ["p1"]}), folder / "part-0.parquet")
 
-    table = read_table(folder, required=PAIRS, text_columns=TEXTS).table
+    table = read_table(folder, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine").table
 
     assert table.column("anchor").to_pylist() == ["a1", "b1", "b2"]
     assert rows_of(table) == [1, 2, 3]
@@ -152,7 +153,7 @@ def test_large_string_and_dictionary_columns_become_string(tmp_path):
     )
     pq.write_table(table, path)
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS).table
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine").table
 
     assert result.schema.field("anchor").type == pa.string()
     assert result.schema.field("positive").type == pa.string()
@@ -166,7 +167,7 @@ def test_missing_file_raises(tmp_path):
     path = tmp_path / "nope.parquet"
 
     with pytest.raises(InputError, match="file not found") as err:
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     assert err.value.path == str(path)
     assert str(path) in str(err.value)
@@ -178,7 +179,7 @@ def test_unknown_suffix_raises(tmp_path, name):
     path.write_text("anchor,positive\na,p\n", encoding="utf-8")
 
     with pytest.raises(InputError, match="unknown file type") as err:
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     assert str(path) in str(err.value)
 
@@ -189,7 +190,7 @@ def test_folder_without_parquet_files_raises(tmp_path):
     (folder / "pairs.csv").write_text("anchor,positive\na,p\n", encoding="utf-8")
 
     with pytest.raises(InputError, match=r"no \.parquet files"):
-        read_table(folder, required=PAIRS)
+        read_table(folder, required=PAIRS, on_bad_rows="quarantine")
 
 
 def corrupt_payload(kind: str, real: bytes) -> bytes:
@@ -209,7 +210,7 @@ def test_corrupt_parquet_raises_input_error(tmp_path, sample_dir, kind):
     path.write_bytes(corrupt_payload(kind, (sample_dir / "pairs.parquet").read_bytes()))
 
     with pytest.raises(InputError, match="not a readable Parquet file") as err:
-        read_table(path, required=PAIRS, text_columns=TEXTS)
+        read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert err.value.path == str(path)
 
@@ -222,7 +223,7 @@ def test_corrupt_parquet_in_folder_names_that_file(tmp_path):
     bad.write_bytes(random.Random(7).randbytes(512))
 
     with pytest.raises(InputError) as err:
-        read_table(folder, required=PAIRS)
+        read_table(folder, required=PAIRS, on_bad_rows="quarantine")
 
     assert err.value.path == str(bad)
 
@@ -232,7 +233,7 @@ def test_missing_required_column_names_column_and_file(tmp_path, fmt):
     path = write_rows(tmp_path, [{"anchor": "a1", "answer": "p1"}], fmt)
 
     with pytest.raises(InputError, match="missing required column") as err:
-        read_table(path, required=PAIRS, text_columns=TEXTS)
+        read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert err.value.column == "positive"
     assert err.value.path == str(path)
@@ -244,7 +245,7 @@ def test_missing_overridden_column_names_the_file_column(tmp_path):
     path = write_rows(tmp_path, [{"anchor": "a1", "positive": "p1"}], "parquet")
 
     with pytest.raises(InputError) as err:
-        read_table(path, required={"anchor": "query", "positive": "positive"})
+        read_table(path, required={"anchor": "query", "positive": "positive"}, on_bad_rows="quarantine")
 
     assert err.value.column == "query"
     assert "'query'" in str(err.value)
@@ -255,7 +256,7 @@ def test_non_string_parquet_column_raises_naming_the_column(tmp_path):
     pq.write_table(pa.table({"anchor": [1, 2], "positive": ["p1", "p2"]}), path)
 
     with pytest.raises(InputError, match="must hold strings") as err:
-        read_table(path, required=PAIRS, text_columns=TEXTS)
+        read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert err.value.column == "anchor"
 
@@ -265,7 +266,7 @@ def test_csv_without_header_raises(tmp_path):
     path.write_bytes(b"")
 
     with pytest.raises(InputError, match="no header row"):
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
 
 def test_csv_header_with_invalid_utf8_raises(tmp_path):
@@ -273,7 +274,7 @@ def test_csv_header_with_invalid_utf8_raises(tmp_path):
     path.write_bytes(b"anch\xffor,positive\na,p\n")
 
     with pytest.raises(InputError, match="header is not valid UTF-8") as err:
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     assert err.value.row == 0
 
@@ -295,7 +296,7 @@ NULL_AND_BLANK_ROWS = [
 def test_nulls_and_blank_texts_are_quarantined(tmp_path, fmt):
     path = write_rows(tmp_path, NULL_AND_BLANK_ROWS, fmt)
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 7]
     assert result.table.column("anchor").to_pylist() == ["a1", " a7 "]
@@ -323,7 +324,7 @@ def test_csv_empty_fields_are_empty_text(tmp_path, fmt):
     # CSV has no null: None is written as an empty field, which is empty text.
     path = write_rows(tmp_path, NULL_AND_BLANK_ROWS, fmt)
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 7]
     assert reject_keys(result.rejects) == [
@@ -342,7 +343,7 @@ def test_quarantine_records_the_value(tmp_path):
         "parquet",
     )
 
-    rejects = read_table(path, required=PAIRS, text_columns=TEXTS).rejects
+    rejects = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine").rejects
 
     assert rejects.to_pylist() == [
         {
@@ -362,7 +363,7 @@ def test_only_text_columns_are_checked(tmp_path):
     ]
     path = write_rows(tmp_path, rows, "jsonl")
 
-    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.column("anchor_id").to_pylist() == [None, ""]
     assert result.rejects.num_rows == 0
@@ -371,7 +372,9 @@ def test_only_text_columns_are_checked(tmp_path):
 def test_column_override_is_named_in_rejects(tmp_path):
     path = write_rows(tmp_path, [{"question": "a1", "answer": ""}, {"question": "a2", "answer": "p2"}], "parquet")
 
-    result = read_table(path, required={"anchor": "question", "positive": "answer"}, text_columns=TEXTS)
+    result = read_table(
+        path, required={"anchor": "question", "positive": "answer"}, text_columns=TEXTS, on_bad_rows="quarantine"
+    )
 
     assert reject_keys(result.rejects) == [(1, "answer", "empty_text")]
 
@@ -429,7 +432,7 @@ def test_jsonl_non_string_values_are_quarantined(tmp_path):
         encoding="utf-8",
     )
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 6]
     non_string = result.rejects.filter(pc.equal(result.rejects.column("reason"), "non_string"))
@@ -461,7 +464,7 @@ def test_jsonl_non_string_row_is_quarantined_exactly_once(tmp_path):
         encoding="utf-8",
     )
 
-    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     kept, rejected = rows_of(result.table), rows_of(result.rejects)
     assert sorted(rejected) == sorted(set(rejected)), "a row is quarantined twice"
@@ -481,7 +484,7 @@ def test_jsonl_invalid_lines_are_quarantined_by_line_number(tmp_path):
         encoding="utf-8",
     )
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 6]
     assert result.table.column("positive").to_pylist() == ["p1", "p6"]
@@ -507,7 +510,7 @@ def test_jsonl_missing_key_is_a_null(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"anchor": "a1", "positive": "p1"}\n{"anchor": "a2"}\n', encoding="utf-8")
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1]
     assert reject_keys(result.rejects) == [(2, "positive", "null_value")]
@@ -521,7 +524,7 @@ def test_jsonl_invalid_utf8_is_quarantined_and_good_rows_kept(tmp_path):
         b'{"anchor": "caf\xc3\xa9 utf-8", "positive": "p3"}\n'
     )
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 3]
     assert result.table.column("anchor").to_pylist() == ["a1", "café utf-8"]
@@ -533,7 +536,7 @@ def test_jsonl_with_byte_order_mark_keeps_first_row(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"anchor": "a1", "positive": "p1"}\n{"anchor": "a2", "positive": "p2"}\n')
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 2]
     assert result.rejects.num_rows == 0
@@ -546,7 +549,7 @@ def test_jsonl_lone_surrogate_is_quarantined(tmp_path):
         encoding="utf-8",
     )
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1]
     assert rows_of(result.rejects) == [2]
@@ -566,7 +569,7 @@ def test_csv_invalid_utf8_is_quarantined_and_good_rows_kept(tmp_path):
         b"a5,p5\n"  # 5
     )
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 3, 5]
     assert result.table.column("anchor").to_pylist() == ["a1", "a3, quoted", "a5"]
@@ -596,7 +599,7 @@ def test_csv_wrong_field_count_is_quarantined(tmp_path):
         encoding="utf-8",
     )
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 4, 6]
     assert result.table.column("positive").to_pylist() == ["p1", 'p4 "quoted"', "p6"]
@@ -620,7 +623,7 @@ def test_csv_byte_order_mark_is_stripped_from_header(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_bytes("anchor,positive\na1,p1\n".encode("utf-8-sig"))
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.column("anchor").to_pylist() == ["a1"]
 
@@ -629,7 +632,7 @@ def test_csv_multiline_quoted_field_counts_as_one_row(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text('anchor,positive\n"line one\nline two",p1\na2,p2\n', encoding="utf-8")
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.column("anchor").to_pylist() == ["line one\nline two", "a2"]
     assert rows_of(result.table) == [1, 2]
@@ -644,7 +647,7 @@ def test_csv_invalid_utf8_after_multiline_record_has_record_number(tmp_path):
         b"a3,p3\n"  # record 3 (line 4)
     )
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 3]
     assert rows_of(result.rejects) == [2]
@@ -659,7 +662,7 @@ def test_csv_invalid_utf8_inside_multiline_field_keeps_later_rows(tmp_path):
         b"a3,p3\n"  # record 3
     )
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.column("anchor").to_pylist() == ["a1", "a3"]
 
@@ -669,7 +672,9 @@ def test_csv_long_text_field_is_read(tmp_path):
     path = tmp_path / "corpus.csv"
     path.write_text(f"id,text\nd1,{long_text}\nd2,short\n", encoding="utf-8")
 
-    result = read_table(path, required={"text": "text"}, optional={"id": "id"}, text_columns=("text",))
+    result = read_table(
+        path, required={"text": "text"}, optional={"id": "id"}, text_columns=("text",), on_bad_rows="quarantine"
+    )
 
     assert result.table.column("id").to_pylist() == ["d1", "d2"]
     assert result.rejects.num_rows == 0
@@ -690,7 +695,7 @@ def test_file_with_no_data_rows_reads_as_empty(tmp_path, fmt):
         path = tmp_path / "pairs.csv"
         path.write_text("anchor,positive\n", encoding="utf-8")
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.num_rows == 0
     assert result.rejects.num_rows == 0
@@ -700,7 +705,7 @@ def test_csv_with_every_row_malformed_returns_rejects(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("anchor,positive\na1\na2,p2,x\n", encoding="utf-8")
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.num_rows == 0
     assert reject_keys(result.rejects) == [
@@ -713,7 +718,7 @@ def test_missing_column_message_lists_the_file_columns(tmp_path):
     path = write_rows(tmp_path, [{"question": "a1", "positive": "p1"}], "parquet")
 
     with pytest.raises(InputError) as err:
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     assert "question" in str(err.value)
     assert "source_row" not in str(err.value)
@@ -726,7 +731,7 @@ def test_folder_with_conflicting_schemas_raises_input_error(tmp_path):
     pq.write_table(pa.table({"anchor": [2], "positive": ["p2"]}), folder / "part-1.parquet")
 
     with pytest.raises(InputError, match="disagree on schema"):
-        read_table(folder, required=PAIRS)
+        read_table(folder, required=PAIRS, on_bad_rows="quarantine")
 
 
 def test_folder_with_uppercase_suffix_is_read(tmp_path):
@@ -734,7 +739,7 @@ def test_folder_with_uppercase_suffix_is_read(tmp_path):
     folder.mkdir()
     pq.write_table(pa.table({"anchor": ["a1"], "positive": ["p1"]}), folder / "part-0.PARQUET")
 
-    assert read_table(folder, required=PAIRS).table.num_rows == 1
+    assert read_table(folder, required=PAIRS, on_bad_rows="quarantine").table.num_rows == 1
 
 
 def test_all_null_optional_parquet_column_is_read_as_nulls(tmp_path):
@@ -744,7 +749,7 @@ def test_all_null_optional_parquet_column_is_read_as_nulls(tmp_path):
         path,
     )
 
-    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.column("anchor").to_pylist() == ["a1"]
     assert result.table.column("anchor_id").to_pylist() == [None]
@@ -757,7 +762,7 @@ def test_parquet_invalid_utf8_is_quarantined_or_raises_input_error(tmp_path):
     pq.write_table(pa.table({"anchor": anchors, "positive": ["p1", "p2", "p3"]}), path)
 
     try:
-        result = read_table(path, required=PAIRS, text_columns=TEXTS)
+        result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
     except InputError:
         return
     assert rows_of(result.table) == [1, 3]
@@ -785,7 +790,7 @@ def test_permission_denied_raises_input_error(tmp_path, monkeypatch, fmt):
     deny_open(monkeypatch, path)
 
     with pytest.raises(InputError, match=r"cannot read file \(Permission denied") as err:
-        read_table(path, required=PAIRS, text_columns=TEXTS)
+        read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert err.value.path == str(path)
 
@@ -795,7 +800,7 @@ def test_permission_denied_on_a_folder_file_names_that_file(tmp_path, monkeypatc
     deny_open(monkeypatch, folder / "part-1.parquet")
 
     with pytest.raises(InputError, match="Permission denied") as err:
-        read_table(folder, required=PAIRS)
+        read_table(folder, required=PAIRS, on_bad_rows="quarantine")
 
     assert err.value.path == str(folder / "part-1.parquet")
 
@@ -806,7 +811,7 @@ def test_unreadable_file_mode_raises_input_error(tmp_path):
     path.chmod(0)
 
     with pytest.raises(InputError, match="cannot read file"):
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
@@ -815,7 +820,7 @@ def test_named_pipe_is_not_read(tmp_path):
     os.mkfifo(path)
 
     with pytest.raises(InputError, match="not a regular file") as err:
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     assert err.value.path == str(path)
 
@@ -877,7 +882,7 @@ def test_rejects_are_in_row_order(tmp_path):
         b'{"anchor": "caf\xe9", "positive": "p4"}\n'  # 4 invalid_utf8
     )
 
-    rejects = read_table(path, required=PAIRS, text_columns=TEXTS).rejects
+    rejects = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine").rejects
 
     assert rows_of(rejects) == [1, 2, 3, 4]
 
@@ -891,7 +896,7 @@ def test_empty_jsonl_says_there_are_no_valid_rows(tmp_path, payload):
     path.write_bytes(payload)
 
     with pytest.raises(InputError, match="no valid rows: the file is empty") as err:
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     assert err.value.path == str(path)
 
@@ -901,7 +906,7 @@ def test_jsonl_with_only_invalid_lines_says_there_are_no_valid_rows(tmp_path):
     path.write_bytes(b"{oops}\n\n[1]\n")
 
     with pytest.raises(InputError, match=r"no valid rows: all 2 .* first at row 1 \(invalid json\)") as err:
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     assert err.value.path == str(path)
 
@@ -919,7 +924,7 @@ def test_jsonl_with_only_invalid_lines_in_fail_mode_names_the_first(tmp_path):
 def test_jsonl_key_that_is_always_null_is_a_column_of_nulls(tmp_path):
     path = write_rows(tmp_path, [{"anchor": "a1", "positive": None}, {"anchor": "a2", "positive": None}], "jsonl")
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.num_rows == 0
     assert reject_keys(result.rejects) == [(1, "positive", "null_value"), (2, "positive", "null_value")]
@@ -930,7 +935,7 @@ def test_missing_column_message_lists_the_columns_of_text_formats(tmp_path, fmt)
     path = write_rows(tmp_path, [{"question": "a1", "answer": "p1"}], fmt)
 
     with pytest.raises(InputError) as err:
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     assert "the file has ['question', 'answer']" in str(err.value)
 
@@ -947,7 +952,7 @@ def test_jsonl_non_string_optional_value_rejects_the_row(tmp_path):
         encoding="utf-8",
     )
 
-    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [3]
     assert result.rejects.select(["source_row", "column", "reason", "value"]).to_pylist() == [
@@ -960,7 +965,7 @@ def test_jsonl_lone_surrogate_reason_and_value_are_stored_safely(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"anchor": "bad \\udc80 text", "positive": "p1"}\n', encoding="utf-8")
 
-    rejects = read_table(path, required=PAIRS, text_columns=TEXTS).rejects
+    rejects = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine").rejects
 
     assert reject_keys(rejects) == [(1, "anchor", "invalid_unicode")]
     assert rejects.column("value").to_pylist() == ["bad \\udc80 text"]
@@ -971,7 +976,7 @@ def test_jsonl_surrogate_pair_escape_is_valid_text(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"anchor": "smile \\ud83d\\ude00", "positive": "p1"}\n', encoding="utf-8")
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.column("anchor").to_pylist() == ["smile \U0001f600"]
 
@@ -991,7 +996,7 @@ def test_jsonl_pathological_lines_are_invalid_json(tmp_path, line):
     path = tmp_path / "pairs.jsonl"
     path.write_text(line + '\n{"anchor": "a2", "positive": "p2"}\n', encoding="utf-8")
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [2]
     assert reject_keys(result.rejects) == [(1, None, "invalid_json")]
@@ -1002,10 +1007,10 @@ def test_jsonl_invalid_utf8_value_is_readable(tmp_path):
     path.write_bytes(b'{"anchor": "caf\xe9", "positive": "p"}\r\n')
 
     with pytest.raises(InputError, match="no valid rows"):
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     path.write_bytes(b'{"anchor": "a", "positive": "p"}\n{"anchor": "caf\xe9", "positive": "p"}\r\n')
-    rejects = read_table(path, required=PAIRS).rejects
+    rejects = read_table(path, required=PAIRS, on_bad_rows="quarantine").rejects
     assert rejects.column("value").to_pylist() == ['{"anchor": "caf\\xe9", "positive": "p"}']
 
 
@@ -1016,7 +1021,7 @@ def test_csv_invalid_utf8_reject_value_shows_the_byte(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_bytes(b"anchor,positive\na1,p1\ncaf\xe9,p2\n")
 
-    rejects = read_table(path, required=PAIRS, text_columns=TEXTS).rejects
+    rejects = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine").rejects
 
     assert rejects.column("value").to_pylist() == ["caf\\xe9,p2"]
     pq.write_table(rejects, tmp_path / "rejects.parquet")
@@ -1026,7 +1031,7 @@ def test_csv_invalid_utf8_in_multiline_field_rejects_one_record(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_bytes(b'anchor,positive\n"one\ntw\xffo\nthree",p1\na2,p2\n"x\ny",p3\n')
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [2, 3]
     assert reject_keys(result.rejects) == [(1, None, "invalid_utf8")]
@@ -1037,7 +1042,7 @@ def test_duplicate_wanted_column_raises(tmp_path):
     path.write_text("anchor,positive,anchor\na1,p1,a1b\n", encoding="utf-8")
 
     with pytest.raises(InputError, match="2 columns named 'anchor'") as err:
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
     assert err.value.column == "anchor"
 
@@ -1049,14 +1054,14 @@ def test_duplicate_parquet_column_raises(tmp_path):
     pq.write_table(table, path)
 
     with pytest.raises(InputError, match="2 columns named 'anchor'"):
-        read_table(path, required=PAIRS)
+        read_table(path, required=PAIRS, on_bad_rows="quarantine")
 
 
 def test_duplicate_unwanted_column_is_ignored(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("anchor,x,positive,x\na1,1,p1,2\n", encoding="utf-8")
 
-    assert read_table(path, required=PAIRS).table.num_rows == 1
+    assert read_table(path, required=PAIRS, on_bad_rows="quarantine").table.num_rows == 1
 
 
 # --- Parquet values and folders -------------------------------------------------------------
@@ -1078,7 +1083,7 @@ def test_parquet_invalid_utf8_names_row_and_column(tmp_path):
     )
     pq.write_table(table, path)
 
-    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1]
     assert result.rejects.select(["source_row", "column", "reason", "value"]).to_pylist() == [
@@ -1103,7 +1108,7 @@ def test_parquet_invalid_utf8_in_dictionary_column_is_quarantined(tmp_path):
     anchors = unvalidated_strings([b"a1", b"\xe9", b"a1"]).dictionary_encode()
     pq.write_table(pa.table({"anchor": anchors, "positive": ["p1", "p2", "p3"]}), path)
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 3]
     assert reject_keys(result.rejects) == [(2, "anchor", "invalid_utf8")]
@@ -1113,7 +1118,7 @@ def test_all_null_required_parquet_column_quarantines_every_row(tmp_path):
     path = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"anchor": ["a1", "a2"], "positive": pa.array([None, None], pa.null())}), path)
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.num_rows == 0
     assert reject_keys(result.rejects) == [(1, "positive", "null_value"), (2, "positive", "null_value")]
@@ -1131,7 +1136,7 @@ def test_folder_merges_every_kind_of_string_column(tmp_path):
     for i, anchors in enumerate(kinds):
         pq.write_table(pa.table({"anchor": anchors, "positive": [f"p{i}"]}), folder / f"part-{i}.parquet")
 
-    result = read_table(folder, required=PAIRS, text_columns=TEXTS)
+    result = read_table(folder, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert result.table.column("anchor").to_pylist() == ["a0", "a1", "a2"]
     assert reject_keys(result.rejects) == [(1, "anchor", "null_value")]
@@ -1145,7 +1150,7 @@ def test_folder_with_conflicting_schemas_names_the_files(tmp_path):
     pq.write_table(pa.table({"anchor": [2], "positive": ["p2"]}), folder / "part-1.parquet")
 
     with pytest.raises(InputError) as err:
-        read_table(folder, required=PAIRS)
+        read_table(folder, required=PAIRS, on_bad_rows="quarantine")
 
     assert err.value.path == str(folder)
     assert err.value.column == "anchor"
@@ -1159,7 +1164,7 @@ def test_folder_file_missing_a_required_column_is_named(tmp_path):
     pq.write_table(pa.table({"anchor": ["a2"], "answer": ["p2"]}), folder / "part-1.parquet")
 
     with pytest.raises(InputError, match="missing required column") as err:
-        read_table(folder, required=PAIRS)
+        read_table(folder, required=PAIRS, on_bad_rows="quarantine")
 
     assert (err.value.path, err.value.column) == (str(folder / "part-1.parquet"), "positive")
     assert "['anchor', 'answer']" in str(err.value)
@@ -1171,7 +1176,7 @@ def test_folder_skips_hidden_and_metadata_files(tmp_path):
     (folder / "_common_metadata.parquet").write_bytes(b"not read")
     (folder / "sub.parquet").mkdir()
 
-    assert read_table(folder, required=PAIRS).table.num_rows == 2
+    assert read_table(folder, required=PAIRS, on_bad_rows="quarantine").table.num_rows == 2
 
 
 def test_every_reject_table_writes_to_parquet(tmp_path):
@@ -1183,7 +1188,7 @@ def test_every_reject_table_writes_to_parquet(tmp_path):
         b'{"anchor": "a", "positive": "p"}\n'
     )
 
-    rejects = read_table(path, required=PAIRS, text_columns=TEXTS).rejects
+    rejects = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine").rejects
 
     assert rejects.num_rows == 3
     rejects.validate(full=True)
@@ -1196,7 +1201,7 @@ def test_integer_id_columns_are_read_as_decimal_strings(tmp_path):
         pa.table({"anchor_id": [7, 12], "anchor": ["a", "b"], "positive_id": [3, 4], "positive": ["p", "q"]}), path
     )
 
-    table = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS).table
+    table = read_table(path, required=PAIRS, optional=PAIR_IDS, text_columns=TEXTS, on_bad_rows="quarantine").table
 
     assert table.column("anchor_id").to_pylist() == ["7", "12"]
     assert table.column("positive_id").to_pylist() == ["3", "4"]
@@ -1207,7 +1212,7 @@ def test_integer_text_column_still_raises(tmp_path):
     pq.write_table(pa.table({"anchor": [1, 2], "positive": ["p", "q"]}), path)
 
     with pytest.raises(InputError, match="must hold strings"):
-        read_table(path, required=PAIRS, text_columns=TEXTS)
+        read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
 
 def test_jsonl_line_of_non_json_whitespace_is_invalid_json_not_blank(tmp_path):
@@ -1216,7 +1221,7 @@ def test_jsonl_line_of_non_json_whitespace_is_invalid_json_not_blank(tmp_path):
         '{"anchor": "a1", "positive": "p1"}\n\x0c\n\n{"anchor": "a4", "positive": "p4"}\n', encoding="utf-8"
     )
 
-    result = read_table(path, required=PAIRS, text_columns=TEXTS)
+    result = read_table(path, required=PAIRS, text_columns=TEXTS, on_bad_rows="quarantine")
 
     assert rows_of(result.table) == [1, 4]
     assert reject_keys(result.rejects) == [(2, None, "invalid_json")]

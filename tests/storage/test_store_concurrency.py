@@ -21,7 +21,7 @@ def vector_of(text: str) -> np.ndarray:
 
 
 def writer(root: str, texts: list[str], chunk: int) -> None:
-    store = EmbeddingStore(root, model_fingerprint="fp", dim=DIM)
+    store = EmbeddingStore(root, model_fingerprint="fp", dim=DIM, dtype="float32")
     for first in range(0, len(texts), chunk):
         part = texts[first : first + chunk]
         hashes = content_hashes(part)
@@ -43,7 +43,7 @@ def test_concurrent_writers_with_overlapping_texts(tmp_path: Path) -> None:
     for proc in procs:
         proc.join(timeout=120)
         assert proc.exitcode == 0
-    store = EmbeddingStore(tmp_path, model_fingerprint="fp", dim=DIM)
+    store = EmbeddingStore(tmp_path, model_fingerprint="fp", dim=DIM, dtype="float32")
     positions = store.lookup(content_hashes(texts))
     assert (positions >= 0).all()
     np.testing.assert_array_equal(store.fetch(positions), np.stack([vector_of(t) for t in texts]))
