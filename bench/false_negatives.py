@@ -298,13 +298,22 @@ def measure_embedding(prep: Prepared) -> float:
     from negminer.mining.encoder import embedding_dimension, load_model
     from negminer.storage.embedding_store import EmbeddingStore
 
-    model = load_model(device="cpu")
+    model = load_model(None, device="cpu", max_seq_length=None)
     with tempfile.TemporaryDirectory() as tmp:
-        store = EmbeddingStore(tmp, model_fingerprint="cold", dim=embedding_dimension(model))
+        store = EmbeddingStore(tmp, model_fingerprint="cold", dim=embedding_dimension(model), dtype="float32")
         start = time.perf_counter()
         for stem in ("anchors", "docs"):
             texts = prep.tables[stem].column("text").to_pylist()
-            embed_to_file(texts, Path(tmp) / f"{stem}.npy", model=model, store=store, batch_size=32)
+            embed_to_file(
+                texts,
+                Path(tmp) / f"{stem}.npy",
+                model=model,
+                store=store,
+                batch_size=32,
+                chunk_size=4096,
+                processes=1,
+                precision="float32",
+            )
         return time.perf_counter() - start
 
 
@@ -435,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     from negminer.mining.encoder import load_model
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}")
-    model = load_model(device="cpu")
+    model = load_model(None, device="cpu", max_seq_length=None)
     for name in args.datasets:
         rows, notes = bench_dataset(name, args, model)
         print_table(name, rows, notes, args.num_negatives)

@@ -43,6 +43,7 @@ def _negatives(prepared, folder: Path, dtype: str, vectors: dict[str, np.ndarray
         doc_text_keys=prepared.docs.column("text_key").to_pylist(),
         anchor_text_keys=prepared.anchors.column("text_key").to_pylist(),
         search_depth=50,
+        batch_size=4096,
     )
     config = MineConfig(num_negatives=5)
     derived = derive_dataset(
