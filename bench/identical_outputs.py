@@ -10,7 +10,8 @@ version it wrote. Run it once on the old code and once on the new, then compare:
     python -m bench.identical_outputs --compare old.json new.json
 
 ``--record`` prints which package it imported, so a run that did not pick up the old checkout
-shows it. Every run uses one embedding store (``bench/.cache/identical-store``), so only the
+shows it. The manifest is compared without ``created_at``, the time it was written. Every
+run uses one embedding store (``bench/.cache/identical-store``), so only the
 first run embeds; output roots are wiped before each run.
 """
 
@@ -97,9 +98,25 @@ def mine(case: str, pairs: Path, corpus: Path, options: list[str]) -> Path:
 
 
 def file_hashes(version: Path) -> dict[str, str]:
-    return {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(version.iterdir()) if path.is_file()
-    }
+    """sha256 of every file; the manifest's without its ``created_at`` (the wall clock at publish,
+    which no two runs share), from the bytes of the rest as negminer writes them."""
+    hashes = {}
+    for path in sorted(version.iterdir()):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.name == "manifest.json":
+            manifest = json.loads(data)
+            del manifest["created_at"]
+            data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        hashes[path.name] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+def manifest_without_time(version: Path) -> dict:
+    manifest = json.loads((version / "manifest.json").read_text())
+    del manifest["created_at"]
+    return manifest
 
 
 def record(output: Path, datasets: list[str]) -> None:
@@ -110,8 +127,8 @@ def record(output: Path, datasets: list[str]) -> None:
     for case, (pairs, corpus, options) in cases(datasets).items():
         start = time.perf_counter()
         version = mine(case, pairs, corpus, options)
-        results[case] = file_hashes(version)
-        print(f"{case}: {len(results[case])} files, {time.perf_counter() - start:.1f} s")
+        results[case] = {"files": file_hashes(version), "manifest": manifest_without_time(version)}
+        print(f"{case}: {len(results[case]['files'])} files, {time.perf_counter() - start:.1f} s")
     output.write_text(json.dumps(results, indent=2, sort_keys=True))
 
 
@@ -123,10 +140,16 @@ def compare(old_path: Path, new_path: Path) -> int:
             print(f"{case}: only in {'new' if case in new else 'old'}")
             differing += 1
             continue
-        for name in sorted(old[case].keys() | new[case].keys()):
-            same = old[case].get(name) == new[case].get(name)
+        old_files, new_files = old[case]["files"], new[case]["files"]
+        for name in sorted(old_files.keys() | new_files.keys()):
+            same = old_files.get(name) == new_files.get(name)
             differing += not same
             print(f"{case:<18} {name:<28} {'identical' if same else 'DIFFERS'}")
+        for key in sorted(old[case]["manifest"].keys() | new[case]["manifest"].keys()):
+            before, after = old[case]["manifest"].get(key), new[case]["manifest"].get(key)
+            if before != after:
+                print(f"  manifest {key}: {json.dumps(before, sort_keys=True)[:300]}")
+                print(f"  {' ' * len('manifest ' + key)}  now {json.dumps(after, sort_keys=True)[:300]}")
     print(f"{differing} file(s) differ" if differing else "every file is byte-identical")
     return 1 if differing else 0
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from negminer.config import IndexConfig, RetrievalConfig
-from negminer.stages.refs import DocRange, ExtendedFrom, IndexRef, IndexShardEntry, IndexShardRef
+from negminer.stages.refs import DocRange, ExtendedFrom, IndexRef, IndexShardRef
 from negminer.stages.reuse import parent_index, parent_shard
 from negminer.stages.workdir import finish, finished
 
@@ -188,10 +188,7 @@ def _sharded_index(
         recall_sample=built[0].recall_sample,
         k=k,
         gpu=built[0].gpu,
-        shards=tuple(
-            IndexShardEntry(**shard.model_dump(include={"path", "first", "stop", "params", "recall", "reused_from"}))
-            for shard in built
-        ),
+        shards=tuple(shard.entry() for shard in built),
         extended_from=extended,
         seconds=round(time.perf_counter() - start + sum(shard.seconds for shard in built), 3),
     )

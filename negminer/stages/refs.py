@@ -125,22 +125,6 @@ class DocRange(Ref):
     stop: int
 
 
-class IndexShardRef(Ref):
-    """One doc range's saved index (built, or taken over from the parent run)."""
-
-    factory: str
-    params: dict[str, int]
-    recall: float | None
-    recall_sample: int
-    k: int
-    gpu: bool
-    path: str
-    first: int
-    stop: int
-    reused_from: str | None
-    seconds: float
-
-
 class IndexShardEntry(Ref):
     """An index shard as the index reference lists it (``path`` is dropped from the manifest)."""
 
@@ -152,6 +136,19 @@ class IndexShardEntry(Ref):
     reused_from: str | None
 
 
+class IndexShardRef(IndexShardEntry):
+    """One doc range's saved index (built, or taken over from the parent run), with how it was tuned."""
+
+    factory: str
+    recall_sample: int
+    k: int
+    gpu: bool
+    seconds: float
+
+    def entry(self) -> IndexShardEntry:
+        return IndexShardEntry(**self.model_dump(include=set(IndexShardEntry.model_fields)))
+
+
 class ExtendedFrom(Ref):
     """The parent run whose index (or index shards) this run's index started from."""
 
@@ -161,7 +158,11 @@ class ExtendedFrom(Ref):
 
 
 class IndexRef(Ref):
-    """The search index: one file (`path`) or one file per doc range (`shards`)."""
+    """The search index: one file (`path`) or one file per doc range (`shards`).
+
+    `factory`, `params`, `recall`, `recall_sample`, `k` and `gpu` are
+    :class:`negminer.mining.index.IndexReport`'s figures (the shards' own for a sharded index).
+    """
 
     key: str
     path: str | None
