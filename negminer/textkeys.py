@@ -30,9 +30,5 @@ def content_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=KEY_BYTES).digest()
 
 
-def text_keys(texts: Iterable[str]) -> pa.Array:
-    return pa.array([text_key(t) for t in texts], pa.binary(KEY_BYTES))
-
-
 def content_hashes(texts: Iterable[str]) -> pa.Array:
     return pa.array([content_hash(t) for t in texts], pa.binary(KEY_BYTES))
