@@ -93,6 +93,7 @@ class Prepared:
     hidden: dict[str, set[str]]  # anchor_id -> hidden relevant doc ids
     work: Path
     tables: dict[str, pa.Table] = field(default_factory=dict)
+    candidates_path: Path | None = None  # the search's candidate file (tables["candidates"] read)
     seconds: dict[str, float] = field(default_factory=dict)
     vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # kind -> text -> vector
 
@@ -144,6 +145,7 @@ def prepare_pairs(
         print(f"  note: {new} texts were not in the benchmark store and were embedded now")
     with timed("search"):
         search = stages.search_stage(prep.work, config=config.mine)
+    prep.candidates_path = Path(search["candidates"])
     prep.tables = {
         "candidates": pq.read_table(search["candidates"]),
         "anchors": pq.read_table(prep.work / "anchors.parquet", columns=["anchor_id", "text"]),
@@ -175,18 +177,28 @@ def st_range_max(num_negatives: int, pairs: pa.Table) -> int:
 
 
 def run_negminer(prep: Prepared, options: dict[str, Any], *, k: int, depth: int) -> tuple[dict, float]:
-    """query id -> negative texts in slot order, and the seconds the selection took."""
+    """query id -> negative texts in slot order, and the seconds the selection took.
+
+    The selection is ``derive_files`` over the stored candidate file, as ``refilter`` runs it:
+    the seconds include reading the candidates and writing the candidate table and views.
+    """
     from negminer.config import MineConfig
-    from negminer.mining.derive import derive_dataset
+    from negminer.mining.streaming import derive_files
 
     options = dict(options)
     if options.get("range_max") == "st":
         options["range_max"] = st_range_max(k, prep.pairs)
     config = MineConfig(num_negatives=k, search_depth=depth, **options)
-    start = time.perf_counter()
-    derived = derive_dataset(prep.tables["candidates"], **_inputs(prep), config=config)
-    seconds = time.perf_counter() - start
-    published = derived.tables["candidates"]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        derived = derive_files(
+            prep.candidates_path,
+            {stem: Path(tmp) / f"{stem}.parquet" for stem in ("candidates", "triplets")},
+            **_inputs(prep),
+            config=config,
+        )
+        seconds = time.perf_counter() - start
+        published = pq.read_table(derived.paths["candidates"])
     chosen = published.filter(pc.is_valid(published.column("negative_slot")))
     return _negatives_by_text(chosen, prep), seconds
 

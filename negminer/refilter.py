@@ -3,7 +3,7 @@
 A dataset version keeps every retrieved candidate (``candidates.parquet``) with the anchors,
 docs and pairs it refers to, so any strategy can be re-applied to it: :func:`refilter` reads
 the version, selects negatives with new settings through the same
-:func:`negminer.mining.derive.derive_dataset` that ``mine`` uses, and writes a new version
+:func:`negminer.mining.streaming.derive_files` that ``mine`` uses, and writes a new version
 whose manifest names its parent. Retrieval settings (``search_depth``), the input options and
 the model are the parent's and cannot change here: that needs a new ``mine`` run.
 
@@ -37,7 +37,7 @@ from negminer.storage.versions import MANIFEST, check_dataset_name, read_manifes
 
 logger = logging.getLogger(__name__)
 
-# Files that derive_dataset writes; every other file of the parent is carried over.
+# Files that derive_files writes; every other file of the parent is carried over.
 DERIVED_FILES = ("triplets", "candidates", "scored")
 REQUIRED_FILES = ("candidates", "anchors", "docs", "pairs")
 _RETRIEVAL = ("search_depth", "search_batch_size")
@@ -157,7 +157,8 @@ def _derive(
 ) -> tuple[Any, dict[str, int]]:
     """Select from the parent's candidate file in batches into `scratch` (audit decisions applied)."""
     from negminer.audit.feedback import load_decisions
-    from negminer.mining.streaming import BATCH_ROWS, BatchedFeedback, derive_files
+    from negminer.curation.decisions import BatchedFeedback
+    from negminer.mining.streaming import BATCH_ROWS, derive_files
 
     tables = {stem: pq.read_table(version_dir / f"{stem}.parquet") for stem in ("anchors", "docs", "pairs")}
     candidates = version_dir / "candidates.parquet"

@@ -3,7 +3,8 @@
 * :mod:`negminer.audit.db`: the SQLAlchemy models, engine and Alembic migrations.
 * :mod:`negminer.audit.loader`: loads a version's ``flagged.parquet`` (with texts and scores).
 * :mod:`negminer.audit.queries`: the review queue, progress, recording decisions.
-* :mod:`negminer.audit.feedback`: applies decisions to the next selection.
+* :mod:`negminer.audit.feedback`: reads the decisions for the next selection (applied by
+  :mod:`negminer.curation.decisions`).
 * :mod:`negminer.audit.export`: CSV, JSONL, Argilla and Label Studio exports.
 * :mod:`negminer.audit.web` and :mod:`negminer.audit.cli`: the review page and commands.
 

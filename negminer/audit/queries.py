@@ -311,7 +311,7 @@ def history(engine: Engine, dataset: str, anchor_id: str, doc_id: str) -> list[D
 def latest_decisions(engine: Engine, dataset: str) -> pa.Table:
     """The effective decision per pair of `dataset`, as :data:`DECISIONS_SCHEMA` rows.
 
-    This is the table :func:`negminer.audit.feedback.apply_decisions` takes.
+    This is the table :func:`negminer.curation.decisions.apply_decisions` takes.
     """
     check_name(dataset, DATASET_RE, "dataset")
     latest = _latest_decisions()

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 Classifier = Literal["hist_gradient_boosting", "logistic_regression"]
 IssueRule = Literal["confident_joint", "find_label_issues"]
+# Rows per batch of cleanlab's batched finder (its memory bound; not a setting).
+ISSUE_BATCH_ROWS = 1_000_000
 
 
 class LabelIssues(NamedTuple):
@@ -81,9 +83,9 @@ def out_of_sample_probabilities(
     labels: np.ndarray,
     folds: np.ndarray,
     *,
-    classifier: Classifier = "logistic_regression",
+    classifier: Classifier,
     sample_weight: np.ndarray | None = None,
-    seed: int = 12,
+    seed: int,
 ) -> np.ndarray:
     """Cross-validated predicted probabilities, each row predicted by a model trained on other folds.
 
@@ -99,7 +101,7 @@ def out_of_sample_probabilities(
         pred_probs (n_rows, 2): column 1 is the probability that the pair is relevant.
 
     Example:
-        >>> probs = out_of_sample_probabilities(x, y, folds)  # doctest: +SKIP
+        >>> probs = out_of_sample_probabilities(x, y, folds, classifier="logistic_regression", seed=0)  # doctest: +SKIP
     """
     if len(features) != len(labels) or len(labels) != len(folds):
         raise ValueError("features, labels and folds must have the same number of rows")
@@ -219,9 +221,9 @@ def find_issues(
     labels: np.ndarray,
     pred_probs: np.ndarray,
     *,
-    rule: IssueRule = "confident_joint",
-    batched_above: int = 5_000_000,
-    batch_size: int = 1_000_000,
+    rule: IssueRule,
+    batched_above: int,
+    rows_per_batch: int = ISSUE_BATCH_ROWS,
 ) -> LabelIssues:
     """cleanlab's label issues, label quality scores and estimated noise rates.
 
@@ -238,10 +240,10 @@ def find_issues(
         pred_probs: (n_rows, 2) out-of-sample probabilities.
         rule: which cleanlab verdict flags a row.
         batched_above: rows above which the batched finder is used (find_label_issues rule).
-        batch_size: rows per batch of the batched finder.
+        rows_per_batch: rows per batch of the batched finder.
 
     Example:
-        >>> issues = find_issues(labels, pred_probs)  # doctest: +SKIP
+        >>> issues = find_issues(labels, pred_probs, rule="confident_joint", batched_above=5_000_000)  # doctest: +SKIP
     """
     from cleanlab.rank import get_label_quality_scores
 
@@ -251,7 +253,7 @@ def find_issues(
     if rule == "confident_joint":
         is_issue = _off_diagonal(labels, pred_probs)
     elif rule == "find_label_issues":
-        is_issue = _pruned(labels, pred_probs, batched_above=batched_above, batch_size=batch_size)
+        is_issue = _pruned(labels, pred_probs, batched_above=batched_above, rows_per_batch=rows_per_batch)
     else:
         raise ValueError(f"unknown rule {rule!r}; use 'confident_joint' or 'find_label_issues'")
     quality = get_label_quality_scores(labels, pred_probs, method="self_confidence")
@@ -267,12 +269,12 @@ def _off_diagonal(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _pruned(labels: np.ndarray, pred_probs: np.ndarray, *, batched_above: int, batch_size: int) -> np.ndarray:
+def _pruned(labels: np.ndarray, pred_probs: np.ndarray, *, batched_above: int, rows_per_batch: int) -> np.ndarray:
     if len(labels) > batched_above:
         from cleanlab.experimental.label_issues_batched import find_label_issues_batched
 
         return find_label_issues_batched(
-            labels, pred_probs, batch_size=batch_size, n_jobs=1, verbose=False, return_mask=True
+            labels, pred_probs, batch_size=rows_per_batch, n_jobs=1, verbose=False, return_mask=True
         )
     from cleanlab.filter import find_label_issues
 

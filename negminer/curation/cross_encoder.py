@@ -18,8 +18,11 @@ from negminer.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def load_cross_encoder(path: str | Path, *, device: str | None = None):
-    """A sentence-transformers CrossEncoder from a local folder (raises ConfigError otherwise)."""
+def load_cross_encoder(path: str | Path, *, device: str | None):
+    """A sentence-transformers CrossEncoder from a local folder (raises ConfigError otherwise).
+
+    `device` is a torch device; None lets sentence-transformers pick (CUDA when present).
+    """
     folder = Path(path).expanduser()
     if not (folder / "config.json").exists():
         raise ConfigError(
@@ -38,13 +41,13 @@ def cross_encoder_scores(
     anchor_texts: list[str],
     doc_texts: list[str],
     model,
-    batch_size: int = 64,
+    batch_size: int,
 ) -> np.ndarray:
     """(n_rows,) float32 cross-encoder score of every (anchor_texts[a], doc_texts[d]) row.
 
     Example:
-        >>> ce = load_cross_encoder("models/ms-marco-MiniLM-L6-v2")  # doctest: +SKIP
-        >>> cross_encoder_scores(a, d, anchor_texts=at, doc_texts=dt, model=ce)  # doctest: +SKIP
+        >>> ce = load_cross_encoder("models/ms-marco-MiniLM-L6-v2", device=None)  # doctest: +SKIP
+        >>> cross_encoder_scores(a, d, anchor_texts=at, doc_texts=dt, model=ce, batch_size=64)  # doctest: +SKIP
     """
     keys = np.stack([anchor, doc], axis=1)
     unique, inverse = np.unique(keys, axis=0, return_inverse=True)

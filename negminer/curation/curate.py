@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,38 +43,13 @@ from negminer.curation.confident import (
     second_view_adjust,
 )
 from negminer.curation.duplicates import near_duplicates
-from negminer.curation.features import PairRows, group_positives, pair_features, pair_rows
-from negminer.curation.policy import excludes, flagged_table
+from negminer.curation.features import pair_features
+from negminer.curation.policy import CurationResult, Scored, apply_policies
+from negminer.curation.rows import PairRows, group_positives, pair_rows
 from negminer.mining.search import CANDIDATE_SCHEMA
 from negminer.textkeys import text_key
 
 logger = logging.getLogger(__name__)
-
-
-class CurationResult(NamedTuple):
-    """What :func:`curate_candidates` hands to selection, the version writer and the audit."""
-
-    candidates: pa.Table
-    false_positive_pairs: np.ndarray  # int64 pair_idx flagged false_positive
-    false_positive_action: str
-    excluded_pairs: np.ndarray  # int64 pair_idx to leave out of the training view
-    flagged: pa.Table
-    pair_scores: pa.Table  # pair_idx, relevance, quality of every given pair
-    counts: dict[str, int]
-    noise: dict[str, Any]
-
-
-class Scored(NamedTuple):
-    """Rows, their features and the verdicts, before they are turned into tables."""
-
-    rows: PairRows
-    features: dict[str, np.ndarray]
-    relevance: np.ndarray  # candidate-side model for label-0 rows, population-side for positives
-    candidate_relevance: np.ndarray  # candidate-side model for every row (the false-negative rule)
-    quality: np.ndarray
-    flags: dict[str, np.ndarray]
-    noise: dict[str, Any]
-    skipped: str | None = None  # why no model judged the rows (see _fold_shortfall); None when they were
 
 
 _CANDIDATE_COLUMNS = set(CANDIDATE_SCHEMA.names)  # the search stage's contract
@@ -380,7 +355,7 @@ def _cross_encoder_feature(
 ) -> np.ndarray:
     from negminer.curation.cross_encoder import cross_encoder_scores, load_cross_encoder
 
-    model = load_cross_encoder(config.cross_encoder)
+    model = load_cross_encoder(config.cross_encoder, device=None)
     return cross_encoder_scores(
         rows.anchor,
         rows.doc,
@@ -389,82 +364,6 @@ def _cross_encoder_feature(
         model=model,
         batch_size=config.cross_encoder_batch_size,
     )
-
-
-def apply_policies(
-    scored: Scored,
-    candidates: pa.Table,
-    *,
-    config: CurateConfig = CurateConfig(),
-    anchor_ids: list[str] | None = None,
-    doc_ids: list[str] | None = None,
-) -> CurationResult:
-    """Turn scored flags into actions: the annotated candidates, excluded pairs, flagged table.
-
-    Only the ``*_action`` settings of `config` matter here, so other policies can be applied
-    to the same :class:`Scored` without scoring again.
-
-    Example:
-        >>> result = apply_policies(scored, cands, config=CurateConfig(false_negative_action="keep"))
-        ...                                                             # doctest: +SKIP
-    """
-    rows, flags = scored.rows, scored.flags
-    actions = {
-        "false_negative": config.false_negative_action,
-        "false_positive": config.false_positive_action,
-        "near_duplicate": config.near_duplicate_action,
-    }
-    exclude_row = np.zeros(len(rows.label), bool)
-    for kind in ("false_negative", "near_duplicate"):
-        if excludes(actions[kind]):
-            exclude_row |= flags[kind]
-    fp_pairs = np.sort(rows.pair_idx[flags["false_positive"]])
-    excluded_pairs = fp_pairs if excludes(actions["false_positive"]) else np.zeros(0, np.int64)
-    out = _annotate(candidates, rows, scored.relevance, exclude_row)
-    columns = {
-        "anchor_idx": rows.anchor,
-        "doc_idx": rows.doc,
-        "pair_idx": rows.pair_idx,
-        "label": rows.label,
-        "rank": rows.rank,
-        "quality": scored.quality,
-        "relevance": scored.relevance,
-    }
-    flagged = flagged_table(flags, actions, columns, scored.features, anchor_ids=anchor_ids, doc_ids=doc_ids)
-    counts = {
-        "rows_scored": len(rows.label),
-        "pairs_scored": int(np.sum(rows.label == 1)),
-        **{kind: int(flag.sum()) for kind, flag in flags.items()},
-        "negatives_excluded": int(exclude_row.sum()),
-        "pairs_excluded": len(excluded_pairs),
-        "skipped": int(scored.skipped is not None),
-    }
-    is_pair = rows.label == 1
-    pair_scores = pa.table(
-        {
-            "pair_idx": pa.array(rows.pair_idx[is_pair].astype(np.int32)),
-            # NaN (not judged) becomes null
-            "relevance": pa.array(scored.relevance[is_pair].astype(np.float32), from_pandas=True),
-            "quality": pa.array(scored.quality[is_pair].astype(np.float32), from_pandas=True),
-        }
-    )
-    return CurationResult(
-        out, fp_pairs, actions["false_positive"], excluded_pairs, flagged, pair_scores, counts, scored.noise
-    )
-
-
-def _annotate(candidates: pa.Table, rows: PairRows, relevance: np.ndarray, exclude_row: np.ndarray) -> pa.Table:
-    """The candidate table plus ``relevance`` and ``flagged_false_negative``."""
-    n = candidates.num_rows
-    rel = np.zeros(n, np.float32)
-    has = np.zeros(n, bool)
-    flagged = np.zeros(n, bool)
-    retrieved = rows.candidate_row >= 0
-    rel[rows.candidate_row[retrieved]] = relevance[retrieved]
-    has[rows.candidate_row[retrieved]] = np.isfinite(relevance[retrieved])  # NaN: not judged
-    flagged[rows.candidate_row[retrieved]] = exclude_row[retrieved]
-    out = candidates.append_column("relevance", pa.array(rel, mask=~has))
-    return out.append_column("flagged_false_negative", pa.array(flagged))
 
 
 def _validate(

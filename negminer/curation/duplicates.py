@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from negminer.curation.features import ROW_BATCH, PairRows, Positives, expand_positives, segment_max
+from negminer.curation.rows import ROW_BATCH, PairRows, Positives, expand_positives, segment_max
 
 
 def positive_similarity(rows: PairRows, positives: Positives, doc_vectors: np.ndarray) -> np.ndarray:
@@ -33,7 +33,7 @@ def positive_similarity(rows: PairRows, positives: Positives, doc_vectors: np.nd
 
 
 def near_duplicates(
-    rows: PairRows, positives: Positives, doc_vectors: np.ndarray, *, threshold: float = 0.95
+    rows: PairRows, positives: Positives, doc_vectors: np.ndarray, *, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidates whose cosine to one of their anchor's positives is at least `threshold`.
 

@@ -4,24 +4,55 @@ Contract: a flag has a kind (:data:`KINDS`) and the action of that kind's policy
 (:data:`ACTIONS`). ``drop`` removes the pair from the training view, ``quarantine`` keeps it
 out of the training view until an audit decides, ``keep`` leaves it in and only records the
 flag. A reviewer's ``is_positive`` on a dropped or quarantined given positive puts it back
-(:func:`negminer.audit.feedback.apply_decisions`, ``held_out``). A candidate negative that
+(:func:`negminer.curation.decisions.apply_decisions`, ``held_out``). A candidate negative that
 is dropped or quarantined is marked ``flagged_false_negative`` so selection skips it and
 takes the next valid candidate; a given positive that is dropped or quarantined leaves the
-training pairs (:func:`training_pairs`). The flagged table (``flagged.parquet``) has one row per (pair, kind): see
-:func:`flagged_table`.
+training pairs (:func:`training_pairs`). The flagged table (``flagged.parquet``) has one row
+per (pair, kind): see :func:`flagged_table`. :func:`apply_policies` turns scored rows
+(:class:`Scored`, from :func:`negminer.curation.curate.score_pairs`) into the
+:class:`CurationResult` that :func:`negminer.curation.curate_candidates` returns.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from negminer.config import CurateConfig
+from negminer.curation.rows import PairRows
+
 KINDS = ("false_negative", "false_positive", "near_duplicate")
 ACTIONS = ("drop", "quarantine", "keep")
 Action = Literal["drop", "quarantine", "keep"]
+
+
+class CurationResult(NamedTuple):
+    """What :func:`curate_candidates` hands to selection, the version writer and the audit."""
+
+    candidates: pa.Table
+    false_positive_pairs: np.ndarray  # int64 pair_idx flagged false_positive
+    false_positive_action: str
+    excluded_pairs: np.ndarray  # int64 pair_idx to leave out of the training view
+    flagged: pa.Table
+    pair_scores: pa.Table  # pair_idx, relevance, quality of every given pair
+    counts: dict[str, int]
+    noise: dict[str, Any]
+
+
+class Scored(NamedTuple):
+    """Rows, their features and the verdicts, before they are turned into tables."""
+
+    rows: PairRows
+    features: dict[str, np.ndarray]
+    relevance: np.ndarray  # candidate-side model for label-0 rows, population-side for positives
+    candidate_relevance: np.ndarray  # candidate-side model for every row (the false-negative rule)
+    quality: np.ndarray
+    flags: dict[str, np.ndarray]
+    noise: dict[str, Any]
+    skipped: str | None = None  # why no model judged the rows (see _fold_shortfall); None when they were
 
 
 def excludes(action: Action) -> bool:
@@ -100,3 +131,79 @@ def training_pairs(pairs: pa.Table, excluded_pair_idx: np.ndarray) -> pa.Table:
         return pairs
     gone = pc.is_in(pairs.column("pair_idx"), value_set=pa.array(excluded_pair_idx, pa.int32()))
     return pairs.filter(pc.invert(gone))
+
+
+def apply_policies(
+    scored: Scored,
+    candidates: pa.Table,
+    *,
+    config: CurateConfig = CurateConfig(),
+    anchor_ids: list[str] | None = None,
+    doc_ids: list[str] | None = None,
+) -> CurationResult:
+    """Turn scored flags into actions: the annotated candidates, excluded pairs, flagged table.
+
+    Only the ``*_action`` settings of `config` matter here, so other policies can be applied
+    to the same :class:`Scored` without scoring again.
+
+    Example:
+        >>> result = apply_policies(scored, cands, config=CurateConfig(false_negative_action="keep"))
+        ...                                                             # doctest: +SKIP
+    """
+    rows, flags = scored.rows, scored.flags
+    actions = {
+        "false_negative": config.false_negative_action,
+        "false_positive": config.false_positive_action,
+        "near_duplicate": config.near_duplicate_action,
+    }
+    exclude_row = np.zeros(len(rows.label), bool)
+    for kind in ("false_negative", "near_duplicate"):
+        if excludes(actions[kind]):
+            exclude_row |= flags[kind]
+    fp_pairs = np.sort(rows.pair_idx[flags["false_positive"]])
+    excluded_pairs = fp_pairs if excludes(actions["false_positive"]) else np.zeros(0, np.int64)
+    out = _annotate(candidates, rows, scored.relevance, exclude_row)
+    columns = {
+        "anchor_idx": rows.anchor,
+        "doc_idx": rows.doc,
+        "pair_idx": rows.pair_idx,
+        "label": rows.label,
+        "rank": rows.rank,
+        "quality": scored.quality,
+        "relevance": scored.relevance,
+    }
+    flagged = flagged_table(flags, actions, columns, scored.features, anchor_ids=anchor_ids, doc_ids=doc_ids)
+    counts = {
+        "rows_scored": len(rows.label),
+        "pairs_scored": int(np.sum(rows.label == 1)),
+        **{kind: int(flag.sum()) for kind, flag in flags.items()},
+        "negatives_excluded": int(exclude_row.sum()),
+        "pairs_excluded": len(excluded_pairs),
+        "skipped": int(scored.skipped is not None),
+    }
+    is_pair = rows.label == 1
+    pair_scores = pa.table(
+        {
+            "pair_idx": pa.array(rows.pair_idx[is_pair].astype(np.int32)),
+            # NaN (not judged) becomes null
+            "relevance": pa.array(scored.relevance[is_pair].astype(np.float32), from_pandas=True),
+            "quality": pa.array(scored.quality[is_pair].astype(np.float32), from_pandas=True),
+        }
+    )
+    return CurationResult(
+        out, fp_pairs, actions["false_positive"], excluded_pairs, flagged, pair_scores, counts, scored.noise
+    )
+
+
+def _annotate(candidates: pa.Table, rows: PairRows, relevance: np.ndarray, exclude_row: np.ndarray) -> pa.Table:
+    """The candidate table plus ``relevance`` and ``flagged_false_negative``."""
+    n = candidates.num_rows
+    rel = np.zeros(n, np.float32)
+    has = np.zeros(n, bool)
+    flagged = np.zeros(n, bool)
+    retrieved = rows.candidate_row >= 0
+    rel[rows.candidate_row[retrieved]] = relevance[retrieved]
+    has[rows.candidate_row[retrieved]] = np.isfinite(relevance[retrieved])  # NaN: not judged
+    flagged[rows.candidate_row[retrieved]] = exclude_row[retrieved]
+    out = candidates.append_column("relevance", pa.array(rel, mask=~has))
+    return out.append_column("flagged_false_negative", pa.array(flagged))

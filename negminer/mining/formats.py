@@ -67,7 +67,7 @@ def training_view(
     doc_texts: pa.Array,
     negatives: np.ndarray,
     *,
-    output_format: OutputFormat = "triplet",
+    output_format: OutputFormat,
 ) -> pa.Table:
     """The text-only training table.
 
@@ -79,7 +79,7 @@ def training_view(
         output_format: ``triplet``, ``n-tuple``, ``labeled-pair`` or ``labeled-list``.
 
     Example:
-        >>> training_view(pairs, anchors["text"], docs["text"], grid)  # doctest: +SKIP
+        >>> training_view(pairs, anchors["text"], docs["text"], grid, output_format="triplet")  # doctest: +SKIP
     """
     rows = _rows(pairs, anchor_texts, doc_texts, negatives, output_format, None)
     return _table(rows, with_scores=False, output_format=output_format)
@@ -93,7 +93,7 @@ def scored_view(
     *,
     pair_scores: np.ndarray,
     negative_scores: np.ndarray,
-    output_format: OutputFormat = "triplet",
+    output_format: OutputFormat,
 ) -> pa.Table:
     """:func:`training_view` plus the cosine scores of its rows (``scores`` or ``score``).
 
@@ -103,7 +103,8 @@ def scored_view(
         negative_scores: (n_anchors, num_negatives) cosine of each chosen negative.
 
     Example:
-        >>> scored_view(pairs, a, d, grid, pair_scores=ps, negative_scores=ns)  # doctest: +SKIP
+        >>> scored_view(pairs, a, d, grid, pair_scores=ps, negative_scores=ns,
+        ...             output_format="triplet")  # doctest: +SKIP
     """
     scores = (np.asarray(pair_scores, np.float32), np.asarray(negative_scores, np.float32))
     rows = _rows(pairs, anchor_texts, doc_texts, negatives, output_format, scores)

@@ -105,24 +105,27 @@ def select_negatives(
     *,
     anchor_hash: np.ndarray,
     doc_hash: np.ndarray,
-    num_negatives: int = 3,
-    range_min: int = 0,
-    range_max: int | None = None,
-    min_score: float | None = None,
-    max_score: float | None = None,
-    absolute_margin: float | None = None,
-    relative_margin: float | None = None,
-    sampling_strategy: SamplingStrategy = "top",
-    seed: int = 12,
-    min_score_percentile: float | None = None,
-    max_score_percentile: float | None = None,
-    semi_hard_margin: float | None = None,
-    simans_a: float = 50.0,
-    simans_b: float = -0.1,
+    num_negatives: int,
+    range_min: int,
+    range_max: int | None,
+    min_score: float | None,
+    max_score: float | None,
+    absolute_margin: float | None,
+    relative_margin: float | None,
+    sampling_strategy: SamplingStrategy,
+    seed: int,
+    min_score_percentile: float | None,
+    max_score_percentile: float | None,
+    semi_hard_margin: float | None,
+    simans_a: float,
+    simans_b: float,
     doc_text_group: np.ndarray | None = None,
     percentile_bounds: tuple[float | None, float | None] | None = None,
 ) -> Selection:
     """Mark each candidate selected or dropped (with the reason) and number the negatives.
+
+    Every option is required (defaults live in ``MineConfig`` only); a config passes its own as
+    ``**config.model_dump(include=SELECT_OPTIONS)`` (:data:`negminer.mining.derive.SELECT_OPTIONS`).
 
     Args:
         candidates: candidate table (n rows), any row order; optional bool columns
@@ -152,7 +155,8 @@ def select_negatives(
         number of anchors with fewer than `num_negatives` negatives).
 
     Example:
-        >>> sel = select_negatives(cands, anchor_hash=ah, doc_hash=dh, num_negatives=5)  # doctest: +SKIP
+        >>> options = MineConfig(strategy="naive").model_dump(include=SELECT_OPTIONS)  # doctest: +SKIP
+        >>> sel = select_negatives(cands, anchor_hash=ah, doc_hash=dh, **options)  # doctest: +SKIP
     """
     _validate(candidates, num_negatives, sampling_strategy, min_score_percentile, max_score_percentile)
     col = _columns(candidates)
@@ -227,8 +231,8 @@ def _columns(candidates: pa.Table) -> dict[str, np.ndarray]:
 def calibrated_bounds(
     candidates: pa.Table,
     *,
-    min_score_percentile: float | None = None,
-    max_score_percentile: float | None = None,
+    min_score_percentile: float | None,
+    max_score_percentile: float | None,
 ) -> tuple[float | None, float | None]:
     """(min_score, max_score) given as percentiles of the anchors' positive scores.
 
@@ -237,7 +241,7 @@ def calibrated_bounds(
     models whose score scales differ.
 
     Example:
-        >>> calibrated_bounds(cands, max_score_percentile=50)  # doctest: +SKIP
+        >>> calibrated_bounds(cands, min_score_percentile=None, max_score_percentile=50)  # doctest: +SKIP
         (None, 0.5731)
     """
     if min_score_percentile is None and max_score_percentile is None:
@@ -253,8 +257,8 @@ def calibrated_bounds(
 def percentile_bounds_of(
     positive_scores: np.ndarray,
     *,
-    min_score_percentile: float | None = None,
-    max_score_percentile: float | None = None,
+    min_score_percentile: float | None,
+    max_score_percentile: float | None,
 ) -> tuple[float | None, float | None]:
     """(min_score, max_score) at the given percentiles of `positive_scores` (one per anchor).
 

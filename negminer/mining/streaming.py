@@ -1,10 +1,17 @@
 """Selection in bounded memory: a candidate file derived in batches of whole anchors.
 
-:func:`derive_files` writes the tables of :func:`negminer.mining.derive.derive_dataset` (the
-same rows, and with the default row-group size the same Parquet bytes) while holding one
-batch of candidates at a time, plus arrays with one entry per anchor (its positive score,
-its chosen negatives: ``n_anchors × num_negatives``), the pairs, and the anchor and doc
-texts the training view is made of.
+:func:`derive_files` is the one selection: ``mine`` (the select stage) and ``refilter`` (a new
+version from an old version's candidate table, without embedding or searching again) both
+call it, so both give the same bytes for the same candidates and settings. It writes the
+tables of a dataset version while holding one batch of candidates at a time, plus arrays with
+one entry per anchor (its positive score, its chosen negatives: ``n_anchors ×
+num_negatives``), the pairs, and the anchor and doc texts the training view is made of. The
+output does not depend on the batch size: one batch or many give the same Parquet bytes.
+
+Tables it writes: ``triplets`` (the training view, :mod:`negminer.mining.formats`),
+``candidates`` (every retrieved candidate with ``anchor_id``, ``doc_id``, raw ``rank``,
+``score``, ``positive_score``, ``score_minus_positive``, ``reason`` and ``negative_slot``) and,
+with ``output_scores``, ``scored`` (the training view plus scores).
 
 What needs the whole table, and how it is had without holding it:
 
@@ -14,13 +21,13 @@ What needs the whole table, and how it is had without holding it:
   (:class:`negminer.mining.quantiles.StreamedQuantiles`);
 * counts: summed over batches (an anchor's rows are never split between batches);
 * audit decisions: resolved against the pairs once, applied to each batch
-  (:class:`BatchedFeedback`);
+  (:class:`negminer.curation.decisions.BatchedFeedback`, passed as ``transform``);
 * the views: built from the pairs and the per-anchor negatives, in slices of pairs; the
   ``labeled-pair`` format groups rows by anchor and is built in one piece.
 
 Candidate files list each anchor's rows together (search writes them by anchor; curation,
-audit and selection keep the row order). A file that does not is selected in one batch, as
-before, with a warning.
+audit and selection keep the row order). A file that does not is selected in one batch,
+with a warning.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from negminer.config import MineConfig
+from negminer.config import SelectionConfig
 from negminer.mining.derive import DERIVED_COLUMNS, QUANTILES, SELECT_OPTIONS, text_groups, with_ids
 from negminer.mining.formats import scored_view, text_array, training_view
 from negminer.mining.quantiles import StreamedQuantiles
@@ -66,51 +73,6 @@ class _AnchorPass(NamedTuple):
     present: np.ndarray  # (n_anchors,) bool
 
 
-class BatchedFeedback:
-    """Reviewers' decisions applied batch by batch (:func:`negminer.audit.feedback.apply_decisions`).
-
-    The decisions are resolved against the pairs, which every batch shares; the per-row
-    counts (``excluded_candidates``, ``unflagged_candidates``) are summed over the batches.
-    """
-
-    _PER_ROW = ("excluded_candidates", "unflagged_candidates")
-
-    def __init__(
-        self,
-        decisions: pa.Table,
-        *,
-        schema: pa.Schema,
-        anchors: pa.Table,
-        docs: pa.Table,
-        pairs: pa.Table,
-        extra_positives: bool = False,
-        held_out: pa.Table | None = None,
-    ) -> None:
-        from negminer.audit.feedback import apply_decisions
-
-        self._apply = lambda table: apply_decisions(
-            table,
-            decisions,
-            anchors=anchors,
-            docs=docs,
-            pairs=pairs,
-            extra_positives=extra_positives,
-            held_out=held_out,
-        )
-        self._active = decisions.num_rows > 0
-        first = self._apply(schema.empty_table())
-        self.pairs = first.pairs
-        self.counts = dict(first.counts)
-
-    def __call__(self, candidates: pa.Table) -> pa.Table:
-        if not self._active:
-            return candidates
-        result = self._apply(candidates)
-        for key in self._PER_ROW:
-            self.counts[key] += result.counts[key]
-        return result.candidates
-
-
 def derive_files(
     candidates_path: str | Path,
     out_paths: dict[str, str | Path],
@@ -118,7 +80,7 @@ def derive_files(
     anchors: pa.Table,
     docs: pa.Table,
     pairs: pa.Table,
-    config: MineConfig,
+    config: SelectionConfig,
     transform: Callable[[pa.Table], pa.Table] | None = None,
     batch_rows: int = BATCH_ROWS,
 ) -> DerivedFiles:
@@ -129,9 +91,15 @@ def derive_files(
             already published), each anchor's rows together.
         out_paths: where to write ``candidates`` (the published candidates), ``triplets`` and,
             with ``config.output_scores``, ``scored``; each appears only when complete.
-        anchors, docs, pairs, config: as in :func:`negminer.mining.derive.derive_dataset`
-            (`pairs` after audit decisions, when there are any).
-        transform: applied to each candidate batch before selection, e.g. :class:`BatchedFeedback`.
+        anchors: ``anchor_id`` and ``text`` by anchor_idx.
+        docs: ``doc_id`` and ``text`` by doc_idx; with ``text_key`` (normalised-text key),
+            an anchor never gets two documents of the same text as negatives.
+        pairs: ``anchor_idx``, ``doc_idx`` in output order (after audit decisions, when there
+            are any); an optional ``score`` column (the pair's cosine) feeds the scored view,
+            else the anchor's lowest positive score.
+        config: the selection settings (``MineConfig.selection``, or a whole ``MineConfig``).
+        transform: applied to each candidate batch before selection, e.g.
+            :class:`negminer.curation.decisions.BatchedFeedback`.
         batch_rows: candidate rows read at a time (rounded up to whole anchors).
 
     Returns:
@@ -244,7 +212,7 @@ def _select_batches(
     *,
     anchors: pa.Table,
     docs: pa.Table,
-    config: MineConfig,
+    config: SelectionConfig,
     bounds: tuple[float | None, float | None],
     grid: tuple[np.ndarray, np.ndarray],
     transform: Callable[[pa.Table], pa.Table] | None,
@@ -291,7 +259,7 @@ def _write_views(
     docs: pa.Table,
     grid: tuple[np.ndarray, np.ndarray],
     lowest_positive: np.ndarray,
-    config: MineConfig,
+    config: SelectionConfig,
     *,
     pairs_per_slice: int,
 ) -> dict[str, int]:
@@ -329,7 +297,12 @@ def _write_views(
 
 
 def streamed_score_quantiles(path: str | Path, *, batch_rows: int = BATCH_ROWS) -> dict[str, dict[str, float]]:
-    """:func:`negminer.mining.derive.score_quantiles` of a published candidate file, read in batches."""
+    """Quantiles (:data:`negminer.mining.derive.QUANTILES`) of a published candidate file's scores.
+
+    Exact (``numpy.quantile``), read in two passes of `batch_rows` rows: the chosen negatives'
+    scores (``negative``), every candidate's (``candidate``) and the retrieved positives'
+    (``positive_retrieved``); a kind without values maps to ``{}``.
+    """
     kinds = {name: StreamedQuantiles(QUANTILES) for name in ("negative", "candidate", "positive_retrieved")}
     for step in ("first", "second"):
         batches = pq.ParquetFile(path).iter_batches(

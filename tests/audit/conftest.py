@@ -82,7 +82,8 @@ def _flagged(candidates: pa.Table) -> pa.Table:
 
 def build_version(root: Path, name: str = DATASET) -> Path:
     """Write one complete version with candidates, texts and flagged.parquet under `root`."""
-    from negminer.config import PipelineConfig
+    from negminer.config import MineConfig, PipelineConfig
+    from negminer.mining.derive import SELECT_OPTIONS
     from negminer.mining.formats import negatives_by_anchor, training_view
     from negminer.mining.strategies import select_negatives, stable_hash64
     from negminer.storage.inputs import prepare_inputs
@@ -95,7 +96,7 @@ def build_version(root: Path, name: str = DATASET) -> Path:
         _candidates(anchors, docs, pairs),
         anchor_hash=stable_hash64(anchors["anchor_id"].to_pylist()),
         doc_hash=stable_hash64(docs["doc_id"].to_pylist()),
-        num_negatives=3,
+        **MineConfig(strategy="naive", num_negatives=3).model_dump(include=SELECT_OPTIONS),
     )
     candidates = selection.candidates
     candidates = candidates.add_column(0, "anchor_id", anchors["anchor_id"].take(candidates["anchor_idx"]))
@@ -105,7 +106,9 @@ def build_version(root: Path, name: str = DATASET) -> Path:
     )
     chosen = candidates.filter(pc.is_valid(candidates["negative_slot"]))
     grid = negatives_by_anchor(chosen, anchors.num_rows, 3)
-    triplets = training_view(pairs, anchors["text"].combine_chunks(), docs["text"].combine_chunks(), grid)
+    triplets = training_view(
+        pairs, anchors["text"].combine_chunks(), docs["text"].combine_chunks(), grid, output_format="triplet"
+    )
     tables = {
         "triplets": triplets,
         "candidates": candidates,

@@ -8,10 +8,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from negminer.audit.feedback import EXCLUDED_COLUMN, apply_decisions, load_decisions, unflag_decided
+from negminer.audit.feedback import load_decisions
 from negminer.audit.loader import load_version
 from negminer.audit.queries import Filters, list_pairs, record_decision
+from negminer.config import MineConfig
+from negminer.curation.decisions import EXCLUDED_COLUMN, apply_decisions, unflag_decided
 from negminer.errors import InputError
+from negminer.mining.derive import SELECT_OPTIONS
 from negminer.mining.strategies import select_negatives, stable_hash64
 
 DATASET = "scifact-audit"  # the dataset conftest.py builds
@@ -32,7 +35,7 @@ def apply(version_dir, table, **options):
         anchors=read(version_dir, "anchors"),
         docs=read(version_dir, "docs"),
         pairs=read(version_dir, "pairs"),
-        **options,
+        **{"extra_positives": False, **options},
     )
 
 
@@ -105,6 +108,7 @@ def test_works_on_search_tables_without_ids_or_idx_columns(version_dir):
         anchors=read(version_dir, "anchors").select(["anchor_id", "text"]),
         docs=read(version_dir, "docs").select(["doc_id", "text"]),
         pairs=read(version_dir, "pairs"),
+        extra_positives=False,
     )
     hit = result.candidates.filter(result.candidates[EXCLUDED_COLUMN]).to_pylist()
     assert [(r["anchor_idx"], r["doc_idx"]) for r in hit] == [(anchor_idx, doc_idx)]
@@ -120,11 +124,12 @@ def test_selection_replaces_an_excluded_negative_with_the_next_candidate(version
         anchors=anchors,
         docs=docs,
         pairs=read(version_dir, "pairs"),
+        extra_positives=False,
     )
     options = {
         "anchor_hash": stable_hash64(anchors["anchor_id"].to_pylist()),
         "doc_hash": stable_hash64(docs["doc_id"].to_pylist()),
-        "num_negatives": 3,
+        **MineConfig(strategy="naive", num_negatives=3).model_dump(include=SELECT_OPTIONS),
     }
     before = select_negatives(base, **options).candidates
     after = select_negatives(result.candidates, **options).candidates
@@ -203,6 +208,7 @@ def test_decisions_on_one_version_apply_to_a_later_version(engine, datasets_root
         anchors=read(later, "anchors"),
         docs=read(later, "docs"),
         pairs=read(later, "pairs"),
+        extra_positives=False,
     )
     hit = result.candidates.filter(result.candidates[EXCLUDED_COLUMN])
     assert list(zip(hit["anchor_id"].to_pylist(), hit["doc_id"].to_pylist(), strict=True)) == [
@@ -226,6 +232,7 @@ def test_confirmed_negative_clears_the_curation_flag(version_dir):
         anchors=read(version_dir, "anchors"),
         docs=read(version_dir, "docs"),
         pairs=read(version_dir, "pairs"),
+        extra_positives=False,
     )
     still = result.candidates.filter(result.candidates["flagged_false_negative"])
     assert list(zip(still["anchor_id"].to_pylist(), still["doc_id"].to_pylist(), strict=True)) == [
@@ -252,9 +259,11 @@ def test_counts_have_the_same_keys_with_and_without_decisions(version_dir):
     assert set(some.counts) == set(none.counts)
 
 
-def test_work_dir_and_version_helpers_find_the_dataset_and_its_database(datasets_root, version_dir, tmp_path):
+def test_decisions_loaded_for_a_version_or_work_folder_apply_to_its_tables(datasets_root, version_dir, tmp_path):
+    """What ``refilter`` (parent ``ROOT/NAME/vNNNN``) and the select stage (``ROOT/NAME/.work/KEY``)
+    do: the dataset's decisions from the database beside ROOT, applied to the tables; a root
+    without a database, or a dataset without decisions, leaves the tables untouched."""
     from negminer.audit.db import default_url, open_db
-    from negminer.audit.feedback import feedback_for_version, feedback_for_work_dir
 
     engine = open_db(default_url(datasets_root))
     load_version(engine, version_dir)
@@ -262,12 +271,25 @@ def test_work_dir_and_version_helpers_find_the_dataset_and_its_database(datasets
     record_decision(engine, pair.id, "drop_pair", reviewer="ana")
     engine.dispose()
     tables = {stem: read(version_dir, stem) for stem in ("candidates", "anchors", "docs", "pairs")}
-    work_dir = datasets_root / DATASET / ".work" / "0123abcd"
-    work_dir.mkdir(parents=True)
-    for result in (feedback_for_version(version_dir, tables), feedback_for_work_dir(work_dir, tables)):
+
+    def feedback(root, name):
+        return apply_decisions(
+            tables["candidates"],
+            load_decisions(root, name),
+            anchors=tables["anchors"],
+            docs=tables["docs"],
+            pairs=tables["pairs"],
+            extra_positives=False,
+        )
+
+    dataset_dir = version_dir.resolve().parent
+    work_dir = datasets_root / DATASET / ".work" / "0123abcd"  # the select stage's ROOT/NAME/.work/KEY
+    for root, name in ((dataset_dir.parent, dataset_dir.name), (work_dir.parents[2], work_dir.parents[1].name)):
+        result = feedback(root, name)
         assert result.counts["applied"] == 1 and result.counts["excluded_candidates"] == 1
-    elsewhere = feedback_for_work_dir(tmp_path / "work", tables)  # not ROOT/NAME/.work/KEY
-    assert elsewhere.candidates is tables["candidates"] and elsewhere.counts["decisions"] == 0
+    for root, name in ((tmp_path / "elsewhere", DATASET), (datasets_root, "other-dataset")):
+        untouched = feedback(root, name)
+        assert untouched.candidates is tables["candidates"] and untouched.counts["decisions"] == 0
 
 
 def test_a_confirmed_positive_that_curation_held_out_goes_back_into_training(version_dir):
@@ -283,6 +305,7 @@ def test_a_confirmed_positive_that_curation_held_out_goes_back_into_training(ver
             anchors=read(version_dir, "anchors"),
             docs=read(version_dir, "docs"),
             pairs=training,
+            extra_positives=False,
             held_out=held,
         )
 

@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from negminer.config import CurateConfig
 from negminer.curation import confident
 from negminer.curation.confident import (
     anchor_folds,
@@ -16,6 +17,8 @@ from negminer.curation.confident import (
     second_view_adjust,
 )
 from negminer.curation.curate import anchor_families, balance_prior
+
+CURATE = CurateConfig()  # the defaults the library functions are given explicitly
 
 
 def test_anchor_folds_are_seeded_and_deterministic():
@@ -58,7 +61,7 @@ def test_group_k_fold_never_trains_on_the_predicted_anchor(monkeypatch):
     folds = anchor_folds(np.arange(60, dtype=np.uint64)[anchor], n_splits=4, seed=1)
     _Recorder.seen = []
     monkeypatch.setattr(confident, "make_classifier", lambda kind, seed: _Recorder())
-    out_of_sample_probabilities(features, labels, folds)
+    out_of_sample_probabilities(features, labels, folds, classifier=CURATE.classifier, seed=CURATE.seed)
     assert len(_Recorder.seen) == 4
     for train, test in _Recorder.seen:
         assert train and test and not train & test
@@ -72,7 +75,7 @@ def test_out_of_sample_probabilities_learn_a_clear_signal(classifier):
     labels = (rng.random(n) < 0.1).astype(int)
     features = np.column_stack([labels + rng.normal(scale=0.5, size=n), rng.normal(size=n), np.full(n, np.nan)])
     folds = rng.integers(0, 5, n)
-    probs = out_of_sample_probabilities(features, labels, folds, classifier=classifier)
+    probs = out_of_sample_probabilities(features, labels, folds, classifier=classifier, seed=CURATE.seed)
     assert probs.shape == (n, 2)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     assert probs[labels == 1, 1].mean() > 2 * probs[labels == 0, 1].mean()
@@ -91,7 +94,7 @@ def test_find_issues_flags_the_planted_mislabels(rule):
     labels[[3, 7]] = 1  # label 1, model sure it is 0
     labels[[600, 900]] = 0  # label 0, model sure it is 1
     p1[[3, 7]], p1[[600, 900]] = 0.01, 0.99
-    issues = find_issues(labels, np.column_stack([1 - p1, p1]), rule=rule)
+    issues = find_issues(labels, np.column_stack([1 - p1, p1]), rule=rule, batched_above=CURATE.batched_above)
     assert set(np.nonzero(issues.is_issue)[0].tolist()) >= {3, 7, 600, 900}
     assert issues.quality[[3, 7, 600, 900]].max() < np.median(issues.quality)
     assert issues.noise["confident_joint"][0][1] >= 2
@@ -103,14 +106,14 @@ def test_find_issues_batched_variant_agrees_on_the_obvious():
     p1 = np.r_[rng.uniform(0.0, 0.3, 3000), rng.uniform(0.7, 1.0, 3000)]
     labels[10] = 1
     issues = find_issues(
-        labels, np.column_stack([1 - p1, p1]), rule="find_label_issues", batched_above=100, batch_size=1000
+        labels, np.column_stack([1 - p1, p1]), rule="find_label_issues", batched_above=100, rows_per_batch=1000
     )
     assert issues.is_issue[10]
 
 
 def test_find_issues_needs_both_labels():
     with pytest.raises(ValueError, match="both given positives"):
-        find_issues(np.zeros(4, int), np.full((4, 2), 0.5))
+        find_issues(np.zeros(4, int), np.full((4, 2), 0.5), rule=CURATE.issue_rule, batched_above=CURATE.batched_above)
 
 
 def test_second_view_raises_rows_whose_view_goes_with_relevance():

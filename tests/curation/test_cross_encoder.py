@@ -14,7 +14,7 @@ from negminer.mining.encoder import resolve_model_path
 
 def test_a_missing_folder_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not a local model folder"):
-        load_cross_encoder(tmp_path / "nowhere")
+        load_cross_encoder(tmp_path / "nowhere", device=None)
 
 
 class _FakeCrossEncoder:
@@ -36,6 +36,7 @@ def test_scores_follow_rows_and_each_pair_is_scored_once():
         anchor_texts=["red apple", "green pear"],
         doc_texts=["a red apple", "green tea"],
         model=model,
+        batch_size=CurateConfig().cross_encoder_batch_size,
     )
     assert scores.tolist() == [2.0, 0.0, 1.0, 2.0]
     assert model.asked == 3

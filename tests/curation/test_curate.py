@@ -12,7 +12,8 @@ from curation_world import ANCHORS_PER_TOPIC, DOCS_PER_TOPIC, TOPICS, WRONG_PAIR
 
 from negminer.config import CurateConfig, PipelineConfig
 from negminer.curation import curate_candidates, training_pairs
-from negminer.curation.curate import apply_policies, score_pairs
+from negminer.curation.curate import score_pairs
+from negminer.curation.policy import apply_policies
 from negminer.errors import ConfigError
 
 

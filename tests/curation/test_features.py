@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 
+from negminer.config import CurateConfig
 from negminer.curation.curate import anchor_families
 from negminer.curation.duplicates import near_duplicates
-from negminer.curation.features import group_positives, pair_features, pair_rows
+from negminer.curation.features import pair_features
 from negminer.curation.lexical import lexical_features
+from negminer.curation.rows import group_positives, pair_rows
 
 
 def _rows(world, **kwargs):
@@ -64,7 +66,9 @@ def test_features_are_finite_where_defined_and_comparable(world):
         doc_vectors=world.doc_vectors,
         anchor_texts=world.anchor_texts,
         doc_texts=world.doc_texts,
+        neighbor_anchors=CurateConfig().neighbor_anchors,
         cross_anchor=True,
+        seed=CurateConfig().seed,
     )
     for name, values in feats.items():
         assert values.shape == rows.label.shape and values.dtype == np.float32, name

@@ -2,8 +2,8 @@
 
 The SciFact sample's texts with seeded random 384-d unit vectors (the dimension of
 all-MiniLM-L6-v2) go through the store and ``fetch_to_file`` (float16 upcast to float32),
-exact search and the default selection. With the model's real vectors the benchmark
-``bench/float16_store.py`` measured 1000/1000 identical negatives (docs/benchmarks.md).
+exact search and the default selection (``derive_files``). With the model's real vectors the
+benchmark ``bench/float16_store.py`` measured 1000/1000 identical negatives (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negminer.config import MineConfig
-from negminer.mining.derive import derive_dataset
 from negminer.mining.embedding import fetch_to_file
 from negminer.mining.search import search_candidates
+from negminer.mining.streaming import derive_files
 from negminer.storage.embedding_store import EmbeddingStore
 from negminer.storage.inputs import prepare_inputs
 from negminer.textkeys import content_hashes
@@ -46,10 +46,16 @@ def _negatives(prepared, folder: Path, dtype: str, vectors: dict[str, np.ndarray
         batch_size=4096,
     )
     config = MineConfig(num_negatives=5)
-    derived = derive_dataset(
-        pq.read_table(out), anchors=prepared.anchors, docs=prepared.docs, pairs=pairs, config=config
+    derived = derive_files(
+        out,
+        {stem: folder / f"{stem}-{dtype}-selected.parquet" for stem in ("candidates", "triplets")},
+        anchors=prepared.anchors,
+        docs=prepared.docs,
+        pairs=pairs,
+        config=config,
     )
-    chosen = derived.tables["candidates"].filter(pc.is_valid(derived.tables["candidates"].column("negative_slot")))
+    selected = pq.read_table(derived.paths["candidates"])
+    chosen = selected.filter(pc.is_valid(selected.column("negative_slot")))
     return set(zip(chosen.column("anchor_idx").to_pylist(), chosen.column("doc_idx").to_pylist(), strict=True))
 
 

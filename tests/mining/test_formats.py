@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from negminer.config import MineConfig
 from negminer.mining.formats import negatives_by_anchor, training_view
 
 ANCHORS = pa.array(["query A", "query B", "query C"])
@@ -40,10 +41,10 @@ def test_triplet_rows_follow_pairs_then_slots():
     ]
 
 
-def test_triplet_is_the_default_format():
-    assert training_view(PAIRS, ANCHORS, DOCS, GRID).equals(
-        training_view(PAIRS, ANCHORS, DOCS, GRID, output_format="triplet")
-    )
+def test_triplet_is_the_default_format_and_lives_in_the_config():
+    assert MineConfig().output_format == "triplet"
+    with pytest.raises(TypeError, match="output_format"):  # the view copies no default
+        training_view(PAIRS, ANCHORS, DOCS, GRID)  # type: ignore[call-arg]
 
 
 def test_n_tuple_columns_are_negative_1_to_n():
@@ -121,7 +122,7 @@ def test_texts_are_combined_with_64_bit_offsets_and_views_keep_plain_strings():
     docs = pa.chunked_array([pa.array(["d0", "d1"]), pa.array(["d2", "d3"])])
     assert text_array(docs).type == pa.large_string()
     pairs = pa.table({"pair_idx": [0], "anchor_idx": [0], "doc_idx": [3]})
-    view = training_view(pairs, pa.chunked_array([pa.array(["a0"])]), docs, np.array([[1, 2]]))
+    view = training_view(pairs, pa.chunked_array([pa.array(["a0"])]), docs, np.array([[1, 2]]), output_format="triplet")
     assert view.schema.types == [pa.string()] * 3
     assert view.to_pylist() == [
         {"anchor": "a0", "positive": "d3", "negative": "d1"},

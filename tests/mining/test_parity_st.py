@@ -27,7 +27,7 @@ import pytest
 
 from negminer import stages
 from negminer.config import MineConfig, PipelineConfig
-from negminer.mining.derive import derive_dataset
+from negminer.mining.streaming import derive_files
 from negminer.textkeys import text_key
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def negminer_run(subset, store_root: Path) -> dict:
     search = stages.search_stage(work, config=config.mine)
     return {
         "work": work,
-        "candidates": pq.read_table(search["candidates"]),
+        "candidates": Path(search["candidates"]),
         "anchors": pq.read_table(work / "anchors.parquet", columns=["anchor_id", "text"]),
         "docs": pq.read_table(work / "docs.parquet", columns=["doc_id", "text", "text_key"]),
         "pairs": pq.read_table(work / "pairs.parquet"),
@@ -141,15 +141,21 @@ def st_negatives(subset, model, cache: Path, options: dict) -> dict[str, list[st
     return out
 
 
-def negminer_negatives(run: dict, options: dict, range_max: int) -> tuple[dict[str, list[str]], dict]:
+def negminer_negatives(run: dict, options: dict, range_max: int, out: Path) -> tuple[dict[str, list[str]], dict]:
     """anchor text -> negatives in slot order, and the drop counts."""
     config = MineConfig(
         strategy="naive", num_negatives=NUM_NEGATIVES, search_depth=SEARCH_DEPTH, range_max=range_max, **options
     )
-    derived = derive_dataset(
-        run["candidates"], anchors=run["anchors"], docs=run["docs"], pairs=run["pairs"], config=config
+    derived = derive_files(
+        run["candidates"],
+        {stem: out / f"{stem}.parquet" for stem in ("candidates", "triplets")},
+        anchors=run["anchors"],
+        docs=run["docs"],
+        pairs=run["pairs"],
+        config=config,
     )
-    chosen = derived.tables["candidates"].filter(pc.is_valid(derived.tables["candidates"].column("negative_slot")))
+    selected = pq.read_table(derived.paths["candidates"])
+    chosen = selected.filter(pc.is_valid(selected.column("negative_slot")))
     anchor_text = run["anchors"].column("text").to_pylist()
     doc_text = run["docs"].column("text").to_pylist()
     rows = sorted(
@@ -169,12 +175,12 @@ def negminer_negatives(run: dict, options: dict, range_max: int) -> tuple[dict[s
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
-def test_top_sampling_picks_what_sentence_transformers_picks(setting, subset, negminer_run, st_cache, model):
+def test_top_sampling_picks_what_sentence_transformers_picks(setting, subset, negminer_run, st_cache, model, tmp_path):
     pairs, _, _ = subset
     options = SETTINGS[setting]
     max_positives = max(Counter(pairs.column("anchor").to_pylist()).values())
     raw_depth = st_raw_depth(NUM_NEGATIVES, max_positives, filtered=bool(options))
-    ours, dropped = negminer_negatives(negminer_run, options, raw_depth)
+    ours, dropped = negminer_negatives(negminer_run, options, raw_depth, tmp_path)
     theirs = st_negatives(subset, model, st_cache, options)
     assert ours == theirs
     assert sum(len(v) for v in ours.values()) > 0

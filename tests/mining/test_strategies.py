@@ -9,6 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from negminer.config import MineConfig
+from negminer.mining.derive import SELECT_OPTIONS
 from negminer.mining.search import CANDIDATE_SCHEMA, search_candidates
 from negminer.mining.strategies import (
     REASONS,
@@ -18,6 +20,9 @@ from negminer.mining.strategies import (
     stable_hash64,
 )
 from negminer.textkeys import text_key
+
+# sentence-transformers' naive top-k: every rule off, top sampling; tests override what they test.
+NAIVE = MineConfig(strategy="naive").model_dump(include=SELECT_OPTIONS)
 
 
 def candidates(rows: list[dict]) -> pa.Table:
@@ -57,7 +62,7 @@ def hashes(n_anchors: int, n_docs: int) -> dict[str, np.ndarray]:
 def select(table: pa.Table, **options):
     n_anchors = max(table.column("anchor_idx").to_pylist()) + 1
     n_docs = max(table.column("doc_idx").to_pylist()) + 1
-    return select_negatives(table, **hashes(n_anchors, n_docs), **options)
+    return select_negatives(table, **hashes(n_anchors, n_docs), **(NAIVE | options))
 
 
 def outcome(selection) -> dict[tuple[int, int], tuple[str, int | None]]:
@@ -382,7 +387,7 @@ def test_selection_on_a_searched_multi_batch_table(tmp_path):
         batch_size=1,
     )
     table = pq.read_table(result.path)
-    sel = select_negatives(table, **hashes(5, 30), num_negatives=3)
+    sel = select_negatives(table, **hashes(5, 30), **(NAIVE | {"num_negatives": 3}))
     t = sel.candidates.to_pydict()
     for a in range(5):
         rows = [i for i, x in enumerate(t["anchor_idx"]) if x == a]

@@ -9,6 +9,7 @@ import pytest
 
 from negminer.config import STRATEGY_PRESETS, MineConfig, PipelineConfig
 from negminer.errors import ConfigError
+from negminer.mining.derive import SELECT_OPTIONS
 from negminer.mining.search import CANDIDATE_SCHEMA
 from negminer.mining.strategies import (
     REASONS,
@@ -41,6 +42,10 @@ def ladder(anchor: int, scores: list[float], positive_score: float = 0.8) -> lis
     ]
 
 
+# sentence-transformers' naive top-k: every rule off, top sampling; tests override what they test.
+NAIVE = MineConfig(strategy="naive").model_dump(include=SELECT_OPTIONS)
+
+
 def select(t: pa.Table, **options):
     n_anchors = max(t.column("anchor_idx").to_pylist()) + 1
     n_docs = max(t.column("doc_idx").to_pylist()) + 1
@@ -48,7 +53,7 @@ def select(t: pa.Table, **options):
         t,
         anchor_hash=stable_hash64([f"a{i}" for i in range(n_anchors)]),
         doc_hash=stable_hash64([f"d{i}" for i in range(n_docs)]),
-        **options,
+        **(NAIVE | options),
     )
 
 
@@ -170,7 +175,7 @@ def test_calibrated_bounds_are_percentiles_of_the_anchors_positive_scores():
     low, high = calibrated_bounds(t, min_score_percentile=10, max_score_percentile=60)
     assert low == pytest.approx(np.percentile(positives, 10))
     assert high == pytest.approx(np.percentile(positives, 60))
-    assert calibrated_bounds(t) == (None, None)
+    assert calibrated_bounds(t, min_score_percentile=None, max_score_percentile=None) == (None, None)
 
 
 def test_calibrated_selection_uses_its_own_reasons():
