@@ -140,14 +140,14 @@ def prepare_pairs(
         stages.read_stage(folder / "pairs.parquet", folder / "corpus.parquet", prep.work, config=config.input)
     with timed("store"):
         embed = stages.embed_stage(prep.work, config=config.embed, store_root=STORE)
-    new = sum(v["embedded"] for v in embed["embedding"].values())
+    new = sum(counts.embedded for counts in embed.embedding.values())
     if new:
         print(f"  note: {new} texts were not in the benchmark store and were embedded now")
     with timed("search"):
-        search = stages.search_stage(prep.work, config=config.mine)
-    prep.candidates_path = Path(search["candidates"])
+        search = stages.search_stage(prep.work, config=config.mine, index_config=config.index)
+    prep.candidates_path = Path(search.candidates)
     prep.tables = {
-        "candidates": pq.read_table(search["candidates"]),
+        "candidates": pq.read_table(search.candidates),
         "anchors": pq.read_table(prep.work / "anchors.parquet", columns=["anchor_id", "text"]),
         "docs": pq.read_table(prep.work / "docs.parquet", columns=["doc_id", "text", "text_key"]),
         "pairs": pq.read_table(prep.work / "pairs.parquet"),

@@ -20,6 +20,8 @@ from negminer import stages
 from negminer.config import MineConfig, PipelineConfig
 from negminer.errors import ConfigError, StorageError
 from negminer.refilter import refilter, refilter_config
+from negminer.stages import select as select_module
+from negminer.stages.refs import CurateRef
 from negminer.storage.lineage import version_summaries
 from negminer.storage.versions import latest_version, list_versions, read_manifest, verify_version, write_version
 
@@ -29,12 +31,11 @@ DEPTH = 20
 def mine_without_model(random_vector_run, folder: Path, config: PipelineConfig) -> Path:
     """A complete version through the real stages, with seeded random unit vectors."""
     work, read, embed = random_vector_run(folder, config)
-    search = stages.search_stage(work, config=config.mine)
-    select = stages.select_stage(work, search["candidates"], config=config.mine)
-    path = stages.write_stage(
-        work, folder / "out", "toy", config=config, read_ref=read, embed_ref=embed, search_ref=search, select_ref=select
-    )
-    return Path(path)
+    search = stages.search_stage(work, config=config.mine, index_config=config.index)
+    curate = stages.curate_stage(work, search, config=config.curate.model_copy(update={"enabled": False}))
+    select = stages.select_stage(work, curate, config=config.mine)
+    refs = stages.StageRefs(read=read, embed=embed, search=search, curate=curate, select=select)
+    return Path(stages.publish_stage(work, folder / "out", "toy", config=config, refs=refs))
 
 
 @pytest.fixture(scope="module")
@@ -263,10 +264,10 @@ def test_select_stage_puts_back_a_held_out_positive_a_reviewer_confirmed(
 
     def trained_on(decision: str) -> bool:
         table = pa.table({"anchor_id": [ids[0]], "doc_id": [ids[1]], "decision": [decision]})
-        monkeypatch.setattr(stages, "_work_dir_decisions", lambda work_dir: table)
-        candidates = stages.search_stage(work, config=config.mine)["candidates"]
-        out = stages.select_stage(work, candidates, config=config.mine, pairs_path=work / "training-pairs.parquet")
-        triplets = pq.read_table(out["triplets"])
+        monkeypatch.setattr(select_module, "_work_dir_decisions", lambda work_dir: table)
+        search = stages.search_stage(work, config=config.mine, index_config=config.index)
+        curated = CurateRef(candidates=search.candidates, pairs=str(work / "training-pairs.parquet"))
+        triplets = pq.read_table(stages.select_stage(work, curated, config=config.mine).triplets)
         return texts in set(zip(triplets["anchor"].to_pylist(), triplets["positive"].to_pylist(), strict=True))
 
     assert not trained_on("skip")

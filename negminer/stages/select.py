@@ -84,8 +84,6 @@ def select_stage(
 
 def _split_training_pairs(all_pairs: pa.Table, curated: CurateRef) -> tuple[pa.Table, pa.Table]:
     """(training pairs, pairs curation held out of training), both from `all_pairs`."""
-    if not curated.enabled:
-        return all_pairs, all_pairs.schema.empty_table()
     training = pq.read_table(curated.pairs, columns=["pair_idx"]).column("pair_idx")
     in_training = pc.is_in(all_pairs.column("pair_idx"), value_set=training.combine_chunks())
     return all_pairs.filter(in_training), all_pairs.filter(pc.invert(in_training))

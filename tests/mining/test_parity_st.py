@@ -75,10 +75,10 @@ def negminer_run(subset, store_root: Path) -> dict:
     work = folder / "work"
     stages.read_stage(folder / "pairs.parquet", folder / "corpus.parquet", work, config=config.input)
     stages.embed_stage(work, config=config.embed, store_root=store_root)
-    search = stages.search_stage(work, config=config.mine)
+    search = stages.search_stage(work, config=config.mine, index_config=config.index)
     return {
         "work": work,
-        "candidates": Path(search["candidates"]),
+        "candidates": Path(search.candidates),
         "anchors": pq.read_table(work / "anchors.parquet", columns=["anchor_id", "text"]),
         "docs": pq.read_table(work / "docs.parquet", columns=["doc_id", "text", "text_key"]),
         "pairs": pq.read_table(work / "pairs.parquet"),
