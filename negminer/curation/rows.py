@@ -21,6 +21,7 @@ import pyarrow as pa
 from negminer.mining.strategies import pair_priority
 
 ROW_BATCH = 4096
+SCORE_BATCH = 16384  # rows whose cosine is computed at once (2 × SCORE_BATCH × dim floats)
 
 
 class PairRows(NamedTuple):
@@ -108,8 +109,7 @@ def pair_rows(
     anchor = np.r_[pair_anchor, col["anchor_idx"][cand], tail_anchor].astype(np.int64)
     doc = np.r_[pair_doc, col["doc_idx"][cand], tail_doc].astype(np.int64)
     n_pairs, n_cand, n_tail = len(pair_anchor), len(cand), len(tail_anchor)
-    score = np.einsum("ij,ij->i", anchor_vectors[anchor], doc_vectors[doc]).astype(np.float32)
-    score = np.where(rows_table >= 0, col["score"][rows_table.clip(0)], score)
+    score = _row_scores(anchor, doc, rows_table, col["score"], anchor_vectors, doc_vectors)
     return PairRows(
         anchor=anchor,
         doc=doc,
@@ -120,6 +120,24 @@ def pair_rows(
         score=score.astype(np.float32),
         tail=np.r_[np.zeros(n_pairs + n_cand, bool), np.ones(n_tail, bool)],
     )
+
+
+def _row_scores(
+    anchor: np.ndarray,
+    doc: np.ndarray,
+    rows_table: np.ndarray,
+    table_score: np.ndarray,
+    anchor_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+) -> np.ndarray:
+    """Each row's cosine: the search's score where it retrieved the pair, else computed, in batches
+    (gathering both vectors of every row at once would hold 2 × dim floats per row)."""
+    score = table_score[rows_table.clip(0)].astype(np.float32)
+    computed = np.nonzero(rows_table < 0)[0]
+    for first in range(0, len(computed), SCORE_BATCH):
+        part = computed[first : first + SCORE_BATCH]
+        score[part] = np.einsum("ij,ij->i", anchor_vectors[anchor[part]], doc_vectors[doc[part]])
+    return score
 
 
 def _table_rows(keys: np.ndarray, table_keys: np.ndarray, key_order: np.ndarray) -> np.ndarray:
