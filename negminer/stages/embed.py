@@ -21,7 +21,6 @@ from negminer.errors import InputError
 from negminer.mining.embedder import Embedder
 from negminer.stages.refs import EmbedCounts, EmbedPlanRef, EmbedRef, EmbedShard, EmbedShardResult, ModelRef, StoreRef
 from negminer.stages.workdir import embedding_source_fingerprint, finish, finished
-from negminer.storage.atomic import write_npy_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -127,16 +126,17 @@ def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_roo
 
 
 def _load_precomputed(work_dir: Path, config: EmbedConfig) -> EmbedRef:
-    """anchors.npy / docs.npy from the user's vectors files, matched by anchor_id / doc_id."""
-    from negminer.mining.precomputed import vectors_for
+    """anchors.npy / docs.npy from the user's vectors files, matched by anchor_id / doc_id.
+
+    The id column is read whole (about 200 bytes an id); the vectors are streamed in batches.
+    """
+    from negminer.mining.precomputed import write_vectors_for
 
     results, dims = {}, set()
     sources = (("anchors", "anchor_id", config.anchor_vectors), ("docs", "doc_id", config.doc_vectors))
     for stem, id_column, source in sources:
         ids = pq.read_table(work_dir / f"{stem}.parquet", columns=[id_column]).column(id_column).to_pylist()
-        vectors = vectors_for(ids, source, what=stem[:-1])
-        write_npy_atomic(work_dir / f"{stem}.npy", vectors)
-        dims.add(vectors.shape[1])
+        dims.add(write_vectors_for(ids, source, work_dir / f"{stem}.npy", what=stem[:-1]))
         results[stem] = EmbedCounts(rows=len(ids), embedded=0, reused=len(ids), truncated=0)
     if len(dims) > 1:
         raise InputError(f"anchor and doc vectors differ in dimension: {sorted(dims)}", path=config.doc_vectors)
