@@ -78,6 +78,57 @@ def make_classifier(kind: Classifier, *, seed: int):
     raise ValueError(f"unknown classifier {kind!r}; use 'hist_gradient_boosting' or 'logistic_regression'")
 
 
+class FoldModels(NamedTuple):
+    """One classifier per fold, each trained on the other folds' rows."""
+
+    columns: np.ndarray  # the informative feature columns the models were trained on
+    models: dict[int, Any]  # fold -> fitted classifier, or the prior (float) of a one-class split
+
+
+def fit_fold_models(
+    features: np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    *,
+    classifier: Classifier,
+    sample_weight: np.ndarray | None = None,
+    seed: int,
+    extra_folds: tuple[int, ...] = (),
+) -> FoldModels:
+    """Train the model of every fold in `folds` (and of `extra_folds`, absent from these rows).
+
+    The model of fold k never sees a row of fold k, so it predicts fold k's rows, and rows of
+    any other anchor in fold k, out of sample.
+    """
+    if len(features) != len(labels) or len(labels) != len(folds):
+        raise ValueError("features, labels and folds must have the same number of rows")
+    columns = informative_columns(features)
+    features = features[:, columns]
+    weight = np.ones(len(labels)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    models = {}
+    for fold in sorted({*np.unique(folds).tolist(), *extra_folds}):
+        train = folds != fold
+        models[fold] = _fit(features[train], labels[train], weight[train], classifier, seed)
+    return FoldModels(columns, models)
+
+
+def predict_folds(models: FoldModels, features: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """(n_rows,) probability that each row is relevant, from the model of the row's fold."""
+    from threadpoolctl import threadpool_limits
+
+    features = features[:, models.columns]
+    relevant = np.empty(len(folds), np.float64)
+    for fold in np.unique(folds):
+        test = folds == fold
+        model = models.models[int(fold)]
+        if isinstance(model, float):
+            relevant[test] = model
+            continue
+        with threadpool_limits(limits=1):
+            relevant[test] = model.predict_proba(features[test])[:, 1]
+    return relevant
+
+
 def out_of_sample_probabilities(
     features: np.ndarray,
     labels: np.ndarray,
@@ -103,15 +154,8 @@ def out_of_sample_probabilities(
     Example:
         >>> probs = out_of_sample_probabilities(x, y, folds, classifier="logistic_regression", seed=0)  # doctest: +SKIP
     """
-    if len(features) != len(labels) or len(labels) != len(folds):
-        raise ValueError("features, labels and folds must have the same number of rows")
-    features = features[:, informative_columns(features)]
-    weight = np.ones(len(labels)) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    relevant = np.empty(len(labels), np.float64)
-    for fold in np.unique(folds):
-        test = folds == fold
-        train = ~test
-        relevant[test] = _fit_predict(features[train], labels[train], weight[train], features[test], classifier, seed)
+    models = fit_fold_models(features, labels, folds, classifier=classifier, sample_weight=sample_weight, seed=seed)
+    relevant = predict_folds(models, features, folds)
     return np.column_stack([1.0 - relevant, relevant])
 
 
@@ -145,18 +189,12 @@ def informative_columns(features: np.ndarray) -> np.ndarray:
     return np.asarray(keep, np.int64)
 
 
-def _fit_predict(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    w_train: np.ndarray,
-    x_test: np.ndarray,
-    classifier: Classifier,
-    seed: int,
-) -> np.ndarray:
+def _fit(x_train: np.ndarray, y_train: np.ndarray, w_train: np.ndarray, classifier: Classifier, seed: int) -> Any:
+    """A fitted classifier, or the training split's prior (float) when it holds one class."""
     if len(np.unique(y_train)) < 2:
         prior = float(y_train.mean()) if len(y_train) else 0.5
         logger.warning("a training split has one class only; predicting its prior %.3f", prior)
-        return np.full(len(x_test), prior)
+        return prior
     from threadpoolctl import threadpool_limits
 
     model = make_classifier(classifier, seed=seed)
@@ -164,8 +202,14 @@ def _fit_predict(
     # fast, deterministic and leaves the other cores to the rest of the pipeline.
     step = model.steps[-1][0] + "__" if hasattr(model, "steps") else ""
     with threadpool_limits(limits=1):
-        model.fit(x_train, y_train, **{f"{step}sample_weight": w_train})
-        return model.predict_proba(x_test)[:, 1]
+        return model.fit(x_train, y_train, **{f"{step}sample_weight": w_train})
+
+
+class SecondView(NamedTuple):
+    """A learned second-view likelihood ratio per quantile bin (see :func:`second_view_adjust`)."""
+
+    edges: np.ndarray  # (bins - 1,) bin edges of the second view
+    ratio: np.ndarray  # (bins,) likelihood ratio of relevance in each bin
 
 
 def second_view_adjust(
@@ -183,7 +227,8 @@ def second_view_adjust(
     conditional densities are learned by EM on the unlabelled rows alone, with the first-view
     relevance ``prob / labelled_rate`` (Elkan & Noto's PU calibration) as the initial soft
     label, under conditional independence of the views given relevance; the odds of `prob`
-    are then multiplied by the learned likelihood ratio of each row's bin.
+    are then multiplied by the learned likelihood ratio of each row's bin
+    (:func:`fit_second_view`, then :func:`apply_second_view`).
 
     Args:
         prob: (n,) first-view probability that the row is a given positive.
@@ -203,6 +248,14 @@ def second_view_adjust(
     """
     if len(prob) == 0:
         return prob
+    learned = fit_second_view(prob, view, labelled_rate=labelled_rate, bins=bins, iterations=iterations)
+    return apply_second_view(learned, prob, view)
+
+
+def fit_second_view(
+    prob: np.ndarray, view: np.ndarray, *, labelled_rate: float, bins: int = 20, iterations: int = 3
+) -> SecondView:
+    """Learn the second view's likelihood ratio per bin by EM on unlabelled rows (non-empty)."""
     rho = np.clip(prob / max(labelled_rate, 1e-12), 1e-6, 1 - 1e-6)
     edges = np.quantile(view, np.linspace(0, 1, bins + 1)[1:-1])
     which = np.searchsorted(edges, view)
@@ -213,7 +266,12 @@ def second_view_adjust(
         other = (np.bincount(which, 1 - posterior, bins) + 1e-3) / ((1 - posterior).sum() + 1e-3 * bins)
         ratio = relevant / other
         posterior = rho * ratio[which] / (rho * ratio[which] + 1 - rho)
-    odds = prob / np.clip(1 - prob, 1e-12, None) * ratio[which]
+    return SecondView(edges, ratio)
+
+
+def apply_second_view(learned: SecondView, prob: np.ndarray, view: np.ndarray) -> np.ndarray:
+    """`prob` with its odds multiplied by the learned ratio of each row's second-view bin."""
+    odds = prob / np.clip(1 - prob, 1e-12, None) * learned.ratio[np.searchsorted(learned.edges, view)]
     return odds / (1 + odds)
 
 
@@ -258,6 +316,26 @@ def find_issues(
         raise ValueError(f"unknown rule {rule!r}; use 'confident_joint' or 'find_label_issues'")
     quality = get_label_quality_scores(labels, pred_probs, method="self_confidence")
     return LabelIssues(np.asarray(is_issue, bool), quality, noise_rates(labels, pred_probs))
+
+
+def confident_issues(
+    labels: np.ndarray, pred_probs: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(is_issue, quality): rows in an off-diagonal cell of the confident joint under given
+    per-class `thresholds` (from the rows a model was fitted on), and their self-confidence.
+
+    With the thresholds of the same rows this is :func:`find_issues`' ``confident_joint`` rule;
+    with a sample's thresholds it judges any other rows the same way, shard by shard.
+    """
+    from cleanlab.count import compute_confident_joint
+    from cleanlab.rank import get_label_quality_scores
+
+    _, indices = compute_confident_joint(
+        labels, pred_probs, thresholds=thresholds, return_indices_of_off_diagonals=True
+    )
+    mask = np.zeros(len(labels), bool)
+    mask[np.asarray(indices, np.int64)] = True
+    return mask, get_label_quality_scores(labels, pred_probs, method="self_confidence")
 
 
 def _off_diagonal(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:

@@ -31,7 +31,8 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from negminer.curation.lexical import lexical_features
+from negminer.curation.context import PoolContext, pool_context
+from negminer.curation.lexical import TextSource, lexical_features
 from negminer.curation.rows import ROW_BATCH, PairRows, Positives, expand_positives, lookup_sorted, segment_max
 from negminer.mining.strategies import pair_priority
 
@@ -70,32 +71,43 @@ def pair_features(
     positives: Positives,
     anchor_vectors: np.ndarray,
     doc_vectors: np.ndarray,
-    anchor_texts: list[str],
-    doc_texts: list[str],
+    anchor_texts: TextSource,
+    doc_texts: TextSource,
     neighbor_anchors: int,
     cross_anchor: bool,
     seed: int,
+    context: PoolContext | None = None,
 ) -> dict[str, np.ndarray]:
     """The classifier's features of every row (see the module docstring), float32 columns.
 
     Args:
         rows: the rows to describe (:func:`pair_rows`).
-        candidates: the candidate table the rows come from.
+        candidates: the candidate table the rows come from (their anchors' rows, whole).
         positives: the given positives (:func:`group_positives`).
         anchor_vectors, doc_vectors: normalised float32 vectors by *_idx.
-        anchor_texts, doc_texts: texts by *_idx (lexical features).
+        anchor_texts, doc_texts: texts by *_idx (lexical features), lists or Arrow arrays.
         neighbor_anchors: nearest other anchors used by the neighbourhood features.
         cross_anchor: add the features built from other anchors' positives.
         seed: seed of the leave-one-positive-out draw.
+        context: what the features need from the whole pool (:func:`pool_context`); None
+            builds it from `candidates`, as when the rows cover every anchor.
 
     Example:
         >>> feats = pair_features(rows, candidates=c, positives=p, anchor_vectors=a,
         ...                       doc_vectors=d, anchor_texts=at, doc_texts=dt, neighbor_anchors=32,
         ...                       cross_anchor=False, seed=12)  # doctest: +SKIP
     """
-    neighbors, neighbor_sims = anchor_neighbors(anchor_vectors, positives.family, k=neighbor_anchors)
+    if context is None:
+        context = pool_context(
+            [candidates],
+            anchor_vectors=anchor_vectors,
+            family=positives.family,
+            doc_texts=doc_texts,
+            neighbor_anchors=neighbor_anchors,
+        )
+    neighbors, neighbor_sims = context.neighbors, context.neighbor_sims
     features = {
-        **retrieval_features(rows, candidates=candidates),
+        **retrieval_features(rows, candidates=candidates, context=context),
         **feedback_features(
             rows,
             candidates=candidates,
@@ -104,7 +116,9 @@ def pair_features(
             neighbors=neighbors,
             neighbor_sims=neighbor_sims,
         ),
-        **lexical_features(rows.anchor, rows.doc, anchor_texts=anchor_texts, doc_texts=doc_texts),
+        **lexical_features(
+            rows.anchor, rows.doc, anchor_texts=anchor_texts, doc_texts=doc_texts, stats=context.lexical
+        ),
         **own_positive_features(rows, positives, anchor_vectors, doc_vectors, seed=seed),
     }
     if cross_anchor:
@@ -113,10 +127,9 @@ def pair_features(
     return {name: np.asarray(values, np.float32) for name, values in features.items()}
 
 
-def retrieval_features(rows: PairRows, *, candidates: pa.Table) -> dict[str, np.ndarray]:
+def retrieval_features(rows: PairRows, *, candidates: pa.Table, context: PoolContext) -> dict[str, np.ndarray]:
     """Label-free features of the anchor's ranking and of the document across anchors."""
     c_anchor = candidates.column("anchor_idx").to_numpy().astype(np.int64)
-    c_doc = candidates.column("doc_idx").to_numpy().astype(np.int64)
     c_score = candidates.column("score").to_numpy().astype(np.float64)
     n_anchors = max(int(c_anchor.max(initial=-1)), int(rows.anchor.max(initial=-1))) + 1
     top = np.full(n_anchors, -1.0)
@@ -131,8 +144,8 @@ def retrieval_features(rows: PairRows, *, candidates: pa.Table) -> dict[str, np.
         "log_rank": np.log1p(rows.rank),
         "gap_to_top": score - top[rows.anchor],
         "score_z": (score - mean[rows.anchor]) / std[rows.anchor],
-        "log_reverse_rank": np.log1p(_reverse_rank(rows, c_doc, c_score)),
-        "log_doc_hubness": np.log1p(np.bincount(c_doc, minlength=int(rows.doc.max()) + 1)[rows.doc]),
+        "log_reverse_rank": np.log1p(_reverse_rank(rows, context.reverse_keys)),
+        "log_doc_hubness": np.log1p(context.doc_hubness[rows.doc]),
     }
 
 
@@ -152,19 +165,22 @@ def feedback_features(
     `feedback_depth` retrieved documents (whatever their labels). ``neighborhood_score``: cosine
     between the document and the similarity-weighted centroid of the nearest other anchors.
     """
+    anchors, local = np.unique(rows.anchor, return_inverse=True)
     c_anchor = candidates.column("anchor_idx").to_numpy().astype(np.int64)
-    top = candidates.column("rank").to_numpy() < feedback_depth
-    n_anchors = len(anchor_vectors)
-    feedback = np.zeros((n_anchors, doc_vectors.shape[1]), np.float32)
-    np.add.at(feedback, c_anchor[top], doc_vectors[candidates.column("doc_idx").to_numpy()[top]])
+    c_local = np.searchsorted(anchors, c_anchor).clip(max=max(len(anchors) - 1, 0))
+    top = (candidates.column("rank").to_numpy() < feedback_depth) & (anchors[c_local] == c_anchor)
+    feedback = np.zeros((len(anchors), doc_vectors.shape[1]), np.float32)
+    np.add.at(feedback, c_local[top], doc_vectors[candidates.column("doc_idx").to_numpy()[top]])
     weight = np.where(neighbors >= 0, neighbor_sims.clip(0), 0.0)
     neighborhood = np.zeros_like(feedback)
-    for first in range(0, n_anchors, ROW_BATCH):
-        part = slice(first, first + ROW_BATCH)
-        neighborhood[part] = np.einsum("ak,akd->ad", weight[part], anchor_vectors[neighbors[part].clip(0)])
+    for first in range(0, len(anchors), ROW_BATCH):
+        part = anchors[first : first + ROW_BATCH]
+        neighborhood[first : first + ROW_BATCH] = np.einsum(
+            "ak,akd->ad", weight[part], anchor_vectors[neighbors[part].clip(0)]
+        )
     return {
-        "feedback_score": _row_cosine(doc_vectors, rows.doc, feedback, rows.anchor),
-        "neighborhood_score": _row_cosine(doc_vectors, rows.doc, neighborhood, rows.anchor),
+        "feedback_score": _row_cosine(doc_vectors, rows.doc, feedback, local),
+        "neighborhood_score": _row_cosine(doc_vectors, rows.doc, neighborhood, local),
     }
 
 
@@ -179,13 +195,11 @@ def _row_cosine(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, righ
     return out
 
 
-def _reverse_rank(rows: PairRows, c_doc: np.ndarray, c_score: np.ndarray) -> np.ndarray:
+def _reverse_rank(rows: PairRows, reverse_keys: np.ndarray) -> np.ndarray:
     """How many retrieved (anchor, doc) entries of the row's doc score higher than the row."""
-    composite = c_doc * 4.0 + (c_score + 1.5)
-    composite.sort()
     row_key = rows.doc * 4.0 + (rows.score.astype(np.float64) + 1.5)
-    doc_end = np.searchsorted(composite, rows.doc * 4.0 + 4.0, side="left")
-    return doc_end - np.searchsorted(composite, row_key, side="right")
+    doc_end = np.searchsorted(reverse_keys, rows.doc * 4.0 + 4.0, side="left")
+    return doc_end - np.searchsorted(reverse_keys, row_key, side="right")
 
 
 def cross_anchor_features(

@@ -73,6 +73,7 @@ def pair_rows(
     max_rank: int,
     tail_samples: int,
     seed: int,
+    anchors: np.ndarray | None = None,
 ) -> PairRows:
     """Given positives (label 1), the scored candidates and tail samples (label 0), in that order.
 
@@ -87,6 +88,8 @@ def pair_rows(
         max_rank: candidates with raw rank below this are scored.
         tail_samples: documents drawn per anchor from outside the window.
         seed: seed of the tail draw.
+        anchors: the anchors whose rows these are (their tail samples are drawn); None: every
+            anchor of `anchor_vectors`.
     """
     col = {name: candidates.column(name).to_numpy() for name in _CANDIDATE_COLUMNS}
     n_docs = len(doc_vectors)
@@ -98,7 +101,8 @@ def pair_rows(
     key_order = np.argsort(table_keys, kind="stable")
     depth = int(col["rank"].max(initial=-1)) + 1
     pos_row = _table_rows(pair_anchor.astype(np.int64) * n_docs + pair_doc, table_keys, key_order)
-    tail_anchor, tail_doc = _tail_draw(len(anchor_vectors), n_docs, tail_samples, seed)
+    anchors = np.arange(len(anchor_vectors), dtype=np.int64) if anchors is None else anchors.astype(np.int64)
+    tail_anchor, tail_doc = _tail_draw(anchors, n_docs, tail_samples, seed)
     tail_row = _table_rows(tail_anchor * n_docs + tail_doc, table_keys, key_order)
     retrieved = tail_row >= 0
     excluded = _is_pair(tail_anchor, tail_doc, pair_anchor, pair_doc, n_docs) | (
@@ -146,12 +150,12 @@ def _table_rows(keys: np.ndarray, table_keys: np.ndarray, key_order: np.ndarray)
     return np.where(found >= 0, key_order[found.clip(0)], -1)
 
 
-def _tail_draw(n_anchors: int, n_docs: int, per_anchor: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`per_anchor` distinct seeded-random documents per anchor (fewer if the pool is small)."""
+def _tail_draw(anchors: np.ndarray, n_docs: int, per_anchor: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`per_anchor` distinct seeded-random documents per anchor of `anchors` (fewer if the pool is small)."""
     if per_anchor <= 0 or n_docs == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    anchor = np.repeat(np.arange(n_anchors, dtype=np.int64), per_anchor)
-    draw = np.tile(np.arange(per_anchor, dtype=np.uint64), n_anchors)
+    anchor = np.repeat(anchors, per_anchor)
+    draw = np.tile(np.arange(per_anchor, dtype=np.uint64), len(anchors))
     doc = (pair_priority(anchor.astype(np.uint64), draw, seed) % np.uint64(n_docs)).astype(np.int64)
     keys = np.unique(anchor * n_docs + doc)
     return keys // n_docs, keys % n_docs

@@ -16,7 +16,8 @@ from negminer.curation.confident import (
     out_of_sample_probabilities,
     second_view_adjust,
 )
-from negminer.curation.curate import anchor_families, balance_prior
+from negminer.curation.curate import anchor_families
+from negminer.curation.judges import balance_prior
 
 CURATE = CurateConfig()  # the defaults the library functions are given explicitly
 
