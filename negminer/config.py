@@ -297,6 +297,15 @@ class CurateConfig(_Frozen):
         le=_CLASSIFIER_SEED_MAX,
         description="Seed of the folds, tail samples and classifier (a non-negative integer below 2**32).",
     )
+    fit_anchors: int = Field(
+        10_000,
+        ge=2,
+        description="Anchors whose rows train the judges: every anchor up to this many, above it a seeded "
+        "sample of anchor families of about this size. Curation's memory grows with this, not with the dataset.",
+    )
+    shard_anchors: int = Field(
+        10_000, ge=1, description="Anchors judged at once once the judges are trained (the unit of memory)."
+    )
 
 
 class IndexConfig(_Frozen):

@@ -39,7 +39,7 @@ from negminer.curation.context import PoolContext, pool_context
 from negminer.curation.duplicates import near_duplicates
 from negminer.curation.features import pair_features
 from negminer.curation.judges import Described, fit_judges, judge
-from negminer.curation.lexical import TextSource
+from negminer.curation.lexical import TextSource, text_list
 from negminer.curation.policy import CurationResult, Scored, apply_policies
 from negminer.curation.rows import PairRows, group_positives, pair_rows
 from negminer.mining.search import CANDIDATE_SCHEMA
@@ -141,7 +141,7 @@ def score_pairs(
     that judges its side. Here both are fitted on, and judge, every row of `candidates`;
     :mod:`negminer.curation.sharded` fits them on a sample of anchors and judges shards.
     """
-    family, family_hash = anchor_families(_as_list(anchor_texts))
+    family, family_hash = anchor_families(text_list(anchor_texts))
     context = pool_context(
         [candidates],
         anchor_vectors=anchor_vectors,
@@ -232,10 +232,6 @@ def _pair_ids(pairs: pa.Table) -> np.ndarray:
 
 def _pair_column(pairs: pa.Table, name: str) -> np.ndarray:
     return pairs.column(name).to_numpy().astype(np.int64)
-
-
-def _as_list(texts: TextSource) -> list[str]:
-    return texts if isinstance(texts, list) else texts.to_pylist()
 
 
 def _cross_encoder_feature(

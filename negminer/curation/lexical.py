@@ -137,6 +137,11 @@ def lexical_features(
     }
 
 
+def text_list(texts: TextSource) -> list[str]:
+    """`texts` as a Python list (a list is returned as it is)."""
+    return texts if isinstance(texts, list) else texts.to_pylist()
+
+
 def _texts(texts: TextSource, rows: np.ndarray) -> list[str]:
     """The texts at `rows` of a list or an Arrow string array."""
     if isinstance(texts, list):

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig
 from negminer.stages.refs import CurateRef, SearchRef
-from negminer.storage.atomic import write_parquet_atomic
 
 
 def curate_stage(work_dir: str | Path, search: SearchRef, *, config: CurateConfig) -> CurateRef:
@@ -21,7 +20,8 @@ def curate_stage(work_dir: str | Path, search: SearchRef, *, config: CurateConfi
     ``training-pairs.parquet`` (the pairs without those whose positive is dropped or
     quarantined). With curation disabled, the candidates and pairs pass through unchanged.
     """
-    from negminer.curation import KINDS, curate_candidates, training_pairs
+    from negminer.curation import KINDS
+    from negminer.curation.sharded import CurationPaths, curate_files
 
     work_dir = Path(work_dir)
     if not config.enabled:
@@ -29,27 +29,24 @@ def curate_stage(work_dir: str | Path, search: SearchRef, *, config: CurateConfi
     start = time.perf_counter()
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
     docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text"])
-    pairs = pq.read_table(work_dir / "pairs.parquet")
-    result = curate_candidates(
-        pq.read_table(search.candidates),
-        pairs=pairs,
+    paths = CurationPaths(*(work_dir / f"{stem}.parquet" for stem in ("curated", "flagged", "training-pairs")))
+    summary = curate_files(
+        search.candidates,
+        paths,
+        pairs=pq.read_table(work_dir / "pairs.parquet"),
         anchor_vectors=np.load(work_dir / "anchors.npy", mmap_mode="r"),
         doc_vectors=np.load(work_dir / "docs.npy", mmap_mode="r"),
-        anchor_texts=anchors.column("text").to_pylist(),
-        doc_texts=docs.column("text").to_pylist(),
+        anchor_texts=anchors.column("text").combine_chunks(),
+        doc_texts=docs.column("text").combine_chunks(),
         config=config,
         anchor_ids=anchors.column("anchor_id").to_pylist(),
         doc_ids=docs.column("doc_id").to_pylist(),
     )
-    paths = {stem: work_dir / f"{stem}.parquet" for stem in ("curated", "flagged", "training-pairs")}
-    write_parquet_atomic(paths["curated"], result.candidates)
-    write_parquet_atomic(paths["flagged"], result.flagged)
-    write_parquet_atomic(paths["training-pairs"], training_pairs(pairs, result.excluded_pairs))
     return CurateRef(
-        candidates=str(paths["curated"]),
-        pairs=str(paths["training-pairs"]),
-        flagged=str(paths["flagged"]),
-        counts={"flagged_by_kind": {kind: result.counts[kind] for kind in KINDS}, "curation": result.counts},
-        noise=result.noise,
+        candidates=str(paths.curated),
+        pairs=str(paths.training_pairs),
+        flagged=str(paths.flagged),
+        counts={"flagged_by_kind": {kind: summary.counts[kind] for kind in KINDS}, "curation": summary.counts},
+        noise=summary.noise,
         seconds=round(time.perf_counter() - start, 3),
     )

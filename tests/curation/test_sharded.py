@@ -1,0 +1,94 @@
+"""Curation in shards: judges fitted once, every anchor judged shard by shard (curation/sharded.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from negminer import stages
+from negminer.config import CurateConfig, PipelineConfig
+from negminer.curation.sharded import CurationPaths, curate_files, sample_anchors
+from negminer.errors import ConfigError
+
+CONFIG = PipelineConfig.from_dict({"mine": {"search_depth": 30}})
+
+
+@pytest.fixture(scope="module")
+def searched(random_vector_run, tmp_path_factory) -> tuple[Path, str]:
+    """The sample's 225 pairs read, with seeded random vectors, and searched 30 deep."""
+    work, _, _ = random_vector_run(tmp_path_factory.mktemp("sharded"), CONFIG, pairs=225)
+    search = stages.search_stage(work, config=CONFIG.mine, index_config=CONFIG.index)
+    return work, search.candidates
+
+
+def curate(searched, out: Path, **settings) -> tuple[CurationPaths, dict]:
+    work, candidates = searched
+    out.mkdir()
+    paths = CurationPaths(out / "curated.parquet", out / "flagged.parquet", out / "training-pairs.parquet")
+    anchors = pq.read_table(work / "anchors.parquet")
+    docs = pq.read_table(work / "docs.parquet")
+    summary = curate_files(
+        candidates,
+        paths,
+        pairs=pq.read_table(work / "pairs.parquet"),
+        anchor_vectors=np.load(work / "anchors.npy"),
+        doc_vectors=np.load(work / "docs.npy"),
+        anchor_texts=anchors.column("text").combine_chunks(),
+        doc_texts=docs.column("text").combine_chunks(),
+        config=CurateConfig(**settings),
+        anchor_ids=anchors.column("anchor_id").to_pylist(),
+        doc_ids=docs.column("doc_id").to_pylist(),
+    )
+    return paths, summary.counts
+
+
+def _flag_set(path: Path) -> set[tuple]:
+    table = pq.read_table(path, columns=["kind", "anchor_idx", "doc_idx", "quality"])
+    return set(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
+
+
+def test_shards_judge_every_row_as_one_pass_when_the_fit_sees_every_anchor(searched, tmp_path) -> None:
+    one, one_counts = curate(searched, tmp_path / "one")
+    sharded, counts = curate(searched, tmp_path / "sharded", fit_anchors=1000, shard_anchors=37)
+
+    assert pq.read_table(sharded.curated).equals(pq.read_table(one.curated))
+    assert _flag_set(sharded.flagged) == _flag_set(one.flagged)
+    assert pq.read_table(sharded.training_pairs).equals(pq.read_table(one.training_pairs))
+    assert counts == one_counts
+    assert one_counts["false_negative"] > 0, "the comparison has flags to compare"
+    quality = pq.read_table(sharded.flagged).to_pydict()
+    for kind in ("false_negative", "near_duplicate"):
+        values = [q for k, q in zip(quality["kind"], quality["quality"], strict=True) if k == kind]
+        assert values == sorted(values), "most suspicious first within each kind"
+
+
+def test_a_sampled_fit_judges_every_anchor(searched, tmp_path) -> None:
+    one, one_counts = curate(searched, tmp_path / "one")
+    sampled, counts = curate(searched, tmp_path / "sampled", fit_anchors=100, shard_anchors=50)
+
+    curated = pq.read_table(sampled.curated)
+    assert curated.drop_columns(["relevance", "flagged_false_negative"]).equals(
+        pq.read_table(searched[1])
+    ), "every candidate row, in order"
+    judged = curated.filter(curated.column("rank").to_numpy() < 30)
+    assert judged.column("relevance").null_count == 0, "every anchor's window is judged"
+    assert counts["rows_scored"] == one_counts["rows_scored"] and counts["skipped"] == 0
+    assert counts["false_negative"] > 0
+
+
+def test_the_sample_is_whole_families_drawn_by_text() -> None:
+    family = np.array([0, 0, 2, 3, 4, 5, 6, 7])
+    family_hash = np.array([9, 9, 1, 2, 3, 4, 5, 6], np.uint64)
+    sample = sample_anchors(family, family_hash, limit=4, seed=3)
+    assert 4 <= len(sample) <= 5 and list(sample) == sorted(sample)
+    assert (0 in sample) == (1 in sample), "a family is drawn whole"
+    reordered = sample_anchors(family[::-1], family_hash[::-1], limit=4, seed=3)
+    assert sorted(family_hash[sample].tolist()) == sorted(family_hash[::-1][reordered].tolist())
+
+
+def test_find_label_issues_needs_one_pass(searched, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="find_label_issues"):
+        curate(searched, tmp_path / "x", fit_anchors=100, shard_anchors=50, issue_rule="find_label_issues")
