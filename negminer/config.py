@@ -256,6 +256,15 @@ class CurateConfig(_Frozen):
     n_splits: int = Field(5, ge=2, description="Folds of the anchor-grouped cross-validation.")
     classifier: CurationClassifier = "logistic_regression"
     neighbor_anchors: int = Field(32, ge=1, description="Nearest other anchors used by the neighbourhood features.")
+    neighbor_exact_max_anchors: int = Field(
+        200_000,
+        ge=1,
+        description="Up to this many anchors their nearest anchors are searched exactly; above it with an "
+        "IVF index (the exact search costs anchors squared).",
+    )
+    neighbor_min_recall: float = Field(
+        0.95, gt=0, le=1, description="Recall@k the IVF index of the nearest-anchor search is tuned to."
+    )
     cross_anchor: bool = Field(
         False,
         description="Add features from other anchors' positives (is the document a positive of a "

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from negminer.config import CurateConfig
 from negminer.curation.lexical import LexicalStats, TextSource, lexical_stats
 
 
@@ -34,9 +35,13 @@ def pool_context(
     anchor_vectors: np.ndarray,
     family: np.ndarray,
     doc_texts: TextSource,
-    neighbor_anchors: int,
+    config: CurateConfig,
 ) -> PoolContext:
-    """The shared context of every anchor's features (see the module docstring)."""
+    """The shared context of every anchor's features (see the module docstring).
+
+    The nearest anchors are searched exactly up to ``config.neighbor_exact_max_anchors``
+    anchors, above it with an IVF index tuned to ``config.neighbor_min_recall``.
+    """
     from negminer.curation.features import anchor_neighbors
 
     n_docs = len(doc_texts)
@@ -47,5 +52,12 @@ def pool_context(
         hubness += np.bincount(doc, minlength=n_docs)
     reverse_keys = np.concatenate(keys) if keys else np.zeros(0)
     reverse_keys.sort()
-    neighbors, neighbor_sims = anchor_neighbors(anchor_vectors, family, k=neighbor_anchors)
+    neighbors, neighbor_sims = anchor_neighbors(
+        anchor_vectors,
+        family,
+        k=config.neighbor_anchors,
+        exact_max_anchors=config.neighbor_exact_max_anchors,
+        min_recall=config.neighbor_min_recall,
+        seed=config.seed,
+    )
     return PoolContext(neighbors, neighbor_sims, reverse_keys, hubness, lexical_stats(doc_texts))

@@ -147,7 +147,7 @@ def score_pairs(
         anchor_vectors=anchor_vectors,
         family=family,
         doc_texts=doc_texts,
-        neighbor_anchors=config.neighbor_anchors,
+        config=config,
     )
     world = Pool(pairs, family, family_hash, anchor_vectors, doc_vectors, anchor_texts, doc_texts, context)
     described = describe_rows(candidates, pairs=pairs, anchors=None, pool=world, config=config)
@@ -197,7 +197,6 @@ def describe_rows(
         doc_vectors=pool.doc_vectors,
         anchor_texts=pool.anchor_texts,
         doc_texts=pool.doc_texts,
-        neighbor_anchors=config.neighbor_anchors,
         cross_anchor=config.cross_anchor,
         seed=config.seed,
         context=pool.context,

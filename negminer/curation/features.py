@@ -31,28 +31,43 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from negminer.curation.context import PoolContext, pool_context
+from negminer.curation.context import PoolContext
 from negminer.curation.lexical import TextSource, lexical_features
 from negminer.curation.rows import ROW_BATCH, PairRows, Positives, expand_positives, lookup_sorted, segment_max
 from negminer.mining.strategies import pair_priority
 
 logger = logging.getLogger(__name__)
 
+NEIGHBOR_BATCH = 65536  # anchors searched at once for their nearest anchors
 
-def anchor_neighbors(anchor_vectors: np.ndarray, family: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:
+
+def anchor_neighbors(
+    anchor_vectors: np.ndarray,
+    family: np.ndarray,
+    *,
+    k: int,
+    exact_max_anchors: int | None,
+    min_recall: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """The `k` most similar anchors of each anchor, outside its own family.
+
+    Up to `exact_max_anchors` anchors (None: always) the search is exact; above it an IVF index
+    tuned to `min_recall` (:func:`negminer.mining.index.build_search_index`) keeps the cost
+    linear in the anchors instead of quadratic.
 
     Returns:
         (neighbors, similarities), each (n_anchors, k); -1 and 0.0 pad anchors with fewer.
     """
-    import faiss
-
     n = len(anchor_vectors)
-    index = faiss.IndexFlatIP(anchor_vectors.shape[1])
-    index.add(np.ascontiguousarray(anchor_vectors, np.float32))
     family_size = np.bincount(family, minlength=n)
     depth = min(n, k + int(family_size.max(initial=1)))
-    sims, ids = index.search(np.ascontiguousarray(anchor_vectors, np.float32), depth)
+    index = _anchor_index(anchor_vectors, depth, exact_max_anchors, min_recall, seed)
+    ids = np.empty((n, depth), np.int64)
+    sims = np.empty((n, depth), np.float32)
+    for first in range(0, n, NEIGHBOR_BATCH):
+        part = np.ascontiguousarray(anchor_vectors[first : first + NEIGHBOR_BATCH], np.float32)
+        sims[first : first + len(part)], ids[first : first + len(part)] = index.search(part, depth)
     same = (ids < 0) | (family[ids.clip(0)] == family[:, None])
     order = np.argsort(same, axis=1, kind="stable")[:, :k]
     ids = np.take_along_axis(np.where(same, -1, ids), order, axis=1)
@@ -64,6 +79,30 @@ def anchor_neighbors(anchor_vectors: np.ndarray, family: np.ndarray, *, k: int) 
     return ids.astype(np.int64), sims.astype(np.float32)
 
 
+def _anchor_index(vectors: np.ndarray, depth: int, exact_max: int | None, min_recall: float, seed: int):
+    import faiss
+
+    if exact_max is None or len(vectors) <= exact_max:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(np.ascontiguousarray(vectors, np.float32))
+        return index
+    from negminer.mining.index import build_search_index
+
+    sample = np.sort(np.random.default_rng(seed).permutation(len(vectors))[:1000])
+    index, report = build_search_index(
+        vectors,
+        sample_queries=np.ascontiguousarray(vectors[sample], np.float32),
+        k=depth,
+        kind="auto",
+        exact_max_docs=exact_max,
+        min_recall=min_recall,
+        use_gpu=False,
+        seed=seed,
+    )
+    logger.info("nearest anchors: %s, recall@%d %s on 1,000 anchors", report.factory, depth, report.recall)
+    return index
+
+
 def pair_features(
     rows: PairRows,
     *,
@@ -73,10 +112,9 @@ def pair_features(
     doc_vectors: np.ndarray,
     anchor_texts: TextSource,
     doc_texts: TextSource,
-    neighbor_anchors: int,
+    context: PoolContext,
     cross_anchor: bool,
     seed: int,
-    context: PoolContext | None = None,
 ) -> dict[str, np.ndarray]:
     """The classifier's features of every row (see the module docstring), float32 columns.
 
@@ -86,25 +124,16 @@ def pair_features(
         positives: the given positives (:func:`group_positives`).
         anchor_vectors, doc_vectors: normalised float32 vectors by *_idx.
         anchor_texts, doc_texts: texts by *_idx (lexical features), lists or Arrow arrays.
-        neighbor_anchors: nearest other anchors used by the neighbourhood features.
+        context: what the features need from the whole pool
+            (:func:`negminer.curation.context.pool_context`).
         cross_anchor: add the features built from other anchors' positives.
         seed: seed of the leave-one-positive-out draw.
-        context: what the features need from the whole pool (:func:`pool_context`); None
-            builds it from `candidates`, as when the rows cover every anchor.
 
     Example:
         >>> feats = pair_features(rows, candidates=c, positives=p, anchor_vectors=a,
-        ...                       doc_vectors=d, anchor_texts=at, doc_texts=dt, neighbor_anchors=32,
+        ...                       doc_vectors=d, anchor_texts=at, doc_texts=dt, context=ctx,
         ...                       cross_anchor=False, seed=12)  # doctest: +SKIP
     """
-    if context is None:
-        context = pool_context(
-            [candidates],
-            anchor_vectors=anchor_vectors,
-            family=positives.family,
-            doc_texts=doc_texts,
-            neighbor_anchors=neighbor_anchors,
-        )
     neighbors, neighbor_sims = context.neighbors, context.neighbor_sims
     features = {
         **retrieval_features(rows, candidates=candidates, context=context),

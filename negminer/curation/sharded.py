@@ -122,7 +122,7 @@ def _curate_in_shards(
         anchor_vectors=anchor_vectors,
         family=family,
         doc_texts=doc_texts,
-        neighbor_anchors=config.neighbor_anchors,
+        config=config,
     )
     pool = Pool(pairs, family, family_hash, anchor_vectors, doc_vectors, anchor_texts, doc_texts, context)
     sample = sample_anchors(family, family_hash, limit=config.fit_anchors, seed=config.seed)

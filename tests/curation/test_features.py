@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
+from negminer.curation.context import pool_context
 from negminer.curation.curate import anchor_families
 from negminer.curation.duplicates import near_duplicates
 from negminer.curation.features import pair_features
@@ -66,7 +67,13 @@ def test_features_are_finite_where_defined_and_comparable(world):
         doc_vectors=world.doc_vectors,
         anchor_texts=world.anchor_texts,
         doc_texts=world.doc_texts,
-        neighbor_anchors=CurateConfig().neighbor_anchors,
+        context=pool_context(
+            [world.candidates],
+            anchor_vectors=world.anchor_vectors,
+            family=positives.family,
+            doc_texts=world.doc_texts,
+            config=CurateConfig(),
+        ),
         cross_anchor=True,
         seed=CurateConfig().seed,
     )
@@ -99,3 +106,21 @@ def test_near_duplicate_of_a_positive(world):
     assert flags[hit].all() and sims[hit][0] > 0.95
     assert not flags[rows.label == 1].any()
     assert flags.sum() == 1
+
+
+def test_nearest_anchors_above_the_exact_limit_come_from_a_tuned_index() -> None:
+    from negminer.curation.features import anchor_neighbors
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 32))
+    vectors = centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 32))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    family = np.arange(4000)
+    options = {"k": 10, "min_recall": 0.9, "seed": 0}
+    exact, _ = anchor_neighbors(vectors, family, exact_max_anchors=None, **options)
+    approximate, sims = anchor_neighbors(vectors, family, exact_max_anchors=1000, **options)
+
+    assert (exact != family[:, None]).all() and (approximate != family[:, None]).all(), "never the anchor itself"
+    found = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact, strict=True)])
+    assert 0.85 <= found < 1.0, found  # approximate, and tuned
+    assert (np.diff(sims, axis=1) <= 1e-6).all(), "most similar first"

@@ -66,13 +66,13 @@ def test_shards_judge_every_row_as_one_pass_when_the_fit_sees_every_anchor(searc
 
 
 def test_a_sampled_fit_judges_every_anchor(searched, tmp_path) -> None:
-    one, one_counts = curate(searched, tmp_path / "one")
+    _, one_counts = curate(searched, tmp_path / "one")
     sampled, counts = curate(searched, tmp_path / "sampled", fit_anchors=100, shard_anchors=50)
 
     curated = pq.read_table(sampled.curated)
-    assert curated.drop_columns(["relevance", "flagged_false_negative"]).equals(
-        pq.read_table(searched[1])
-    ), "every candidate row, in order"
+    assert curated.drop_columns(["relevance", "flagged_false_negative"]).equals(pq.read_table(searched[1])), (
+        "every candidate row, in order"
+    )
     judged = curated.filter(curated.column("rank").to_numpy() < 30)
     assert judged.column("relevance").null_count == 0, "every anchor's window is judged"
     assert counts["rows_scored"] == one_counts["rows_scored"] and counts["skipped"] == 0
