@@ -1,9 +1,11 @@
-"""Crash safety: a real `negminer mine` process killed with SIGKILL during embedding and during
-writing, then rerun, gives the same dataset bytes as an uninterrupted run.
+"""Crash safety: a real `negminer mine` process killed with SIGKILL during embedding, curation,
+selection and writing, then rerun, gives the same dataset bytes as an uninterrupted run.
 
 The killed run gets a test-only ``sitecustomize`` (on its PYTHONPATH, never in the package)
-that sleeps after each stored embedding shard or each staged version file, so the kill lands
-inside the stage deterministically; the test kills when the stage's first files appear.
+that sleeps after each stored embedding shard or each staged version file, or inside each
+curation shard's verdicts or the selection (marking a flag file when it gets there), so the
+kill lands inside the stage deterministically; the test kills when the stage's first files,
+or its flag, appear. Curation runs in shards here (a sample of anchors fits the judges).
 """
 
 from __future__ import annotations
@@ -53,6 +55,25 @@ elif _stage == "write":
     # tables written into the version, and work files published into it by link or copy
     versions._write_table = _slowed(versions._write_table)
     versions._place_file = _slowed(versions._place_file)
+elif _stage in ("curate", "select"):
+    from pathlib import Path
+
+    if _stage == "curate":
+        from negminer.curation import judges as _module
+
+        _name = "judge"
+    else:
+        from negminer.mining import streaming as _module
+
+        _name = "derive_files"
+    _inner = getattr(_module, _name)
+
+    def _flagged_and_slow(*args, **kwargs):
+        Path(os.environ["NEGMINER_TEST_FLAG"]).touch()
+        time.sleep(1.0)
+        return _inner(*args, **kwargs)
+
+    setattr(_module, _name, _flagged_and_slow)
 """
 
 
@@ -66,7 +87,10 @@ def setup(sample_dir: Path, tmp_path_factory) -> dict:
     rows = [r for r in corpus if r["id"] in wanted] + [r for r in corpus if r["id"] not in wanted]
     pq.write_table(pairs, folder / "pairs.parquet")
     pq.write_table(pa.Table.from_pylist(sorted(rows[:100], key=lambda r: int(r["id"]))), folder / "corpus.parquet")
-    (folder / "config.yaml").write_text("embed:\n  max_seq_length: 64\n  chunk_size: 16\nmine:\n  num_negatives: 2\n")
+    (folder / "config.yaml").write_text(
+        "embed:\n  max_seq_length: 64\n  chunk_size: 16\nmine:\n  num_negatives: 2\n"
+        "curate:\n  fit_anchors: 12\n  shard_anchors: 8\n"
+    )
     (folder / "hook").mkdir()
     (folder / "hook" / "sitecustomize.py").write_text(SLOW_HOOK)
     env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home")}
@@ -104,6 +128,7 @@ def mine_and_kill(setup: dict, out: Path, *, stage: str, reached: Callable[[], b
     env = {
         **setup["env"],
         "NEGMINER_TEST_SLOW_AT": stage,
+        "NEGMINER_TEST_FLAG": str(out.with_suffix(".flag")),
         "PYTHONPATH": os.pathsep.join([str(setup["folder"] / "hook"), setup["env"].get("PYTHONPATH", "")]),
     }
     log = out.with_suffix(".log")
@@ -183,3 +208,19 @@ def test_killed_while_writing_resumes_to_the_same_bytes(setup: dict, uninterrupt
     assert version.name == "v0001"
     assert not list((out / NAME).glob(".staging-*"))  # the dead writer's staging folder was removed
     assert_same_dataset(version, uninterrupted)
+
+
+@pytest.mark.parametrize("stage", ["curate", "select"])
+def test_killed_while_curating_or_selecting_resumes_to_the_same_bytes(
+    setup: dict, uninterrupted: Path, stage: str
+) -> None:
+    out = setup["folder"] / f"killed-{stage}"
+    mine_and_kill(setup, out, stage=stage, reached=out.with_suffix(".flag").exists)
+    assert_nothing_visible(out)
+
+    version = mine(setup, out)
+
+    assert version.name == "v0001"
+    assert_same_dataset(version, uninterrupted)
+    manifest = json.loads((version / "manifest.json").read_text())
+    assert manifest["counts"]["curation"]["rows_scored"] > 0 and manifest["config"]["curate"]["shard_anchors"] == 8
