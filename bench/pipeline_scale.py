@@ -29,10 +29,8 @@ stored uncompressed (``ZIP_STORED``) and written member by member through a zip 
 two formats every version of negminer's loader (:mod:`negminer.mining.precomputed`) accepts, it
 is the one that is memory-mappable in principle (an uncompressed member is a plain ``.npy`` at
 an offset) and needs no conversion; Parquet (``id`` + list ``embedding``) goes through an Arrow
-table and a flatten. What the embed stage then costs in memory is the loader's business: the
-one of commit cecd46e read the whole file (``np.load`` of an ``.npz`` never memory-maps) and
-made full copies to pick and normalise (~4 × n × 384 × 4 bytes at its peak); a streaming loader
-(``write_vectors_for``) reads the members in batches.
+table and a flatten. What the embed stage then costs in memory is the loader's business:
+``write_vectors_for`` reads the members in batches.
 
 Inputs are cached in ``bench/.cache/pipeline_scale/<anchors>x<docs>/`` (``pairs.parquet``,
 ``corpus.parquet``, ``anchor_vectors.npz``, ``doc_vectors.npz``, ``config.yaml``, and
