@@ -26,15 +26,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig
-from negminer.curation.context import pool_context
+from negminer.curation.context import PoolContext, pool_context
 from negminer.curation.curate import Pool, anchor_families, curate_candidates, describe_rows
-from negminer.curation.judges import fit_judges, judge
+from negminer.curation.judges import Judges, fit_judges, judge
 from negminer.curation.lexical import TextSource, text_list
 from negminer.curation.policy import KINDS, apply_policies, training_pairs
 from negminer.errors import ConfigError
 from negminer.mining.strategies import pair_priority
 from negminer.storage.atomic import write_parquet_atomic
-from negminer.storage.parquet_stream import StagedParquetWriter
+from negminer.storage.parquet_stream import StagedParquetWriter, read_row_range
 
 logger = logging.getLogger(__name__)
 
@@ -52,106 +52,200 @@ class CurationSummary(NamedTuple):
     noise: dict[str, Any]
 
 
+class PoolInputs(NamedTuple):
+    """The read stage's tables and vectors every part of curation reads (see the stage)."""
+
+    pairs: pa.Table
+    anchor_vectors: np.ndarray
+    doc_vectors: np.ndarray
+    anchor_texts: TextSource
+    doc_texts: TextSource
+    anchor_ids: list[str] | None = None
+    doc_ids: list[str] | None = None
+
+
+class FittedCuration(NamedTuple):
+    """The judges fitted on a sample of anchors and the pool context every shard shares."""
+
+    family: np.ndarray
+    family_hash: np.ndarray
+    context: PoolContext
+    judges: Judges
+    sample_size: int
+
+
+class ShardResult(NamedTuple):
+    curated: pa.Table
+    flagged: pa.Table
+    excluded_pairs: np.ndarray
+    counts: dict[str, int]
+
+
+def one_pass(n_anchors: int, config: CurateConfig) -> bool:
+    """Whether every anchor is curated in one pass (as :func:`curate_candidates` does)."""
+    return n_anchors <= min(config.fit_anchors, config.shard_anchors)
+
+
 def curate_files(
-    candidates_path: str | Path,
-    paths: CurationPaths,
-    *,
-    pairs: pa.Table,
-    anchor_vectors: np.ndarray,
-    doc_vectors: np.ndarray,
-    anchor_texts: TextSource,
-    doc_texts: TextSource,
-    config: CurateConfig,
-    anchor_ids: list[str] | None = None,
-    doc_ids: list[str] | None = None,
+    candidates_path: str | Path, paths: CurationPaths, pool: PoolInputs, *, config: CurateConfig
 ) -> CurationSummary:
-    """Curate the candidate file into `paths` (see the module docstring)."""
-    n_anchors = len(anchor_vectors)
-    if n_anchors <= min(config.fit_anchors, config.shard_anchors):
-        result = curate_candidates(
-            pq.read_table(candidates_path),
-            pairs=pairs,
-            anchor_vectors=anchor_vectors,
-            doc_vectors=doc_vectors,
-            anchor_texts=text_list(anchor_texts),
-            doc_texts=text_list(doc_texts),
-            config=config,
-            anchor_ids=anchor_ids,
-            doc_ids=doc_ids,
-        )
-        write_parquet_atomic(paths.curated, result.candidates)
-        write_parquet_atomic(paths.flagged, result.flagged)
-        write_parquet_atomic(paths.training_pairs, training_pairs(pairs, result.excluded_pairs))
-        return CurationSummary(result.counts, result.noise)
+    """Curate the candidate file into `paths` in this process (see the module docstring)."""
+    if one_pass(len(pool.anchor_vectors), config):
+        return curate_one_pass(candidates_path, paths, pool, config=config)
+    fitted = fit_curation(candidates_path, pool, config=config)
+    results = [
+        curate_shard(fitted, candidates_path, rows, pool, config=config)
+        for rows in shard_ranges(candidates_path, n_anchors=len(pool.anchor_vectors), config=config)
+    ]
+    return merge_shards(results, paths, pool.pairs, fitted)
+
+
+def curate_one_pass(
+    candidates_path: str | Path, paths: CurationPaths, pool: PoolInputs, *, config: CurateConfig
+) -> CurationSummary:
+    """Every anchor fitted and judged at once: :func:`curate_candidates` on the whole file."""
+    result = curate_candidates(
+        pq.read_table(candidates_path),
+        pairs=pool.pairs,
+        anchor_vectors=pool.anchor_vectors,
+        doc_vectors=pool.doc_vectors,
+        anchor_texts=text_list(pool.anchor_texts),
+        doc_texts=text_list(pool.doc_texts),
+        config=config,
+        anchor_ids=pool.anchor_ids,
+        doc_ids=pool.doc_ids,
+    )
+    write_parquet_atomic(paths.curated, result.candidates)
+    write_parquet_atomic(paths.flagged, result.flagged)
+    write_parquet_atomic(paths.training_pairs, training_pairs(pool.pairs, result.excluded_pairs))
+    return CurationSummary(result.counts, result.noise)
+
+
+def fit_curation(candidates_path: str | Path, pool: PoolInputs, *, config: CurateConfig) -> FittedCuration:
+    """The pool context, and the judges fitted on a seeded sample of about ``fit_anchors`` anchors."""
     if config.issue_rule == "find_label_issues":
         raise ConfigError(
-            f"curate.issue_rule find_label_issues ranks every row at once, which needs every anchor in one "
-            f"pass: set curate.fit_anchors and curate.shard_anchors to at least {n_anchors}, or use confident_joint"
+            "curate.issue_rule find_label_issues ranks every row at once, which needs every anchor in one pass: "
+            f"set curate.fit_anchors and curate.shard_anchors to at least {len(pool.anchor_vectors)}, "
+            "or use confident_joint"
         )
-    return _curate_in_shards(
-        Path(candidates_path),
-        paths,
-        pairs=pairs,
-        anchor_vectors=anchor_vectors,
-        doc_vectors=doc_vectors,
-        anchor_texts=anchor_texts,
-        doc_texts=doc_texts,
-        config=config,
-        anchor_ids=anchor_ids,
-        doc_ids=doc_ids,
-    )
-
-
-def _curate_in_shards(
-    candidates_path: Path,
-    paths: CurationPaths,
-    *,
-    pairs: pa.Table,
-    anchor_vectors: np.ndarray,
-    doc_vectors: np.ndarray,
-    anchor_texts: TextSource,
-    doc_texts: TextSource,
-    config: CurateConfig,
-    anchor_ids: list[str] | None,
-    doc_ids: list[str] | None,
-) -> CurationSummary:
     start = time.perf_counter()
-    family, family_hash = anchor_families(text_list(anchor_texts))
+    candidates_path = Path(candidates_path)
+    family, family_hash = anchor_families(text_list(pool.anchor_texts))
     context = pool_context(
         _batches(candidates_path, None),
-        anchor_vectors=anchor_vectors,
+        anchor_vectors=pool.anchor_vectors,
         family=family,
-        doc_texts=doc_texts,
+        doc_texts=pool.doc_texts,
         config=config,
     )
-    pool = Pool(pairs, family, family_hash, anchor_vectors, doc_vectors, anchor_texts, doc_texts, context)
     sample = sample_anchors(family, family_hash, limit=config.fit_anchors, seed=config.seed)
-    fitted = describe_rows(
-        _rows_of(candidates_path, sample), pairs=_pairs_of(pairs, sample), anchors=sample, pool=pool, config=config
+    described = describe_rows(
+        _rows_of(candidates_path, sample),
+        pairs=_pairs_of(pool.pairs, sample),
+        anchors=sample,
+        pool=_pool(pool, family, family_hash, context),
+        config=config,
     )
-    judges = fit_judges(fitted, n_docs=len(doc_vectors), family=family, config=config)
-    del fitted
-    logger.info("curation: judges fitted on %d of %d anchors", len(sample), len(anchor_vectors))
-    counts: dict[str, int] = {}
-    flagged, excluded = [], []
-    rows_per_anchor = max(1, -(-pq.ParquetFile(candidates_path).metadata.num_rows // len(anchor_vectors)))
-    with StagedParquetWriter(paths.curated) as curated:
-        for table in _batches(candidates_path, config.shard_anchors * rows_per_anchor):
-            anchors = np.unique(table.column("anchor_idx").to_numpy()).astype(np.int64)
-            described = describe_rows(table, pairs=_pairs_of(pairs, anchors), anchors=anchors, pool=pool, config=config)
-            scored = judge(described, judges, n_docs=len(doc_vectors), config=config, fitted_rows=False)
-            result = apply_policies(scored, table, config=config, anchor_ids=anchor_ids, doc_ids=doc_ids)
-            curated.write(result.candidates)
-            flagged.append(result.flagged)
-            excluded.append(result.excluded_pairs)
-            for key, value in result.counts.items():
-                counts[key] = counts.get(key, 0) + value
-        curated.commit()
-    counts["skipped"] = int(judges.skipped is not None)
-    write_parquet_atomic(paths.flagged, _merge_flagged(flagged))
-    write_parquet_atomic(paths.training_pairs, training_pairs(pairs, np.concatenate(excluded)))
-    logger.info("curation: %s in %.1fs", counts, time.perf_counter() - start)
-    return CurationSummary(counts, judges.noise)
+    judges = fit_judges(described, n_docs=len(pool.doc_vectors), family=family, config=config)
+    logger.info(
+        "curation: judges fitted on %d of %d anchors in %.1fs",
+        len(sample),
+        len(pool.anchor_vectors),
+        time.perf_counter() - start,
+    )
+    return FittedCuration(family, family_hash, context, judges, len(sample))
+
+
+def shard_ranges(candidates_path: str | Path, *, n_anchors: int, config: CurateConfig) -> list[tuple[int, int]]:
+    """Candidate row ranges ``[first, stop)`` of about ``shard_anchors`` whole anchors each."""
+    parquet = pq.ParquetFile(candidates_path)
+    rows_per_anchor = max(1, -(-parquet.metadata.num_rows // max(n_anchors, 1)))
+    ranges, first = [], 0
+    for table in _batches(Path(candidates_path), config.shard_anchors * rows_per_anchor, columns=["anchor_idx"]):
+        ranges.append((first, first + table.num_rows))
+        first += table.num_rows
+    return ranges
+
+
+def curate_shard(
+    fitted: FittedCuration,
+    candidates_path: str | Path,
+    rows: tuple[int, int],
+    pool: PoolInputs,
+    *,
+    config: CurateConfig,
+) -> ShardResult:
+    """Describe and judge the anchors of candidate rows ``[first, stop)`` with the fitted judges."""
+    table = read_row_range(candidates_path, *rows).combine_chunks()
+    anchors = np.unique(table.column("anchor_idx").to_numpy()).astype(np.int64)
+    described = describe_rows(
+        table,
+        pairs=_pairs_of(pool.pairs, anchors),
+        anchors=anchors,
+        pool=_pool(pool, fitted.family, fitted.family_hash, fitted.context),
+        config=config,
+    )
+    scored = judge(described, fitted.judges, n_docs=len(pool.doc_vectors), config=config, fitted_rows=False)
+    result = apply_policies(scored, table, config=config, anchor_ids=pool.anchor_ids, doc_ids=pool.doc_ids)
+    return ShardResult(result.candidates, result.flagged, result.excluded_pairs, result.counts)
+
+
+def merge_shards(
+    results: list[ShardResult], paths: CurationPaths, pairs: pa.Table, fitted: FittedCuration
+) -> CurationSummary:
+    """Write the shards' curated candidates (in order), flagged rows and training pairs."""
+    return merge_parts(
+        [result.curated for result in results],
+        [result.flagged for result in results],
+        excluded=np.concatenate([result.excluded_pairs for result in results] or [np.zeros(0, np.int64)]),
+        counts=[result.counts for result in results],
+        paths=paths,
+        pairs=pairs,
+        noise=fitted.judges.noise,
+        skipped=fitted.judges.skipped is not None,
+    )
+
+
+def merge_parts(
+    curated: list[pa.Table | str],
+    flagged: list[pa.Table | str],
+    *,
+    excluded: np.ndarray,
+    counts: list[dict[str, int]],
+    paths: CurationPaths,
+    pairs: pa.Table,
+    noise: dict[str, Any] | None,
+    skipped: bool,
+) -> CurationSummary:
+    """The merge of shard parts given as tables or as Parquet files (read one at a time)."""
+    total: dict[str, int] = {}
+    for part in counts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    total["skipped"] = int(skipped)
+    with StagedParquetWriter(paths.curated) as writer:
+        for part in curated:
+            writer.write(pq.read_table(part) if isinstance(part, str) else part)
+        writer.commit()
+    tables = [pq.read_table(part) if isinstance(part, str) else part for part in flagged]
+    write_parquet_atomic(paths.flagged, _merge_flagged(tables))
+    write_parquet_atomic(paths.training_pairs, training_pairs(pairs, np.sort(excluded)))
+    logger.info("curation: %s", total)
+    return CurationSummary(total, noise)
+
+
+def _pool(pool: PoolInputs, family: np.ndarray, family_hash: np.ndarray, context: PoolContext) -> Pool:
+    return Pool(
+        pool.pairs,
+        family,
+        family_hash,
+        pool.anchor_vectors,
+        pool.doc_vectors,
+        pool.anchor_texts,
+        pool.doc_texts,
+        context,
+    )
 
 
 def sample_anchors(family: np.ndarray, family_hash: np.ndarray, *, limit: int, seed: int) -> np.ndarray:
@@ -169,7 +263,7 @@ def sample_anchors(family: np.ndarray, family_hash: np.ndarray, *, limit: int, s
     return np.nonzero(priority <= cutoff)[0].astype(np.int64)
 
 
-def _batches(path: Path, batch_rows: int | None) -> Iterator[pa.Table]:
+def _batches(path: Path, batch_rows: int | None, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """The candidate file in tables of whole anchors (about `batch_rows` rows; None: row groups)."""
     from negminer.mining.streaming import anchor_batches
 
@@ -178,7 +272,7 @@ def _batches(path: Path, batch_rows: int | None) -> Iterator[pa.Table]:
         for group in range(parquet.metadata.num_row_groups):
             yield parquet.read_row_group(group, columns=["doc_idx", "score"])
         return
-    yield from anchor_batches(path, batch_rows)
+    yield from anchor_batches(path, batch_rows, columns=columns)
 
 
 def _rows_of(path: Path, anchors: np.ndarray) -> pa.Table:

@@ -43,6 +43,8 @@ from negminer.report import run_report
 from negminer.stages.publish import StageRefs
 from negminer.stages.refs import (
     AuditLoadRef,
+    CuratePartRef,
+    CuratePlanRef,
     CurateRef,
     DocRange,
     EmbedPlanRef,
@@ -132,9 +134,19 @@ def search_task(
     return stages.search_merge_stage(work_dir, shards, config=config, index_config=index_config, index=index)
 
 
-@task(name="curate", cache_policy=NO_CACHE)
-def curate_task(work_dir: str, search: SearchRef, config: CurateConfig) -> CurateRef:
-    return stages.curate_stage(work_dir, search, config=config)
+@task(name="curate-plan", cache_policy=NO_CACHE, **IO_RETRIES)
+def curate_plan_task(work_dir: str, search: SearchRef, config: CurateConfig) -> CuratePlanRef:
+    return stages.curate_plan_stage(work_dir, search, config=config)
+
+
+@task(name="curate-shard", cache_policy=NO_CACHE, **IO_RETRIES)
+def curate_shard_task(work_dir: str, plan: CuratePlanRef, shard: DocRange, config: CurateConfig) -> CuratePartRef:
+    return stages.curate_shard_stage(work_dir, plan, shard, config=config)
+
+
+@task(name="curate", cache_policy=NO_CACHE, **IO_RETRIES)
+def curate_task(work_dir: str, plan: CuratePlanRef, parts: list[CuratePartRef], config: CurateConfig) -> CurateRef:
+    return stages.curate_merge_stage(work_dir, plan, parts, config=config)
 
 
 @task(name="strategy", cache_policy=NO_CACHE)
@@ -255,6 +267,16 @@ def _search(
     return clock.run("search", tasks.search, work_dir, retrieval, config.index, index, shards)
 
 
+def _curate(work_dir: str, config: CurateConfig, search: SearchRef, clock: _Clock) -> CurateRef:
+    """Plan curation (judges fitted on a sample of anchors), map its shards, merge their parts."""
+    plan = clock.run("curate-plan", curate_plan_task, work_dir, search, config)
+    parts = []
+    if plan.shards:
+        options = (unmapped(plan), list(plan.shards), unmapped(config))
+        parts = clock.map("curate-shards", curate_shard_task, unmapped(work_dir), *options)
+    return clock.run("curate", curate_task, work_dir, plan, parts, config)
+
+
 @flow(
     name="negminer-mine",
     flow_run_name="mine-{name}",
@@ -284,7 +306,7 @@ def mine_flow(
         parent = stages.parent_work_dir(out, name)
         index = _index(tasks, w, config, read.docs, parent, clock)
         search = _search(tasks, w, config, index, read.anchors, clock)
-        curate = clock.run("curate", curate_task, w, search, config.curate)
+        curate = _curate(w, config.curate, search, clock)
         logger.info("curation flagged %s", curate.counts.get("flagged_by_kind", "nothing (disabled)"))
         select = clock.run("strategy", strategy_task, w, curate, config.mine.selection)
         logger.info("selected %s", select.counts)

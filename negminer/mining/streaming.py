@@ -184,17 +184,18 @@ def _anchor_pass(path: Path, n_anchors: int, batch_rows: int) -> _AnchorPass:
     return _AnchorPass(grouped, first_pos, last_pos, present)
 
 
-def anchor_batches(path: str | Path, batch_rows: int | None) -> Iterator[pa.Table]:
+def anchor_batches(path: str | Path, batch_rows: int | None, *, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """The candidate file in tables of about `batch_rows` rows that never split an anchor.
 
     None reads the whole file as one table. A file without rows gives one empty table.
+    `columns` (``anchor_idx`` among them) reads only those.
     """
     parquet = pq.ParquetFile(path)
     if batch_rows is None or parquet.metadata.num_rows == 0:
-        yield parquet.read()
+        yield parquet.read(columns=columns)
         return
     pending: pa.Table | None = None
-    for batch in parquet.iter_batches(batch_size=batch_rows):
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
         table = pa.Table.from_batches([batch])
         table = table if pending is None else pa.concat_tables([pending, table])
         anchor = table.column("anchor_idx").to_numpy()

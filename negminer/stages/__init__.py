@@ -7,7 +7,7 @@ redoing the work, so a killed run resumes where it stopped. The Prefect flow
 (:mod:`negminer.flows.mine`) wraps each as a task; :func:`run_stages` runs them in turn here.
 """
 
-from negminer.stages.curate import curate_stage
+from negminer.stages.curate import curate_merge_stage, curate_plan_stage, curate_shard_stage, curate_stage
 from negminer.stages.embed import embed_assemble_stage, embed_plan_stage, embed_shard_stage, embed_stage
 from negminer.stages.index import index_key, index_shard_stage, index_shards, index_stage, open_index
 from negminer.stages.publish import PUBLISHING, StageRefs, audit_load_stage, publish_stage
@@ -26,6 +26,9 @@ __all__ = [
     "PUBLISHING",
     "StageRefs",
     "audit_load_stage",
+    "curate_merge_stage",
+    "curate_plan_stage",
+    "curate_shard_stage",
     "curate_stage",
     "default_store_root",
     "embed_assemble_stage",

@@ -1,7 +1,19 @@
-"""Curate stage: flag likely false negatives / false positives / near-duplicates (confident learning)."""
+"""Curate stage: flag likely false negatives / false positives / near-duplicates (confident learning).
+
+Planned, then judged in shards, then merged, so that the flow can map the shards over Dask
+workers: the plan fits the judges on a sample of anchors (``curation-fit.pkl``) and cuts the
+candidate file into ranges of whole anchors; each shard writes its part; the merge writes
+``curated.parquet`` (the candidates with ``flagged_false_negative``, which selection drops so
+the next valid candidate replaces them), ``flagged.parquet`` and ``training-pairs.parquet``
+(the pairs without those whose positive is dropped or quarantined). Up to
+``curate.fit_anchors`` anchors there are no shards: the merge curates in one pass. With
+curation disabled, the candidates and pairs pass through unchanged.
+"""
 
 from __future__ import annotations
 
+import json
+import pickle
 import time
 from pathlib import Path
 
@@ -9,44 +21,118 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig
-from negminer.stages.refs import CurateRef, SearchRef
+from negminer.stages.refs import CuratePartRef, CuratePlanRef, CurateRef, DocRange, SearchRef
+from negminer.storage.atomic import write_bytes_atomic, write_parquet_atomic
+
+FIT_FILE = "curation-fit.pkl"
 
 
 def curate_stage(work_dir: str | Path, search: SearchRef, *, config: CurateConfig) -> CurateRef:
-    """Score every candidate pair and flag the suspicious ones; see docs/curation.md.
+    """Plan, judge every shard, merge: what the flow runs as separate (mapped) tasks."""
+    plan = curate_plan_stage(work_dir, search, config=config)
+    parts = [curate_shard_stage(work_dir, plan, shard, config=config) for shard in plan.shards]
+    return curate_merge_stage(work_dir, plan, parts, config=config)
 
-    Writes ``curated.parquet`` (the candidates with ``flagged_false_negative``, which selection
-    drops so the next valid candidate replaces them), ``flagged.parquet`` and
-    ``training-pairs.parquet`` (the pairs without those whose positive is dropped or
-    quarantined). With curation disabled, the candidates and pairs pass through unchanged.
-    """
-    from negminer.curation import KINDS
-    from negminer.curation.sharded import CurationPaths, curate_files
+
+def curate_plan_stage(work_dir: str | Path, search: SearchRef, *, config: CurateConfig) -> CuratePlanRef:
+    """Fit the judges on a sample of anchors and cut the candidates into shards (none: one pass)."""
+    from negminer.curation.sharded import fit_curation, one_pass, shard_ranges
 
     work_dir = Path(work_dir)
     if not config.enabled:
-        return CurateRef(candidates=search.candidates, pairs=str(work_dir / "pairs.parquet"))
+        return CuratePlanRef(candidates=search.candidates, enabled=False)
+    n_anchors = pq.ParquetFile(work_dir / "anchors.parquet").metadata.num_rows
+    if one_pass(n_anchors, config):
+        return CuratePlanRef(candidates=search.candidates)
     start = time.perf_counter()
-    anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
-    docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text"])
-    paths = CurationPaths(*(work_dir / f"{stem}.parquet" for stem in ("curated", "flagged", "training-pairs")))
-    summary = curate_files(
-        search.candidates,
-        paths,
-        pairs=pq.read_table(work_dir / "pairs.parquet"),
-        anchor_vectors=np.load(work_dir / "anchors.npy", mmap_mode="r"),
-        doc_vectors=np.load(work_dir / "docs.npy", mmap_mode="r"),
-        anchor_texts=anchors.column("text").combine_chunks(),
-        doc_texts=docs.column("text").combine_chunks(),
-        config=config,
-        anchor_ids=anchors.column("anchor_id").to_pylist(),
-        doc_ids=docs.column("doc_id").to_pylist(),
+    fitted = fit_curation(search.candidates, _pool_inputs(work_dir), config=config)
+    write_bytes_atomic(work_dir / FIT_FILE, pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL))
+    ranges = shard_ranges(search.candidates, n_anchors=n_anchors, config=config)
+    return CuratePlanRef(
+        candidates=search.candidates,
+        fit=str(work_dir / FIT_FILE),
+        shards=tuple(DocRange(shard=i, first=first, stop=stop) for i, (first, stop) in enumerate(ranges)),
+        noise=fitted.judges.noise,
+        skipped=fitted.judges.skipped is not None,
+        seconds=round(time.perf_counter() - start, 3),
     )
+
+
+def curate_shard_stage(
+    work_dir: str | Path, plan: CuratePlanRef, shard: DocRange, *, config: CurateConfig
+) -> CuratePartRef:
+    """Judge the anchors of one shard with the plan's judges; writes the shard's parts."""
+    from negminer.curation.sharded import curate_shard
+
+    work_dir = Path(work_dir)
+    stem = f"part{shard.first:010d}-{shard.stop:010d}"
+    with open(plan.fit, "rb") as handle:
+        fitted = pickle.load(handle)  # written by this run's plan, in its own work folder
+    result = curate_shard(fitted, plan.candidates, (shard.first, shard.stop), _pool_inputs(work_dir), config=config)
+    curated = write_parquet_atomic(work_dir / f"curated.{stem}.parquet", result.curated)
+    flagged = write_parquet_atomic(work_dir / f"flagged.{stem}.parquet", result.flagged)
+    ref = CuratePartRef(
+        curated=str(curated),
+        flagged=str(flagged),
+        excluded_pairs=tuple(int(p) for p in result.excluded_pairs),
+        counts=result.counts,
+    )
+    write_bytes_atomic(work_dir / f"curate.{stem}.json", json.dumps(ref.to_json()).encode())
+    return ref
+
+
+def curate_merge_stage(
+    work_dir: str | Path, plan: CuratePlanRef, parts: list[CuratePartRef], *, config: CurateConfig
+) -> CurateRef:
+    """The curated candidates, flagged table and training pairs from the shards' parts (or one pass)."""
+    from negminer.curation import KINDS
+    from negminer.curation.sharded import CurationPaths, curate_one_pass, merge_parts
+
+    work_dir = Path(work_dir)
+    if not plan.enabled:
+        return CurateRef(candidates=plan.candidates, pairs=str(work_dir / "pairs.parquet"))
+    start = time.perf_counter()
+    paths = CurationPaths(*(work_dir / f"{stem}.parquet" for stem in ("curated", "flagged", "training-pairs")))
+    if plan.fit is None:
+        summary = curate_one_pass(plan.candidates, paths, _pool_inputs(work_dir), config=config)
+    else:
+        summary = merge_parts(
+            [part.curated for part in parts],
+            [part.flagged for part in parts],
+            excluded=np.asarray([p for part in parts for p in part.excluded_pairs], np.int64),
+            counts=[part.counts for part in parts],
+            paths=paths,
+            pairs=pq.read_table(work_dir / "pairs.parquet"),
+            noise=plan.noise,
+            skipped=plan.skipped,
+        )
+        for part in parts:
+            for path in (part.curated, part.flagged):
+                Path(path).unlink(missing_ok=True)
+        for marker in work_dir.glob("curate.part*.json"):
+            marker.unlink(missing_ok=True)
     return CurateRef(
         candidates=str(paths.curated),
         pairs=str(paths.training_pairs),
         flagged=str(paths.flagged),
         counts={"flagged_by_kind": {kind: summary.counts[kind] for kind in KINDS}, "curation": summary.counts},
         noise=summary.noise,
-        seconds=round(time.perf_counter() - start, 3),
+        seconds=round(time.perf_counter() - start + plan.seconds, 3),
+    )
+
+
+def _pool_inputs(work_dir: Path):
+    """The read stage's tables and the vectors, as every part of curation reads them."""
+    from negminer.curation.sharded import PoolInputs
+
+    anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
+    docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text"])
+    return PoolInputs(
+        pairs=pq.read_table(work_dir / "pairs.parquet"),
+        anchor_vectors=np.load(work_dir / "anchors.npy", mmap_mode="r"),
+        doc_vectors=np.load(work_dir / "docs.npy", mmap_mode="r"),
+        anchor_texts=anchors.column("text").combine_chunks(),
+        doc_texts=docs.column("text").combine_chunks(),
+        anchor_ids=anchors.column("anchor_id").to_pylist(),
+        doc_ids=docs.column("doc_id").to_pylist(),
     )

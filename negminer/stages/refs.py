@@ -212,6 +212,30 @@ class SearchRef(Ref):
     seconds: float
 
 
+class CuratePlanRef(Ref):
+    """Curation's plan: the judges fitted on a sample (`fit`) and the shards of candidate rows.
+
+    No `fit` and no shards: every anchor is curated in one pass by the merge.
+    """
+
+    candidates: str
+    enabled: bool = True
+    fit: str | None = None
+    shards: tuple[DocRange, ...] = ()
+    noise: JsonObject | None = None
+    skipped: bool = False
+    seconds: float = 0.0
+
+
+class CuratePartRef(Ref):
+    """One shard's curated candidates and flagged rows, the pairs it excludes, its counts."""
+
+    curated: str
+    flagged: str
+    excluded_pairs: tuple[int, ...]
+    counts: dict[str, int]
+
+
 class CurateRef(Ref):
     """Curated candidates and training pairs (the inputs unchanged when curation is off)."""
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negminer.stages.refs import DocRange, IndexRef, IndexShardRef
 from negminer.stages.workdir import finished, store_of
+from negminer.storage.parquet_stream import read_row_range
 
 logger = logging.getLogger(__name__)
 
@@ -87,23 +87,11 @@ def same_doc_vectors(work_dir: Path, parent: Path, first: int, stop: int, *, blo
 
 def same_doc_texts(work_dir: Path, parent: Path, first: int, stop: int) -> bool:
     """Whether both runs' docs [first, stop) are the same texts (only the row groups holding them are read)."""
-    old, new = pq.ParquetFile(parent / "docs.parquet"), pq.ParquetFile(work_dir / "docs.parquet")
-    if old.metadata.num_rows < stop or new.metadata.num_rows < stop:
+    old_path, new_path = parent / "docs.parquet", work_dir / "docs.parquet"
+    if min(pq.ParquetFile(p).metadata.num_rows for p in (old_path, new_path)) < stop:
         return False
-    return _text_range(old, first, stop).equals(_text_range(new, first, stop))
-
-
-def _text_range(file: pq.ParquetFile, first: int, stop: int) -> pa.ChunkedArray:
-    """The ``text`` column's rows [first, stop) of `file`."""
-    groups, begin, offset = [], None, 0
-    for group in range(file.metadata.num_row_groups):
-        rows = file.metadata.row_group(group).num_rows
-        if offset < stop and offset + rows > first:
-            groups.append(group)
-            begin = offset if begin is None else begin
-        offset += rows
-    texts = file.read_row_groups(groups, columns=["text"]).column("text")
-    return texts.slice(first - (begin or 0), stop - first)
+    texts = [read_row_range(path, first, stop, columns=["text"]).column("text") for path in (old_path, new_path)]
+    return texts[0].equals(texts[1])
 
 
 def shared_doc_prefix(work_dir: Path, parent: Path) -> int | None:

@@ -103,3 +103,16 @@ class StagedParquetWriter:
             self._handle.close()
             self._handle = None
         self.tmp.unlink(missing_ok=True)
+
+
+def read_row_range(path: str | Path, first: int, stop: int, *, columns: list[str] | None = None) -> pa.Table:
+    """Rows ``[first, stop)`` of a Parquet file; only the row groups holding them are read."""
+    parquet = pq.ParquetFile(path)
+    groups, begin, offset = [], None, 0
+    for group in range(parquet.metadata.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if offset < stop and offset + rows > first:
+            groups.append(group)
+            begin = offset if begin is None else begin
+        offset += rows
+    return parquet.read_row_groups(groups, columns=columns).slice(first - (begin or 0), stop - first)

@@ -10,7 +10,7 @@ import pytest
 
 from negminer import stages
 from negminer.config import CurateConfig, PipelineConfig
-from negminer.curation.sharded import CurationPaths, curate_files, sample_anchors
+from negminer.curation.sharded import CurationPaths, PoolInputs, curate_files, sample_anchors
 from negminer.errors import ConfigError
 
 CONFIG = PipelineConfig.from_dict({"mine": {"search_depth": 30}})
@@ -30,18 +30,16 @@ def curate(searched, out: Path, **settings) -> tuple[CurationPaths, dict]:
     paths = CurationPaths(out / "curated.parquet", out / "flagged.parquet", out / "training-pairs.parquet")
     anchors = pq.read_table(work / "anchors.parquet")
     docs = pq.read_table(work / "docs.parquet")
-    summary = curate_files(
-        candidates,
-        paths,
+    pool = PoolInputs(
         pairs=pq.read_table(work / "pairs.parquet"),
         anchor_vectors=np.load(work / "anchors.npy"),
         doc_vectors=np.load(work / "docs.npy"),
         anchor_texts=anchors.column("text").combine_chunks(),
         doc_texts=docs.column("text").combine_chunks(),
-        config=CurateConfig(**settings),
         anchor_ids=anchors.column("anchor_id").to_pylist(),
         doc_ids=docs.column("doc_id").to_pylist(),
     )
+    summary = curate_files(candidates, paths, pool, config=CurateConfig(**settings))
     return paths, summary.counts
 
 
@@ -92,3 +90,20 @@ def test_the_sample_is_whole_families_drawn_by_text() -> None:
 def test_find_label_issues_needs_one_pass(searched, tmp_path) -> None:
     with pytest.raises(ConfigError, match="find_label_issues"):
         curate(searched, tmp_path / "x", fit_anchors=100, shard_anchors=50, issue_rule="find_label_issues")
+
+
+def test_the_stage_in_shards_writes_what_the_library_writes(searched, tmp_path) -> None:
+    """Shards judged in any order (as Dask workers finish them) merge into the library's bytes."""
+    work, _ = searched
+    config = CurateConfig(fit_anchors=100, shard_anchors=50)
+    library, _ = curate(searched, tmp_path / "library", fit_anchors=100, shard_anchors=50)
+    search = stages.search_stage(work, config=CONFIG.mine, index_config=CONFIG.index)
+    plan = stages.curate_plan_stage(work, search, config=config)
+    assert len(plan.shards) == 5 and plan.fit is not None
+    parts = {shard.shard: stages.curate_shard_stage(work, plan, shard, config=config) for shard in plan.shards[::-1]}
+    ref = stages.curate_merge_stage(work, plan, [parts[i] for i in range(5)], config=config)
+
+    written = {"curated": ref.candidates, "flagged": ref.flagged, "training_pairs": ref.pairs}
+    for name, path in written.items():
+        assert Path(path).read_bytes() == getattr(library, name).read_bytes(), name
+    assert not list(work.glob("*.part*")), "the parts are removed once merged"

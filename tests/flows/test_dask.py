@@ -1,5 +1,5 @@
 """The mine flow on a Dask LocalCluster of 2 worker processes (prefect-dask) writes the same
-dataset as the default runner."""
+dataset as the default runner: embedding, index, search and curation shards run on the workers."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ CONFIG = {
     "embed": {"max_seq_length": 64, "chunk_size": 16},  # 9 embedding shards
     "mine": {"num_negatives": 2, "search_shard_size": 8},  # 5 search shards
     "index": {"shard_docs": 40},  # 3 index shards (100 docs), merged per anchor in every search shard
+    "curate": {"fit_anchors": 20, "shard_anchors": 12},  # judges fitted on a sample, 4 curation shards
 }
 
 
@@ -47,6 +48,8 @@ def test_local_cluster_of_two_workers_writes_the_same_dataset(prefect_harness, t
             loads = client.run(lambda: embedder._cached_model.cache_info().misses)
             executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
 
+    manifest = json.loads((distributed / "manifest.json").read_text())
+    assert manifest["counts"]["curation"]["rows_scored"] > 0, "curation judged the shards"
     # Both workers ran shard tasks; each that embedded loaded the model itself, once.
     assert all(count > 0 for count in executed.values()), executed
     assert 1 <= sum(loads.values()) <= 2 and max(loads.values()) == 1, loads
