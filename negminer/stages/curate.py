@@ -12,7 +12,6 @@ curation disabled, the candidates and pairs pass through unchanged.
 
 from __future__ import annotations
 
-import json
 import pickle
 import time
 from pathlib import Path
@@ -71,14 +70,12 @@ def curate_shard_stage(
     result = curate_shard(fitted, plan.candidates, (shard.first, shard.stop), _pool_inputs(work_dir), config=config)
     curated = write_parquet_atomic(work_dir / f"curated.{stem}.parquet", result.curated)
     flagged = write_parquet_atomic(work_dir / f"flagged.{stem}.parquet", result.flagged)
-    ref = CuratePartRef(
+    return CuratePartRef(
         curated=str(curated),
         flagged=str(flagged),
         excluded_pairs=tuple(int(p) for p in result.excluded_pairs),
         counts=result.counts,
     )
-    write_bytes_atomic(work_dir / f"curate.{stem}.json", json.dumps(ref.to_json()).encode())
-    return ref
 
 
 def curate_merge_stage(
@@ -109,8 +106,6 @@ def curate_merge_stage(
         for part in parts:
             for path in (part.curated, part.flagged):
                 Path(path).unlink(missing_ok=True)
-        for marker in work_dir.glob("curate.part*.json"):
-            marker.unlink(missing_ok=True)
     return CurateRef(
         candidates=str(paths.curated),
         pairs=str(paths.training_pairs),
