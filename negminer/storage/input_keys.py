@@ -10,6 +10,7 @@ searching work on them); Python strings exist only for one record batch at a tim
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from typing import NamedTuple
 
@@ -20,6 +21,8 @@ import pyarrow.compute as pc
 from negminer.textkeys import KEY_BYTES, text_key
 
 BATCH_ROWS = 65_536  # rows whose texts are Python strings at the same time
+# The most string data one array of pyarrow's builders holds (arrow::kBinaryMemoryLimit).
+STRING_CHUNK_BYTES = 2**31 - 2
 KEY_DTYPE = f"S{KEY_BYTES}"
 _HASHED_ID = re.compile(r"h:[0-9a-f]{32}")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype="S1")
@@ -105,15 +108,62 @@ def hashed_ids(keys: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(out.tobytes())])
 
 
-def ids_of(table: pa.Table, id_column: str | None, rows: np.ndarray, keys: np.ndarray, explicit: np.ndarray) -> pa.Array:
-    """The id strings of `table`'s `rows`: the id column where `explicit`, else hashed."""
-    hashed = hashed_ids(keys)
+def hashed_id(key: bytes) -> str:
+    """``"h:" + key.hex()`` for a key read back from an S16 array (numpy drops trailing zeros)."""
+    return f"h:{key.ljust(KEY_BYTES, bytes(1)).hex()}"
+
+
+def ids_of(
+    table: pa.Table, id_column: str | None, rows: np.ndarray, keys: np.ndarray, explicit: np.ndarray
+) -> list[pa.Array]:
+    """The id strings of `table`'s ascending `rows`: the id column where `explicit`, else hashed."""
     if id_column is None or id_column not in table.column_names or not explicit.any():
-        return hashed
-    given = take(table.column(id_column), rows)
-    return pc.if_else(pa.array(explicit), given, hashed)
+        return [hashed_ids(keys)]
+    given = take_pieces(table.column(id_column), rows)
+    if explicit.all():
+        return given
+    return [pc.if_else(pa.array(explicit), pa.concat_arrays(given), hashed_ids(keys))]
 
 
 def take(column: pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
-    """`column`'s values at `rows` as one contiguous array."""
+    """`column`'s values at `rows` as one contiguous array (for fixed-width columns)."""
     return column.take(pa.array(rows, pa.int64())).combine_chunks()
+
+
+def take_pieces(column: pa.ChunkedArray, rows: np.ndarray) -> list[pa.Array]:
+    """`column`'s values at ascending `rows`, one array per chunk of `column` (never concatenated,
+    so a string column over 2 GiB is never copied into one array)."""
+    ends = np.cumsum([len(chunk) for chunk in column.chunks], dtype=np.int64)
+    cuts = np.searchsorted(rows, ends, side="left")
+    pieces, start, offset = [], 0, 0
+    for chunk, end, cut in zip(column.chunks, ends.tolist(), cuts.tolist(), strict=True):
+        if cut > start:
+            pieces.append(chunk.take(pa.array(rows[start:cut] - offset, pa.int64())))
+        start, offset = cut, end
+    return pieces or [pa.array([], column.type)]
+
+
+def string_chunks(pieces: list[pa.Array]) -> pa.ChunkedArray:
+    """The pieces end to end, chunked as ``pa.array(values, pa.string())`` chunks them: a chunk
+    ends before the value that would take its data past :data:`STRING_CHUNK_BYTES`."""
+    lengths = np.concatenate(
+        [pc.fill_null(pc.binary_length(piece), 0).to_numpy(zero_copy_only=False) for piece in pieces]
+    ).astype(np.int64)
+    ends = np.cumsum(lengths)
+    bounds, start, base = [0], 0, 0
+    while start < len(lengths):
+        stop = max(int(np.searchsorted(ends, base + STRING_CHUNK_BYTES, side="right")), start + 1)
+        bounds.append(stop)
+        start, base = stop, int(ends[stop - 1])
+    if len(bounds) == 1:
+        bounds.append(0)
+    starts = np.cumsum([0] + [len(piece) for piece in pieces]).tolist()
+    chunks = []
+    for lo, hi in itertools.pairwise(bounds):
+        parts = [
+            piece.slice(max(lo - first, 0), min(hi, first + len(piece)) - max(lo, first))
+            for piece, first in zip(pieces, starts, strict=False)
+            if first < hi and first + len(piece) > lo
+        ]
+        chunks.append(pa.concat_arrays(parts) if parts else pa.array([], pa.string()))
+    return pa.chunked_array(chunks, pa.string())

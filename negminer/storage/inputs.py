@@ -8,19 +8,37 @@ Contract of :func:`prepare_inputs`'s tables (positions are ``*_idx``, ids are st
   normalised text matches a corpus document is that document.
 * ``pairs``: ``pair_idx`` int32, ``anchor_idx``, ``doc_idx`` (the positive), ``source_row``
 * ``rejects``: quarantined input rows (see :mod:`negminer.storage.readers`).
+
+Memory: rows are deduplicated and matched by 16-byte hashes in numpy arrays
+(:mod:`negminer.storage.input_keys`, :mod:`negminer.storage.pair_index`); texts are Python
+strings one record batch at a time, and the output text columns are taken from the readers'
+Arrow tables. The tables are the ones a row-by-row pass in file order builds (each column one
+contiguous array), so they write to the same Parquet bytes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from negminer.config import InputConfig
 from negminer.errors import InputError
+from negminer.storage.input_keys import (
+    RowKeys,
+    first_occurrences,
+    hashed_id,
+    ids_of,
+    key_array,
+    row_keys,
+    string_chunks,
+    take,
+    take_pieces,
+)
+from negminer.storage.pair_index import CorpusIndex, Resolved, resolve_pairs
 from negminer.storage.readers import (
     REJECT_SCHEMA,
     PartedRead,
@@ -30,7 +48,6 @@ from negminer.storage.readers import (
     read_table_parts,
     reject_record,
 )
-from negminer.textkeys import text_key
 
 logger = logging.getLogger(__name__)
 
@@ -44,40 +61,11 @@ class PreparedInputs:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class _Pool:
-    """Mutable builder for the document pool, deduplicated by id and normalised text."""
+class _Corpus:
+    """The corpus documents (first row of each id, in file order) and their identities."""
 
-    ids: list[str] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-    titles: list[str | None] = field(default_factory=list)
-    keys: list[bytes] = field(default_factory=list)
-    from_corpus: list[bool] = field(default_factory=list)
-    by_id: dict[str, int] = field(default_factory=dict)
-    by_key: dict[bytes, int] = field(default_factory=dict)
-
-    def add(self, doc_id: str, text: str, title: str | None, key: bytes, corpus: bool) -> int:
-        idx = len(self.ids)
-        self.ids.append(doc_id)
-        self.texts.append(text)
-        self.titles.append(title)
-        self.keys.append(key)
-        self.from_corpus.append(corpus)
-        self.by_id[doc_id] = idx
-        self.by_key.setdefault(key, idx)
-        return idx
-
-    def table(self) -> pa.Table:
-        return pa.table(
-            {
-                "doc_idx": pa.array(range(len(self.ids)), pa.int32()),
-                "doc_id": pa.array(self.ids, pa.string()),
-                "text": pa.array(self.texts, pa.string()),
-                "title": pa.array(self.titles, pa.string()),
-                "text_key": pa.array(self.keys, pa.binary(16)),
-                "from_corpus": pa.array(self.from_corpus, pa.bool_()),
-            }
-        )
+    def __init__(self, table: pa.Table, rows: np.ndarray, index: CorpusIndex, explicit: np.ndarray) -> None:
+        self.table, self.rows, self.index, self.explicit = table, rows, index, explicit
 
 
 def prepare_inputs(
@@ -100,11 +88,12 @@ def prepare_inputs(
         >>> prepared = prepare_inputs("pairs.parquet", "corpus.parquet")  # doctest: +SKIP
         >>> prepared.docs.num_rows  # doctest: +SKIP
     """
-    counter: Counter[str] = Counter()
-    pool = _Pool()
+    counts: dict[str, int] = {}
     rejects = []
+    corpus = None
     if corpus_path is not None:
-        rejects.append(_add_corpus(Path(corpus_path), config, pool, counter))
+        corpus, corpus_rejects = _read_corpus(Path(corpus_path), config, counts)
+        rejects.append(corpus_rejects)
     pairs_read = read_table_parts(
         pairs_path,
         required={"anchor": config.anchor_column, "positive": config.positive_column},
@@ -112,32 +101,36 @@ def prepare_inputs(
         text_columns=("anchor", "positive"),
         on_bad_rows="quarantine",  # fail mode raises below, on the first bad row of any kind
     )
-    index_rejects: list[dict] = []
-    anchors, pairs = _index_pairs(Path(pairs_path), pairs_read.table, config, pool, counter, index_rejects)
-    rejects.append(_file_rejects(pairs_read, index_rejects, config))
-    if not pairs["pair_idx"]:
+    table = pairs_read.table
+    anchor_keys = row_keys(table, "anchor", "anchor_id")
+    positive_keys = row_keys(table, "positive", "positive_id")
+    index = corpus.index if corpus is not None else CorpusIndex(np.zeros(0, "S16"), np.zeros(0, "S16"))
+    resolved = resolve_pairs(Path(pairs_path), table, anchor_keys, positive_keys, index, config)
+    pairs = _pair_table(table, resolved, len(index.keys) + len(resolved.new_doc_rows), counts)
+    rejects.append(_file_rejects(pairs_read, resolved.rejects, config))
+    if not pairs.num_rows:
         raise InputError("no valid (anchor, positive) rows remain after validation", path=str(pairs_path))
     all_rejects = pa.concat_tables(rejects)
-    counter["pairs_in"] += pairs_read.table.num_rows + pairs_read.rejects.num_rows
-    counter["rejected_rows"] = all_rejects.num_rows
-    return PreparedInputs(
-        anchors=_anchor_table(anchors),
-        docs=pool.table(),
-        pairs=pa.table(
-            {
-                "pair_idx": pa.array(pairs["pair_idx"], pa.int32()),
-                "anchor_idx": pa.array(pairs["anchor_idx"], pa.int32()),
-                "doc_idx": pa.array(pairs["doc_idx"], pa.int32()),
-                "source_row": pa.array(pairs["source_row"], pa.int64()),
-            }
-        ),
-        rejects=all_rejects,
-        counts=dict(counter),
+    counts["pairs_in"] = table.num_rows + pairs_read.rejects.num_rows
+    counts["rejected_rows"] = all_rejects.num_rows
+    rows = resolved.anchor_rows
+    anchors = pa.table(
+        {
+            "anchor_idx": pa.array(np.arange(len(rows), dtype=np.int32)),
+            "anchor_id": string_chunks(
+                ids_of(table, "anchor_id", rows, anchor_keys.keys[rows], anchor_keys.explicit[rows])
+            ),
+            "text": string_chunks(take_pieces(table.column("anchor"), rows)),
+            "text_key": key_array(anchor_keys.keys[rows]),
+        }
     )
-
-
-def _conflict(path: Path, row: int, column: str, reason: str, value: str, rejects: list[dict]) -> None:
-    rejects.append(reject_record(path, row, column, reason, value))
+    return PreparedInputs(
+        anchors=anchors,
+        docs=_doc_table(corpus, table, resolved.new_doc_rows, positive_keys),
+        pairs=pairs,
+        rejects=all_rejects,
+        counts=counts,
+    )
 
 
 def _file_rejects(read: PartedRead, more: list[dict], config: InputConfig) -> pa.Table:
@@ -153,7 +146,9 @@ def _file_rejects(read: PartedRead, more: list[dict], config: InputConfig) -> pa
     return rejects
 
 
-def _add_corpus(path: Path, config: InputConfig, pool: _Pool, counter: Counter[str]) -> pa.Table:
+def _read_corpus(path: Path, config: InputConfig, counts: dict[str, int]) -> tuple[_Corpus, pa.Table]:
+    """The corpus documents: the first row of each id; a later row with the same id is a
+    duplicate (same text key) or a ``conflicting_id`` reject (another text)."""
     read = read_table_parts(
         path,
         required={"text": config.text_column},
@@ -162,139 +157,69 @@ def _add_corpus(path: Path, config: InputConfig, pool: _Pool, counter: Counter[s
         on_bad_rows="quarantine",  # fail mode raises in _file_rejects
     )
     table = read.table
-    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * table.num_rows
-    titles = table.column("title").to_pylist() if "title" in table.column_names else [None] * table.num_rows
-    conflicts: list[dict] = []
-    for text, doc_id, title, row in zip(
-        table.column("text").to_pylist(), ids, titles, table.column("source_row").to_pylist(), strict=True
-    ):
-        key = text_key(text)
-        doc_id = doc_id or f"h:{key.hex()}"
-        known = pool.by_id.get(doc_id)
-        if known is not None:
-            if pool.keys[known] != key:
-                _conflict(path, row, config.id_column, "conflicting_id", doc_id, conflicts)
-            else:
-                counter["corpus_duplicate_rows"] += 1
-            continue
-        pool.add(doc_id, text, title, key, corpus=True)
-    counter["corpus_in"] = table.num_rows + read.rejects.num_rows
+    keys = row_keys(table, "text", "id")
+    group, first = first_occurrences(keys.ids)
+    later = np.ones(table.num_rows, dtype=bool)
+    later[first] = False
+    same_text = keys.keys == keys.keys[first][group]
+    duplicates = int(np.count_nonzero(later & same_text))
+    if duplicates:
+        counts["corpus_duplicate_rows"] = duplicates
+    conflicts = []
+    for i in np.flatnonzero(later & ~same_text).tolist():
+        doc_id = table.column("id")[i].as_py() if keys.explicit[i] else hashed_id(keys.keys[i])
+        row = table.column("source_row")[i].as_py()
+        conflicts.append(reject_record(path, row, config.id_column, "conflicting_id", doc_id))
+    counts["corpus_in"] = table.num_rows + read.rejects.num_rows
     if table.num_rows == 0 and read.rejects.num_rows == 0:
         raise InputError("corpus is empty", path=str(path))
-    return _file_rejects(read, conflicts, config)
+    index = CorpusIndex(keys.keys[first], keys.ids[first], keys.odd_ids)
+    return _Corpus(table, first, index, keys.explicit[first]), _file_rejects(read, conflicts, config)
 
 
-class _Conflict(Exception):
-    """A row whose id names a different text than the one already registered under it."""
-
-    def __init__(self, column: str, value: str) -> None:
-        super().__init__(column, value)
-        self.column = column
-        self.value = value
-
-
-def _index_pairs(
-    path: Path,
-    table: pa.Table,
-    config: InputConfig,
-    pool: _Pool,
-    counter: Counter[str],
-    rejects: list[dict],
-) -> tuple[dict[str, list], dict[str, list]]:
-    """Register anchors and positives of accepted rows only; a rejected row changes nothing."""
-    n = table.num_rows
-    anchor_ids = table.column("anchor_id").to_pylist() if "anchor_id" in table.column_names else [None] * n
-    pos_ids = table.column("positive_id").to_pylist() if "positive_id" in table.column_names else [None] * n
-    anchors: dict[str, list] = {"id": [], "text": [], "key": []}
-    anchor_by_id: dict[str, int] = {}
-    pairs: dict[str, list] = {"pair_idx": [], "anchor_idx": [], "doc_idx": [], "source_row": []}
-    seen_pairs: set[tuple[int, int]] = set()
-    rows = zip(
-        table.column("anchor").to_pylist(),
-        table.column("positive").to_pylist(),
-        anchor_ids,
-        pos_ids,
-        table.column("source_row").to_pylist(),
-        strict=True,
-    )
-    for anchor, positive, anchor_id, pos_id, row in rows:
-        a_key, p_key = text_key(anchor), text_key(positive)
-        if a_key == p_key:
-            _conflict(path, row, config.positive_column, "anchor_equals_positive", anchor, rejects)
-            continue
-        try:
-            known_anchor = _find_anchor(a_key, anchor_id, anchors, anchor_by_id, config)
-            known_doc = _find_positive(p_key, pos_id, pool, config)
-        except _Conflict as conflict:
-            _conflict(path, row, conflict.column, "conflicting_id", conflict.value, rejects)
-            continue
-        anchor_idx = _add_anchor(anchor, a_key, anchor_id, anchors, anchor_by_id, known_anchor)
-        doc_idx = _add_positive(positive, p_key, pos_id, pool, known_doc)
-        if (anchor_idx, doc_idx) in seen_pairs:
-            counter["duplicate_pairs"] += 1
-            continue
-        seen_pairs.add((anchor_idx, doc_idx))
-        pairs["pair_idx"].append(len(pairs["pair_idx"]))
-        pairs["anchor_idx"].append(anchor_idx)
-        pairs["doc_idx"].append(doc_idx)
-        pairs["source_row"].append(row)
-    return anchors, pairs
-
-
-def _find_anchor(
-    key: bytes, anchor_id: str | None, anchors: dict[str, list], by_id: dict[str, int], config: InputConfig
-) -> int | None:
-    """The known anchor with this id (None for a new one); raises _Conflict for another text."""
-    anchor_id = anchor_id or f"h:{key.hex()}"
-    known = by_id.get(anchor_id)
-    if known is not None and anchors["key"][known] != key:
-        raise _Conflict(config.anchor_id_column, anchor_id)
-    return known
-
-
-def _add_anchor(
-    text: str, key: bytes, anchor_id: str | None, anchors: dict[str, list], by_id: dict[str, int], known: int | None
-) -> int:
-    """Add a new anchor, or return the known one."""
-    if known is not None:
-        return known
-    anchor_id = anchor_id or f"h:{key.hex()}"
-    by_id[anchor_id] = len(anchors["id"])
-    anchors["id"].append(anchor_id)
-    anchors["text"].append(text)
-    anchors["key"].append(key)
-    return by_id[anchor_id]
-
-
-def _find_positive(key: bytes, pos_id: str | None, pool: _Pool, config: InputConfig) -> int | None:
-    """The pool document this positive is, by id first, else by normalised text (None: new).
-
-    Raises _Conflict when the id is known with another text.
-    """
-    if pos_id:
-        known = pool.by_id.get(pos_id)
-        if known is not None:
-            if pool.keys[known] != key:
-                raise _Conflict(config.positive_id_column, pos_id)
-            return known
-    return pool.by_key.get(key)
-
-
-def _add_positive(text: str, key: bytes, pos_id: str | None, pool: _Pool, known: int | None) -> int:
-    """Add a new positive to the pool, or record `pos_id` as another name of the known doc."""
-    if known is None:
-        return pool.add(pos_id or f"h:{key.hex()}", text, None, key, corpus=False)
-    if pos_id:
-        pool.by_id.setdefault(pos_id, known)
-    return known
-
-
-def _anchor_table(anchors: dict[str, list]) -> pa.Table:
+def _pair_table(table: pa.Table, resolved: Resolved, num_docs: int, counts: dict[str, int]) -> pa.Table:
+    """One row per distinct (anchor, positive document), at its first accepted row."""
+    combined = resolved.anchor_idx * max(num_docs, 1) + resolved.doc_idx
+    _, first = np.unique(combined, return_index=True)
+    keep = np.sort(first)
+    if len(keep) < len(combined):
+        counts["duplicate_pairs"] = len(combined) - len(keep)
     return pa.table(
         {
-            "anchor_idx": pa.array(range(len(anchors["id"])), pa.int32()),
-            "anchor_id": pa.array(anchors["id"], pa.string()),
-            "text": pa.array(anchors["text"], pa.string()),
-            "text_key": pa.array(anchors["key"], pa.binary(16)),
+            "pair_idx": pa.array(np.arange(len(keep), dtype=np.int32)),
+            "anchor_idx": pa.array(resolved.anchor_idx[keep].astype(np.int32)),
+            "doc_idx": pa.array(resolved.doc_idx[keep].astype(np.int32)),
+            "source_row": take(table.column("source_row"), resolved.rows[keep]),
         }
     )
+
+
+def _doc_table(corpus: _Corpus | None, pairs: pa.Table, new_rows: np.ndarray, positives: RowKeys) -> pa.Table:
+    """The corpus documents, then the positives that are new documents, in creation order.
+
+    Built one column at a time, so only one column's parts exist beside the finished columns.
+    """
+    new_keys = positives.keys[new_rows]
+    parts: dict[str, list] = {
+        "doc_id": [lambda: ids_of(pairs, "positive_id", new_rows, new_keys, positives.explicit[new_rows])],
+        "text": [lambda: take_pieces(pairs.column("positive"), new_rows)],
+        "title": [lambda: [pa.nulls(len(new_rows), pa.string())]],
+    }
+    keys, from_corpus = [new_keys], [np.zeros(len(new_rows), dtype=bool)]
+    if corpus is not None:
+        rows, table = corpus.rows, corpus.table
+        parts["doc_id"].insert(0, lambda: ids_of(table, "id", rows, corpus.index.keys, corpus.explicit))
+        parts["text"].insert(0, lambda: take_pieces(table.column("text"), rows))
+        has_title = "title" in table.column_names
+        parts["title"].insert(
+            0, lambda: take_pieces(table.column("title"), rows) if has_title else [pa.nulls(len(rows), pa.string())]
+        )
+        keys.insert(0, corpus.index.keys)
+        from_corpus.insert(0, np.ones(len(rows), dtype=bool))
+    all_keys = np.concatenate(keys)
+    columns = {"doc_idx": pa.array(np.arange(len(all_keys), dtype=np.int32))}
+    for name, makers in parts.items():
+        columns[name] = string_chunks([piece for make in makers for piece in make()])
+    columns["text_key"] = key_array(all_keys)
+    columns["from_corpus"] = pa.array(np.concatenate(from_corpus))
+    return pa.table(columns)

@@ -1,4 +1,7 @@
-"""Turn pairs (+ corpus) files into the three tables every later stage reads.
+"""PREVIOUS IMPLEMENTATION of negminer.storage.inputs (before hash-based dedup), kept unchanged
+as the reference oracle for tests/storage/test_inputs_identity.py. Not used by the package.
+
+Turn pairs (+ corpus) files into the three tables every later stage reads.
 
 Contract of :func:`prepare_inputs`'s tables (positions are ``*_idx``, ids are strings):
 
