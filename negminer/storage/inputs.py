@@ -13,7 +13,8 @@ Memory: rows are deduplicated and matched by 16-byte hashes in numpy arrays
 (:mod:`negminer.storage.input_keys`, :mod:`negminer.storage.pair_index`); texts are Python
 strings one record batch at a time, and the output text columns are taken from the readers'
 Arrow tables. The tables are the ones a row-by-row pass in file order builds (each column one
-contiguous array), so they write to the same Parquet bytes.
+array, a string column cut into chunks where ``pa.array`` cuts one over 2 GiB), so they write
+to the same Parquet bytes.
 """
 
 from __future__ import annotations
