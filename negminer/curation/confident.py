@@ -3,13 +3,14 @@
 Contract: rows are binary examples (label 1: given positive, 0: mined candidate or random
 document). :func:`anchor_folds` assigns every anchor to a fold by a seeded hash of its family
 (anchors with the same normalised text), so an anchor's rows sit in exactly one fold.
-:func:`out_of_sample_probabilities` returns ``pred_probs`` (n_rows, 2), each row predicted by a
-classifier that never saw its anchor. :func:`second_view_adjust` folds in evidence that
-cannot enter the classifier (similarity to the anchor's own positive) by EM on the unlabelled
-rows. :func:`find_issues` hands labels and ``pred_probs`` to cleanlab: the confident joint's
-off-diagonal cells (``cleanlab.count.compute_confident_joint``) or
-``cleanlab.filter.find_label_issues`` (batched above ``batched_above`` rows), plus
-``cleanlab.rank.get_label_quality_scores`` and the latent noise estimates.
+:func:`fit_fold_models` trains one classifier per fold on the other folds' rows and
+:func:`predict_folds` predicts each row with the model of its fold, which never saw its
+anchor. :func:`second_view_adjust` folds in evidence that cannot enter the classifier
+(similarity to the anchor's own positive) by EM on the unlabelled rows. :func:`find_issues`
+hands labels and ``pred_probs`` to cleanlab: the confident joint's off-diagonal cells
+(``cleanlab.count.compute_confident_joint``) or ``cleanlab.filter.find_label_issues``
+(batched above ``batched_above`` rows), plus ``cleanlab.rank.get_label_quality_scores`` and
+the latent noise estimates.
 """
 
 from __future__ import annotations
@@ -129,40 +130,10 @@ def predict_folds(models: FoldModels, features: np.ndarray, folds: np.ndarray) -
     return relevant
 
 
-def out_of_sample_probabilities(
-    features: np.ndarray,
-    labels: np.ndarray,
-    folds: np.ndarray,
-    *,
-    classifier: Classifier,
-    sample_weight: np.ndarray | None = None,
-    seed: int,
-) -> np.ndarray:
-    """Cross-validated predicted probabilities, each row predicted by a model trained on other folds.
-
-    Args:
-        features: (n_rows, n_features) float32, NaN allowed.
-        labels: (n_rows,) 0/1.
-        folds: (n_rows,) fold of each row (from :func:`anchor_folds` through its anchor).
-        classifier: which scikit-learn model.
-        sample_weight: (n_rows,) training weight of each row (None: all 1).
-        seed: the model's random_state.
-
-    Returns:
-        pred_probs (n_rows, 2): column 1 is the probability that the pair is relevant.
-
-    Example:
-        >>> probs = out_of_sample_probabilities(x, y, folds, classifier="logistic_regression", seed=0)  # doctest: +SKIP
-    """
-    models = fit_fold_models(features, labels, folds, classifier=classifier, sample_weight=sample_weight, seed=seed)
-    relevant = predict_folds(models, features, folds)
-    return np.column_stack([1.0 - relevant, relevant])
-
-
 def folds_can_train(labels: np.ndarray, folds: np.ndarray) -> bool:
     """Whether every fold's training split (the other folds) holds both labels.
 
-    Otherwise :func:`out_of_sample_probabilities` predicts a constant prior for that fold,
+    Otherwise :func:`fit_fold_models` keeps a constant prior for that fold,
     and cleanlab's verdicts on it are arbitrary.
 
     Example:

@@ -177,12 +177,12 @@ def describe_rows(
     positives = group_positives(
         _pair_column(pool.pairs, "anchor_idx"), _pair_column(pool.pairs, "doc_idx"), pool.family, len(pool.doc_vectors)
     )
+    vectors = {"anchor_vectors": pool.anchor_vectors, "doc_vectors": pool.doc_vectors}
     rows = pair_rows(
         candidates,
         pair_anchor=pair_anchor,
         pair_doc=pair_doc,
-        anchor_vectors=pool.anchor_vectors,
-        doc_vectors=pool.doc_vectors,
+        **vectors,
         max_rank=config.max_rank,
         tail_samples=config.tail_samples,
         seed=config.seed,
@@ -193,8 +193,7 @@ def describe_rows(
         rows,
         candidates=candidates,
         positives=positives,
-        anchor_vectors=pool.anchor_vectors,
-        doc_vectors=pool.doc_vectors,
+        **vectors,
         anchor_texts=pool.anchor_texts,
         doc_texts=pool.doc_texts,
         cross_anchor=config.cross_anchor,

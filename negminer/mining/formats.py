@@ -39,26 +39,20 @@ class _Rows(NamedTuple):
     scores: pa.Array | None
 
 
-def negatives_by_anchor(selected: pa.Table, n_anchors: int, num_negatives: int) -> np.ndarray:
-    """(n_anchors, num_negatives) doc_idx matrix of chosen negatives, -1 where missing."""
-    grid = np.full((n_anchors, num_negatives), -1, np.int64)
-    anchor, slot = _anchor_slot(selected)
-    grid[anchor, slot] = selected.column("doc_idx").to_numpy()
-    return grid
+def fill_negative_grids(grids: tuple[np.ndarray, np.ndarray], chosen: pa.Table) -> None:
+    """Put each chosen negative's doc_idx and score at (anchor_idx, negative_slot - 1) of the grids.
 
-
-def negative_scores_by_anchor(selected: pa.Table, n_anchors: int, num_negatives: int) -> np.ndarray:
-    """(n_anchors, num_negatives) float32 cosine of each chosen negative, NaN where missing."""
-    grid = np.full((n_anchors, num_negatives), np.nan, np.float32)
-    anchor, slot = _anchor_slot(selected)
-    grid[anchor, slot] = selected.column("score").to_numpy()
-    return grid
-
-
-def _anchor_slot(selected: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    anchor = selected.column("anchor_idx").to_numpy()
-    slot = selected.column("negative_slot").to_numpy().astype(np.int64) - 1
-    return anchor, slot
+    Args:
+        grids: (n_anchors, num_negatives) int64 doc_idx (-1 where missing) and float32 scores
+            (NaN where missing), filled in place; selection fills them batch by batch.
+        chosen: selected candidate rows with ``anchor_idx``, ``doc_idx``, ``score`` and a valid
+            ``negative_slot`` (1-based).
+    """
+    doc_grid, score_grid = grids
+    anchor = chosen.column("anchor_idx").to_numpy()
+    slot = chosen.column("negative_slot").to_numpy().astype(np.int64) - 1
+    doc_grid[anchor, slot] = chosen.column("doc_idx").to_numpy()
+    score_grid[anchor, slot] = chosen.column("score").to_numpy()
 
 
 def training_view(

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from negminer.config import SelectionConfig
 from negminer.mining.derive import DERIVED_COLUMNS, QUANTILES, SELECT_OPTIONS, text_groups, with_ids
-from negminer.mining.formats import scored_view, text_array, training_view
+from negminer.mining.formats import fill_negative_grids, scored_view, text_array, training_view
 from negminer.mining.quantiles import StreamedQuantiles
 from negminer.mining.strategies import percentile_bounds_of, select_negatives, stable_hash64
 from negminer.storage.parquet_stream import StagedParquetWriter
@@ -236,21 +236,13 @@ def _select_batches(
             published = with_ids(selection.candidates, anchors, docs)
             writer.write(published)
             chosen = published.filter(pc.is_valid(published.column("negative_slot")))
-            _fill_grid(grid, chosen)
+            fill_negative_grids(grid, chosen)
             reasons.update(selection.reason_counts)
             tally["rows"] += published.num_rows
             tally["negatives"] += chosen.num_rows
             tally["anchors_short"] += selection.anchors_short
         writer.commit()
     return {**tally, "reasons": {reason: n for reason, n in reasons.items() if n}}
-
-
-def _fill_grid(grid: tuple[np.ndarray, np.ndarray], chosen: pa.Table) -> None:
-    doc_grid, score_grid = grid
-    anchor = chosen.column("anchor_idx").to_numpy()
-    slot = chosen.column("negative_slot").to_numpy().astype(np.int64) - 1
-    doc_grid[anchor, slot] = chosen.column("doc_idx").to_numpy()
-    score_grid[anchor, slot] = chosen.column("score").to_numpy()
 
 
 def _write_views(

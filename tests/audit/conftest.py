@@ -84,7 +84,7 @@ def build_version(root: Path, name: str = DATASET) -> Path:
     """Write one complete version with candidates, texts and flagged.parquet under `root`."""
     from negminer.config import MineConfig, PipelineConfig
     from negminer.mining.derive import SELECT_OPTIONS
-    from negminer.mining.formats import negatives_by_anchor, training_view
+    from negminer.mining.formats import fill_negative_grids, training_view
     from negminer.mining.strategies import select_negatives, stable_hash64
     from negminer.storage.inputs import prepare_inputs
     from negminer.storage.versions import write_version
@@ -105,7 +105,8 @@ def build_version(root: Path, name: str = DATASET) -> Path:
         "score_minus_positive", pc.subtract(candidates["score"], candidates["positive_score"])
     )
     chosen = candidates.filter(pc.is_valid(candidates["negative_slot"]))
-    grid = negatives_by_anchor(chosen, anchors.num_rows, 3)
+    grid = np.full((anchors.num_rows, 3), -1, np.int64)
+    fill_negative_grids((grid, np.full(grid.shape, np.nan, np.float32)), chosen)
     triplets = training_view(
         pairs, anchors["text"].combine_chunks(), docs["text"].combine_chunks(), grid, output_format="triplet"
     )

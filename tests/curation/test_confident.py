@@ -12,8 +12,9 @@ from negminer.curation import confident
 from negminer.curation.confident import (
     anchor_folds,
     find_issues,
+    fit_fold_models,
     informative_columns,
-    out_of_sample_probabilities,
+    predict_folds,
     second_view_adjust,
 )
 from negminer.curation.curate import anchor_families
@@ -62,7 +63,8 @@ def test_group_k_fold_never_trains_on_the_predicted_anchor(monkeypatch):
     folds = anchor_folds(np.arange(60, dtype=np.uint64)[anchor], n_splits=4, seed=1)
     _Recorder.seen = []
     monkeypatch.setattr(confident, "make_classifier", lambda kind, seed: _Recorder())
-    out_of_sample_probabilities(features, labels, folds, classifier=CURATE.classifier, seed=CURATE.seed)
+    models = fit_fold_models(features, labels, folds, classifier=CURATE.classifier, seed=CURATE.seed)
+    predict_folds(models, features, folds)
     assert len(_Recorder.seen) == 4
     for train, test in _Recorder.seen:
         assert train and test and not train & test
@@ -70,16 +72,17 @@ def test_group_k_fold_never_trains_on_the_predicted_anchor(monkeypatch):
 
 
 @pytest.mark.parametrize("classifier", ["logistic_regression", "hist_gradient_boosting"])
-def test_out_of_sample_probabilities_learn_a_clear_signal(classifier):
+def test_fold_models_learn_a_clear_signal_out_of_sample(classifier):
     rng = np.random.default_rng(1)
     n = 4000
     labels = (rng.random(n) < 0.1).astype(int)
     features = np.column_stack([labels + rng.normal(scale=0.5, size=n), rng.normal(size=n), np.full(n, np.nan)])
     folds = rng.integers(0, 5, n)
-    probs = out_of_sample_probabilities(features, labels, folds, classifier=classifier, seed=CURATE.seed)
-    assert probs.shape == (n, 2)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
-    assert probs[labels == 1, 1].mean() > 2 * probs[labels == 0, 1].mean()
+    models = fit_fold_models(features, labels, folds, classifier=classifier, seed=CURATE.seed)
+    relevant = predict_folds(models, features, folds)
+    assert relevant.shape == (n,) and ((relevant >= 0) & (relevant <= 1)).all()
+    assert relevant[labels == 1].mean() > 2 * relevant[labels == 0].mean()
+    assert models.columns.tolist() == [0, 1], "the empty column is left out"
 
 
 def test_informative_columns_skip_constant_and_empty_ones():

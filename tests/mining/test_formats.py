@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from negminer.config import MineConfig
-from negminer.mining.formats import negatives_by_anchor, training_view
+from negminer.mining.formats import fill_negative_grids, training_view
 
 ANCHORS = pa.array(["query A", "query B", "query C"])
 DOCS = pa.array([f"doc {i}" for i in range(10)])
@@ -85,17 +85,20 @@ def test_anchor_without_negatives_gives_no_triplets():
     assert training_view(PAIRS, ANCHORS, DOCS, grid, output_format="n-tuple").num_rows == 0
 
 
-def test_negatives_by_anchor_places_docs_by_slot():
+def test_negative_grids_place_docs_and_scores_by_slot():
     selected = pa.table(
         {
             "anchor_idx": pa.array([2, 0, 0, 2], pa.int32()),
             "doc_idx": pa.array([8, 5, 4, 7], pa.int32()),
+            "score": pa.array([0.3, 0.2, 0.25, 0.1], pa.float32()),
             "negative_slot": pa.array([1, 2, 1, 2], pa.int16()),
         }
     )
-    grid = negatives_by_anchor(selected, 4, 2)
-    assert grid.shape == (4, 2)
+    grid, scores = np.full((4, 2), -1, np.int64), np.full((4, 2), np.nan, np.float32)
+    fill_negative_grids((grid, scores), selected.slice(0, 2))  # batch by batch, as selection fills them
+    fill_negative_grids((grid, scores), selected.slice(2))
     assert grid.tolist() == [[4, 5], [-1, -1], [8, 7], [-1, -1]]
+    np.testing.assert_allclose(scores, [[0.25, 0.2], [np.nan, np.nan], [0.3, 0.1], [np.nan, np.nan]])
 
 
 @pytest.mark.parametrize("output_format", ["triplet", "n-tuple"])

@@ -9,7 +9,6 @@ import pytest
 
 from negminer.mining.formats import (
     OUTPUT_FORMATS,
-    negative_scores_by_anchor,
     scored_view,
     training_view,
 )
@@ -82,19 +81,6 @@ def test_scores_follow_sentence_transformers_layouts():
         [0.7, 0.3, 0.2],
         [0.6, 0.1, 0.0],
     ]
-
-
-def test_negative_scores_by_anchor_places_scores_by_slot():
-    selected = pa.table(
-        {
-            "anchor_idx": pa.array([2, 0, 0], pa.int32()),
-            "doc_idx": pa.array([8, 5, 4], pa.int32()),
-            "score": pa.array([0.3, 0.2, 0.25], pa.float32()),
-            "negative_slot": pa.array([1, 2, 1], pa.int16()),
-        }
-    )
-    grid = negative_scores_by_anchor(selected, 3, 2)
-    np.testing.assert_allclose(grid, [[0.25, 0.2], [np.nan, np.nan], [0.3, np.nan]])
 
 
 def test_unknown_format_is_refused():
