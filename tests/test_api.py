@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,16 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def small(sample_dir: Path, tmp_path_factory) -> dict[str, Path]:
-    """30 sample pairs and a 120-doc corpus holding their positives."""
-    folder = tmp_path_factory.mktemp("api")
-    pairs = pq.read_table(sample_dir / "pairs.parquet").slice(0, 30)
-    corpus = pq.read_table(sample_dir / "corpus.parquet").to_pylist()
-    wanted = set(pairs.column("positive_id").to_pylist())
-    rows = [r for r in corpus if r["id"] in wanted] + [r for r in corpus if r["id"] not in wanted]
-    pq.write_table(pairs, folder / "pairs.parquet")
-    pq.write_table(pa.Table.from_pylist(rows[:120]), folder / "corpus.parquet")
-    return {"pairs": folder / "pairs.parquet", "corpus": folder / "corpus.parquet"}
+def small(tiny_inputs) -> dict[str, Path]:
+    """40 sample pairs and a 100-doc corpus holding their positives."""
+    return {"pairs": tiny_inputs["pairs40"], "corpus": tiny_inputs["corpus"]}
 
 
 CONFIG = PipelineConfig.from_dict({"embed": {"max_seq_length": 64}})
@@ -42,15 +34,15 @@ def test_mine_from_paths_and_from_tables_writes_the_same_dataset(small, tmp_path
         pq.read_table(small["pairs"]),
         corpus=pq.read_table(small["corpus"]).to_pandas(),
         out=tmp_path / "b",
-        name="pairs",
+        name="pairs40",
         config=CONFIG,
     )
 
-    assert from_paths.path == tmp_path / "a" / "pairs" / "v0001"
+    assert from_paths.path == tmp_path / "a" / "pairs40" / "v0001", "named after the pairs file"
     assert _files(from_tables) == _files(from_paths)
     assert from_paths.counts["triplet_rows"] == pq.read_metadata(from_paths.path / "triplets.parquet").num_rows
     assert from_paths.flagged.num_rows == sum(from_paths.counts["flagged_by_kind"].values())
-    train = negminer.open_version(tmp_path / "a" / "pairs").load()
+    train = negminer.open_version(tmp_path / "a" / "pairs40").load()
     assert len(train) == from_paths.counts["triplet_rows"] and train.column_names == ["anchor", "positive", "negative"]
 
 

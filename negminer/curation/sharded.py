@@ -1,9 +1,11 @@
 """Curation in bounded memory: judges fitted on a sample of anchors, candidates judged shard by shard.
 
-Contract of :func:`curate_files`: reads the candidate file (search contract, sorted by
-anchor) and writes the curated candidates, the flagged table and the training pairs, as
-:func:`negminer.curation.curate_candidates` would. Up to ``curate.fit_anchors`` anchors (and
-one shard) it is that one pass, byte for byte. Above it the judges are fitted on the rows of a
+Contract: together, :func:`fit_curation`, :func:`curate_shard` over :func:`shard_ranges` and
+:func:`merge_parts` read the candidate file (search contract, sorted by anchor) and write the
+curated candidates, the flagged table and the training pairs, as
+:func:`negminer.curation.curate_candidates` would (:func:`negminer.stages.curate_stage` runs
+them; the flow maps the shards). Up to ``curate.fit_anchors`` anchors (and one shard)
+:func:`curate_one_pass` is that one pass, byte for byte. Above it the judges are fitted on the rows of a
 seeded sample of anchor families (about ``fit_anchors`` anchors), then every anchor's rows are
 described and judged ``curate.shard_anchors`` anchors at a time: memory follows those two
 sizes and the pool's context (each anchor's nearest anchors, one key per candidate row, one
@@ -84,20 +86,6 @@ class ShardResult(NamedTuple):
 def one_pass(n_anchors: int, config: CurateConfig) -> bool:
     """Whether every anchor is curated in one pass (as :func:`curate_candidates` does)."""
     return n_anchors <= min(config.fit_anchors, config.shard_anchors)
-
-
-def curate_files(
-    candidates_path: str | Path, paths: CurationPaths, pool: PoolInputs, *, config: CurateConfig
-) -> CurationSummary:
-    """Curate the candidate file into `paths` in this process (see the module docstring)."""
-    if one_pass(len(pool.anchor_vectors), config):
-        return curate_one_pass(candidates_path, paths, pool, config=config)
-    fitted = fit_curation(candidates_path, pool, config=config)
-    results = [
-        curate_shard(fitted, candidates_path, rows, pool, config=config)
-        for rows in shard_ranges(candidates_path, n_anchors=len(pool.anchor_vectors), config=config)
-    ]
-    return merge_shards(results, paths, pool.pairs, fitted)
 
 
 def curate_one_pass(
@@ -189,22 +177,6 @@ def curate_shard(
     scored = judge(described, fitted.judges, n_docs=len(pool.doc_vectors), config=config, fitted_rows=False)
     result = apply_policies(scored, table, config=config, anchor_ids=pool.anchor_ids, doc_ids=pool.doc_ids)
     return ShardResult(result.candidates, result.flagged, result.excluded_pairs, result.counts)
-
-
-def merge_shards(
-    results: list[ShardResult], paths: CurationPaths, pairs: pa.Table, fitted: FittedCuration
-) -> CurationSummary:
-    """Write the shards' curated candidates (in order), flagged rows and training pairs."""
-    return merge_parts(
-        [result.curated for result in results],
-        [result.flagged for result in results],
-        excluded=np.concatenate([result.excluded_pairs for result in results] or [np.zeros(0, np.int64)]),
-        counts=[result.counts for result in results],
-        paths=paths,
-        pairs=pairs,
-        noise=fitted.judges.noise,
-        skipped=fitted.judges.skipped is not None,
-    )
 
 
 def merge_parts(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from negminer import stages
 from negminer.config import CurateConfig, PipelineConfig
-from negminer.curation.sharded import CurationPaths, PoolInputs, curate_files, sample_anchors
+from negminer.curation.sharded import CurationPaths, sample_anchors
 from negminer.errors import ConfigError
 
 CONFIG = PipelineConfig.from_dict({"mine": {"search_depth": 30}})
@@ -25,22 +26,15 @@ def searched(random_vector_run, tmp_path_factory) -> tuple[Path, str]:
 
 
 def curate(searched, out: Path, **settings) -> tuple[CurationPaths, dict]:
-    work, candidates = searched
+    """The curate stage (plan, shards in order, merge) with `settings`; its outputs copied to `out`."""
+    work, _ = searched
+    search = stages.search_stage(work, config=CONFIG.mine, index_config=CONFIG.index)
+    ref = stages.curate_stage(work, search, config=CurateConfig(**settings))
     out.mkdir()
     paths = CurationPaths(out / "curated.parquet", out / "flagged.parquet", out / "training-pairs.parquet")
-    anchors = pq.read_table(work / "anchors.parquet")
-    docs = pq.read_table(work / "docs.parquet")
-    pool = PoolInputs(
-        pairs=pq.read_table(work / "pairs.parquet"),
-        anchor_vectors=np.load(work / "anchors.npy"),
-        doc_vectors=np.load(work / "docs.npy"),
-        anchor_texts=anchors.column("text").combine_chunks(),
-        doc_texts=docs.column("text").combine_chunks(),
-        anchor_ids=anchors.column("anchor_id").to_pylist(),
-        doc_ids=docs.column("doc_id").to_pylist(),
-    )
-    summary = curate_files(candidates, paths, pool, config=CurateConfig(**settings))
-    return paths, summary.counts
+    for source, target in zip((ref.candidates, ref.flagged, ref.pairs), paths, strict=True):
+        shutil.copyfile(source, target)
+    return paths, ref.counts["curation"]
 
 
 def _flag_set(path: Path) -> set[tuple]:
@@ -92,11 +86,11 @@ def test_find_label_issues_needs_one_pass(searched, tmp_path) -> None:
         curate(searched, tmp_path / "x", fit_anchors=100, shard_anchors=50, issue_rule="find_label_issues")
 
 
-def test_the_stage_in_shards_writes_what_the_library_writes(searched, tmp_path) -> None:
-    """Shards judged in any order (as Dask workers finish them) merge into the library's bytes."""
+def test_shards_judged_in_any_order_merge_to_the_same_bytes(searched, tmp_path) -> None:
+    """Shards judged in any order (as Dask workers finish them) merge into the in-order run's bytes."""
     work, _ = searched
     config = CurateConfig(fit_anchors=100, shard_anchors=50)
-    library, _ = curate(searched, tmp_path / "library", fit_anchors=100, shard_anchors=50)
+    in_order, _ = curate(searched, tmp_path / "in-order", fit_anchors=100, shard_anchors=50)
     search = stages.search_stage(work, config=CONFIG.mine, index_config=CONFIG.index)
     plan = stages.curate_plan_stage(work, search, config=config)
     assert len(plan.shards) == 5 and plan.fit is not None
@@ -105,5 +99,5 @@ def test_the_stage_in_shards_writes_what_the_library_writes(searched, tmp_path) 
 
     written = {"curated": ref.candidates, "flagged": ref.flagged, "training_pairs": ref.pairs}
     for name, path in written.items():
-        assert Path(path).read_bytes() == getattr(library, name).read_bytes(), name
+        assert Path(path).read_bytes() == getattr(in_order, name).read_bytes(), name
     assert not list(work.glob("*.part*")), "the parts are removed once merged"
