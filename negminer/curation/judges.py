@@ -79,7 +79,7 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
     extra = tuple(range(config.n_splits))
     candidate_side, candidate_noise = _fit_side(described, config, window=window, second_view=True, extra=extra)
     population, population_noise = _fit_side(described, config, weight=_tail_weight(rows, n_docs, config), extra=extra)
-    relevance = _side_relevance(candidate_side, described, config)
+    relevance = _side_relevance(candidate_side, described)
     window_positive = (rows.label == 1) & (rows.rank < config.max_rank)
     threshold = None
     if config.false_negative_quantile is not None and window_positive.any():
@@ -195,7 +195,7 @@ def _fit_side(
     return SideModel(models, learned, factor, thresholds, labelled_rate), noise_rates(labels, pred_probs)
 
 
-def _side_relevance(side: SideModel, described: Described, config: CurateConfig) -> np.ndarray:
+def _side_relevance(side: SideModel, described: Described) -> np.ndarray:
     """The judge's balanced-prior relevance of every described row."""
     prob = predict_folds(side.folds, described.matrix, described.folds)
     if side.second_view is not None:
@@ -208,7 +208,7 @@ def _judge_side(
 ) -> _Judgement:
     """One judge's relevance and cleanlab's verdict on the `scope` rows."""
     rows = described.rows
-    prob = _side_relevance(side, described, config)
+    prob = _side_relevance(side, described)
     scope = np.ones(len(prob), bool) if scope is None else scope
     quality = np.where(rows.label == 1, prob, 1.0 - prob)
     if side.thresholds is None or not scope.any():

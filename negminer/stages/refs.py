@@ -246,10 +246,6 @@ class CurateRef(Ref):
     noise: JsonObject | None = None  # cleanlab's estimated label noise
     seconds: float = 0.0
 
-    @property
-    def enabled(self) -> bool:
-        return self.flagged is not None
-
 
 class SelectRef(Ref):
     """The selected candidates and training views, with the manifest's figures."""
