@@ -1,36 +1,77 @@
 """What every anchor's features need from the whole pool: built once, shared by every shard.
 
-Contract of :func:`pool_context`: from the candidate table (read in batches), the anchor
-vectors, the anchors' families and the documents' texts it returns a :class:`PoolContext`:
-each anchor's nearest other anchors (outside its family), every retrieved (document, score)
-as one sorted key (how many anchors retrieved a document with a higher score), how many
-anchors retrieved each document, and the pool's BM25 statistics. Everything else a feature
-needs comes from the anchor's own rows, so a shard of anchors is described exactly as it
-would be in one pass over all of them.
+Contract of :func:`pool_context`: from the candidate table (read in batches, twice), the
+anchor vectors, the anchors' families and the documents' texts it returns a
+:class:`PoolContext`: each anchor's nearest other anchors (outside its family), every
+retrieved score grouped by document (:class:`DocScores`: how many anchors retrieved a
+document, and how many with a higher score than a given one), and the pool's BM25
+statistics. Everything else a feature needs comes from the anchor's own rows, so a shard of
+anchors is described exactly as it would be in one pass over all of them.
+
+Memory: 4 bytes per candidate row (the scores, float32) and 8 per document, plus 8 bytes
+per anchor and neighbour; the batches, the neighbour search blocks and the sort chunks are
+bounded by :data:`NEIGHBOR_BATCH` and :data:`SORT_CHUNK_ROWS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import NamedTuple
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from negminer.config import CurateConfig
 from negminer.curation.lexical import LexicalStats, TextSource, lexical_stats
+from negminer.mining.vectors import read_rows, take_rows
+
+logger = logging.getLogger(__name__)
+
+NEIGHBOR_BATCH = 65536  # anchors searched at once for their nearest anchors
+SORT_CHUNK_ROWS = 1 << 23  # scores sorted at once when they are grouped by document
+
+
+class DocScores(NamedTuple):
+    """Every retrieved (document, score), grouped by document (CSR), ascending within each."""
+
+    offsets: np.ndarray  # (n_docs + 1,) int64
+    scores: np.ndarray  # float32
+
+    def count(self, doc: np.ndarray) -> np.ndarray:
+        """How many candidate rows name each of `doc` (its hubness)."""
+        return self.offsets[doc + 1] - self.offsets[doc]
+
+    def higher_than(self, doc: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """How many candidate rows of each `doc[i]` score strictly higher than `score[i]`.
+
+        Example:
+            >>> s = DocScores(np.array([0, 3, 3]), np.array([0.1, 0.5, 0.9], np.float32))
+            >>> s.higher_than(np.array([0, 0, 1]), np.array([0.5, 0.0, 0.2], np.float32)).tolist()
+            [1, 3, 0]
+        """
+        score = np.asarray(score, np.float32)
+        end = self.offsets[doc + 1]
+        lo, hi = self.offsets[doc].copy(), end.copy()
+        last = max(len(self.scores) - 1, 0)
+        while (active := lo < hi).any():  # binary search for the first score above, per row
+            mid = (lo + hi) >> 1
+            above = self.scores[np.minimum(mid, last)] > score if len(self.scores) else active
+            hi = np.where(active & above, mid, hi)
+            lo = np.where(active & ~above, mid + 1, lo)
+        return end - lo
 
 
 class PoolContext(NamedTuple):
-    neighbors: np.ndarray  # (n_anchors, k) int64 nearest other anchors, -1 padded
+    neighbors: np.ndarray  # (n_anchors, k) int32 nearest other anchors, -1 padded
     neighbor_sims: np.ndarray  # (n_anchors, k) float32 their cosines
-    reverse_keys: np.ndarray  # sorted doc_idx * 4 + (score + 1.5) of every candidate row, float64
-    doc_hubness: np.ndarray  # (n_docs,) int64 candidate rows naming each document
+    doc_scores: DocScores
     lexical: LexicalStats
 
 
 def pool_context(
-    candidate_batches: Iterable[pa.Table],
+    candidate_batches: Callable[[], Iterable[pa.Table]],
     *,
     anchor_vectors: np.ndarray,
     family: np.ndarray,
@@ -39,19 +80,11 @@ def pool_context(
 ) -> PoolContext:
     """The shared context of every anchor's features (see the module docstring).
 
-    The nearest anchors are searched exactly up to ``config.neighbor_exact_max_anchors``
-    anchors, above it with an IVF index tuned to ``config.neighbor_min_recall``.
+    `candidate_batches` gives the candidate rows (``doc_idx``, ``score``) in batches, each
+    time it is called. The nearest anchors are searched exactly up to
+    ``config.neighbor_exact_max_anchors`` anchors, above it with an IVF index tuned to
+    ``config.neighbor_min_recall``.
     """
-    from negminer.curation.features import anchor_neighbors
-
-    n_docs = len(doc_texts)
-    keys, hubness = [], np.zeros(n_docs, np.int64)
-    for batch in candidate_batches:
-        doc = batch.column("doc_idx").to_numpy().astype(np.int64)
-        keys.append(doc * 4.0 + (batch.column("score").to_numpy().astype(np.float64) + 1.5))
-        hubness += np.bincount(doc, minlength=n_docs)
-    reverse_keys = np.concatenate(keys) if keys else np.zeros(0)
-    reverse_keys.sort()
     neighbors, neighbor_sims = anchor_neighbors(
         anchor_vectors,
         family,
@@ -60,4 +93,102 @@ def pool_context(
         min_recall=config.neighbor_min_recall,
         seed=config.seed,
     )
-    return PoolContext(neighbors, neighbor_sims, reverse_keys, hubness, lexical_stats(doc_texts))
+    scores = doc_scores(candidate_batches, len(doc_texts))
+    return PoolContext(neighbors, neighbor_sims, scores, lexical_stats(doc_texts))
+
+
+def doc_scores(candidate_batches: Callable[[], Iterable[pa.Table]], n_docs: int) -> DocScores:
+    """Group the candidates' scores by document: one pass counts, one fills, then chunked sorts."""
+    counts = np.zeros(n_docs, np.int64)
+    for batch in candidate_batches():
+        docs, sizes = np.unique(batch.column("doc_idx").to_numpy(), return_counts=True)
+        counts[docs] += sizes
+    offsets = np.zeros(n_docs + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    scores = np.empty(int(offsets[-1]), np.float32)
+    cursor = offsets[:-1].copy()
+    for batch in candidate_batches():
+        doc = batch.column("doc_idx").to_numpy().astype(np.int64)
+        order = np.argsort(doc, kind="stable")
+        grouped = doc[order]
+        within = np.arange(len(grouped)) - np.searchsorted(grouped, grouped, side="left")
+        scores[cursor[grouped] + within] = batch.column("score").to_numpy()[order]
+        docs, sizes = np.unique(grouped, return_counts=True)
+        cursor[docs] += sizes
+    _sort_within_docs(scores, offsets, counts)
+    return DocScores(offsets, scores)
+
+
+def _sort_within_docs(scores: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> None:
+    """Sort each document's scores ascending, in place, about SORT_CHUNK_ROWS scores at a time."""
+    targets = np.arange(SORT_CHUNK_ROWS, len(scores), SORT_CHUNK_ROWS)
+    bounds = np.unique(np.concatenate([[0], np.searchsorted(offsets, targets, side="right") - 1, [len(counts)]]))
+    for lo, hi in itertools.pairwise(bounds):
+        first, stop = offsets[lo], offsets[hi]
+        local_doc = np.repeat(np.arange(hi - lo, dtype=np.int32), counts[lo:hi])
+        part = scores[first:stop]
+        scores[first:stop] = part[np.lexsort((part, local_doc))]
+
+
+def anchor_neighbors(
+    anchor_vectors: np.ndarray,
+    family: np.ndarray,
+    *,
+    k: int,
+    exact_max_anchors: int | None,
+    min_recall: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` most similar anchors of each anchor, outside its own family.
+
+    Up to `exact_max_anchors` anchors (None: always) the search is exact; above it an IVF
+    index with 8-bit codes (a quarter of the vectors' size) tuned to `min_recall`
+    (:func:`negminer.mining.index.build_search_index`) keeps the cost linear in the anchors
+    instead of quadratic.
+
+    Returns:
+        (neighbors int32, similarities float32), each (n_anchors, k); -1 and 0.0 pad anchors
+        with fewer.
+    """
+    n = len(anchor_vectors)
+    family_size = np.bincount(family, minlength=n)
+    depth = min(n, k + int(family_size.max(initial=1)))
+    index = _anchor_index(anchor_vectors, depth, exact_max_anchors, min_recall, seed)
+    ids = np.full((n, k), -1, np.int32)
+    sims = np.zeros((n, k), np.float32)
+    for first in range(0, n, NEIGHBOR_BATCH):
+        part = read_rows(anchor_vectors, first, first + NEIGHBOR_BATCH)
+        found_sims, found = index.search(part, depth)
+        same = (found < 0) | (family[found.clip(0)] == family[first : first + len(part), None])
+        order = np.argsort(same, axis=1, kind="stable")[:, :k]
+        width = order.shape[1]
+        ids[first : first + len(part), :width] = np.take_along_axis(np.where(same, -1, found), order, axis=1)
+        sims[first : first + len(part), :width] = np.take_along_axis(np.where(same, 0.0, found_sims), order, axis=1)
+    return ids, sims
+
+
+def _anchor_index(vectors: np.ndarray, depth: int, exact_max: int | None, min_recall: float, seed: int) -> Any:
+    import faiss
+
+    from negminer.mining.index import BLOCK_ROWS, build_search_index, choose_factory
+
+    n, dim = vectors.shape
+    if exact_max is None or n <= exact_max:
+        index = faiss.IndexFlatIP(dim)
+        for first in range(0, n, BLOCK_ROWS):
+            index.add(read_rows(vectors, first, first + BLOCK_ROWS))
+        return index
+    lists = choose_factory(n, dim, kind="auto", exact_max_docs=exact_max).split(",")[0]
+    sample = np.sort(np.random.default_rng(seed).permutation(n)[:1000])
+    index, report = build_search_index(
+        vectors,
+        sample_queries=take_rows(vectors, sample),
+        k=depth,
+        kind=f"{lists},SQ8",
+        exact_max_docs=exact_max,
+        min_recall=min_recall,
+        use_gpu=False,
+        seed=seed,
+    )
+    logger.info("nearest anchors: %s, recall@%d %s on 1,000 anchors", report.factory, depth, report.recall)
+    return index

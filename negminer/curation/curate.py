@@ -40,7 +40,7 @@ from negminer.curation.duplicates import near_duplicates
 from negminer.curation.features import pair_features
 from negminer.curation.judges import Described, fit_judges, judge
 from negminer.curation.lexical import TextSource, text_list
-from negminer.curation.policy import CurationResult, Scored, apply_policies
+from negminer.curation.policy import CurationResult, IdSource, Scored, apply_policies
 from negminer.curation.rows import PairRows, group_positives, pair_rows
 from negminer.mining.search import CANDIDATE_SCHEMA
 from negminer.textkeys import text_key
@@ -60,8 +60,8 @@ def curate_candidates(
     anchor_texts: list[str],
     doc_texts: list[str],
     config: CurateConfig = CurateConfig(),
-    anchor_ids: list[str] | None = None,
-    doc_ids: list[str] | None = None,
+    anchor_ids: IdSource | None = None,
+    doc_ids: IdSource | None = None,
 ) -> CurationResult:
     """Flag likely false negatives, false positives and near-duplicates, and apply the policies.
 
@@ -143,7 +143,7 @@ def score_pairs(
     """
     family, family_hash = anchor_families(text_list(anchor_texts))
     context = pool_context(
-        [candidates],
+        lambda: [candidates],
         anchor_vectors=anchor_vectors,
         family=family,
         doc_texts=doc_texts,

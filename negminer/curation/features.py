@@ -26,8 +26,6 @@ positives by construction instead of by content.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pyarrow as pa
 
@@ -35,72 +33,6 @@ from negminer.curation.context import PoolContext
 from negminer.curation.lexical import TextSource, lexical_features
 from negminer.curation.rows import ROW_BATCH, PairRows, Positives, expand_positives, lookup_sorted, segment_max
 from negminer.mining.strategies import pair_priority
-
-logger = logging.getLogger(__name__)
-
-NEIGHBOR_BATCH = 65536  # anchors searched at once for their nearest anchors
-
-
-def anchor_neighbors(
-    anchor_vectors: np.ndarray,
-    family: np.ndarray,
-    *,
-    k: int,
-    exact_max_anchors: int | None,
-    min_recall: float,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The `k` most similar anchors of each anchor, outside its own family.
-
-    Up to `exact_max_anchors` anchors (None: always) the search is exact; above it an IVF index
-    tuned to `min_recall` (:func:`negminer.mining.index.build_search_index`) keeps the cost
-    linear in the anchors instead of quadratic.
-
-    Returns:
-        (neighbors, similarities), each (n_anchors, k); -1 and 0.0 pad anchors with fewer.
-    """
-    n = len(anchor_vectors)
-    family_size = np.bincount(family, minlength=n)
-    depth = min(n, k + int(family_size.max(initial=1)))
-    index = _anchor_index(anchor_vectors, depth, exact_max_anchors, min_recall, seed)
-    ids = np.empty((n, depth), np.int64)
-    sims = np.empty((n, depth), np.float32)
-    for first in range(0, n, NEIGHBOR_BATCH):
-        part = np.ascontiguousarray(anchor_vectors[first : first + NEIGHBOR_BATCH], np.float32)
-        sims[first : first + len(part)], ids[first : first + len(part)] = index.search(part, depth)
-    same = (ids < 0) | (family[ids.clip(0)] == family[:, None])
-    order = np.argsort(same, axis=1, kind="stable")[:, :k]
-    ids = np.take_along_axis(np.where(same, -1, ids), order, axis=1)
-    sims = np.take_along_axis(np.where(same, 0.0, sims), order, axis=1)
-    if ids.shape[1] < k:
-        pad = k - ids.shape[1]
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        sims = np.pad(sims, ((0, 0), (0, pad)))
-    return ids.astype(np.int64), sims.astype(np.float32)
-
-
-def _anchor_index(vectors: np.ndarray, depth: int, exact_max: int | None, min_recall: float, seed: int):
-    import faiss
-
-    if exact_max is None or len(vectors) <= exact_max:
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(np.ascontiguousarray(vectors, np.float32))
-        return index
-    from negminer.mining.index import build_search_index
-
-    sample = np.sort(np.random.default_rng(seed).permutation(len(vectors))[:1000])
-    index, report = build_search_index(
-        vectors,
-        sample_queries=np.ascontiguousarray(vectors[sample], np.float32),
-        k=depth,
-        kind="auto",
-        exact_max_docs=exact_max,
-        min_recall=min_recall,
-        use_gpu=False,
-        seed=seed,
-    )
-    logger.info("nearest anchors: %s, recall@%d %s on 1,000 anchors", report.factory, depth, report.recall)
-    return index
 
 
 def pair_features(
@@ -173,8 +105,8 @@ def retrieval_features(rows: PairRows, *, candidates: pa.Table, context: PoolCon
         "log_rank": np.log1p(rows.rank),
         "gap_to_top": score - top[rows.anchor],
         "score_z": (score - mean[rows.anchor]) / std[rows.anchor],
-        "log_reverse_rank": np.log1p(_reverse_rank(rows, context.reverse_keys)),
-        "log_doc_hubness": np.log1p(context.doc_hubness[rows.doc]),
+        "log_reverse_rank": np.log1p(context.doc_scores.higher_than(rows.doc, rows.score)),
+        "log_doc_hubness": np.log1p(context.doc_scores.count(rows.doc)),
     }
 
 
@@ -222,13 +154,6 @@ def _row_cosine(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, righ
         part = slice(first, first + ROW_BATCH * 16)
         out[part] = np.einsum("ij,ij->i", left[left_rows[part]], right[right_rows[part]])
     return out
-
-
-def _reverse_rank(rows: PairRows, reverse_keys: np.ndarray) -> np.ndarray:
-    """How many retrieved (anchor, doc) entries of the row's doc score higher than the row."""
-    row_key = rows.doc * 4.0 + (rows.score.astype(np.float64) + 1.5)
-    doc_end = np.searchsorted(reverse_keys, rows.doc * 4.0 + 4.0, side="left")
-    return doc_end - np.searchsorted(reverse_keys, row_key, side="right")
 
 
 def cross_anchor_features(

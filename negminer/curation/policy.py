@@ -26,6 +26,7 @@ from negminer.curation.rows import PairRows
 
 KINDS = ("false_negative", "false_positive", "near_duplicate")
 ACTIONS = ("drop", "quarantine", "keep")
+IdSource = list[str] | pa.Array  # ids by *_idx: a list, or an Arrow string array (no Python copies)
 Action = Literal["drop", "quarantine", "keep"]
 
 
@@ -68,8 +69,8 @@ def flagged_table(
     columns: dict[str, np.ndarray],
     features: dict[str, np.ndarray],
     *,
-    anchor_ids: list[str] | None = None,
-    doc_ids: list[str] | None = None,
+    anchor_ids: IdSource | None = None,
+    doc_ids: IdSource | None = None,
 ) -> pa.Table:
     """One row per flagged (pair, kind), most suspicious first within each kind.
 
@@ -104,21 +105,25 @@ def flagged_table(
 def _id_columns(
     columns: dict[str, np.ndarray],
     index: np.ndarray,
-    anchor_ids: list[str] | None,
-    doc_ids: list[str] | None,
+    anchor_ids: IdSource | None,
+    doc_ids: IdSource | None,
 ) -> dict[str, pa.Array]:
     anchor = columns["anchor_idx"][index]
     doc = columns["doc_idx"][index]
     pair = columns["pair_idx"][index]
     out: dict[str, pa.Array] = {}
     if anchor_ids is not None:
-        out["anchor_id"] = pa.array(anchor_ids, pa.string()).take(pa.array(anchor))
+        out["anchor_id"] = _as_arrow(anchor_ids).take(pa.array(anchor))
     if doc_ids is not None:
-        out["doc_id"] = pa.array(doc_ids, pa.string()).take(pa.array(doc))
+        out["doc_id"] = _as_arrow(doc_ids).take(pa.array(doc))
     out["anchor_idx"] = pa.array(anchor.astype(np.int32))
     out["doc_idx"] = pa.array(doc.astype(np.int32))
     out["pair_idx"] = pa.array(pair.astype(np.int32), mask=pair < 0)
     return out
+
+
+def _as_arrow(ids: IdSource) -> pa.Array:
+    return ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
 
 
 def training_pairs(pairs: pa.Table, excluded_pair_idx: np.ndarray) -> pa.Table:
@@ -138,8 +143,8 @@ def apply_policies(
     candidates: pa.Table,
     *,
     config: CurateConfig = CurateConfig(),
-    anchor_ids: list[str] | None = None,
-    doc_ids: list[str] | None = None,
+    anchor_ids: IdSource | None = None,
+    doc_ids: IdSource | None = None,
 ) -> CurationResult:
     """Turn scored flags into actions: the annotated candidates, excluded pairs, flagged table.
 

@@ -32,7 +32,7 @@ from negminer.curation.context import PoolContext, pool_context
 from negminer.curation.curate import Pool, anchor_families, curate_candidates, describe_rows
 from negminer.curation.judges import Judges, fit_judges, judge
 from negminer.curation.lexical import TextSource, text_list
-from negminer.curation.policy import KINDS, apply_policies, training_pairs
+from negminer.curation.policy import KINDS, IdSource, apply_policies, training_pairs
 from negminer.errors import ConfigError
 from negminer.mining.strategies import pair_priority
 from negminer.storage.atomic import write_parquet_atomic
@@ -62,8 +62,8 @@ class PoolInputs(NamedTuple):
     doc_vectors: np.ndarray
     anchor_texts: TextSource
     doc_texts: TextSource
-    anchor_ids: list[str] | None = None
-    doc_ids: list[str] | None = None
+    anchor_ids: IdSource | None = None
+    doc_ids: IdSource | None = None
 
 
 class FittedCuration(NamedTuple):
@@ -121,7 +121,7 @@ def fit_curation(candidates_path: str | Path, pool: PoolInputs, *, config: Curat
     candidates_path = Path(candidates_path)
     family, family_hash = anchor_families(text_list(pool.anchor_texts))
     context = pool_context(
-        _batches(candidates_path, None),
+        lambda: _batches(candidates_path, None),
         anchor_vectors=pool.anchor_vectors,
         family=family,
         doc_texts=pool.doc_texts,

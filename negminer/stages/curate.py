@@ -128,6 +128,6 @@ def _pool_inputs(work_dir: Path):
         doc_vectors=np.load(work_dir / "docs.npy", mmap_mode="r"),
         anchor_texts=anchors.column("text").combine_chunks(),
         doc_texts=docs.column("text").combine_chunks(),
-        anchor_ids=anchors.column("anchor_id").to_pylist(),
-        doc_ids=docs.column("doc_id").to_pylist(),
+        anchor_ids=anchors.column("anchor_id").combine_chunks(),
+        doc_ids=docs.column("doc_id").combine_chunks(),
     )

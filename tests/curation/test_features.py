@@ -68,7 +68,7 @@ def test_features_are_finite_where_defined_and_comparable(world):
         anchor_texts=world.anchor_texts,
         doc_texts=world.doc_texts,
         context=pool_context(
-            [world.candidates],
+            lambda: [world.candidates],
             anchor_vectors=world.anchor_vectors,
             family=positives.family,
             doc_texts=world.doc_texts,
@@ -109,7 +109,7 @@ def test_near_duplicate_of_a_positive(world):
 
 
 def test_nearest_anchors_above_the_exact_limit_come_from_a_tuned_index() -> None:
-    from negminer.curation.features import anchor_neighbors
+    from negminer.curation.context import anchor_neighbors
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(40, 32))
