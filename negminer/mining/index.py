@@ -146,10 +146,16 @@ def _new_index(dim: int, factory: str) -> Any:
     import faiss
 
     try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:  # FAISS prefixes its message with the C++ function and source line
         reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", str(err).strip()) or type(err).__name__
         raise ConfigError(f"index.kind: FAISS cannot build {factory!r} for {dim}-d vectors ({reason})") from err
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:  # e.g. HNSW over PQ codes: L2 only, scores not cosines
+        raise ConfigError(
+            f"index.kind: FAISS builds {factory!r} with L2 distance only, not inner product "
+            "(its scores would not be cosines); choose another kind, e.g. 'HNSW32,SQ8' or 'IVF4096,PQ64'"
+        )
+    return index
 
 
 def _training_sample(doc_vectors: np.ndarray, index: Any, seed: int) -> np.ndarray:
@@ -172,13 +178,20 @@ def _want_gpu(use_gpu: bool | None) -> bool:
 
 
 def _tune(index: Any, doc_vectors: np.ndarray, queries: np.ndarray, k: int, min_recall: float) -> tuple[dict, float]:
-    """Double nprobe (IVF) or efSearch (HNSW) until recall@k reaches `min_recall`."""
+    """Double nprobe (IVF) or efSearch (HNSW) until recall@k reaches `min_recall` (others: measured only)."""
     import faiss
 
     queries = np.ascontiguousarray(queries, np.float32)
     exact = exact_topk(queries, doc_vectors, k)
     space = faiss.GpuParameterSpace() if _is_gpu(index) else faiss.ParameterSpace()
-    name, value, limit = _knob(index)
+    knob = _knob(index)
+    if knob is None:  # nothing to tune (flat PQ/SQ codes, NSG, ...): the recall is measured and reported
+        _, approx = index.search(queries, k)
+        recall = recall_at_k(approx, exact)
+        if recall < min_recall:
+            logger.warning("index recall@%d %.4f is below %.2f; it has no search knob", k, recall, min_recall)
+        return {}, recall
+    name, value, limit = knob
     while True:
         space.set_index_parameter(index, name, value)
         _, approx = index.search(queries, k)
@@ -190,11 +203,26 @@ def _tune(index: Any, doc_vectors: np.ndarray, queries: np.ndarray, k: int, min_
         value = min(value * 2, limit)
 
 
-def _knob(index: Any) -> tuple[str, int, int]:
+def _knob(index: Any) -> tuple[str, int, int] | None:
+    """(parameter, first value, limit) that trades speed for recall; None where the index has none."""
     lists = _ivf_lists(index)
     if lists is not None:
         return "nprobe", min(8, lists), lists
-    return "efSearch", 64, 8192
+    if _is_hnsw(index):
+        return "efSearch", 64, 8192
+    return None
+
+
+def _is_hnsw(index: Any) -> bool:
+    """Whether `index` (or the index a transform or id map wraps) is an HNSW graph."""
+    import faiss
+
+    while index is not None:
+        index = faiss.downcast_index(index) if not _is_gpu(index) else index
+        if hasattr(index, "hnsw") or "Hnsw" in type(index).__name__ or "Cagra" in type(index).__name__:
+            return True
+        index = getattr(index, "index", None)  # IndexPreTransform, IndexIDMap: the wrapped index
+    return False
 
 
 def _ivf_lists(index: Any) -> int | None:

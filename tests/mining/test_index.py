@@ -92,3 +92,22 @@ def test_a_factory_string_faiss_cannot_build_is_a_config_error_naming_the_key() 
         ConfigError, match=r"^index\.kind: FAISS cannot build 'IVFbogus,Flat' for 32-d vectors \(could not parse"
     ):
         build_search_index(clustered(100), sample_queries=clustered(5), k=5, **{**BUILD, "kind": "IVFbogus,Flat"})
+
+
+@pytest.mark.parametrize("kind", ["PQ8", "SQ8", "SQfp16", "NSG16,Flat", "HNSW16,SQ8", "PCA16,HNSW16", "OPQ8,IVF16,PQ8"])
+def test_every_inner_product_family_builds_and_reports_its_recall(kind: str) -> None:
+    docs, queries = clustered(3000), clustered(100, seed=4)
+    index, report = build_search_index(docs, sample_queries=queries, k=10, **{**BUILD, "kind": kind})
+    assert report.factory == kind and report.recall is not None
+    scores, ids = index.search(queries, 10)
+    assert recall_at_k(ids, exact_topk(queries, docs, 10)) == pytest.approx(report.recall)
+    assert (np.diff(scores, axis=1) <= 1e-5).all(), "similarities, best first"
+    tunable = kind.startswith(("HNSW", "PCA", "OPQ"))
+    assert bool(report.params) == tunable
+
+
+def test_a_kind_faiss_builds_only_for_l2_is_refused_naming_the_key() -> None:
+    from negminer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^index\.kind: FAISS builds 'HNSW16,PQ8' with L2 distance only"):
+        build_search_index(clustered(300), sample_queries=clustered(5), k=5, **{**BUILD, "kind": "HNSW16,PQ8"})
