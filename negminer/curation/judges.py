@@ -112,7 +112,7 @@ def judge(described: Described, judges: Judges, *, n_docs: int, config: CurateCo
     if judges.false_negative_threshold is not None:
         false_negative |= candidate & (negative_side.relevance >= judges.false_negative_threshold)
     flags = {
-        "false_negative": duplicate | false_negative,
+        "false_negative": false_negative & ~duplicate,  # one kind per row: a near-duplicate's own policy rules
         "false_positive": is_pos & population.issues.is_issue,
         "near_duplicate": duplicate,
     }
@@ -138,7 +138,7 @@ def _unjudged(rows: PairRows, features: dict[str, np.ndarray], duplicate: np.nda
     """Scored rows without a model's verdict: unknown relevance and quality, near-duplicate flags only."""
     unknown = np.full(len(rows.label), np.nan)
     flags = {
-        "false_negative": duplicate.copy(),
+        "false_negative": np.zeros(len(rows.label), bool),
         "false_positive": np.zeros(len(rows.label), bool),
         "near_duplicate": duplicate,
     }

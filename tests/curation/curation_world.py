@@ -6,7 +6,7 @@ as its positive, so its other topic documents are unlabelled positives among its
 Planted errors:
 
 * ``PARAPHRASE``: a new document that is a near-copy of anchor 0's positive (cosine ≈ 0.99);
-  it must be flagged ``false_negative`` (and ``near_duplicate``) for anchor 0;
+  it must be flagged ``near_duplicate`` (its own kind, not also ``false_negative``) for anchor 0;
 * ``WRONG_PAIR``: anchor 1's positive is replaced by a document of a far-away topic; the
   pair must be flagged ``false_positive``.
 """

@@ -31,11 +31,15 @@ def _flags(result, kind: str) -> pa.Table:
     return result.flagged.filter(pc.equal(result.flagged.column("kind"), kind))
 
 
-def test_paraphrase_of_a_positive_is_flagged_false_negative(world, result):
-    for kind in ("false_negative", "near_duplicate"):
-        flagged = _flags(result, kind)
-        hits = pc.and_(pc.equal(flagged.column("anchor_idx"), 0), pc.equal(flagged.column("doc_idx"), world.paraphrase))
-        assert pc.sum(hits).as_py() == 1, kind
+def _hits(flagged: pa.Table, anchor: int, doc: int) -> int:
+    return pc.sum(
+        pc.and_(pc.equal(flagged.column("anchor_idx"), anchor), pc.equal(flagged.column("doc_idx"), doc))
+    ).as_py()
+
+
+def test_paraphrase_of_a_positive_is_flagged_near_duplicate_once_and_dropped(world, result):
+    assert _hits(_flags(result, "near_duplicate"), 0, world.paraphrase) == 1
+    assert _hits(result.flagged, 0, world.paraphrase) == 1, "one pair, one kind, one action"
     row = result.candidates.filter(
         pc.and_(
             pc.equal(result.candidates.column("anchor_idx"), 0),
@@ -107,6 +111,21 @@ def test_false_negative_policy(world, scored, action):
     assert (excluded > 0) == (action != "keep")
 
 
+@pytest.mark.parametrize("false_negative_action", ["drop", "keep"])
+def test_near_duplicate_keep_keeps_it_whatever_the_false_negative_policy(world, scored, false_negative_action):
+    config = CurateConfig(false_negative_action=false_negative_action, near_duplicate_action="keep")
+    out = apply_policies(scored, world.candidates, config=config)
+    row = out.candidates.filter(
+        pc.and_(
+            pc.equal(out.candidates.column("anchor_idx"), 0),
+            pc.equal(out.candidates.column("doc_idx"), world.paraphrase),
+        )
+    )
+    assert row.column("flagged_false_negative").to_pylist() == [False]
+    assert _hits(out.flagged, 0, world.paraphrase) == 1
+    assert _flags(out, "near_duplicate").column("action").to_pylist() == ["keep"]
+
+
 @pytest.mark.parametrize("action", ["drop", "quarantine", "keep"])
 def test_false_positive_policy(world, scored, action):
     out = apply_policies(scored, world.candidates, config=CurateConfig(false_positive_action=action))
@@ -142,7 +161,7 @@ def test_pipeline_config_has_a_curate_section():
 
 
 def _assert_not_judged(result) -> None:
-    assert result.counts["false_negative"] == result.counts["near_duplicate"]  # the model-free flags only
+    assert result.counts["false_negative"] == 0  # near-duplicates, which need no model, are their own kind
     assert result.counts["false_positive"] == 0 and len(result.excluded_pairs) == 0
     assert result.counts["skipped"] == 1
     assert result.candidates.column("relevance").null_count == result.candidates.num_rows
@@ -188,7 +207,7 @@ def test_no_given_positive_in_the_window_leaves_the_candidates_to_the_model(worl
     unretrieved = world.candidates.filter(pc.invert(world.candidates.column("is_positive")))
     with caplog.at_level(logging.WARNING, logger="negminer.curation.curate"):
         result = curate_candidates(unretrieved, **world.kwargs(), config=CurateConfig(max_rank=30))
-    assert result.counts["false_negative"] == result.counts["near_duplicate"] == 1  # the planted paraphrase
+    assert result.counts["near_duplicate"] == 1  # the planted paraphrase
     assert result.noise["negatives_relevant"] is None
     assert WRONG_PAIR in result.false_positive_pairs.tolist()  # the population side still judges
     in_window = pc.less(unretrieved.column("rank"), 30)
