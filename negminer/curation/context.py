@@ -4,12 +4,13 @@ Contract of :func:`pool_context`: from the candidate table (read in batches, twi
 anchor vectors, the anchors' families and the documents' texts it returns a
 :class:`PoolContext`: each anchor's nearest other anchors (outside its family), every
 retrieved score grouped by document (:class:`DocScores`: how many anchors retrieved a
-document, and how many with a higher score than a given one), and the pool's BM25
-statistics. Everything else a feature needs comes from the anchor's own rows, so a shard of
+document, and how many with a higher score than a given one), the pool's BM25
+statistics, and the text hashes seeded draws use (so that row order does not matter).
+Everything else a feature needs comes from the anchor's own rows, so a shard of
 anchors is described exactly as it would be in one pass over all of them.
 
-Memory: 4 bytes per candidate row (the scores, float32) and 8 per document, plus 8 bytes
-per anchor and neighbour; the batches, the neighbour search blocks and the sort chunks are
+Memory: 4 bytes per candidate row (the scores, float32) and 24 per document (offsets,
+hashes, order), plus 8 bytes per anchor and neighbour; the batches, the neighbour search blocks and the sort chunks are
 bounded by :data:`NEIGHBOR_BATCH` and :data:`SORT_CHUNK_ROWS`.
 """
 
@@ -68,6 +69,27 @@ class PoolContext(NamedTuple):
     neighbor_sims: np.ndarray  # (n_anchors, k) float32 their cosines
     doc_scores: DocScores
     lexical: LexicalStats
+    anchor_hash: np.ndarray  # (n_anchors,) uint64 hash of each anchor's normalised text
+    doc_hash: np.ndarray  # (n_docs,) uint64 hash of each document's normalised text
+    doc_order: np.ndarray  # (n_docs,) int64 documents ordered by (doc_hash, doc_idx): what seeded draws pick from
+
+
+def text_hashes(texts: TextSource | None = None, *, keys: pa.Array | None = None) -> np.ndarray:
+    """uint64 of each text's key (:func:`negminer.textkeys.text_key`, its first 8 bytes, little-endian).
+
+    From the read stage's 16-byte ``text_key`` column where given (no Python object per row),
+    else from the texts. Seeded draws hash these instead of row numbers, so the same inputs
+    in another row order are curated alike.
+    """
+    if keys is not None:
+        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+        width = keys.type.byte_width
+        data = np.frombuffer(keys.buffers()[1], np.uint8)[keys.offset * width : (keys.offset + len(keys)) * width]
+        return data.reshape(len(keys), width)[:, :8].copy().view("<u8").ravel()
+    from negminer.textkeys import text_key
+
+    listed = texts if isinstance(texts, list) else texts.to_pylist()
+    return np.fromiter((int.from_bytes(text_key(t)[:8], "little") for t in listed), np.uint64, len(listed))
 
 
 def pool_context(
@@ -75,7 +97,9 @@ def pool_context(
     *,
     anchor_vectors: np.ndarray,
     family: np.ndarray,
+    family_hash: np.ndarray,
     doc_texts: TextSource,
+    doc_hash: np.ndarray,
     config: CurateConfig,
 ) -> PoolContext:
     """The shared context of every anchor's features (see the module docstring).
@@ -94,7 +118,8 @@ def pool_context(
         seed=config.seed,
     )
     scores = doc_scores(candidate_batches, len(doc_texts))
-    return PoolContext(neighbors, neighbor_sims, scores, lexical_stats(doc_texts))
+    doc_order = np.lexsort((np.arange(len(doc_hash)), doc_hash))
+    return PoolContext(neighbors, neighbor_sims, scores, lexical_stats(doc_texts), family_hash, doc_hash, doc_order)
 
 
 def doc_scores(candidate_batches: Callable[[], Iterable[pa.Table]], n_docs: int) -> DocScores:

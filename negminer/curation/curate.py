@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
 from negminer.curation.confident import anchor_folds
-from negminer.curation.context import PoolContext, pool_context
+from negminer.curation.context import PoolContext, pool_context, text_hashes
 from negminer.curation.duplicates import near_duplicates
 from negminer.curation.features import pair_features
 from negminer.curation.judges import Described, fit_judges, judge
@@ -146,7 +146,9 @@ def score_pairs(
         lambda: [candidates],
         anchor_vectors=anchor_vectors,
         family=family,
+        family_hash=family_hash,
         doc_texts=doc_texts,
+        doc_hash=text_hashes(doc_texts),
         config=config,
     )
     world = Pool(pairs, family, family_hash, anchor_vectors, doc_vectors, anchor_texts, doc_texts, context)
@@ -186,6 +188,8 @@ def describe_rows(
         max_rank=config.max_rank,
         tail_samples=config.tail_samples,
         seed=config.seed,
+        anchor_hash=pool.family_hash,
+        doc_order=pool.context.doc_order,
         anchors=anchors,
     )
     rows = rows._replace(pair_idx=np.where(rows.pair_idx >= 0, _pair_ids(pairs)[rows.pair_idx.clip(0)], -1))
@@ -208,7 +212,8 @@ def describe_rows(
         rows, positives, pool.doc_vectors, threshold=config.near_duplicate_threshold
     )
     features["positive_similarity"] = positive_sim
-    return Described(rows, features, matrix, duplicate, positive_sim, folds)
+    content = (rows.label, pool.context.doc_hash[rows.doc], pool.family_hash[rows.anchor])
+    return Described(rows, features, matrix, duplicate, positive_sim, folds, np.lexsort(content))
 
 
 def anchor_families(anchor_texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -80,7 +80,15 @@ def pair_features(
         **lexical_features(
             rows.anchor, rows.doc, anchor_texts=anchor_texts, doc_texts=doc_texts, stats=context.lexical
         ),
-        **own_positive_features(rows, positives, anchor_vectors, doc_vectors, seed=seed),
+        **own_positive_features(
+            rows,
+            positives,
+            anchor_vectors,
+            doc_vectors,
+            seed=seed,
+            anchor_hash=context.anchor_hash,
+            doc_hash=context.doc_hash,
+        ),
     }
     if cross_anchor:
         features.update(cross_anchor_features(rows, positives, neighbors, neighbor_sims))
@@ -224,17 +232,20 @@ def own_positive_features(
     doc_vectors: np.ndarray,
     *,
     seed: int,
+    anchor_hash: np.ndarray,
+    doc_hash: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """Similarity to the anchor's other positives, leaving one positive out for every row.
 
     A positive row compares with the anchor's other positives; a candidate row with all of
-    them but one (chosen by a seeded hash), so both see the same number of positives.
+    them but one (chosen by a seeded hash of the anchor's and the row's text hashes, among
+    the positives in text-hash order), so both see the same number of positives.
     Anchors with a single positive get NaN on all their rows.
     """
     n_pos = np.diff(positives.indptr)[rows.anchor]
     sim = np.full(len(rows.anchor), np.nan, np.float32)
     gap = np.full(len(rows.anchor), np.nan, np.float32)
-    skip = _skipped_positive(rows, positives, n_pos, seed)
+    skip = _skipped_positive(rows, positives, n_pos, seed, anchor_hash, doc_hash)
     multi = np.nonzero(n_pos >= 2)[0]
     for first in range(0, len(multi), ROW_BATCH):
         part = multi[first : first + ROW_BATCH]
@@ -247,12 +258,17 @@ def own_positive_features(
     return {"own_positive_sim": sim, "score_minus_own_positive": gap}
 
 
-def _skipped_positive(rows: PairRows, positives: Positives, n_pos: np.ndarray, seed: int) -> np.ndarray:
+def _skipped_positive(
+    rows: PairRows, positives: Positives, n_pos: np.ndarray, seed: int, anchor_hash: np.ndarray, doc_hash: np.ndarray
+) -> np.ndarray:
     """Index (within the anchor's positives) of the positive each row leaves out."""
     n_docs = positives.n_docs
     owner = np.repeat(np.arange(len(positives.indptr) - 1), np.diff(positives.indptr))
     sorted_keys = owner * n_docs + positives.docs
     own = np.searchsorted(sorted_keys, rows.anchor * n_docs + rows.doc) - positives.indptr[rows.anchor]
-    drawn = pair_priority(rows.anchor.astype(np.uint64), rows.doc.astype(np.uint64), seed)
-    drawn = (drawn % n_pos.clip(1).astype(np.uint64)).astype(np.int64)
-    return np.where(rows.label == 1, own, drawn)
+    drawn = pair_priority(anchor_hash[rows.anchor].astype(np.uint64), doc_hash[rows.doc].astype(np.uint64), seed)
+    nth = (drawn % n_pos.clip(1).astype(np.uint64)).astype(np.int64)
+    by_hash = np.lexsort((positives.docs, doc_hash[positives.docs], owner))  # each anchor's positives by text hash
+    start = positives.indptr[rows.anchor]
+    drawn_offset = by_hash[(start + nth).clip(max=max(len(by_hash) - 1, 0))] - start if len(by_hash) else nth
+    return np.where(rows.label == 1, own, drawn_offset)

@@ -47,6 +47,7 @@ class Described(NamedTuple):
     duplicate: np.ndarray
     positive_sim: np.ndarray
     folds: np.ndarray
+    content_order: np.ndarray  # the rows ordered by their anchor's and document's text hashes
 
 
 class SideModel(NamedTuple):
@@ -69,6 +70,7 @@ class Judges(NamedTuple):
 
 def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config: CurateConfig) -> Judges:
     """Fit both judges on the described rows (cross-validated by anchor family)."""
+    described = _in_content_order(described)  # the solver's result must not depend on row order
     rows = described.rows
     shortfall = _fold_shortfall(rows, described.folds, family)
     if shortfall is not None:
@@ -91,6 +93,19 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
         "population_side": population_noise,
     }
     return Judges(candidate_side, population, threshold, noise, None)
+
+
+def _in_content_order(described: Described) -> Described:
+    order = described.content_order
+    return Described(
+        PairRows(*(field[order] for field in described.rows)),
+        {name: values[order] for name, values in described.features.items()},
+        described.matrix[order],
+        described.duplicate[order],
+        described.positive_sim[order],
+        described.folds[order],
+        np.arange(len(order)),
+    )
 
 
 def judge(described: Described, judges: Judges, *, n_docs: int, config: CurateConfig, fitted_rows: bool) -> Scored:

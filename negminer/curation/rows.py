@@ -73,13 +73,16 @@ def pair_rows(
     max_rank: int,
     tail_samples: int,
     seed: int,
+    anchor_hash: np.ndarray,
+    doc_order: np.ndarray,
     anchors: np.ndarray | None = None,
 ) -> PairRows:
     """Given positives (label 1), the scored candidates and tail samples (label 0), in that order.
 
     Tail samples are documents drawn from outside the anchor's scored window (seeded hash of
-    anchor and draw number), so that a given positive the search ranked low still has
-    comparable label-0 rows to be judged against.
+    the anchor's text and the draw number, picking from the documents in `doc_order`), so that
+    a given positive the search ranked low still has comparable label-0 rows to be judged
+    against.
 
     Args:
         candidates: candidate table of :mod:`negminer.mining.search`.
@@ -88,6 +91,9 @@ def pair_rows(
         max_rank: candidates with raw rank below this are scored.
         tail_samples: documents drawn per anchor from outside the window.
         seed: seed of the tail draw.
+        anchor_hash: (n_anchors,) uint64 hash of each anchor's text.
+        doc_order: (n_docs,) the documents in the order of their text hashes (so the draw
+            does not depend on the corpus's row order).
         anchors: the anchors whose rows these are (their tail samples are drawn); None: every
             anchor of `anchor_vectors`.
     """
@@ -102,7 +108,7 @@ def pair_rows(
     depth = int(col["rank"].max(initial=-1)) + 1
     pos_row = _table_rows(pair_anchor.astype(np.int64) * n_docs + pair_doc, table_keys, key_order)
     anchors = np.arange(len(anchor_vectors), dtype=np.int64) if anchors is None else anchors.astype(np.int64)
-    tail_anchor, tail_doc = _tail_draw(anchors, n_docs, tail_samples, seed)
+    tail_anchor, tail_doc = _tail_draw(anchors, anchor_hash, doc_order, tail_samples, seed)
     tail_row = _table_rows(tail_anchor * n_docs + tail_doc, table_keys, key_order)
     retrieved = tail_row >= 0
     excluded = _is_pair(tail_anchor, tail_doc, pair_anchor, pair_doc, n_docs) | (
@@ -150,13 +156,17 @@ def _table_rows(keys: np.ndarray, table_keys: np.ndarray, key_order: np.ndarray)
     return np.where(found >= 0, key_order[found.clip(0)], -1)
 
 
-def _tail_draw(anchors: np.ndarray, n_docs: int, per_anchor: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _tail_draw(
+    anchors: np.ndarray, anchor_hash: np.ndarray, doc_order: np.ndarray, per_anchor: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """`per_anchor` distinct seeded-random documents per anchor of `anchors` (fewer if the pool is small)."""
+    n_docs = len(doc_order)
     if per_anchor <= 0 or n_docs == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     anchor = np.repeat(anchors, per_anchor)
     draw = np.tile(np.arange(per_anchor, dtype=np.uint64), len(anchors))
-    doc = (pair_priority(anchor.astype(np.uint64), draw, seed) % np.uint64(n_docs)).astype(np.int64)
+    pick = pair_priority(anchor_hash[anchor].astype(np.uint64), draw, seed) % np.uint64(n_docs)
+    doc = doc_order[pick.astype(np.int64)].astype(np.int64)
     keys = np.unique(anchor * n_docs + doc)
     return keys // n_docs, keys % n_docs
 

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig
-from negminer.curation.context import PoolContext, pool_context
+from negminer.curation.context import PoolContext, pool_context, text_hashes
 from negminer.curation.curate import Pool, anchor_families, curate_candidates, describe_rows
 from negminer.curation.judges import Judges, fit_judges, judge
 from negminer.curation.lexical import TextSource, text_list
@@ -64,6 +64,7 @@ class PoolInputs(NamedTuple):
     doc_texts: TextSource
     anchor_ids: IdSource | None = None
     doc_ids: IdSource | None = None
+    doc_keys: pa.Array | None = None  # the read stage's 16-byte text keys by doc_idx (else hashed from the texts)
 
 
 class FittedCuration(NamedTuple):
@@ -124,7 +125,9 @@ def fit_curation(candidates_path: str | Path, pool: PoolInputs, *, config: Curat
         lambda: _batches(candidates_path, None),
         anchor_vectors=pool.anchor_vectors,
         family=family,
+        family_hash=family_hash,
         doc_texts=pool.doc_texts,
+        doc_hash=text_hashes(pool.doc_texts, keys=pool.doc_keys),
         config=config,
     )
     sample = sample_anchors(family, family_hash, limit=config.fit_anchors, seed=config.seed)

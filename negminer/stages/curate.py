@@ -121,7 +121,7 @@ def _pool_inputs(work_dir: Path):
     from negminer.curation.sharded import PoolInputs
 
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
-    docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text"])
+    docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text", "text_key"])
     return PoolInputs(
         pairs=pq.read_table(work_dir / "pairs.parquet"),
         anchor_vectors=np.load(work_dir / "anchors.npy", mmap_mode="r"),
@@ -130,4 +130,5 @@ def _pool_inputs(work_dir: Path):
         doc_texts=docs.column("text").combine_chunks(),
         anchor_ids=anchors.column("anchor_id").combine_chunks(),
         doc_ids=docs.column("doc_id").combine_chunks(),
+        doc_keys=docs.column("text_key").combine_chunks(),
     )

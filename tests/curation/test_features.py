@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
-from negminer.curation.context import pool_context
+from negminer.curation.context import pool_context, text_hashes
 from negminer.curation.curate import anchor_families
 from negminer.curation.duplicates import near_duplicates
 from negminer.curation.features import pair_features
@@ -18,15 +18,17 @@ def _rows(world, **kwargs):
     pair_anchor = world.pairs.column("anchor_idx").to_numpy().astype(np.int64)
     pair_doc = world.pairs.column("doc_idx").to_numpy().astype(np.int64)
     options = {"max_rank": 20, "tail_samples": 5, "seed": 1} | kwargs
+    family, family_hash = anchor_families(world.anchor_texts)
     rows = pair_rows(
         world.candidates,
         pair_anchor=pair_anchor,
         pair_doc=pair_doc,
         anchor_vectors=world.anchor_vectors,
         doc_vectors=world.doc_vectors,
+        anchor_hash=family_hash,
+        doc_order=np.argsort(text_hashes(world.doc_texts), kind="stable"),
         **options,
     )
-    family, _ = anchor_families(world.anchor_texts)
     return rows, group_positives(pair_anchor, pair_doc, family, len(world.doc_vectors))
 
 
@@ -71,7 +73,9 @@ def test_features_are_finite_where_defined_and_comparable(world):
             lambda: [world.candidates],
             anchor_vectors=world.anchor_vectors,
             family=positives.family,
+            family_hash=anchor_families(world.anchor_texts)[1],
             doc_texts=world.doc_texts,
+            doc_hash=text_hashes(world.doc_texts),
             config=CurateConfig(),
         ),
         cross_anchor=True,
