@@ -93,39 +93,48 @@ def mine(
         typer.Option("--precision", help="float32 or bfloat16: the forward pass's arithmetic (embed.precision)."),
     ] = None,
 ) -> None:
-    """Embed, mine hard negatives and write a dataset version; prints its path last."""
-    from negminer.config import PipelineConfig
+    """Embed, mine hard negatives and write a dataset version; prints its path last.
+
+    SIGTERM or SIGINT (to the process or its group) ends it within seconds, with exit code 128 +
+    the signal and one line on stderr; the next identical run resumes (negminer/flows/stopping.py).
+    """
+    from negminer.flows.stopping import exit_on_signals
     from negminer.storage.versions import check_dataset_name
 
     name = name or _default_name(pairs)
     check_dataset_name(name)
+    with exit_on_signals(out / name, notice=_STOPPED):
+        from negminer.config import PipelineConfig
 
-    overrides = {
-        "mine.num_negatives": num_negatives,
-        "embed.model": model,
-        "mine.strategy": strategy,
-        "embed.processes": processes,
-        "embed.precision": precision,
-    }
-    pipeline = (
-        PipelineConfig.from_yaml(config, **overrides)
-        if config
-        else PipelineConfig.from_dict({}, source="options", **overrides)
-    )
-    from negminer.flows.mine import run_mine
+        overrides = {
+            "mine.num_negatives": num_negatives,
+            "embed.model": model,
+            "mine.strategy": strategy,
+            "embed.processes": processes,
+            "embed.precision": precision,
+        }
+        pipeline = (
+            PipelineConfig.from_yaml(config, **overrides)
+            if config
+            else PipelineConfig.from_dict({}, source="options", **overrides)
+        )
+        from negminer.flows.mine import run_mine
 
-    version = run_mine(
-        str(pairs),
-        str(out),
-        name,
-        corpus=str(corpus) if corpus else None,
-        config=pipeline,
-        store=str(store) if store else None,
-        dask_address=dask_address,
-        dask_workers=dask_workers,
-    )
-    _echo_warnings(Path(version))
-    typer.echo(version)
+        version = run_mine(
+            str(pairs),
+            str(out),
+            name,
+            corpus=str(corpus) if corpus else None,
+            config=pipeline,
+            store=str(store) if store else None,
+            dask_address=dask_address,
+            dask_workers=dask_workers,
+        )
+        _echo_warnings(Path(version))
+        typer.echo(version)
+
+
+_STOPPED = "stopped by {signal}; rerun the same command to resume (finished stages are reused)"
 
 
 def _echo_warnings(version: Path) -> None:

@@ -38,6 +38,7 @@ from negminer.config import (
     SelectionConfig,
 )
 from negminer.errors import ConfigError, NegminerError, StorageError
+from negminer.flows import stopping
 from negminer.mining.embedder import Embedder
 from negminer.report import run_report
 from negminer.stages.publish import StageRefs
@@ -350,6 +351,10 @@ def start_temporary_server() -> Any | None:
     each other: on the 2-core box a plain encode ran 5.7% slower beside it, 1% at nice 19
     (docs/benchmarks.md). Its requests are few and small, so the lowest priority costs the
     flow nothing measurable.
+
+    The server is started with a parent-death signal (:func:`stopping.start_bound_server`):
+    killed with this process, whatever kills it (SIGKILL, the OOM killer), so no orphan server
+    is left behind. Each server takes a free port of its own, so a stale one never hinders the next.
     """
     from prefect.settings import PREFECT_API_URL
 
@@ -358,6 +363,8 @@ def start_temporary_server() -> Any | None:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()  # the instance Prefect's client starts for this process
+    if not getattr(server, "running", False):  # killed with negminer, whatever kills it (flows/stopping.py)
+        server._run_uvicorn_command = lambda: stopping.start_bound_server(server)
     server.start()
     process = getattr(server, "server_process", None)
     if process is not None:
@@ -405,13 +412,17 @@ def run_mine(
     dask_address: str | None = None,
     dask_workers: int | None = None,
 ) -> str:
-    """Run :func:`mine_flow`, on a Dask cluster when `dask_address` or `dask_workers` is given."""
+    """Run :func:`mine_flow`, on a Dask cluster when `dask_address` or `dask_workers` is given.
+
+    Under :func:`stopping.exit_on_signals` (the CLI) the flow runs on a worker thread while the
+    calling (main) thread waits and handles SIGTERM and SIGINT (:func:`stopping.call_stoppable`).
+    """
     check_dataset_name(name)
     parameters = {"pairs": pairs, "out": out, "name": name, "corpus": corpus, "config": config, "store": store}
     if dask_address is None and dask_workers is None:
         Embedder(config.embed).preload()  # overlaps Prefect's server start
         start_temporary_server()
-        return mine_flow(**parameters)
+        return stopping.call_stoppable(mine_flow, **parameters)
     runner = dask_task_runner(address=dask_address, workers=dask_workers)
     with shared_api():
-        return mine_flow.with_options(task_runner=runner)(**parameters)
+        return stopping.call_stoppable(mine_flow.with_options(task_runner=runner), **parameters)
