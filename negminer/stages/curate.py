@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig
+from negminer.memory import releases_memory
 from negminer.stages.refs import CuratePartRef, CuratePlanRef, CurateRef, DocRange, SearchRef
 from negminer.storage.atomic import write_bytes_atomic, write_parquet_atomic
 
@@ -33,6 +34,7 @@ def curate_stage(work_dir: str | Path, search: SearchRef, *, config: CurateConfi
     return curate_merge_stage(work_dir, plan, parts, config=config)
 
 
+@releases_memory
 def curate_plan_stage(work_dir: str | Path, search: SearchRef, *, config: CurateConfig) -> CuratePlanRef:
     """Fit the judges on a sample of anchors and cut the candidates into shards (none: one pass)."""
     from negminer.curation.sharded import fit_curation, one_pass, shard_ranges
@@ -57,6 +59,7 @@ def curate_plan_stage(work_dir: str | Path, search: SearchRef, *, config: Curate
     )
 
 
+@releases_memory
 def curate_shard_stage(
     work_dir: str | Path, plan: CuratePlanRef, shard: DocRange, *, config: CurateConfig
 ) -> CuratePartRef:
@@ -78,6 +81,7 @@ def curate_shard_stage(
     )
 
 
+@releases_memory
 def curate_merge_stage(
     work_dir: str | Path, plan: CuratePlanRef, parts: list[CuratePartRef], *, config: CurateConfig
 ) -> CurateRef:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from negminer.config import EmbedConfig
 from negminer.errors import InputError
+from negminer.memory import releases_memory
 from negminer.mining.embedder import Embedder
 from negminer.stages.refs import EmbedCounts, EmbedPlanRef, EmbedRef, EmbedShard, EmbedShardResult, ModelRef, StoreRef
 from negminer.stages.workdir import embedding_source_fingerprint, finish, finished
@@ -72,6 +73,7 @@ def embed_plan_stage(work_dir: str | Path, *, config: EmbedConfig, store_root: s
     return finish(work_dir / "embed-plan.json", EmbedPlanRef(shards=shards, counts=counts, texts=plan.num_rows))
 
 
+@releases_memory
 def embed_shard_stage(shard: EmbedShard, *, config: EmbedConfig, store_root: str | Path) -> EmbedShardResult:
     """Embed one planned shard into the store (nothing when the store already holds it)."""
     start = time.perf_counter()
@@ -88,6 +90,7 @@ def embed_shard_stage(shard: EmbedShard, *, config: EmbedConfig, store_root: str
     )
 
 
+@releases_memory
 def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_root: str | Path) -> EmbedRef:
     """Write anchors.npy / docs.npy from the store once the planned shards are in it.
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from negminer.config import IndexConfig, RetrievalConfig
+from negminer.memory import releases_memory
 from negminer.stages.refs import DocRange, ExtendedFrom, IndexRef, IndexShardRef
 from negminer.stages.reuse import parent_index, parent_shard
 from negminer.stages.workdir import finish, finished
@@ -59,6 +60,7 @@ def _build_options(config: IndexConfig, seed: int) -> dict[str, Any]:
     }
 
 
+@releases_memory
 def index_stage(
     work_dir: str | Path, *, config: IndexConfig, retrieval: RetrievalConfig, parent: str | Path | None = None
 ) -> IndexRef:
@@ -110,6 +112,7 @@ def index_stage(
     return finish(work_dir / f"index-{key}.json", ref)
 
 
+@releases_memory
 def index_shard_stage(
     work_dir: str | Path,
     shard: DocRange,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from negminer.config import PipelineConfig
+from negminer.memory import releases_memory
 from negminer.stages.refs import AuditLoadRef, CurateRef, EmbedRef, ReadRef, SearchRef, SelectRef, StoreRef
 from negminer.stages.workdir import read_marker, write_marker
 from negminer.storage.atomic import sha256_file
@@ -35,6 +36,7 @@ class StageRefs(NamedTuple):
     select: SelectRef
 
 
+@releases_memory
 def publish_stage(work_dir: str | Path, root: str | Path, name: str, *, config: PipelineConfig, refs: StageRefs) -> str:
     """Publish the dataset version and prune older work folders; the version's path.
 
@@ -176,6 +178,7 @@ def _store_entry(store: StoreRef | None, root: str | Path) -> dict[str, Any] | N
     return {"path": str(path), "folder": store.folder, "shards": list(store.shards)}
 
 
+@releases_memory
 def audit_load_stage(version_dir: str | Path, root: str | Path) -> AuditLoadRef:
     """Load the version's flagged pairs into the audit database (``ROOT/audit.db`` by default)."""
     import os

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from negminer.config import InputConfig
+from negminer.memory import releases_memory
 from negminer.stages.refs import Inputs, ReadRef
 from negminer.stages.workdir import fingerprint_input, finish, finished
 from negminer.storage.atomic import write_parquet_atomic
@@ -13,6 +14,7 @@ from negminer.storage.atomic import write_parquet_atomic
 TABLES = ("anchors", "docs", "pairs", "rejects")
 
 
+@releases_memory
 def read_stage(pairs: str | Path, corpus: str | Path | None, work_dir: str | Path, *, config: InputConfig) -> ReadRef:
     """Validate inputs into ``anchors``/``docs``/``pairs``/``rejects.parquet`` in `work_dir`.
 

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from negminer.config import IndexConfig, RetrievalConfig
+from negminer.memory import releases_memory
 from negminer.stages.index import index_stage, open_index
 from negminer.stages.refs import DocRange, IndexRef, SearchPartRef, SearchRef
 from negminer.stages.workdir import finish, finished
@@ -102,6 +103,7 @@ def search_stage(
     return finish(_marker(work_dir, stem), ref)
 
 
+@releases_memory
 def search_shard_stage(
     work_dir: str | Path, shard: DocRange, *, config: RetrievalConfig, index_config: IndexConfig, index: IndexRef
 ) -> SearchPartRef:
@@ -132,6 +134,7 @@ def search_shard_stage(
     return finish(part.with_suffix(".json"), ref)
 
 
+@releases_memory
 def search_merge_stage(
     work_dir: str | Path,
     shards: list[DocRange],

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negminer.config import SelectionConfig
+from negminer.memory import releases_memory
 from negminer.stages.refs import CurateRef, SelectRef
 from negminer.storage.atomic import write_parquet_atomic
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 VIEW_NAMES = {"candidates": "selected", "triplets": "triplets", "scored": "scored"}
 
 
+@releases_memory
 def select_stage(
     work_dir: str | Path, curated: CurateRef, *, config: SelectionConfig, batch_rows: int | None = None
 ) -> SelectRef:
