@@ -319,3 +319,24 @@ def test_two_runs_searching_one_shard_at_once_write_the_same_part(tmp_path, monk
     assert ref.path == other["ref"].path and ref.rows == other["ref"].rows
     assert pq.read_table(ref.path).equals(single.filter(pc.field("anchor_idx").isin(range(5, 10))))
     assert not list(work.glob(".candidates-*"))
+
+
+@pytest.mark.slow
+def test_an_incremental_run_builds_a_trained_index_afresh(tiny_inputs, tmp_path) -> None:
+    """Extending the parent's IVF index would keep its centroids: the dataset would depend on history."""
+    config = PipelineConfig.from_dict({"embed": {"max_seq_length": 32}, "index": {"kind": "IVF4,Flat"}})
+    store = tmp_path / "store"
+
+    def indexed(pairs: str, out: str, parent: Path | None) -> tuple[Path, IndexRef]:
+        paths = {"pairs": tiny_inputs[pairs], "corpus": tiny_inputs["corpus"]}
+        work = stages.work_dir_for(tmp_path / out, "x", **paths, config=config, store=str(store))
+        stages.read_stage(paths["pairs"], paths["corpus"], work, config=config.input)
+        stages.embed_stage(work, config=config.embed, store_root=store)
+        return work, stages.index_stage(work, config=config.index, retrieval=config.mine, parent=parent)
+
+    parent, _ = indexed("pairs40", "first", None)
+    _, incremental = indexed("pairs42", "second", parent)  # two more pairs: the parent's docs come first
+    _, fresh = indexed("pairs42", "fresh", None)
+
+    assert incremental.factory == "IVF4,Flat" and incremental.extended_from is None
+    assert (incremental.params, incremental.recall) == (fresh.params, fresh.recall)

@@ -271,6 +271,20 @@ def extend_search_index(
     return index, IndexReport(factory, params, recall, len(sample_queries), k, False, time.perf_counter() - start)
 
 
+def retune_index(
+    path: str | Path, doc_vectors: np.ndarray, sample_queries: np.ndarray, *, k: int, min_recall: float
+) -> tuple[dict[str, int], float]:
+    """Tune a saved approximate index over `doc_vectors` on `sample_queries`, as a fresh build would.
+
+    An index taken over from another run was tuned on that run's anchors; tuning it again on
+    this run's makes its parameters (and so the search) the same as building it here.
+    """
+    import faiss
+
+    params, recall = _tune(faiss.read_index(str(path)), doc_vectors, sample_queries, k, min_recall)
+    return params, recall
+
+
 def doc_ranges(n_docs: int, shard_docs: int) -> list[tuple[int, int]]:
     """Consecutive (first, stop) doc ranges of at most `shard_docs` docs.
 

@@ -128,7 +128,7 @@ def index_shard_stage(
     `parent` indexed the same doc range over the same docs, its shard is taken over (hard
     link) instead of built: an incremental run that appends docs builds only the ranges that changed.
     """
-    from negminer.mining.index import build_index_shard
+    from negminer.mining.index import FLAT, build_index_shard, retune_index
 
     work_dir = Path(work_dir)
     path = work_dir / f"index-{index_key(config, retrieval)}.s{shard.shard:05d}.faiss"
@@ -138,6 +138,15 @@ def index_shard_stage(
     doc_vectors = np.load(work_dir / "docs.npy", mmap_mode="r")
     k = min(retrieval.search_depth, len(doc_vectors))
     if taken := parent_shard(work_dir, Path(parent) if parent else None, shard, k=k, path=path):
+        if taken.factory != FLAT:  # tuned on the parent's anchors: tune on this run's, as a build here would
+            params, recall = retune_index(
+                path,
+                doc_vectors[shard.first : shard.stop],
+                _recall_queries(work_dir, config, retrieval.seed),
+                k=min(k, shard.stop - shard.first),
+                min_recall=config.min_recall,
+            )
+            taken = taken.model_copy(update={"params": params, "recall": recall})
         return finish(path.with_suffix(".json"), taken.model_copy(update={"seconds": _since(start)}))
     _, report = build_index_shard(
         doc_vectors,

@@ -1,8 +1,10 @@
 """Taking over the parent run's index when this run's docs extend the parent's.
 
-The parent is the work folder of the dataset's LATEST version. An unsharded index is
+The parent is the work folder of the dataset's LATEST version. An unsharded exact index is
 extended when the parent's docs begin this run's docs (same texts, same order, vectors from
-the same store); an index shard is taken over (hard link) when its own doc range matches.
+the same store); an index shard is taken over (hard link) when its own doc range matches, and
+an approximate shard is tuned again on this run's anchors. Either way the index equals the
+one this run would build from scratch, so the dataset does not depend on what ran before.
 """
 
 from __future__ import annotations
@@ -54,13 +56,17 @@ def parent_shard(work_dir: Path, parent: Path | None, shard: DocRange, *, k: int
 
 
 def parent_index(work_dir: Path, parent: Path | None, *, key: str, factory: str) -> tuple[Any, str] | None:
-    """The parent run's index and work key, when this run's docs extend the parent's docs."""
+    """The parent run's exact index and work key, when this run's docs extend the parent's docs."""
     import faiss
+
+    from negminer.mining.index import FLAT
 
     if parent is None or parent.resolve() == work_dir.resolve():
         return None
     old_ref = finished(parent / f"index-{key}.json", IndexRef)
-    if old_ref is None or old_ref.shards or old_ref.factory != factory:
+    # Only an exact index extended equals one built over every doc: a trained (IVF) index
+    # would keep the parent's centroids, so identical inputs would give other datasets.
+    if old_ref is None or old_ref.shards or old_ref.factory != factory or factory != FLAT:
         return None
     if not Path(old_ref.path).exists():
         return None
