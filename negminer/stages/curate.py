@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig
-from negminer.memory import releases_memory
+from negminer.mining.allocator import releases_memory
 from negminer.stages.refs import CuratePartRef, CuratePlanRef, CurateRef, DocRange, SearchRef
 from negminer.storage.atomic import write_bytes_atomic, write_parquet_atomic
 

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from negminer.config import EmbedConfig
 from negminer.errors import InputError
-from negminer.memory import releases_memory
+from negminer.mining.allocator import releases_memory
 from negminer.mining.embedder import Embedder
 from negminer.stages.refs import EmbedCounts, EmbedPlanRef, EmbedRef, EmbedShard, EmbedShardResult, ModelRef, StoreRef
 from negminer.stages.workdir import embedding_source_fingerprint, finish, finished

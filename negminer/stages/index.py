@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from negminer.config import IndexConfig, RetrievalConfig
-from negminer.memory import releases_memory
+from negminer.mining.allocator import releases_memory
 from negminer.stages.refs import DocRange, ExtendedFrom, IndexRef, IndexShardRef
 from negminer.stages.reuse import parent_index, parent_shard
 from negminer.stages.workdir import finish, finished

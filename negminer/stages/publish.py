@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from negminer.config import PipelineConfig
-from negminer.memory import releases_memory
+from negminer.mining.allocator import releases_memory
 from negminer.stages.refs import AuditLoadRef, CurateRef, EmbedRef, ReadRef, SearchRef, SelectRef, StoreRef
 from negminer.stages.workdir import read_marker, write_marker
 from negminer.storage.atomic import sha256_file

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from negminer.config import InputConfig
-from negminer.memory import releases_memory
+from negminer.mining.allocator import releases_memory
 from negminer.stages.refs import Inputs, ReadRef
 from negminer.stages.workdir import fingerprint_input, finish, finished
 from negminer.storage.atomic import write_parquet_atomic

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from negminer.config import IndexConfig, RetrievalConfig
-from negminer.memory import releases_memory
+from negminer.mining.allocator import releases_memory
 from negminer.stages.index import index_stage, open_index
 from negminer.stages.refs import DocRange, IndexRef, SearchPartRef, SearchRef
 from negminer.stages.workdir import finish, finished

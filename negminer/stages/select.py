@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negminer.config import SelectionConfig
-from negminer.memory import releases_memory
+from negminer.mining.allocator import releases_memory
 from negminer.stages.refs import CurateRef, SelectRef
 from negminer.storage.atomic import write_parquet_atomic
 
