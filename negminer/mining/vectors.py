@@ -58,3 +58,37 @@ def release(vectors: np.ndarray) -> None:
         mapping.madvise(mmap.MADV_DONTNEED)
     except (OSError, ValueError) as err:  # closed mapping, or a platform without madvise
         logger.debug("madvise(MADV_DONTNEED) failed: %s", err)
+
+
+class MappedRows:
+    """An (n, dim) memory-mapped array whose reads are float32 copies that release the mapped pages.
+
+    Code written for plain arrays (``v[rows]``, ``v[a:b]``, ``v[neighbours]`` with a 2-D index,
+    ``len(v)``, ``v.shape``) reads through :func:`take_rows` / :func:`read_rows`, so gathers
+    scattered over a large file (curation describes each shard's rows with the vectors of
+    documents all over the pool) never leave the file resident in the process.
+
+    Example:
+        >>> docs = MappedRows(np.load("docs.npy", mmap_mode="r"))  # doctest: +SKIP
+        >>> docs[np.array([7, 3])].shape  # doctest: +SKIP
+        (2, 384)
+    """
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.shape = array.shape
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        if isinstance(key, slice) and key.step in (None, 1):
+            first, stop, _ = key.indices(len(self.array))
+            return read_rows(self.array, first, stop)
+        rows = np.asarray(key)
+        if rows.dtype.kind in "iu" and rows.ndim >= 1:
+            return take_rows(self.array, rows.ravel()).reshape(*rows.shape, *self.shape[1:])
+        out = np.array(self.array[key], dtype=np.float32)  # an int, a mask, a strided slice
+        release(self.array)
+        return out

@@ -123,13 +123,14 @@ def curate_merge_stage(
 def _pool_inputs(work_dir: Path):
     """The read stage's tables and the vectors, as every part of curation reads them."""
     from negminer.curation.sharded import PoolInputs
+    from negminer.mining.vectors import MappedRows
 
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
     docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text", "text_key"])
     return PoolInputs(
         pairs=pq.read_table(work_dir / "pairs.parquet"),
-        anchor_vectors=np.load(work_dir / "anchors.npy", mmap_mode="r"),
-        doc_vectors=np.load(work_dir / "docs.npy", mmap_mode="r"),
+        anchor_vectors=MappedRows(np.load(work_dir / "anchors.npy", mmap_mode="r")),
+        doc_vectors=MappedRows(np.load(work_dir / "docs.npy", mmap_mode="r")),
         anchor_texts=anchors.column("text").combine_chunks(),
         doc_texts=docs.column("text").combine_chunks(),
         anchor_ids=anchors.column("anchor_id").combine_chunks(),
