@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from negminer.report import health_warnings, run_report
 from negminer.storage.versions import write_version
@@ -41,6 +42,22 @@ def test_report_without_flagged_file(tmp_path: Path) -> None:
     report = run_report(version)
     assert report.flagged == [] and report.flagged_total == 0
     assert "## Flagged pairs by kind\n\nnone" in report.markdown
+
+
+def test_report_reads_only_the_flagged_file_of_a_version(tmp_path: Path, monkeypatch) -> None:
+    big = pa.table({"anchor_id": ["a"] * 50, "doc_id": [f"d{i}" for i in range(50)], "score": [0.5] * 50})
+    flagged = pa.table({"kind": ["false_negative"], "quality_score": [0.1], "anchor_id": ["a"]})
+    tables = {"candidates": big, "docs": big, "triplets": big, "pairs": big, "flagged": flagged}
+    version = write_version(tmp_path, "ds", tables=tables, manifest={})
+    read = []
+    read_table, parquet_file = pq.read_table, pq.ParquetFile
+    monkeypatch.setattr(pq, "read_table", lambda path, **kw: read.append(Path(path).name) or read_table(path, **kw))
+    monkeypatch.setattr(pq, "ParquetFile", lambda path, **kw: read.append(Path(path).name) or parquet_file(path, **kw))
+
+    report = run_report(version)
+
+    assert report.flagged_total == 1 and "| false_negative | 1 |" in report.markdown
+    assert set(read) == {"flagged.parquet"}
 
 
 def _curation_manifest(excluded: int, scored: int) -> dict:

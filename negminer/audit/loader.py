@@ -14,9 +14,10 @@ changed one is replaced in one transaction. Decisions are never touched.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,6 +46,7 @@ _KIND_TEXT = {
     "near_duplicate": "near-duplicate text of the anchor or of one of its positives",
 }
 HISTOGRAM_BINS = 24
+BATCH_ROWS = 65536  # rows of candidates/docs/pairs read at a time; results do not depend on it
 
 
 class LoadResult(NamedTuple):
@@ -178,8 +180,8 @@ def _candidate_scores(flagged: pa.Table, version_dir: Path) -> dict[tuple[str, s
     wanted = [c for c in SCORE_COLUMNS if c in available and c not in flagged.column_names]
     if not wanted or not {"anchor_id", "doc_id"} <= available:
         return {}
-    anchor_ids = pc.unique(pc.cast(flagged.column("anchor_id"), pa.string()))
-    candidates = _read_filtered(path, "anchor_id", anchor_ids, ["doc_id", *wanted])
+    where = {key: pc.unique(pc.cast(flagged.column(key), pa.string())) for key in ("anchor_id", "doc_id")}
+    candidates = _read_filtered(path, where, wanted)
     found: dict[tuple[str, str], dict[str, Any]] = {}
     for record in candidates.to_pylist():
         found.setdefault((record.pop("anchor_id"), record.pop("doc_id")), record)
@@ -196,12 +198,12 @@ class _Texts(NamedTuple):
     def read(cls, version_dir: Path, flagged: pa.Table) -> _Texts:
         """Texts of the flagged anchors and docs and of those anchors' positives."""
         anchor_ids = pc.unique(pc.cast(flagged.column("anchor_id"), pa.string()))
-        anchors = _read_filtered(version_dir / "anchors.parquet", "anchor_id", anchor_ids, ["anchor_idx", "text"])
-        pairs = _read_filtered(version_dir / "pairs.parquet", "anchor_idx", anchors["anchor_idx"], ["doc_idx"])
+        anchors = _read_filtered(version_dir / "anchors.parquet", {"anchor_id": anchor_ids}, ["anchor_idx", "text"])
+        pairs = _read_filtered(version_dir / "pairs.parquet", {"anchor_idx": anchors["anchor_idx"]}, ["doc_idx"])
         docs_path = version_dir / "docs.parquet"
         flagged_docs = pc.unique(pc.cast(flagged.column("doc_id"), pa.string()))
-        docs = _read_filtered(docs_path, "doc_id", flagged_docs, ["text", "title"])
-        positive_docs = _read_filtered(docs_path, "doc_idx", pairs["doc_idx"], ["doc_id", "text", "title"])
+        docs = _read_filtered(docs_path, {"doc_id": flagged_docs}, ["text", "title"])
+        positive_docs = _read_filtered(docs_path, {"doc_idx": pairs["doc_idx"]}, ["doc_id", "text", "title"])
         anchor_of = _mapping(anchors, "anchor_idx", "anchor_id")
         doc_of = _mapping(positive_docs, "doc_idx", "doc_id")
         positives: dict[str, list[str]] = {}
@@ -227,22 +229,37 @@ def _mapping(table: pa.Table, key: str, value: str) -> dict[Any, Any]:
     return dict(zip(table[key].to_pylist(), table[value].to_pylist(), strict=True))
 
 
-def _read_filtered(path: Path, key: str, values: pa.Array | pa.ChunkedArray, columns: list[str]) -> pa.Table:
-    """Rows of a Parquet file whose `key` is in `values`, with `key` and `columns` (empty if absent)."""
+def _read_filtered(path: Path, where: dict[str, pa.Array | pa.ChunkedArray], columns: list[str]) -> pa.Table:
+    """Rows of a Parquet file whose every `where` key is in its values, with the keys and `columns`.
+
+    Read :data:`BATCH_ROWS` rows at a time, so memory is one batch plus the matching rows.
+    Columns the file lacks are left out, except ``title`` (all null).
+    """
     if not path.exists():
         raise InputError("file is missing from the dataset version", path=str(path))
-    available = pq.read_schema(path).names
-    keep = [key, *(c for c in columns if c in available and c != key)]
-    table = pq.read_table(path, columns=keep)
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    table = table.filter(pc.is_in(table.column(key), value_set=pc.cast(values, table.schema.field(key).type)))
+    file = pq.ParquetFile(path)
+    schema = file.schema_arrow
+    keep = [*where, *(c for c in columns if c in schema.names and c not in where)]
+    value_sets = {key: pc.cast(_one_array(values), schema.field(key).type) for key, values in where.items()}
+    matches = []
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=keep):
+        masks = [pc.is_in(batch.column(key), value_set=values) for key, values in value_sets.items()]
+        matches.append(batch.filter(functools.reduce(pc.and_, masks)))
+    table = pa.Table.from_batches(matches, schema=pa.schema([schema.field(c) for c in keep]))
     if "title" in columns and "title" not in table.column_names:
         table = table.append_column("title", pa.nulls(table.num_rows, pa.string()))
     return table
 
 
+def _one_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
 def score_histogram(version_dir: Path, *, bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
     """Histogram of the version's retrieved-positive and chosen-negative scores.
+
+    Two passes over ``candidates.parquet`` in batches of :data:`BATCH_ROWS` rows: the range of
+    the shown scores, then the counts per bin.
 
     Returns:
         ``{"edges": (bins+1,), "positive": (bins,), "negative": (bins,)}``; empty lists when
@@ -250,28 +267,36 @@ def score_histogram(version_dir: Path, *, bins: int = HISTOGRAM_BINS) -> dict[st
     """
     path = version_dir / "candidates.parquet"
     empty = {"edges": [], "positive": [], "negative": []}
-    if not path.exists():
+    if not path.exists() or not {"score", "is_positive"} <= set(pq.read_schema(path).names):
         return empty
-    names = set(pq.read_schema(path).names)
-    if not {"score", "is_positive"} <= names:
+    ranges = [(s.min(), s.max()) for s in (score[pos | neg] for score, pos, neg in _shown_scores(path)) if s.size]
+    if not ranges:
         return empty
-    table = pq.read_table(path, columns=[c for c in ("score", "is_positive", "negative_slot") if c in names])
-    is_positive = table.column("is_positive").to_numpy(zero_copy_only=False)
-    if "negative_slot" in names:
-        is_negative = table.column("negative_slot").is_valid().to_numpy(zero_copy_only=False)
-    else:
-        is_negative = ~is_positive
-    score = table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)
-    shown = score[is_positive | is_negative]
-    if shown.size == 0:
-        return empty
-    low, high = math.floor(shown.min() * 20) / 20, math.ceil(shown.max() * 20) / 20
+    lows, highs = zip(*ranges, strict=True)
+    low, high = math.floor(np.min(lows) * 20) / 20, math.ceil(np.max(highs) * 20) / 20
     edges = np.linspace(low, max(high, low + 0.05), bins + 1)
+    positive, negative = np.zeros(bins, np.int64), np.zeros(bins, np.int64)
+    for score, is_positive, is_negative in _shown_scores(path):
+        positive += np.histogram(score[is_positive], edges)[0]
+        negative += np.histogram(score[is_negative], edges)[0]
     return {
         "edges": [round(float(e), 4) for e in edges],
-        "positive": np.histogram(score[is_positive], edges)[0].tolist(),
-        "negative": np.histogram(score[is_negative], edges)[0].tolist(),
+        "positive": positive.tolist(),
+        "negative": negative.tolist(),
     }
+
+
+def _shown_scores(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(score, is_positive, is_negative) of each batch of candidates.parquet; a negative has a slot."""
+    names = pq.read_schema(path).names
+    columns = [c for c in ("score", "is_positive", "negative_slot") if c in names]
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        is_positive = batch.column("is_positive").to_numpy(zero_copy_only=False)
+        if "negative_slot" in names:
+            is_negative = batch.column("negative_slot").is_valid().to_numpy(zero_copy_only=False)
+        else:
+            is_negative = ~is_positive
+        yield batch.column("score").to_numpy(zero_copy_only=False).astype(np.float64), is_positive, is_negative
 
 
 def describe(row: dict[str, Any]) -> str:

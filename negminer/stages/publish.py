@@ -105,13 +105,9 @@ def _changes(
     dataset_dir: Path, parent: str | None, files: dict[str, str | Path], score_quantiles: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The new version's ``changes`` against `parent` (None for a first version)."""
-    from negminer.storage.lineage import lineage_tables, version_changes
+    from negminer.storage.lineage import version_changes
 
-    return version_changes(
-        dataset_dir / parent if parent else None,
-        tables=lineage_tables(files) if parent else {},
-        score_quantiles=score_quantiles,
-    )
+    return version_changes(dataset_dir / parent if parent else None, files=files, score_quantiles=score_quantiles)
 
 
 def _published_before(work_dir: Path, dataset_dir: Path, files: dict[str, str | Path]) -> Path | None:

@@ -12,37 +12,43 @@ Contract of :func:`version_changes` (the manifest's ``changes``; None for a firs
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from negminer.mining.strategies import pair_priority, stable_hash64
 from negminer.storage.versions import latest_version, list_versions, read_manifest
 
 logger = logging.getLogger(__name__)
+
+BATCH_ROWS = 65536  # rows read at a time; the counts do not depend on it
+_STEMS = ("triplets", "pairs", "anchors", "docs")
 
 
 def version_changes(
     parent_dir: str | Path | None,
     *,
-    tables: dict[str, pa.Table],
+    files: dict[str, str | Path],
     score_quantiles: dict[str, dict[str, float]],
 ) -> dict[str, Any] | None:
     """Rows added and removed, and score-quantile drift, of a new version against `parent_dir`.
 
+    Both versions' files are read in batches of :data:`BATCH_ROWS` rows; what is kept is one
+    64-bit hash per row (triplets, pairs, anchors, docs), never the rows themselves.
+
     Args:
         parent_dir: the parent version folder, or None for a first version.
-        tables: the new version's tables by file stem (``triplets``, ``pairs``, ``anchors``, ``docs``).
+        files: the new version's Parquet files by stem (``triplets``, ``pairs``, ``anchors``, ``docs``).
         score_quantiles: the new version's ``score_quantiles`` (kind -> quantile -> score).
 
     Example:
-        >>> version_changes("datasets/nightly/v0003", tables=tables, score_quantiles=q)  # doctest: +SKIP
+        >>> version_changes("datasets/nightly/v0003", files=files, score_quantiles=q)  # doctest: +SKIP
         {'parent': 'v0003', 'triplets': {'added': 120, 'removed': 4, 'kept': 2280}, ...}
     """
     if parent_dir is None:
@@ -50,25 +56,18 @@ def version_changes(
     parent_dir = Path(parent_dir)
     parent = read_manifest(parent_dir)
     out: dict[str, Any] = {"parent": parent["version"]}
-    old = {stem: _read(parent_dir, stem) for stem in ("triplets", "pairs", "anchors", "docs")}
-    if old["triplets"] is not None and "triplets" in tables:
-        out["triplets"] = _diff(_row_keys(old["triplets"]), _row_keys(tables["triplets"]))
-    if None not in (old["pairs"], old["anchors"], old["docs"]):
-        out["pairs"] = _diff(
-            _pair_keys(old["pairs"], old["anchors"], old["docs"]),
-            _pair_keys(tables["pairs"], tables["anchors"], tables["docs"]),
-        )
-    if old["docs"] is not None:
-        out["docs"] = _diff(
-            Counter(old["docs"].column("doc_id").to_pylist()), Counter(tables["docs"].column("doc_id").to_pylist())
-        )
+    old = {stem: parent_dir / f"{stem}.parquet" for stem in _STEMS if (parent_dir / f"{stem}.parquet").exists()}
+    new = {stem: Path(files[stem]) for stem in _STEMS if stem in files}
+    if "triplets" in old and "triplets" in new:
+        out["triplets"] = multiset_changes(_row_hashes(old["triplets"]), _row_hashes(new["triplets"]))
+    if "docs" in old:
+        old_docs, new_docs = _row_hashes(old["docs"], columns=["doc_id"]), _row_hashes(new["docs"], columns=["doc_id"])
+        if "pairs" in old and "anchors" in old:
+            out["pairs"] = multiset_changes(_pair_hashes(old, old_docs), _pair_hashes(new, new_docs))
+        # after the pairs: multiset_changes sorts the doc hashes, which _pair_hashes looks up by doc_idx
+        out["docs"] = multiset_changes(old_docs, new_docs)
     out["score_quantiles_drift"] = quantile_drift(parent.get("score_quantiles", {}), score_quantiles)
     return out
-
-
-def lineage_tables(files: dict[str, str | Path]) -> dict[str, pa.Table]:
-    """The tables of a new version's files (stem -> Parquet path) that :func:`version_changes` compares."""
-    return {stem: pq.read_table(files[stem]) for stem in ("triplets", "pairs", "anchors", "docs") if stem in files}
 
 
 def quantile_drift(old: dict[str, dict[str, float]], new: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -81,27 +80,48 @@ def quantile_drift(old: dict[str, dict[str, float]], new: dict[str, dict[str, fl
     return drift
 
 
-def _read(version_dir: Path, stem: str) -> pa.Table | None:
-    path = version_dir / f"{stem}.parquet"
-    return pq.read_table(path) if path.exists() else None
+def multiset_changes(old: np.ndarray, new: np.ndarray) -> dict[str, int]:
+    """Added, removed and kept rows of two multisets of row hashes (sorts both in place).
+
+    The same numbers as ``Counter``'s ``new - old``, ``old - new`` and ``old & new``: a hash
+    present ``a`` times in `old` and ``b`` times in `new` keeps ``min(a, b)`` rows.
+
+    Example:
+        >>> multiset_changes(np.array([1, 1, 2], np.uint64), np.array([1, 3], np.uint64))
+        {'added': 1, 'removed': 2, 'kept': 1}
+    """
+    old.sort()
+    new.sort()
+    old_values, old_counts = _runs(old)
+    new_values, new_counts = _runs(new)
+    at = np.minimum(np.searchsorted(old_values, new_values), max(old_values.size - 1, 0))
+    shared = old_values[at] == new_values if old_values.size else np.zeros(new_values.size, bool)
+    kept = int(np.minimum(old_counts[at[shared]], new_counts[shared]).sum())
+    return {"added": new.size - kept, "removed": old.size - kept, "kept": kept}
 
 
-def _diff(old: Counter, new: Counter) -> dict[str, int]:
-    return {
-        "added": sum((new - old).values()),
-        "removed": sum((old - new).values()),
-        "kept": sum((old & new).values()),
-    }
+def _runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of a sorted array and how often each occurs."""
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if ordered.size else np.zeros(0, np.int64)
+    return ordered[starts], np.diff(np.r_[starts, ordered.size])
 
 
-def _row_keys(table: pa.Table, *, batch_rows: int = 65536) -> Counter:
-    """Multiset of row digests over every column (cast to text, nulls as empty), in batches."""
-    keys: Counter = Counter()
-    for batch in table.to_batches(max_chunksize=batch_rows):
-        columns = [pc.fill_null(_as_text(column), "") for column in batch.columns]
-        joined = pc.binary_join_element_wise(*columns, "\x1f") if len(columns) > 1 else columns[0]
-        keys.update(hashlib.blake2b(row.encode(), digest_size=12).digest() for row in joined.to_pylist())
-    return keys
+def _row_hashes(path: Path, *, columns: list[str] | None = None) -> np.ndarray:
+    """(rows,) uint64: a 64-bit hash of each row of a Parquet file over `columns` (default all).
+
+    The hashed text is every column cast to text (nulls as empty) joined by ``\\x1f``. With a
+    64-bit hash two different rows collide with a chance of about n² / 2⁶⁵ (3e-6 for 10 million
+    rows), so the counts are those of comparing the rows themselves.
+    """
+    file = pq.ParquetFile(path)
+    out = np.empty(file.metadata.num_rows, np.uint64)
+    start = 0
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        texts = [pc.fill_null(_as_text(column), "") for column in batch.columns]
+        joined = pc.binary_join_element_wise(*texts, "\x1f") if len(texts) > 1 else texts[0]
+        out[start : start + batch.num_rows] = stable_hash64(joined.to_pylist())
+        start += batch.num_rows
+    return out
 
 
 def _as_text(column: pa.Array) -> pa.Array:
@@ -112,10 +132,19 @@ def _as_text(column: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(pc.cast(pc.list_value_length(column), pa.string()), items, "\x1d")
 
 
-def _pair_keys(pairs: pa.Table, anchors: pa.Table, docs: pa.Table) -> Counter:
-    anchor_ids = anchors.column("anchor_id").take(pairs.column("anchor_idx")).to_pylist()
-    doc_ids = docs.column("doc_id").take(pairs.column("doc_idx")).to_pylist()
-    return Counter(zip(anchor_ids, doc_ids, strict=True))
+def _pair_hashes(paths: dict[str, Path], doc_hashes: np.ndarray) -> np.ndarray:
+    """(pairs,) uint64: a hash of each pair's (anchor id, doc id), ids looked up by row number."""
+    anchor_hashes = _row_hashes(paths["anchors"], columns=["anchor_id"])
+    file = pq.ParquetFile(paths["pairs"])
+    out = np.empty(file.metadata.num_rows, np.uint64)
+    start = 0
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=["anchor_idx", "doc_idx"]):
+        anchors = anchor_hashes[batch.column("anchor_idx").to_numpy()]
+        docs = doc_hashes[batch.column("doc_idx").to_numpy()]
+        # an order-sensitive mix of the two id hashes (seed 0): (a, d) and (d, a) differ
+        out[start : start + batch.num_rows] = pair_priority(anchors, docs, 0)
+        start += batch.num_rows
+    return out
 
 
 @dataclass(frozen=True)

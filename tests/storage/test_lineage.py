@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
-from negminer.storage.lineage import quantile_drift, version_changes, version_summaries
+from negminer.storage import lineage
+from negminer.storage.lineage import multiset_changes, quantile_drift, version_changes, version_summaries
 from negminer.storage.versions import write_version
 
 
@@ -22,6 +27,14 @@ def tables(pairs: list[tuple[str, str]], triplets: list[tuple[str, str, str]], d
     }
 
 
+def files(folder: Path, tables: dict[str, pa.Table], *, row_group_size: int | None = None) -> dict[str, Path]:
+    """The new version's tables written as Parquet files, by stem."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, table in tables.items():
+        pq.write_table(table, folder / f"{stem}.parquet", row_group_size=row_group_size)
+    return {stem: folder / f"{stem}.parquet" for stem in tables}
+
+
 def test_changes_count_rows_added_removed_and_quantile_drift(tmp_path: Path) -> None:
     old = tables(
         [("q1", "d1"), ("q2", "d2")], [("a", "p", "n1"), ("a", "p", "n1"), ("b", "p", "n2")], ["d1", "d2", "d3"]
@@ -32,7 +45,8 @@ def test_changes_count_rows_added_removed_and_quantile_drift(tmp_path: Path) -> 
         [("q1", "d1"), ("q3", "d4")], [("a", "p", "n1"), ("b", "p", "n2"), ("c", "p", "n3")], ["d1", "d2", "d3", "d4"]
     )
 
-    changes = version_changes(parent, tables=new, score_quantiles={"negative": {"q50": 0.55, "q99": 0.9}})
+    quantiles = {"negative": {"q50": 0.55, "q99": 0.9}}
+    changes = version_changes(parent, files=files(tmp_path / "new", new), score_quantiles=quantiles)
 
     assert changes["parent"] == "v0001"
     assert changes["triplets"] == {"added": 1, "removed": 1, "kept": 2}  # one duplicate row of the parent dropped
@@ -42,7 +56,7 @@ def test_changes_count_rows_added_removed_and_quantile_drift(tmp_path: Path) -> 
 
 
 def test_first_version_has_no_changes() -> None:
-    assert version_changes(None, tables={}, score_quantiles={}) is None
+    assert version_changes(None, files={}, score_quantiles={}) is None
 
 
 def test_quantile_drift_skips_kinds_and_quantiles_missing_on_one_side() -> None:
@@ -77,5 +91,46 @@ def test_labeled_list_views_are_compared_row_by_row(tmp_path: Path) -> None:
         return pa.table({"anchor": ["a", "b"], "documents": [["p", "n1"], ["q", "n2"]], "labels": labels})
 
     parent = write_version(tmp_path, "ds", tables={"triplets": view([[1, 0], [1, 0]])}, manifest={})
-    changes = version_changes(parent, tables={"triplets": view([[1, 0], [1, 1]])}, score_quantiles={})
+    new = files(tmp_path / "new", {"triplets": view([[1, 0], [1, 1]])})
+    changes = version_changes(parent, files=new, score_quantiles={})
     assert changes["triplets"] == {"added": 1, "removed": 1, "kept": 1}
+
+
+def test_changes_are_counted_in_batches_over_row_groups_as_multisets(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(lineage, "BATCH_ROWS", 2)
+    old_rows = [("a", "p", "n1")] * 3 + [("b", "p", "n2")] * 2 + [("c", "p", None)]
+    new_rows = [("a", "p", "n1")] * 2 + [("b", "p", "n2")] * 4 + [("d", "p", "n4")] + [("c", "p", None)]
+    old_pairs = [("q1", "d1"), ("q1", "d1"), ("q2", "d2"), ("q3", "d1")]
+    new_pairs = [("q1", "d1"), ("q2", "d2"), ("q2", "d2"), ("q2", "d3"), ("q4", "d2")]
+    old_docs, new_docs = ["d1", "d2", "d3", "d1"], ["d2", "d1", "d3", "d1", "d1", "d5"]
+    parent = write_version(tmp_path, "ds", tables=tables(old_pairs, old_rows, old_docs), manifest={})
+    new = files(tmp_path / "new", tables(new_pairs, new_rows, new_docs), row_group_size=3)
+
+    changes = version_changes(parent, files=new, score_quantiles={})
+
+    def expected(old: list, new: list) -> dict[str, int]:
+        old_counts, new_counts = Counter(old), Counter(new)
+        return {
+            "added": (new_counts - old_counts).total(),
+            "removed": (old_counts - new_counts).total(),
+            "kept": (old_counts & new_counts).total(),
+        }
+
+    assert changes["triplets"] == expected(old_rows, new_rows) == {"added": 3, "removed": 1, "kept": 5}
+    assert changes["pairs"] == expected(old_pairs, new_pairs) == {"added": 3, "removed": 2, "kept": 2}
+    assert changes["docs"] == expected(old_docs, new_docs) == {"added": 2, "removed": 0, "kept": 4}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "answer"),
+    [
+        ([], [], (0, 0, 0)),
+        ([5, 5], [], (0, 2, 0)),
+        ([], [7, 7, 7], (3, 0, 0)),
+        ([1, 1, 2, 9], [9, 1, 3, 3], (2, 2, 2)),
+        ([2**64 - 1, 0, 0], [0, 2**64 - 1, 2**64 - 1], (1, 1, 2)),
+    ],
+)
+def test_multiset_changes_match_counters(old: list[int], new: list[int], answer: tuple[int, int, int]) -> None:
+    changes = multiset_changes(np.array(old, np.uint64), np.array(new, np.uint64))
+    assert (changes["added"], changes["removed"], changes["kept"]) == answer
