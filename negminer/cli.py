@@ -165,7 +165,9 @@ def verify(
 @app.command()
 def refilter(
     version: Annotated[Path, typer.Argument(help="A dataset version folder (ROOT/NAME/VERSION).")],
-    config: Annotated[Path | None, typer.Option("--config", help="YAML config; its mine section is used.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML config: its mine section and curate *_action policies.")
+    ] = None,
     strategy: Annotated[str | None, typer.Option("--strategy", help=_STRATEGY_HELP)] = None,
     num_negatives: Annotated[int | None, typer.Option("--num-negatives", help="Negatives per anchor.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Datasets root (default: the parent's).")] = None,
@@ -173,13 +175,14 @@ def refilter(
 ) -> None:
     """Derive a new version from VERSION's stored candidates, without embedding or searching; prints its path last."""
     from negminer.refilter import refilter as refilter_version
-    from negminer.refilter import refilter_config
+    from negminer.refilter import refilter_config, refilter_policies
     from negminer.storage.versions import check_dataset_name
 
     if name is not None:
         check_dataset_name(name)
     settings = refilter_config(version, config, strategy=strategy, num_negatives=num_negatives)
-    result = refilter_version(version, mine=settings, root=out, name=name)
+    policies = refilter_policies(version, config)
+    result = refilter_version(version, mine=settings, curation=policies, root=out, name=name)
     typer.echo(
         f"{result.counts['negatives']} negatives, {result.counts['anchors_short']} anchors short, "
         f"{result.seconds:.2f} s",

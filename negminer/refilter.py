@@ -10,6 +10,10 @@ the model are the parent's and cannot change here: that needs a new ``mine`` run
 Files of the parent that selection does not produce (``anchors``, ``docs``, ``pairs``,
 ``rejects``, curation's ``flagged``, …) are carried over unchanged; curation flags on the
 candidate table (``flagged_false_negative``, ``excluded_by_audit``) keep dropping their rows.
+New curation policies (the ``curate`` section's ``*_action`` keys, :func:`refilter_policies`)
+are applied to the parent's flags instead (:mod:`negminer.curation.reapply`): ``flagged`` and
+``pairs`` are then rewritten. A config file is checked as ``mine`` checks it, and a setting
+that would need a new embedding, search or curation is refused by name.
 The manifest's ``changes`` compare the new version with that parent, and its embedding counts
 say nothing was embedded.
 """
@@ -26,13 +30,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from negminer.config import MineConfig, PipelineConfig, read_yaml_sections
+from negminer.config import CurateConfig, MineConfig, PipelineConfig, RetrievalConfig, read_yaml_sections
 from negminer.errors import ConfigError, StorageError
 from negminer.storage.atomic import sha256_file
-from negminer.storage.lineage import lineage_tables, version_changes
+from negminer.storage.lineage import version_changes
 from negminer.storage.versions import MANIFEST, check_dataset_name, read_manifest, verify_version, write_version
 
 logger = logging.getLogger(__name__)
@@ -60,13 +63,15 @@ def refilter_config(
     Retrieval settings come from the parent; every other ``mine`` setting starts from its
     default (or the chosen preset's), not from the parent's, so a file or override that
     switches the strategy does not inherit the old strategy's options: give every setting to
-    keep (e.g. ``num_negatives``). A file that sets a different ``search_depth``,
-    or ``input`` / ``embed`` sections that differ from the parent's, is refused with a
-    message that says to run ``mine`` again.
+    keep (e.g. ``num_negatives``). The file is checked as ``mine`` checks it (unknown sections
+    and keys are errors); a setting refilter cannot apply without embedding, searching or
+    judging again (``input``, ``embed``, ``index``, the retrieval keys of ``mine``, ``curate``
+    other than its ``*_action`` policies) that differs from the parent's is refused, naming
+    each such key. The ``curate`` policies are read by :func:`refilter_policies`.
 
     Args:
         version_dir: the parent dataset version.
-        config_path: YAML file laid out like ``PipelineConfig`` (only ``mine`` is used).
+        config_path: YAML file laid out like ``PipelineConfig``.
         **overrides: ``mine`` keys, e.g. ``strategy="semi-hard"``, ``num_negatives=5``
             (None values are ignored).
 
@@ -76,28 +81,55 @@ def refilter_config(
     parent = PipelineConfig.model_validate(read_manifest(version_dir)["config"])
     raw = read_yaml_sections(config_path) if config_path is not None else {}
     source = str(config_path or "options")
-    for section in ("input", "embed"):
-        if section in raw:
-            given = PipelineConfig.from_dict({section: raw[section]}, source=source)
-            if getattr(given, section) != getattr(parent, section):
-                raise ConfigError(
-                    f"{source}: refilter keeps the parent's {section!r} settings; run `negminer mine` to change them"
-                )
     mine_raw = {**(raw.get("mine") or {}), **{k: v for k, v in overrides.items() if v is not None}}
-    depth = parent.mine.search_depth
-    if mine_raw.get("search_depth", depth) != depth:
+    given = PipelineConfig.from_dict({**raw, "mine": mine_raw}, source=source)  # unknown keys: errors, as in mine
+    fixed = _needs_a_new_run(raw, mine_raw, given, parent)
+    if fixed:
         raise ConfigError(
-            f"{source}: mine.search_depth {mine_raw['search_depth']} differs from the stored "
-            f"retrieval ({depth}); narrow the window with range_max, or run `negminer mine` again"
+            f"{source}: refilter selects again from the stored candidates and cannot change "
+            f"{', '.join(fixed)} (they need a new embedding, search or curation): run `negminer mine` to change them"
         )
     mine_raw.update({key: getattr(parent.mine, key) for key in _RETRIEVAL})
     return PipelineConfig.from_dict({"mine": mine_raw}, source=source).mine
+
+
+def refilter_policies(version_dir: str | Path, config_path: str | Path | None = None) -> CurateConfig | None:
+    """The parent's curation settings with the file's ``curate`` ``*_action`` policies; None when unchanged.
+
+    Example:
+        >>> policies = refilter_policies("datasets/scifact/v0001", "keep-duplicates.yaml")  # doctest: +SKIP
+    """
+    from negminer.curation.reapply import POLICY_KEYS
+
+    parent = PipelineConfig.model_validate(read_manifest(version_dir)["config"]).curate
+    raw = (read_yaml_sections(config_path).get("curate") or {}) if config_path is not None else {}
+    chosen = {key: raw[key] for key in POLICY_KEYS if key in raw}
+    merged = PipelineConfig.from_dict({"curate": {**parent.model_dump(), **chosen}}, source=str(config_path)).curate
+    return None if merged == parent else merged
+
+
+def _needs_a_new_run(
+    raw: dict[str, Any], mine_raw: dict[str, Any], given: PipelineConfig, parent: PipelineConfig
+) -> list[str]:
+    """The keys given in `raw` / `mine_raw` that differ from the parent's and refilter cannot apply."""
+    from negminer.curation.reapply import POLICY_KEYS
+
+    given_keys = {section: list(raw.get(section) or {}) for section in ("input", "embed", "index", "curate")}
+    given_keys["curate"] = [key for key in given_keys["curate"] if key not in POLICY_KEYS]
+    given_keys["mine"] = [key for key in mine_raw if key in RetrievalConfig.model_fields]
+    return [
+        f"{section}.{key}"
+        for section, keys in given_keys.items()
+        for key in keys
+        if getattr(getattr(given, section), key) != getattr(getattr(parent, section), key)
+    ]
 
 
 def refilter(
     version_dir: str | Path,
     *,
     mine: MineConfig,
+    curation: CurateConfig | None = None,
     root: str | Path | None = None,
     name: str | None = None,
     batch_rows: int | None = None,
@@ -108,6 +140,8 @@ def refilter(
         version_dir: a complete dataset version (``ROOT/NAME/VERSION``).
         mine: the new selection settings; ``search_depth`` must be the parent's (see
             :func:`refilter_config`).
+        curation: the parent's curation settings with new ``*_action`` policies
+            (:func:`refilter_policies`), applied to the parent's flags; None keeps the parent's.
         root: datasets root of the new version (default: the parent's root).
         name: dataset name of the new version (default: the parent's name).
         batch_rows: candidate rows selected at a time (default
@@ -129,14 +163,16 @@ def refilter(
     root = Path(root) if root is not None else version_dir.parent.parent
     scratch = _scratch_dir(root / name)
     try:
-        derived, audit_counts = _derive(version_dir, scratch, mine, batch_rows=batch_rows)
+        change = _policy_change(version_dir, curation)
+        derived, audit_counts, rewritten = _derive(version_dir, scratch, mine, change, batch_rows=batch_rows)
         carried = {s: version_dir / f"{s}.parquet" for s in _stems(manifest) if s not in DERIVED_FILES}
-        files = {**carried, **derived.paths}
+        files = {**carried, **rewritten, **derived.paths}
         new_manifest = _child_manifest(manifest, version_dir, mine, derived, time.perf_counter() - start)
         new_manifest["counts"]["audit"] = audit_counts
-        new_manifest["changes"] = version_changes(
-            version_dir, tables=lineage_tables(files), score_quantiles=derived.score_quantiles
-        )
+        if change is not None:
+            new_manifest["config"]["curate"] = curation.model_dump(mode="json")
+            new_manifest["counts"]["curation"] = {**new_manifest["counts"].get("curation", {}), **change.counts}
+        new_manifest["changes"] = version_changes(version_dir, files=files, score_quantiles=derived.score_quantiles)
         same_dataset = root.resolve() / name == version_dir.parent.resolve()
         path = write_version(
             root,
@@ -152,15 +188,29 @@ def refilter(
     return RefilterResult(path, derived.counts, time.perf_counter() - start)
 
 
+def _policy_change(version_dir: Path, curation: CurateConfig | None) -> Any:
+    """The parent's flags under `curation`'s policies (None: no new policies, or nothing flagged)."""
+    from negminer.curation.reapply import PolicyChange
+
+    path = version_dir / "flagged.parquet"
+    if curation is None or not path.exists():
+        return None
+    n_docs = pq.ParquetFile(version_dir / "docs.parquet").metadata.num_rows
+    return PolicyChange(pq.read_table(path), curation, n_docs=n_docs)
+
+
 def _derive(
-    version_dir: Path, scratch: Path, mine: MineConfig, *, batch_rows: int | None
-) -> tuple[Any, dict[str, int]]:
-    """Select from the parent's candidate file in batches into `scratch` (audit decisions applied)."""
+    version_dir: Path, scratch: Path, mine: MineConfig, change: Any, *, batch_rows: int | None
+) -> tuple[Any, dict[str, int], dict[str, Path]]:
+    """Select from the parent's candidate file in batches into `scratch` (new policies and audit
+    decisions applied); also the flagged table and pairs rewritten under new policies."""
     from negminer.audit.feedback import load_decisions
     from negminer.curation.decisions import BatchedFeedback
     from negminer.mining.streaming import BATCH_ROWS, derive_files
+    from negminer.storage.atomic import write_parquet_atomic
 
     tables = {stem: pq.read_table(version_dir / f"{stem}.parquet") for stem in ("anchors", "docs", "pairs")}
+    pairs = tables["pairs"] if change is None else change.training_pairs(tables["pairs"])
     candidates = version_dir / "candidates.parquet"
     dataset_dir = version_dir.resolve().parent
     feedback = BatchedFeedback(
@@ -168,9 +218,9 @@ def _derive(
         schema=pq.read_schema(candidates),
         anchors=tables["anchors"],
         docs=tables["docs"],
-        pairs=tables["pairs"],
+        pairs=pairs,
         extra_positives=mine.audit_extra_positives,
-        held_out=_held_out_pairs(version_dir),
+        held_out=_held_out_pairs(version_dir) if change is None else change.held_out(),
     )
     files = derive_files(
         candidates,
@@ -179,10 +229,14 @@ def _derive(
         docs=tables["docs"],
         pairs=feedback.pairs,
         config=mine,
-        transform=feedback,
+        transform=feedback if change is None else (lambda batch: feedback(change(batch))),
         batch_rows=batch_rows or BATCH_ROWS,
     )
-    return files, feedback.counts
+    rewritten = {}
+    if change is not None:
+        rewritten["flagged"] = write_parquet_atomic(scratch / "flagged.parquet", change.flagged)
+        rewritten["pairs"] = write_parquet_atomic(scratch / "pairs.parquet", pairs)
+    return files, feedback.counts, rewritten
 
 
 def _held_out_pairs(version_dir: Path) -> pa.Table | None:
@@ -193,18 +247,12 @@ def _held_out_pairs(version_dir: Path) -> pa.Table | None:
     path = version_dir / "flagged.parquet"
     if not path.exists():
         return None
+    from negminer.curation.reapply import held_out_positives
+
     flagged = pq.read_table(path)
     if not {"kind", "action", "pair_idx", "anchor_idx", "doc_idx"} <= set(flagged.column_names):
         return None
-    mask = pc.and_(
-        pc.and_(pc.equal(flagged.column("kind"), "false_positive"), pc.not_equal(flagged.column("action"), "keep")),
-        pc.is_valid(flagged.column("pair_idx")),
-    )
-    held = flagged.filter(mask)
-    columns = {name: held.column(name) for name in ("pair_idx", "anchor_idx", "doc_idx")}
-    if "feature_score" in held.column_names:
-        columns["score"] = held.column("feature_score")
-    return pa.table(columns)
+    return held_out_positives(flagged)
 
 
 def _scratch_dir(dataset_dir: Path) -> Path:

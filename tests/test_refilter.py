@@ -272,3 +272,70 @@ def test_select_stage_puts_back_a_held_out_positive_a_reviewer_confirmed(
 
     assert not trained_on("skip")
     assert trained_on("is_positive")
+
+
+def _curated_version(version: Path, tmp_path: Path) -> Path:
+    """The version as curation would leave it: each anchor's first choice flagged a near-duplicate
+    and dropped, the first pair flagged a false positive and quarantined (out of the pairs)."""
+    tables = {p.stem: pq.read_table(p) for p in version.glob("*.parquet")}
+    candidates = tables["candidates"]
+    first_choice = pc.equal(candidates.column("negative_slot"), 1)
+    tables["candidates"] = candidates.append_column("flagged_false_negative", pc.fill_null(first_choice, False))
+    near = candidates.filter(pc.fill_null(first_choice, False))
+    pairs = tables["pairs"]
+    wrong = pairs.slice(0, 1)
+    tables["pairs"] = pairs.slice(1)
+    rows = {
+        "kind": ["near_duplicate"] * near.num_rows + ["false_positive"],
+        "action": ["drop"] * near.num_rows + ["quarantine"],
+        "anchor_id": [*near.column("anchor_id").to_pylist(), None],
+        "doc_id": [*near.column("doc_id").to_pylist(), None],
+        "anchor_idx": near.column("anchor_idx").to_pylist() + wrong.column("anchor_idx").to_pylist(),
+        "doc_idx": near.column("doc_idx").to_pylist() + wrong.column("doc_idx").to_pylist(),
+        "pair_idx": [None] * near.num_rows + wrong.column("pair_idx").to_pylist(),
+        "quality": [0.1] * (near.num_rows + 1),
+        "feature_score": [0.5] * (near.num_rows + 1),
+    }
+    types = {"anchor_idx": pa.int32(), "doc_idx": pa.int32(), "pair_idx": pa.int32(), "feature_score": pa.float32()}
+    tables["flagged"] = pa.table({k: pa.array(v, types.get(k)) for k, v in rows.items()})
+    manifest = {k: v for k, v in read_manifest(version).items() if k != "files"}
+    return write_version(tmp_path / "cur", "toy", tables=tables, manifest=manifest)
+
+
+def test_new_curation_policies_are_applied_to_the_stored_flags(version: Path, tmp_path: Path):
+    from negminer.refilter import refilter_policies
+
+    curated = _curated_version(version, tmp_path)
+    dropped = refilter(curated, mine=refilter_config(curated, num_negatives=3))
+    assert "false_negative" in pq.read_table(dropped.path / "candidates.parquet").column("reason").to_pylist()
+
+    policy = tmp_path / "keep.yaml"
+    policy.write_text("curate:\n  near_duplicate_action: keep\n  false_positive_action: keep\n")
+    curation = refilter_policies(curated, policy)
+    kept = refilter(curated, mine=refilter_config(curated, policy, num_negatives=3), curation=curation)
+
+    assert "false_negative" not in pq.read_table(kept.path / "candidates.parquet").column("reason").to_pylist()
+    assert sorted(set(pq.read_table(kept.path / "flagged.parquet").column("action").to_pylist())) == ["keep"]
+    wrong_pair = pq.read_table(curated / "flagged.parquet").column("pair_idx").to_pylist()[-1]
+    assert wrong_pair in pq.read_table(kept.path / "pairs.parquet").column("pair_idx").to_pylist()
+    assert wrong_pair not in pq.read_table(dropped.path / "pairs.parquet").column("pair_idx").to_pylist()
+    curate = read_manifest(kept.path)["config"]["curate"]
+    assert (curate["near_duplicate_action"], curate["false_positive_action"]) == ("keep", "keep")
+    assert refilter_policies(curated, None) is None
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("mien:\n  strategy: naive\n", "unknown key 'mien'"),
+        ("curate:\n  false_negative_actoin: keep\n", "false_negative_actoin"),
+        ("index:\n  kind: HNSW32\n", "cannot change index.kind"),
+        ("curate:\n  max_rank: 5\n", "cannot change curate.max_rank"),
+        ("mine:\n  search_batch_size: 7\n  num_negatives: 2\n", "cannot change mine.search_batch_size"),
+    ],
+)
+def test_refilter_config_names_unknown_keys_and_settings_it_cannot_apply(version, tmp_path, yaml_text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=message):
+        refilter_config(version, path)
