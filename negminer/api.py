@@ -5,7 +5,7 @@ Prefect (:func:`negminer.stages.run_stages`): no server is started, and the data
 the command's for the same inputs and settings. It takes paths, a pyarrow Table, a pandas
 DataFrame or a ``datasets.Dataset``, and sentence-transformers' ``mine_hard_negatives`` option
 names (``num_negatives``, ``range_min``, ``range_max``, ``max_score``, ``relative_margin``,
-``sampling_strategy``, ...), so a call translates one to one.
+``sampling_strategy``, ``query_prompt``, ``corpus_prompt``, ...), so a call translates one to one.
 """
 
 from __future__ import annotations
@@ -21,6 +21,14 @@ from negminer.config import MineConfig, PipelineConfig
 from negminer.errors import ConfigError
 
 InputLike = str | Path | pa.Table | Any  # a path, a pyarrow Table, a pandas DataFrame or a datasets.Dataset
+
+# mine_hard_negatives' prompt options and the embed settings they set.
+EMBED_OPTIONS = {
+    "query_prompt": "query_prompt",
+    "query_prompt_name": "query_prompt_name",
+    "corpus_prompt": "document_prompt",
+    "corpus_prompt_name": "document_prompt_name",
+}
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,10 @@ def mine(
         config: a :class:`PipelineConfig` or a YAML file; `options` go on top.
         store: the embedding store (default ``OUT/.embeddings``).
         **options: ``mine`` settings by sentence-transformers' names (``num_negatives=5``,
-            ``relative_margin=0.05``, ``strategy="naive"``, ...).
+            ``relative_margin=0.05``, ``strategy="naive"``, ...), and its prompt options:
+            ``query_prompt`` / ``query_prompt_name`` for the anchors, ``corpus_prompt`` /
+            ``corpus_prompt_name`` for the positives and corpus (``embed.document_prompt`` /
+            ``embed.document_prompt_name``).
 
     Example:
         >>> version = negminer.mine("pairs.parquet", corpus="corpus.parquet", out="datasets",
@@ -106,11 +117,14 @@ def mine(
     """
     from negminer.stages import run_stages
 
-    unknown = sorted(set(options) - set(MineConfig.model_fields))
+    unknown = sorted(set(options) - set(MineConfig.model_fields) - set(EMBED_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; mine() takes the mine settings: {_names()}")
     base = _base_config(config)
-    overrides = {f"mine.{key}": value for key, value in options.items()}
+    overrides = {
+        f"embed.{EMBED_OPTIONS[key]}" if key in EMBED_OPTIONS else f"mine.{key}": value
+        for key, value in options.items()
+    }
     if model is not None:
         overrides["embed.model"] = model
     settings = PipelineConfig.from_dict(base.model_dump(exclude_defaults=True), source="mine()", **overrides)
@@ -128,7 +142,7 @@ def _base_config(config: PipelineConfig | str | Path | None) -> PipelineConfig:
 
 
 def _names() -> str:
-    return ", ".join(sorted(MineConfig.model_fields))
+    return ", ".join(sorted([*MineConfig.model_fields, *EMBED_OPTIONS]))
 
 
 def _as_path(data: InputLike, folder: Path, stem: str) -> Path:

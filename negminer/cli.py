@@ -92,6 +92,17 @@ def mine(
         str | None,
         typer.Option("--precision", help="float32 or bfloat16: the forward pass's arithmetic (embed.precision)."),
     ] = None,
+    query_prompt: Annotated[
+        str | None,
+        typer.Option("--query-prompt", help="Prompt put before every anchor, e.g. 'query: ' (embed.query_prompt)."),
+    ] = None,
+    document_prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--document-prompt",
+            help="Prompt put before every positive and corpus text, e.g. 'passage: ' (embed.document_prompt).",
+        ),
+    ] = None,
 ) -> None:
     """Embed, mine hard negatives and write a dataset version; prints its path last.
 
@@ -112,6 +123,8 @@ def mine(
             "mine.strategy": strategy,
             "embed.processes": processes,
             "embed.precision": precision,
+            "embed.query_prompt": query_prompt,
+            "embed.document_prompt": document_prompt,
         }
         pipeline = (
             PipelineConfig.from_yaml(config, **overrides)

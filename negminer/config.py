@@ -112,11 +112,44 @@ class EmbedConfig(_Frozen):
         "cosine of float32's; they are stored apart from float32 vectors.",
     )
 
+    query_prompt: str | None = Field(
+        None,
+        description="Literal prompt put before every anchor (e.g. 'query: ' for E5). None: the model's own "
+        "query prompt (what sentence-transformers' encode_query applies), or none.",
+    )
+    query_prompt_name: str | None = Field(
+        None, description="Name of one of the model's prompts (config_sentence_transformers.json) for the anchors."
+    )
+    document_prompt: str | None = Field(
+        None,
+        description="Literal prompt put before every positive and corpus text (e.g. 'passage: '). None: the "
+        "model's own document prompt (what encode_document applies), or none.",
+    )
+    document_prompt_name: str | None = Field(
+        None, description="Name of one of the model's prompts for the positives and corpus texts."
+    )
+
     @model_validator(mode="after")
     def _check_precomputed(self) -> EmbedConfig:
         if (self.anchor_vectors is None) != (self.doc_vectors is None):
             raise ValueError("anchor_vectors and doc_vectors are given together or not at all")
+        if self.anchor_vectors is not None and (given := self._given_prompt_keys()):
+            raise ValueError(f"prompts ({', '.join(given)}) apply to a model, not to precomputed vectors: remove them")
         return self
+
+    @model_validator(mode="after")
+    def _check_prompts(self) -> EmbedConfig:
+        for side in ("query", "document"):
+            if getattr(self, f"{side}_prompt") is not None and getattr(self, f"{side}_prompt_name") is not None:
+                raise ValueError(
+                    f"{side}_prompt and {side}_prompt_name are both set: give the literal prompt or the name "
+                    "of one of the model's prompts, not both"
+                )
+        return self
+
+    def _given_prompt_keys(self) -> list[str]:
+        keys = ("query_prompt", "query_prompt_name", "document_prompt", "document_prompt_name")
+        return [key for key in keys if getattr(self, key) is not None]
 
     @model_validator(mode="after")
     def _check_precision(self) -> EmbedConfig:

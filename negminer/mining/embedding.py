@@ -2,7 +2,8 @@
 
 Only texts the store has never seen under this model are sent to the model; they are
 embedded in chunks, and each chunk is stored as soon as it is done, so a killed run resumes
-from the last finished chunk.
+from the last finished chunk. A :class:`Side` says how a side's texts are encoded (as queries or
+documents, with which prompt) and keyed in the store.
 """
 
 from __future__ import annotations
@@ -16,15 +17,35 @@ import numpy as np
 import pyarrow as pa
 
 from negminer.errors import StorageError
-from negminer.mining.encoder import Precision, encode, token_lengths
+from negminer.mining.encoder import Precision, Task, encode, token_lengths
 from negminer.storage.atomic import atomic_path
-from negminer.storage.embedding_store import EmbeddingStore
+from negminer.storage.embedding_store import EmbeddingStore, side_keys
 from negminer.textkeys import content_hashes
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
+
+
+class Side(NamedTuple):
+    """How the texts of one side of retrieval are embedded and keyed in the store.
+
+    Attributes:
+        task: "query" (anchors: the model's ``encode_query``) or "document" (positives and
+            corpus texts: ``encode_document``).
+        prompt: the literal prompt put before each text ("" for none).
+        keyed_apart: whether this side's store keys differ from the other side's (their prompts
+            differ, or the model routes queries and documents to other modules).
+    """
+
+    task: Task
+    prompt: str
+    keyed_apart: bool
+
+    def keys(self, hashes: pa.Array) -> pa.Array:
+        """Store keys of texts with content hashes `hashes` (:func:`~negminer.storage.embedding_store.side_keys`)."""
+        return side_keys(hashes, self.task if self.keyed_apart else None)
 
 
 class EmbedResult(NamedTuple):
@@ -47,8 +68,12 @@ def embed_to_file(
     processes: int,
     precision: Precision,
     show_progress_bar: bool = False,
+    side: Side | None = None,
 ) -> EmbedResult:
     """Write the embeddings of `texts` to `out_path` (float32, shape (len(texts), dim)).
+
+    `side` encodes the texts as queries or documents with its prompt, under its keys; None
+    encodes them with the model's plain ``encode`` and no prompt, keyed by their content hashes.
 
     Example:
         >>> embed_to_file(["a claim"], "anchors.npy", model=model, store=store, batch_size=32,
@@ -56,7 +81,7 @@ def embed_to_file(
     """
     start = time.perf_counter()
     out_path = Path(out_path)
-    hashes = content_hashes(texts)
+    hashes = content_hashes(texts) if side is None else side.keys(content_hashes(texts))
     missing = missing_unique(store, hashes)
     for first in range(0, len(missing), chunk_size):
         rows = missing[first : first + chunk_size]
@@ -69,6 +94,7 @@ def embed_to_file(
             show_progress_bar=show_progress_bar,
             processes=processes,
             precision=precision,
+            side=side,
         )
         logger.info("embedded %d/%d new texts", min(first + chunk_size, len(missing)), len(missing))
     positions = fetch_to_file(hashes, out_path, store=store)
@@ -91,14 +117,18 @@ def embed_into_store(
     processes: int,
     precision: Precision,
     show_progress_bar: bool = False,
+    side: Side | None = None,
 ) -> None:
-    """Embed `texts` (whose content hashes are `hashes`) and add them to `store` as one shard.
+    """Embed `texts` (whose store keys are `hashes`) and add them to `store` as one shard.
+
+    `side` as in :func:`embed_to_file`; the token counts kept count the prompted texts.
 
     Example:
         >>> embed_into_store(["a claim"], content_hashes(["a claim"]), model=model, store=store,
         ...     batch_size=32, processes=1, precision="float32")  # doctest: +SKIP
     """
-    counts = token_lengths(texts, model)
+    prompt = side.prompt if side is not None else ""
+    counts = token_lengths([prompt + text for text in texts] if prompt else texts, model)
     vectors = encode(
         texts,
         model,
@@ -107,6 +137,8 @@ def embed_into_store(
         processes=processes,
         precision=precision,
         token_counts=counts,
+        task=None if side is None else side.task,
+        prompt=None if side is None else side.prompt,
     )
     store.add(hashes, vectors, token_lengths=counts)
 

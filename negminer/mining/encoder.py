@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
-from functools import cache
+from collections.abc import Callable, Iterator
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 Precision = Literal["float32", "bfloat16"]
+# The side of retrieval a text is encoded for: anchors are queries; positives and corpus texts documents.
+Task = Literal["query", "document"]
 
 
 def resolve_model_path(model: str | None) -> Path:
@@ -145,6 +147,8 @@ def encode(
     precision: Precision,
     show_progress_bar: bool = False,
     token_counts: np.ndarray | None = None,
+    task: Task | None = None,
+    prompt: str | None = None,
 ) -> np.ndarray:
     """Embed `texts` into normalised float32 vectors of shape (len(texts), dim).
 
@@ -166,6 +170,12 @@ def encode(
             encodes in this process. Ignored, with a warning, for a model on a GPU.
         precision: "bfloat16" runs the forward pass under torch autocast (in this process
             only, so `processes` must be 1); the vectors come back as normalised float32.
+        task: "query" encodes with sentence-transformers' ``encode_query``, "document" with
+            ``encode_document`` (a model with a Router module routes each to its own modules);
+            None with ``encode``.
+        prompt: literal prompt put before each text ("" for none); None lets
+            sentence-transformers choose (the model's query or document prompt for a `task`).
+            `token_counts` should count the prompted texts.
 
     Example:
         >>> vectors = encode(["A man is eating food."], model, batch_size=32, processes=2,
@@ -185,8 +195,9 @@ def encode(
         try:
             with _autocast(model, precision), _kept_on_cpu(model):
                 if pool is not None:
-                    vectors = model.encode(
+                    vectors = _encoder_of(model, task)(
                         texts,
+                        prompt=prompt,
                         batch_size=batch_size,
                         normalize_embeddings=True,
                         convert_to_numpy=True,
@@ -194,7 +205,8 @@ def encode(
                         pool=pool,
                     )
                 else:
-                    vectors = _encode_in_order(texts, model, order, batch_size, show_progress_bar)
+                    call = partial(_encoder_of(model, task), prompt=prompt)
+                    vectors = _encode_in_order(texts, model, call, order, batch_size, show_progress_bar)
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
             if precision != "float32":  # normalised in reduced precision: renormalise in float32
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
@@ -207,6 +219,11 @@ def encode(
             batch_size //= 2
 
 
+def _encoder_of(model: SentenceTransformer, task: Task | None) -> Callable[..., np.ndarray]:
+    """The model's encode method for `task`: encode_query, encode_document, or encode for None."""
+    return getattr(model, {"query": "encode_query", "document": "encode_document", None: "encode"}[task])
+
+
 def _token_order(texts: list[str], model: SentenceTransformer, token_counts: np.ndarray | None) -> np.ndarray:
     """Positions of `texts`, longest first by token count truncated at max_seq_length (stable)."""
     counts = token_lengths(texts, model) if token_counts is None else np.asarray(token_counts)
@@ -217,16 +234,22 @@ def _token_order(texts: list[str], model: SentenceTransformer, token_counts: np.
 
 
 def _encode_in_order(
-    texts: list[str], model: SentenceTransformer, order: np.ndarray, batch_size: int, show_progress_bar: bool
+    texts: list[str],
+    model: SentenceTransformer,
+    call: Callable[..., np.ndarray],
+    order: np.ndarray,
+    batch_size: int,
+    show_progress_bar: bool,
 ) -> np.ndarray:
-    """Encode `texts` in batches of `batch_size` taken along `order`; rows come back in text order."""
+    """Encode `texts` with `call` (one of the model's encode methods) in batches of `batch_size`
+    taken along `order`; rows come back in text order."""
     from tqdm.auto import tqdm
 
     out = np.empty((len(texts), embedding_dimension(model)), np.float32)
     starts = range(0, len(order), batch_size)
     for first in tqdm(starts, desc="Batches", disable=not show_progress_bar):
         rows = order[first : first + batch_size]
-        out[rows] = model.encode(
+        out[rows] = call(
             [texts[i] for i in rows],
             batch_size=batch_size,
             normalize_embeddings=True,

@@ -89,12 +89,20 @@ class EmbedShardResult(Ref):
     seconds: float
 
 
+class PromptsRef(Ref):
+    """The literal prompts put before the anchors (queries) and the documents ("" for none)."""
+
+    query: str
+    document: str
+
+
 class ModelRef(Ref):
     """The embedding model as the manifest names it (``precomputed`` for the user's vectors)."""
 
     name: str
     path: str | None
     fingerprint: str
+    prompts: PromptsRef | None = None  # None: precomputed vectors (or a marker written before prompts)
 
 
 class StoreRef(Ref):

@@ -47,7 +47,7 @@ def work_dir_for(
     config: PipelineConfig,
     store: str | Path | None,
 ) -> Path:
-    """The run's work folder, keyed by input content, input options, embedding model and store.
+    """The run's work folder, keyed by input content, input options, embedding model, prompts and store.
 
     `store` is the embedding store root (None: :func:`default_store_root`). Another store gets
     another work folder: the folder's embed.json (the manifest's store and embedded counts)
@@ -66,10 +66,19 @@ def work_dir_for(
             key["store_dtype"] = config.embed.store_dtype
         if config.embed.precision != "float32":
             key["precision"] = config.embed.precision
+        if (prompts := _prompts_key(config.embed)) is not None:
+            key["prompts"] = prompts
         if store is not None and (resolved := Path(store).resolve()) != default_store_root(root).resolve():
             key["store"] = str(resolved)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return Path(root) / name / ".work" / digest
+
+
+def _prompts_key(config: EmbedConfig) -> str | None:
+    """The effective prompts' digest; None without prompts, so those folders keep their names."""
+    from negminer.mining.embedder import effective_prompts, prompts_digest
+
+    return prompts_digest(effective_prompts(config))
 
 
 def embedding_source_fingerprint(config: EmbedConfig) -> str:

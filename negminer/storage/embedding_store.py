@@ -5,7 +5,13 @@ float16 vectors, shape (n, dim); :meth:`EmbeddingStore.fetch` always returns flo
 and ``shard-<digest>.keys.npy`` (uint8, shape (n, 16): blake2b of each exact text), plus
 ``shard-<digest>.len.npy`` (int32 untruncated token counts; -1 where unknown). The store key
 (:func:`negminer.mining.embedder.store_key`) is the model's content fingerprint plus the
-settings that change its vectors. A shard is visible once its keys file exists; the vectors
+settings that change its vectors, the effective prompts of both sides among them.
+
+Within a folder a text is keyed by the blake2b of its exact text. When anchors (queries) and
+documents are encoded differently (other prompts, or a model whose Router module routes them
+to other modules), each side's keys are those hashes hashed again with the side's name
+(:func:`side_keys`): the same text embedded as an anchor and as a document is stored twice,
+under two keys. A shard is visible once its keys file exists; the vectors
 are written first, both atomically, and shard names are digests of their keys, so concurrent
 writers never corrupt each other.
 """
@@ -136,6 +142,29 @@ class EmbeddingStore:
     @classmethod
     def _vector_path(cls, keys_path: Path) -> Path:
         return cls._suffixed(keys_path, ".vec.npy")
+
+
+def side_keys(hashes: pa.Array, side: str | None) -> pa.Array:
+    """The store keys of texts with content hashes `hashes` (16-byte keys) embedded for `side`.
+
+    Args:
+        hashes: blake2b content hashes of the texts, shape (n,).
+        side: None when both sides are encoded alike (the keys are `hashes`), else the side's
+            name (``query`` or ``document``), hashed in so each side has keys of its own.
+
+    Example:
+        >>> side_keys(content_hashes(["a claim"]), "query")  # doctest: +SKIP
+    """
+    if side is None:
+        return hashes
+    salt = side.encode("utf-8") + b"\0"
+    keys = [hashlib.blake2b(salt + key, digest_size=KEY_BYTES).digest() for key in _iter_keys(hashes)]
+    return pa.array(keys, pa.binary(KEY_BYTES))
+
+
+def _iter_keys(hashes: pa.Array) -> list[bytes]:
+    flat = _key_bytes(hashes)
+    return [flat[i : i + KEY_BYTES] for i in range(0, len(flat), KEY_BYTES)]
 
 
 def _key_bytes(hashes: pa.Array) -> bytes:

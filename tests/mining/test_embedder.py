@@ -103,7 +103,9 @@ def test_the_store_is_opened_under_its_key(tmp_path, store_dtype) -> None:
 def test_embed_to_file_writes_what_the_library_function_writes(tmp_path) -> None:
     config = EmbedConfig(device="cpu", batch_size=2, chunk_size=3)
     embedder = Embedder(config)
-    result = embedder.embed_to_file(TEXTS, tmp_path / "wrapped.npy", embedder.open_store(tmp_path / "wrapped"))
+    wrapped = embedder.open_store(tmp_path / "wrapped")
+    # no prompts: a document is embedded as the plain library call embeds it (keys, vectors, bytes)
+    result = embedder.embed_to_file(TEXTS, tmp_path / "wrapped.npy", wrapped, task="document")
     store = EmbeddingStore(tmp_path / "direct", model_fingerprint=embedder.store_key, dim=384, dtype="float32")
     direct = embed_to_file(
         TEXTS,
@@ -129,7 +131,7 @@ def test_embed_into_store_stores_what_the_library_function_stores(tmp_path) -> N
     texts = TEXTS[:2] + TEXTS[3:]
     hashes = content_hashes(texts)
     wrapped = embedder.open_store(tmp_path / "wrapped")
-    embedder.embed_into_store(texts, hashes, wrapped)
+    embedder.embed_into_store(texts, hashes, wrapped, task="query")
     direct = EmbeddingStore(tmp_path / "direct", model_fingerprint=embedder.store_key, dim=384, dtype="float32")
     embed_into_store(texts, hashes, model=embedder.model, store=direct, batch_size=2, processes=1, precision="float32")
     ours, theirs = wrapped.lookup(hashes), direct.lookup(hashes)
