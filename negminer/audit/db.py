@@ -19,11 +19,14 @@ Tables:
 
 SQLite runs in WAL mode with a busy timeout; transactions that write start with
 ``BEGIN IMMEDIATE`` (:func:`writing`), so writers queue instead of failing with "database is
-locked", and readers never block them.
+locked", and readers never block them. PostgreSQL lets writers run side by side: a
+read-then-write transaction that must not interleave with another (loading one version)
+takes :func:`lock_names` first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import sqlite3
@@ -48,18 +51,31 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import ArgumentError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from negminer.audit import DECISIONS, ENV_DB_URL
 from negminer.errors import ConfigError, StorageError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DECISIONS", "ENV_DB_URL", "Base", "Decision", "FlaggedPair", "LoadedVersion", "default_url", "open_db"]
+__all__ = [
+    "DECISIONS",
+    "ENV_DB_URL",
+    "Base",
+    "Decision",
+    "FlaggedPair",
+    "LoadedVersion",
+    "default_url",
+    "lock_names",
+    "open_db",
+]
 
 DB_FILE = "audit.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _PG_MIGRATION_LOCK = 0x6E65676D  # "negm": pg_advisory_xact_lock key for migrations
+# First key of the two-key pg_advisory_xact_lock(int4, int4) of lock_names (a key space apart
+# from the one-key bigint lock of the migrations).
+_PG_NAMES_LOCK = 0x6E65676D
 _ID = 512  # longest anchor/doc id stored
 _WRITE_OPTION = "negminer_write"
 
@@ -214,6 +230,26 @@ def writing(engine: Engine) -> Engine:
     read-only transactions use a plain ``BEGIN`` and never block writers (WAL).
     """
     return engine.execution_options(**{_WRITE_OPTION: True})
+
+
+def lock_names(session: Session, *names: str) -> None:
+    """Wait for, then hold until the transaction ends, the lock on `names` (e.g. a version).
+
+    Two transactions locking the same names run one after the other; call it first thing in
+    the transaction. On PostgreSQL this is ``pg_advisory_xact_lock`` (the next statement, under
+    the default READ COMMITTED, sees what the previous holder committed); on SQLite a
+    :func:`writing` transaction already holds the database's write lock, so nothing is done.
+    Different names may share a lock by hash collision (they only wait on each other).
+
+    Example:
+        >>> with Session(writing(engine)) as session, session.begin():  # doctest: +SKIP
+        ...     lock_names(session, "load", "scifact-sample", "v0002")
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b("\0".join(names).encode("utf-8"), digest_size=4).digest()
+    key = int.from_bytes(digest, "big", signed=True)
+    session.execute(text("SELECT pg_advisory_xact_lock(:space, :key)"), {"space": _PG_NAMES_LOCK, "key": key})
 
 
 def upgrade(engine: Engine) -> str:

@@ -9,7 +9,9 @@ text column saying why (:data:`WHY_COLUMNS`); every other column is kept as a fe
 has them, else from ``candidates.parquet``; texts come from ``anchors``/``docs``/``pairs``.
 
 Loading is idempotent: a version whose ``flagged.parquet`` has not changed is skipped, a
-changed one is replaced in one transaction. Decisions are never touched.
+changed one is replaced in one transaction. Decisions are never touched. Processes loading the
+same version at once (review pages opened together, ``negminer audit`` commands) take turns
+under a lock on the version: one loads it, the others find it current; one copy is stored.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.orm import Session
 
-from negminer.audit.db import FlaggedPair, LoadedVersion, utcnow, writing
+from negminer.audit.db import FlaggedPair, LoadedVersion, lock_names, utcnow, writing
 from negminer.errors import InputError
 from negminer.storage.atomic import sha256_file
 from negminer.storage.versions import list_versions, read_manifest
@@ -80,6 +82,7 @@ def load_version(engine: Engine, version_dir: str | Path, *, force: bool = False
     dataset, version = version_dir.parent.name, version_dir.name
     digest = sha256_file(path)
     with Session(writing(engine)) as session, session.begin():
+        lock_names(session, "load", dataset, version)  # another loader of it: wait, then find it current
         current = session.scalar(
             select(LoadedVersion).where(LoadedVersion.dataset == dataset, LoadedVersion.version == version)
         )

@@ -162,8 +162,9 @@ def db_url(request, tmp_path):
     """A new, empty audit database URL: SQLite, and PostgreSQL where one is configured.
 
     PostgreSQL runs when ``NEGMINER_TEST_POSTGRES_URL`` names a server (for example
-    ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``, needs the ``postgres`` extra);
-    each test gets its own database, dropped afterwards.
+    ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``; ``.ci/postgres.sh start`` starts
+    a throw-away one and prints its URL, ``.ci/run`` does it for CI); each test gets its own
+    database, dropped afterwards.
     """
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'audit.db'}"
