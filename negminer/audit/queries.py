@@ -28,6 +28,10 @@ VERSION_RE = re.compile(r"^v\d{4,12}$")
 KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_REVIEWER = 100
 MAX_COMMENT = 2000
+# Ids are SQL INTEGER: 32-bit on PostgreSQL, 64-bit on SQLite. A larger id names no row, and binding
+# one fails in the driver (SQLite: OverflowError) or the server (PostgreSQL: integer out of range).
+MAX_ID = 2**31 - 1
+MAX_SQLITE_ID = 2**63 - 1
 DECISIONS_SCHEMA = pa.schema(
     [
         ("anchor_id", pa.string()),
@@ -200,11 +204,18 @@ def count_pairs(engine: Engine, filters: Filters = Filters()) -> int:
 
 
 def get_pair(engine: Engine, pair_id: int) -> PairView | None:
-    """One flagged pair by its id, with its effective decision."""
+    """One flagged pair by its id, with its effective decision (None for an id no row can have)."""
+    if not is_valid_id(engine, pair_id):
+        return None
     query, _ = _pairs_query(Filters())
     with Session(engine) as session:
         row = session.execute(query.where(FlaggedPair.id == pair_id)).first()
     return _view(row) if row else None
+
+
+def is_valid_id(engine: Engine, row_id: int) -> bool:
+    """Whether `row_id` is positive and fits the id columns of `engine`'s backend."""
+    return 1 <= row_id <= (MAX_SQLITE_ID if engine.dialect.name == "sqlite" else MAX_ID)
 
 
 def _view(row: Any) -> PairView:
@@ -264,7 +275,7 @@ def record_decision(
     reviewer = clean_text(reviewer, what="reviewer", max_length=MAX_REVIEWER, required=True)
     comment = clean_text(comment, what="comment", max_length=MAX_COMMENT, required=False)
     with Session(writing(engine)) as session, session.begin():
-        pair = session.get(FlaggedPair, pair_id)
+        pair = session.get(FlaggedPair, pair_id) if is_valid_id(engine, pair_id) else None
         if pair is None:
             raise InputError(f"no flagged pair with id {pair_id} (was its version reloaded? look the pair up again)")
         expected = {"dataset": dataset, "version": version, "anchor_id": anchor_id, "doc_id": doc_id}
