@@ -6,6 +6,7 @@ The last line ``mine`` prints on stdout is the path of the dataset version it wr
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -301,11 +302,16 @@ def main() -> None:
     except NegminerError as err:
         if os.environ.get("NEGMINER_DEBUG"):
             raise
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {_with_hint(str(err), err.__cause__)}", err=True)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
+    except OSError as err:  # a full disk, a read-only or missing folder: the file and the cause
+        if os.environ.get("NEGMINER_DEBUG"):
+            raise
+        typer.echo(f"error: {os_error_line(err)}", err=True)
+        sys.exit(1)
     except Exception as err:
         import click
 
@@ -315,7 +321,50 @@ def main() -> None:
             sys.exit(err.exit_code)
         if os.environ.get("NEGMINER_DEBUG"):
             raise
-        typer.echo(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", err=True)
+        typer.echo(
+            f"error: {type(err).__name__}: {_one_line(str(err))} (rerun with --debug for the traceback)", err=True
+        )
         sys.exit(1)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+# Errors after which freeing space, or making the folder writable, and rerunning resumes the run.
+_RESUME = "then rerun the same command to resume (finished stages are reused)"
+_HINTS = {
+    errno.ENOSPC: f"free space, {_RESUME}",
+    errno.EDQUOT: f"free space, {_RESUME}",
+    errno.EFBIG: f"free space, {_RESUME}",
+    errno.EROFS: f"make the folder writable, {_RESUME}",
+}
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for an OSError: the file (or files) it names, the cause, and for a full disk or
+    a read-only folder what to do.
+
+    Example:
+        >>> os_error_line(OSError(errno.ENOSPC, "No space left on device", "out/x.parquet"))[:45]
+        'out/x.parquet: No space left on device; free '
+    """
+    if err.filename is not None:
+        where = os.fsdecode(err.filename)
+        if err.filename2 is not None:
+            where += f" -> {os.fsdecode(err.filename2)}"
+        line = f"{where}: {err.strerror or os.strerror(err.errno or 0)}"
+    else:
+        line = str(err) or type(err).__name__
+    return _with_hint(line, err)
+
+
+def _with_hint(line: str, cause: BaseException | None) -> str:
+    """`line` on one line, with what to do when `cause` is a full disk or a read-only folder."""
+    hint = _HINTS.get(cause.errno) if isinstance(cause, OSError) else None
+    if hint and _RESUME not in line:
+        line += f"; {hint}"
+    return _one_line(line)
+
+
+def _one_line(text: str) -> str:
+    """`text` on one line (some libraries' messages span several: SQL, details)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip()) or "unknown error"

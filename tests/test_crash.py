@@ -1,134 +1,187 @@
-"""Crash safety: a real `negminer mine` process killed with SIGKILL during embedding, curation,
-selection and writing, then rerun, gives the same dataset bytes as an uninterrupted run.
+"""Crash safety: a real `negminer mine` process killed with SIGKILL at every stage, then the same
+command again, gives the dataset bytes of an uninterrupted run, and no version is ever visible
+before it is complete.
 
 The killed run gets a test-only ``sitecustomize`` (on its PYTHONPATH, never in the package)
-that sleeps after each stored embedding shard or each staged version file, or inside each
-curation shard's verdicts or the selection (marking a flag file when it gets there), so the
-kill lands inside the stage deterministically; the test kills when the stage's first files,
-or its flag, appear. Curation runs in shards here (a sample of anchors fits the judges).
+that watches the stage under test: the stage's functions (``negminer.stages.*``; the report's
+``run_report``) and, inside them, every file they put in place (``os.replace``, ``os.rename``,
+``os.link``: the last step of every atomic write, of a version's staged files and of its rename
+into place). At the chosen step (the Nth match of a pattern) the hook freezes the process before
+the step and drops a flag file; the test then kills the whole process group, so the kill lands
+at that exact point, the step's temp file written but not in place, the earlier ones done.
+
+Every case but the embedding one starts from a copy of the reference run's embedding store,
+so it embeds nothing; the embedding case starts with an empty store, so its kill lands
+between two stored shards. Curation runs in shards here (a sample of anchors fits the judges).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+
+from negminer.storage.versions import LATEST, verify_version
 
 pytestmark = pytest.mark.slow
 
 NAME = "crash"
-SLOW_HOOK = """\
+KILL_HOOK = """\
 import os
-import time
 
-_stage = os.environ.get("NEGMINER_TEST_SLOW_AT")
-if _stage == "embed":
-    from negminer.storage import embedding_store
+_stage = os.environ.get("NEGMINER_TEST_KILL_AT")
+if _stage:
+    import functools
+    import importlib
+    import re
+    import time
 
-    _add = embedding_store.EmbeddingStore.add
+    _pattern = re.compile(os.environ["NEGMINER_TEST_KILL_BEFORE"])
+    _nth = int(os.environ["NEGMINER_TEST_KILL_NTH"])
+    _flag = os.environ["NEGMINER_TEST_FLAG"]
+    _seen, _matches, _depth = [], [0], [0]
+    _functions = {
+        "read": ("negminer.stages", ["read_stage"]),
+        "embed": ("negminer.stages", ["embed_plan_stage", "embed_shard_stage", "embed_assemble_stage"]),
+        "index": ("negminer.stages", ["index_stage", "index_shard_stage"]),
+        "search": ("negminer.stages", ["search_shard_stage", "search_merge_stage"]),
+        "curate": ("negminer.stages", ["curate_plan_stage", "curate_shard_stage", "curate_merge_stage"]),
+        "select": ("negminer.stages", ["select_stage"]),
+        "write": ("negminer.stages", ["publish_stage"]),
+        "audit-load": ("negminer.stages", ["audit_load_stage"]),
+        "report": ("negminer.report", ["run_report"]),
+    }
 
-    def _slow_add(self, *args, **kwargs):
-        _add(self, *args, **kwargs)
-        time.sleep(1.0)
+    def _step(line):
+        # inside the stage: note the step; at the chosen one, flag it and wait to be killed
+        if not _depth[0]:
+            return
+        _seen.append(line)
+        if _pattern.search(line):
+            _matches[0] += 1
+            if _matches[0] == _nth:
+                with open(_flag + ".log", "w") as handle:
+                    handle.write("\\n".join(_seen) + "\\n")
+                os.close(os.open(_flag, os.O_CREAT | os.O_WRONLY))
+                time.sleep(3600)
 
-    embedding_store.EmbeddingStore.add = _slow_add
-elif _stage == "write":
-    from negminer.storage import versions
+    def _stage_function(function):
+        @functools.wraps(function)
+        def watched(*args, **kwargs):
+            _depth[0] += 1
+            try:
+                _step(f"enter {function.__name__}")
+                return function(*args, **kwargs)
+            finally:
+                _depth[0] -= 1
 
-    def _slowed(write):
-        def slow_write(*args, **kwargs):
-            out = write(*args, **kwargs)
-            time.sleep(1.0)
-            return out
+        return watched
 
-        return slow_write
+    def _file_step(name, operation):
+        def watched(src, dst, *args, **kwargs):
+            _step(f"{name} {os.fspath(dst)}")
+            return operation(src, dst, *args, **kwargs)
 
-    # tables written into the version, and work files published into it by link or copy
-    versions._write_table = _slowed(versions._write_table)
-    versions._place_file = _slowed(versions._place_file)
-elif _stage in ("curate", "select"):
-    from pathlib import Path
+        return watched
 
-    if _stage == "curate":
-        from negminer.curation import judges as _module
+    _module, _names = _functions[_stage]
+    _module = importlib.import_module(_module)
+    for _name in _names:
+        setattr(_module, _name, _stage_function(getattr(_module, _name)))
+    for _name in ("replace", "rename", "link"):
+        setattr(os, _name, _file_step(_name, getattr(os, _name)))
+    if _stage == "audit-load":  # inside the audit database's transaction, its rows inserted
+        from negminer.audit import loader
 
-        _name = "judge"
-    else:
-        from negminer.mining import streaming as _module
+        _histogram = loader.score_histogram
 
-        _name = "derive_files"
-    _inner = getattr(_module, _name)
+        def _in_transaction(*args, **kwargs):
+            _step("audit-transaction")
+            return _histogram(*args, **kwargs)
 
-    def _flagged_and_slow(*args, **kwargs):
-        Path(os.environ["NEGMINER_TEST_FLAG"]).touch()
-        time.sleep(1.0)
-        return _inner(*args, **kwargs)
-
-    setattr(_module, _name, _flagged_and_slow)
+        loader.score_histogram = _in_transaction
 """
 
 
+class KillPoint(NamedTuple):
+    stage: str
+    before: str  # pattern of the step (``enter FUNCTION``, ``replace|rename|link PATH``) to stop before
+    nth: int  # its Nth match inside the stage
+    published: bool = False  # the killed run had published its version already
+
+
+KILL_POINTS = {
+    # anchors and docs tables in place, the pairs table written but not yet
+    "read": KillPoint("read", r"^replace .*/\.work/.*\.parquet$", 3),
+    # the first shard stored, the second one's vectors in place but not its keys (so not visible)
+    "embed": KillPoint("embed", r"^replace .*\.keys\.npy$", 2),
+    # the index file in place, its completion marker not
+    "index": KillPoint("index", r"^replace ", 2),
+    # the shard's part and its marker in place, the merged candidate table not
+    "search": KillPoint("search", r"^replace ", 3),
+    # the judges fitted, the first shard's parts in place, the second shard's first one not
+    "curate": KillPoint("curate", r"^replace ", 4),
+    # the selected candidates in place, the training view not
+    "select": KillPoint("select", r"^replace ", 2),
+    # the version being staged: the first of its files placed, the second not
+    "write": KillPoint("write", r"^link .*/\.staging-", 2),
+    # the version renamed into place, LATEST not yet pointed at it
+    "write-latest": KillPoint("write", r"^replace .*/LATEST$", 1),
+    # the version published; the audit database's transaction under way (its rows inserted)
+    "audit-load": KillPoint("audit-load", r"^audit-transaction$", 1, published=True),
+    # the version published and loaded; the run's report being made
+    "report": KillPoint("report", r"^enter run_report$", 1, published=True),
+}
+
+
 @pytest.fixture(scope="module")
-def setup(sample_dir: Path, tmp_path_factory) -> dict:
-    """25 sample pairs, 100 docs, a config with 16-text shards, a private PREFECT_HOME, the hook."""
+def setup(tiny_inputs: dict[str, Path], tmp_path_factory) -> dict:
+    """The tiny inputs (40 pairs, 100 docs), 16-text shards, sharded curation, a private PREFECT_HOME, the hook."""
     folder = tmp_path_factory.mktemp("crash")
-    pairs = pq.read_table(sample_dir / "pairs.parquet").slice(0, 25)
-    corpus = pq.read_table(sample_dir / "corpus.parquet").to_pylist()
-    wanted = set(pairs.column("positive_id").to_pylist())
-    rows = [r for r in corpus if r["id"] in wanted] + [r for r in corpus if r["id"] not in wanted]
-    pq.write_table(pairs, folder / "pairs.parquet")
-    pq.write_table(pa.Table.from_pylist(sorted(rows[:100], key=lambda r: int(r["id"]))), folder / "corpus.parquet")
     (folder / "config.yaml").write_text(
         "embed:\n  max_seq_length: 64\n  chunk_size: 16\nmine:\n  num_negatives: 2\n"
         "curate:\n  fit_anchors: 12\n  shard_anchors: 8\n"
     )
     (folder / "hook").mkdir()
-    (folder / "hook" / "sitecustomize.py").write_text(SLOW_HOOK)
+    (folder / "hook" / "sitecustomize.py").write_text(KILL_HOOK)
     env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home")}
-    env.pop("PREFECT_API_URL", None)
-    return {"folder": folder, "env": env}
+    for variable in ("PREFECT_API_URL", "NEGMINER_AUDIT_DB"):
+        env.pop(variable, None)
+    return {"folder": folder, "env": env, "inputs": tiny_inputs}
 
 
 def mine_command(setup: dict, out: Path) -> list[str]:
-    folder = setup["folder"]
+    inputs = setup["inputs"]
     return [
-        sys.executable,
-        "-m",
-        "negminer",
-        "mine",
-        str(folder / "pairs.parquet"),
-        "--corpus",
-        str(folder / "corpus.parquet"),
-        "--out",
-        str(out),
-        "--name",
-        NAME,
-        "--config",
-        str(folder / "config.yaml"),
+        *(sys.executable, "-m", "negminer", "mine", str(inputs["pairs40"])),
+        *("--corpus", str(inputs["corpus"]), "--out", str(out), "--name", NAME),
+        *("--config", str(setup["folder"] / "config.yaml")),
     ]
 
 
 def mine(setup: dict, out: Path) -> Path:
-    result = subprocess.run(mine_command(setup, out), env=setup["env"], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(mine_command(setup, out), env=setup["env"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def mine_and_kill(setup: dict, out: Path, *, stage: str, reached: Callable[[], bool]) -> None:
-    """Start `mine` slowed at `stage`, SIGKILL its process group once `reached()` is true."""
+def mine_and_kill(setup: dict, out: Path, point: KillPoint) -> list[str]:
+    """Start `mine` watched at `point`, SIGKILL its process group there; the stage's steps up to it."""
+    flag = out.with_suffix(".flag")
     env = {
         **setup["env"],
-        "NEGMINER_TEST_SLOW_AT": stage,
-        "NEGMINER_TEST_FLAG": str(out.with_suffix(".flag")),
+        "NEGMINER_TEST_KILL_AT": point.stage,
+        "NEGMINER_TEST_KILL_BEFORE": point.before,
+        "NEGMINER_TEST_KILL_NTH": str(point.nth),
+        "NEGMINER_TEST_FLAG": str(flag),
         "PYTHONPATH": os.pathsep.join([str(setup["folder"] / "hook"), setup["env"].get("PYTHONPATH", "")]),
     }
     log = out.with_suffix(".log")
@@ -136,30 +189,61 @@ def mine_and_kill(setup: dict, out: Path, *, stage: str, reached: Callable[[], b
         proc = subprocess.Popen(
             mine_command(setup, out), env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
         )
-        deadline = time.monotonic() + 600
-        while not reached():
+        deadline = time.monotonic() + 900
+        while not flag.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail(f"the run ended before the {stage} crash point: {log.read_text()[-3000:]}")
+                proc.wait(timeout=60)
+                pytest.fail(f"the run ended before the {point} crash point: {log.read_text()[-3000:]}")
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    return flag.with_suffix(".flag.log").read_text().splitlines()
 
 
 def store_shards(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (out / ".embeddings").glob("*/shard-*.keys.npy")}
 
 
-def assert_same_dataset(version: Path, expected: Path) -> None:
+def visible_versions(out: Path) -> tuple[str | None, list[str]]:
+    """(what LATEST names, the version folders), after checking every one of them is complete."""
+    dataset = out / NAME
+    versions = sorted(p.name for p in dataset.glob("v[0-9]*"))
+    for version in versions:
+        assert verify_version(dataset / version) == [], version
+    latest = (dataset / LATEST).read_text().strip() if (dataset / LATEST).exists() else None
+    assert latest is None or latest in versions, latest
+    return latest, versions
+
+
+def without_volatile(manifest: dict[str, Any], *, store_reused: bool, republished: bool) -> dict[str, Any]:
+    """A manifest without ``created_at``; with `republished`, neither its place in the lineage
+    (version, parent, changes); the embedding counts as they read when every text was in the
+    store already (`store_reused`: the case started from the reference's store)."""
+    manifest = {k: v for k, v in manifest.items() if k != "created_at"}
+    if republished:
+        manifest = {k: v for k, v in manifest.items() if k not in ("version", "parent", "changes")}
+    if store_reused:
+        embedding = manifest["counts"]["embedding"]
+        manifest["counts"] = {
+            **manifest["counts"],
+            "embedding": {stem: {**c, "embedded": 0, "reused": c["rows"]} for stem, c in embedding.items()},
+        }
+    return manifest
+
+
+def assert_same_dataset(
+    version: Path, expected: Path, *, store_reused: bool = False, republished: bool = False
+) -> None:
     files = sorted(p.name for p in version.iterdir())
     assert files == sorted(p.name for p in expected.iterdir())
     for name in files:
         if name != "manifest.json":
             assert (version / name).read_bytes() == (expected / name).read_bytes(), name
     got, want = (json.loads((v / "manifest.json").read_text()) for v in (version, expected))
-    for manifest in (got, want):
-        manifest.pop("created_at")
+    got = without_volatile(got, store_reused=False, republished=republished)
+    want = without_volatile(want, store_reused=store_reused, republished=republished)
     assert got == want, differences(got, want)
 
 
@@ -170,57 +254,46 @@ def differences(got: object, want: object, path: str = "") -> list[str]:
     return [] if got == want else [f"{path}: {got!r} != {want!r}"]
 
 
-def assert_nothing_visible(out: Path) -> None:
-    dataset = out / NAME
-    assert not (dataset / "LATEST").exists()
-    assert not list(dataset.glob("v[0-9]*"))
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(setup: dict) -> Path:
-    return mine(setup, setup["folder"] / "uninterrupted")
-
-
-def test_killed_while_embedding_resumes_to_the_same_bytes(setup: dict, uninterrupted: Path) -> None:
-    out = setup["folder"] / "killed-embed"
-    mine_and_kill(setup, out, stage="embed", reached=lambda: bool(store_shards(out)))
-    assert_nothing_visible(out)
-    finished = store_shards(out)
-    planned = len(store_shards(setup["folder"] / "uninterrupted"))  # anchors + docs in 16-text shards
-    assert 1 <= len(finished) < planned
-
-    version = mine(setup, out)
-
-    after = store_shards(out)
-    assert len(after) == planned
-    assert all(after[p] == mtime for p, mtime in finished.items())  # finished shards were not redone
-    assert_same_dataset(version, uninterrupted)
-
-
-def test_killed_while_writing_resumes_to_the_same_bytes(setup: dict, uninterrupted: Path) -> None:
-    out = setup["folder"] / "killed-write"
-    mine_and_kill(setup, out, stage="write", reached=lambda: bool(list((out / NAME).glob(".staging-*/*.parquet"))))
-    assert_nothing_visible(out)
-    assert list((out / NAME).glob(".staging-*"))
-
-    version = mine(setup, out)
-
-    assert version.name == "v0001"
-    assert not list((out / NAME).glob(".staging-*"))  # the dead writer's staging folder was removed
-    assert_same_dataset(version, uninterrupted)
-
-
-@pytest.mark.parametrize("stage", ["curate", "select"])
-def test_killed_while_curating_or_selecting_resumes_to_the_same_bytes(
-    setup: dict, uninterrupted: Path, stage: str
-) -> None:
-    out = setup["folder"] / f"killed-{stage}"
-    mine_and_kill(setup, out, stage=stage, reached=out.with_suffix(".flag").exists)
-    assert_nothing_visible(out)
-
-    version = mine(setup, out)
-
-    assert version.name == "v0001"
-    assert_same_dataset(version, uninterrupted)
+    version = mine(setup, setup["folder"] / "uninterrupted")
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["counts"]["curation"]["rows_scored"] > 0 and manifest["config"]["curate"]["shard_anchors"] == 8
+    assert manifest["counts"]["embedding"]["docs"]["embedded"] == 100
+    return version
+
+
+@pytest.mark.parametrize("case", list(KILL_POINTS))
+def test_killed_at_any_stage_resumes_to_the_same_bytes(setup: dict, uninterrupted: Path, case: str) -> None:
+    point = KILL_POINTS[case]
+    out = setup["folder"] / f"killed-{case}"
+    store_reused = point.stage != "embed"
+    if store_reused:  # the reference run's store: nothing left to embed
+        shutil.copytree(uninterrupted.parents[1] / ".embeddings", out / ".embeddings")
+
+    steps = mine_and_kill(setup, out, point)
+
+    assert steps[0].startswith("enter "), steps
+    latest, versions = visible_versions(out)  # whatever is visible at the kill is complete
+    if point.published:
+        assert (latest, versions) == ("v0001", ["v0001"])
+        assert_same_dataset(out / NAME / "v0001", uninterrupted, store_reused=store_reused)
+    elif case == "write-latest":
+        assert (latest, versions) == (None, ["v0001"])  # renamed into place complete; LATEST not yet
+    else:
+        assert (latest, versions) == (None, [])
+    if case == "write":
+        assert list((out / NAME).glob(".staging-*"))  # the version being staged: hidden
+    finished = store_shards(out)
+    if point.stage == "embed":
+        planned = len(store_shards(uninterrupted.parents[1]))  # anchors + docs in 16-text shards
+        assert 1 <= len(finished) < planned
+
+    version = mine(setup, out)
+
+    assert version.name == ("v0002" if point.published else "v0001")
+    assert visible_versions(out) == (version.name, [f"v{i:04d}" for i in range(1, int(version.name[1:]) + 1)])
+    assert_same_dataset(version, uninterrupted, store_reused=store_reused, republished=point.published)
+    after = store_shards(out)
+    assert all(after[p] == mtime for p, mtime in finished.items())  # stored shards were not redone
+    assert not list((out / NAME).glob(".staging-*"))  # a dead writer's staging folder was removed

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from negminer.config import CurateConfig
 from negminer.mining.allocator import releases_memory
 from negminer.stages.refs import CuratePartRef, CuratePlanRef, CurateRef, DocRange, SearchRef
-from negminer.storage.atomic import write_bytes_atomic, write_parquet_atomic
+from negminer.storage.atomic import naming_failures, write_bytes_atomic, write_parquet_atomic
 
 FIT_FILE = "curation-fit.pkl"
 
@@ -94,19 +94,20 @@ def curate_merge_stage(
         return CurateRef(candidates=plan.candidates, pairs=str(work_dir / "pairs.parquet"))
     start = time.perf_counter()
     paths = CurationPaths(*(work_dir / f"{stem}.parquet" for stem in ("curated", "flagged", "training-pairs")))
-    if plan.fit is None:
-        summary = curate_one_pass(plan.candidates, paths, _pool_inputs(work_dir), config=config)
-    else:
-        summary = merge_parts(
-            [part.curated for part in parts],
-            [part.flagged for part in parts],
-            excluded=np.asarray([p for part in parts for p in part.excluded_pairs], np.int64),
-            counts=[part.counts for part in parts],
-            paths=paths,
-            pairs=pq.read_table(work_dir / "pairs.parquet"),
-            noise=plan.noise,
-            skipped=plan.skipped,
-        )
+    with naming_failures(work_dir):  # the staged writer of curated.parquet: its failed writes name no file
+        if plan.fit is None:
+            summary = curate_one_pass(plan.candidates, paths, _pool_inputs(work_dir), config=config)
+        else:
+            summary = merge_parts(
+                [part.curated for part in parts],
+                [part.flagged for part in parts],
+                excluded=np.asarray([p for part in parts for p in part.excluded_pairs], np.int64),
+                counts=[part.counts for part in parts],
+                paths=paths,
+                pairs=pq.read_table(work_dir / "pairs.parquet"),
+                noise=plan.noise,
+                skipped=plan.skipped,
+            )
         for part in parts:
             for path in (part.curated, part.flagged):
                 Path(path).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from negminer.config import IndexConfig, RetrievalConfig
+from negminer.errors import StorageError
 from negminer.mining.allocator import releases_memory
 from negminer.stages.refs import DocRange, ExtendedFrom, IndexRef, IndexShardRef
 from negminer.stages.reuse import parent_index, parent_shard
@@ -101,6 +102,7 @@ def index_stage(
             min_recall=config.min_recall,
         )
     path = save_index(index, work_dir / f"index-{key}.faiss")
+    _check_written(path, report.factory)
     ref = IndexRef(
         key=key,
         path=str(path),
@@ -157,6 +159,7 @@ def index_shard_stage(
         k=k,
         **_build_options(config, retrieval.seed),
     )
+    _check_written(path, report.factory)
     ref = IndexShardRef(
         **{f: v for f, v in report._asdict().items() if f != "seconds"},
         path=str(path),
@@ -166,6 +169,31 @@ def index_shard_stage(
         seconds=_since(start),
     )
     return finish(path.with_suffix(".json"), ref)
+
+
+def _check_written(path: Path, factory: str) -> None:
+    """Raise StorageError, and remove the file, unless the index just written to `path` reads back whole.
+
+    FAISS does not raise when writing its last buffered bytes fails (a disk that fills up as
+    the file is closed): it prints ``close error`` and leaves a truncated index, which the
+    stage's marker would then name, so that every rerun failed in the search. The check maps
+    the file instead of reading it (FAISS's ``IO_FLAG_MMAP_IFC`` for a flat index,
+    ``IO_FLAG_MMAP`` for the others): for flat and IVF indexes milliseconds and no memory,
+    whatever their size.
+    """
+    import faiss
+
+    from negminer.mining.index import FLAT
+
+    flag = faiss.IO_FLAG_MMAP_IFC if factory == FLAT else faiss.IO_FLAG_MMAP
+    try:
+        faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError as err:
+        path.unlink(missing_ok=True)
+        raise StorageError(
+            f"{path}: the index file written is incomplete (is the disk full?); "
+            "free space and rerun the same command to resume (finished stages are reused)"
+        ) from err
 
 
 def _since(start: float) -> float:

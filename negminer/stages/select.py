@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from negminer.config import SelectionConfig
 from negminer.mining.allocator import releases_memory
 from negminer.stages.refs import CurateRef, SelectRef
-from negminer.storage.atomic import write_parquet_atomic
+from negminer.storage.atomic import naming_failures, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -61,16 +61,17 @@ def select_stage(
         extra_positives=config.audit_extra_positives,
         held_out=held_out,
     )
-    derived = derive_files(
-        curated.candidates,
-        {stem: work_dir / f"{name}.parquet" for stem, name in VIEW_NAMES.items()},
-        anchors=anchors,
-        docs=docs,
-        pairs=feedback.pairs,
-        config=config,
-        transform=feedback,
-        batch_rows=batch_rows or BATCH_ROWS,
-    )
+    with naming_failures(work_dir):  # its staged writers' failed writes name no file
+        derived = derive_files(
+            curated.candidates,
+            {stem: work_dir / f"{name}.parquet" for stem, name in VIEW_NAMES.items()},
+            anchors=anchors,
+            docs=docs,
+            pairs=feedback.pairs,
+            config=config,
+            transform=feedback,
+            batch_rows=batch_rows or BATCH_ROWS,
+        )
     tables = {stem: str(path) for stem, path in derived.paths.items()}
     tables["pairs"] = str(write_parquet_atomic(work_dir / "pairs-scored.parquet", pairs))
     return SelectRef(

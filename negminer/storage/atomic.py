@@ -1,4 +1,10 @@
-"""Atomic file writes: a temp file in the same folder, fsync, then ``os.replace``."""
+"""Atomic file writes: a temp file in the same folder, fsync, then ``os.replace``.
+
+A write that fails (disk full, read-only folder, quota) raises an ``OSError`` that names the
+file being written, not its temp file: ``write()``, ``fsync()`` and ``close()`` name no file,
+and the temp file's name means nothing to a user. Its ``errno`` and type are kept
+(``PermissionError`` stays one), so callers that tell errors apart still can.
+"""
 
 from __future__ import annotations
 
@@ -54,21 +60,74 @@ def file_mode() -> int:
     return 0o666 & ~_current_umask()
 
 
+def naming_target(err: OSError, path: str | Path) -> OSError:
+    """`err` as an error about `path` when it names no file or only a temp file of `path`.
+
+    Temp files are those this module's writers (and ``StagedParquetWriter``) put beside
+    `path`: hidden, named ``.NAME.*``. Any other file `err` names is left as it is (a source
+    that could not be read while writing). Same ``errno``, so the same ``OSError`` subclass.
+
+    Example:
+        >>> naming_target(OSError(28, "No space left on device"), "out/x.parquet").filename
+        'out/x.parquet'
+    """
+    if err.errno is None or not _names_no_file_but_temps(err, Path(path)):
+        return err
+    named = OSError(err.errno, os.strerror(err.errno), str(path))
+    named.__cause__ = err
+    return named
+
+
+def _names_no_file_but_temps(err: OSError, path: Path) -> bool:
+    for name in (err.filename, err.filename2):
+        if name is None or isinstance(name, int):
+            continue
+        other = Path(os.fsdecode(name))
+        if other != path and not (other.parent == path.parent and other.name.startswith(f".{path.name}.")):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def naming_failures(path: str | Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` from the block as :func:`naming_target` of `path`.
+
+    For writers that are not this module's (a ``StagedParquetWriter``, a library writing to a
+    handle): a failed write then names the file, or the folder, it was writing.
+
+    Example:
+        >>> with naming_failures("work/selected.parquet"):  # doctest: +SKIP
+        ...     write_everything()
+    """
+    try:
+        yield
+    except OSError as err:
+        named = naming_target(err, path)
+        if named is err:
+            raise
+        raise named from err
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(handle)`` on a temp file beside `path`, then move it into place."""
+    """Call ``write(handle)`` on a temp file beside `path`, then move it into place.
+
+    A failed write removes the temp file and raises an ``OSError`` naming `path`
+    (:func:`naming_target`); `path` keeps its old content, if any.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with naming_failures(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, file_mode())
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -88,6 +147,7 @@ def write_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
 def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `path`, unique to this call, for writers that need a file name
     (FAISS, numpy memory maps): moved into place when the block ends, removed if it raises.
+    An ``OSError`` from the block or the move names `path` (:func:`naming_target`).
 
     Example:
         >>> with atomic_path("index.faiss") as tmp:  # doctest: +SKIP
@@ -96,8 +156,9 @@ def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.partial{suffix}")
     try:
-        yield tmp
-        tmp.replace(path)
+        with naming_failures(path):
+            yield tmp
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
