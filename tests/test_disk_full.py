@@ -288,6 +288,34 @@ def test_a_failed_write_keeps_its_kind_and_other_files_names(tmp_path: Path, mon
     assert failed.value.filename == str(tmp_path / "work")
 
 
+def test_a_memory_mapped_output_claims_its_space_before_writing(tmp_path: Path, monkeypatch) -> None:
+    """anchors.npy/docs.npy are written through memory maps: on a full disk a sparse file's page
+    fault kills the process (SIGBUS); the space is claimed first, so it is an OSError naming the file."""
+    from negminer.mining.embedding import fetch_to_file
+    from negminer.mining.precomputed import _NpyRows
+    from negminer.storage.embedding_store import EmbeddingStore
+    from negminer.textkeys import content_hashes
+
+    claimed: list[int] = []
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, offset, size: claimed.append(size))
+    _NpyRows(tmp_path / "rows.npy", 3, 4)
+    assert claimed == [128 + 3 * 4 * 4]  # the .npy header, then the rows
+
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, NO_SPACE)
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    store = EmbeddingStore(tmp_path / "store", model_fingerprint="m", dim=4, dtype="float32")
+    hashes = content_hashes(["a", "b"])
+    store.add(hashes, np.ones((2, 4), np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OSError) as failed:
+        fetch_to_file(hashes, out / "docs.npy", store=store)
+    assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(out / "docs.npy"))
+    assert list(out.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     "err",
     [

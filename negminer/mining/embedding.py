@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from negminer.errors import StorageError
 from negminer.mining.encoder import Precision, Task, encode, token_lengths
-from negminer.storage.atomic import atomic_path
+from negminer.storage.atomic import atomic_path, open_npy_for_writing
 from negminer.storage.embedding_store import EmbeddingStore, side_keys
 from negminer.textkeys import content_hashes
 
@@ -157,7 +157,7 @@ def fetch_to_file(hashes: pa.Array, out_path: str | Path, *, store: EmbeddingSto
     if (positions < 0).any():
         raise StorageError(f"{store.folder}: {int((positions < 0).sum())} texts are not in the embedding store")
     with atomic_path(out_path, suffix=".npy") as tmp:  # a failed fetch leaves no n x dim temp file
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(hashes), store.dim))
+        out = open_npy_for_writing(tmp, (len(hashes), store.dim))
         for first in range(0, len(hashes), 65536):
             out[first : first + 65536] = store.fetch(positions[first : first + 65536])
         out.flush()

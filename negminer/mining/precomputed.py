@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from negminer.errors import InputError
 from negminer.mining.vectors import read_rows, release
-from negminer.storage.atomic import atomic_path
+from negminer.storage.atomic import atomic_path, open_npy_for_writing
 
 logger = logging.getLogger(__name__)
 
@@ -166,14 +166,15 @@ def _repeats(ids: Sequence[str], first: dict) -> tuple[np.ndarray, np.ndarray]:
 class _NpyRows:
     """A float32 (n, dim) ``.npy`` file whose rows are written in place, in any order.
 
-    ``open_memmap`` writes the header (the bytes ``np.save`` writes) and sizes the file; the
+    ``open_npy_for_writing`` writes the header (the bytes ``np.save`` writes) and claims the file's
+    space (a full disk fails here, not halfway); the
     rows go in with ``pwrite``, not through the memory map: on Linux 6.18 / ext4 (large page
     cache folios) a write fault maps a whole folio, and 65,536 rows scattered over a 3 GB
     output made 2.6 GB of it resident (measured), where ``pwrite`` leaves it in the page cache.
     """
 
     def __init__(self, path: Path, n: int, dim: int) -> None:
-        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
+        header = open_npy_for_writing(path, (n, dim))
         self.offset, self.dim, self.row_bytes = header.offset, dim, dim * np.dtype(np.float32).itemsize
         del header
         self.fd = os.open(path, os.O_RDWR)

@@ -143,6 +143,24 @@ def write_npy_atomic(path: str | Path, array: np.ndarray) -> Path:
     return atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
+def open_npy_for_writing(path: str | Path, shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -> np.memmap:
+    """``np.lib.format.open_memmap(path, "w+")`` with the file's blocks allocated up front.
+
+    ``open_memmap`` makes a sparse file; a page written through the map on a full disk then
+    kills the process with SIGBUS instead of raising. ``posix_fallocate`` claims the space
+    first, so a full disk is an ``OSError`` (ENOSPC) before any work is done.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = array.offset + array.nbytes
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        if size:
+            os.posix_fallocate(descriptor, 0, size)
+    finally:
+        os.close(descriptor)
+    return array
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `path`, unique to this call, for writers that need a file name
