@@ -8,6 +8,9 @@ Example:
 
 __version__ = "0.1.0"
 
-from negminer.api import DatasetVersion, mine, open_version
+# The module negminer.refilter is loaded before the function of the same name is bound: a
+# first import of a submodule sets it as an attribute of the package, over the function.
+import negminer.refilter  # noqa: F401
+from negminer.api import DatasetVersion, mine, open_version, refilter
 
-__all__ = ["DatasetVersion", "__version__", "mine", "open_version"]
+__all__ = ["DatasetVersion", "__version__", "mine", "open_version", "refilter"]

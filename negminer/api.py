@@ -1,4 +1,4 @@
-"""negminer from Python: :func:`mine` and :func:`open_version`, one call per job.
+"""negminer from Python: :func:`mine`, :func:`refilter` and :func:`open_version`, one call per job.
 
 :func:`mine` runs the same stages as ``negminer mine`` in this process, in turn, without
 Prefect (:func:`negminer.stages.run_stages`): no server is started, and the dataset bytes equal
@@ -6,6 +6,8 @@ the command's for the same inputs and settings. It takes paths, a pyarrow Table,
 DataFrame or a ``datasets.Dataset``, and sentence-transformers' ``mine_hard_negatives`` option
 names (``num_negatives``, ``range_min``, ``range_max``, ``max_score``, ``relative_margin``,
 ``sampling_strategy``, ``query_prompt``, ``corpus_prompt``, ...), so a call translates one to one.
+:func:`refilter` derives a new version from a stored one's candidates, as ``negminer refilter``
+does, with the same settings and the same bytes.
 """
 
 from __future__ import annotations
@@ -133,6 +135,59 @@ def mine(
     corpus_path = None if corpus is None else _as_path(corpus, inputs, "corpus")
     name = name or (Path(pairs).stem if isinstance(pairs, str | Path) else "dataset")
     return DatasetVersion(Path(run_stages(pairs_path, out, name, corpus=corpus_path, config=settings, store=store)))
+
+
+def refilter(
+    version: str | Path | DatasetVersion,
+    *,
+    config: str | Path | None = None,
+    out: str | Path | None = None,
+    name: str | None = None,
+    **options: Any,
+) -> DatasetVersion:
+    """A new version selected again from `version`'s stored candidates: no embedding, no search.
+
+    The same as ``negminer refilter VERSION [--config FILE] [--strategy S] [--num-negatives N]``:
+    the ``mine`` settings not given take their defaults (or the chosen preset's), not the
+    parent's; the retrieval settings are the parent's; a YAML file's ``curate`` ``*_action``
+    policies are applied to the parent's flags. Settings that need a new embedding, search or
+    curation are refused by name (run :func:`mine` for those).
+
+    Args:
+        version: a complete dataset version (a path, or a :class:`DatasetVersion`), or a
+            dataset folder (its LATEST).
+        config: a YAML file laid out like ``negminer mine --config`` (its ``mine`` section and
+            ``curate`` policies); `options` go on top.
+        out: datasets root of the new version (default: the parent's).
+        name: dataset name of the new version (default: the parent's).
+        **options: ``mine`` settings by sentence-transformers' names (``num_negatives=5``,
+            ``strategy="semi-hard"``, ``relative_margin=0.05``, ...).
+
+    Returns:
+        The new :class:`DatasetVersion`; its manifest names `version` as its parent.
+
+    Example:
+        >>> v2 = negminer.refilter("datasets/scifact-sample/v0001", strategy="naive")  # doctest: +SKIP
+        >>> v2.manifest["derived_from"]["by"]  # doctest: +SKIP
+        'refilter'
+    """
+    from negminer.refilter import refilter as refilter_version
+    from negminer.refilter import refilter_config, refilter_policies
+    from negminer.storage.versions import check_dataset_name
+
+    unknown = sorted(set(options) - set(MineConfig.model_fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)}; refilter() takes the mine settings: "
+            f"{', '.join(sorted(MineConfig.model_fields))}"
+        )
+    parent = open_version(version.path if isinstance(version, DatasetVersion) else version).path
+    if name is not None:
+        check_dataset_name(name)
+    settings = refilter_config(parent, config, **options)
+    policies = refilter_policies(parent, config)
+    result = refilter_version(parent, mine=settings, curation=policies, root=out, name=name)
+    return DatasetVersion(Path(result.path))
 
 
 def _base_config(config: PipelineConfig | str | Path | None) -> PipelineConfig:

@@ -60,3 +60,46 @@ def test_mine_takes_sentence_transformers_option_names(small, tmp_path) -> None:
 def test_open_version_refuses_a_folder_without_a_version(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not a complete dataset version"):
         negminer.open_version(tmp_path)
+
+
+def _manifest_without_run_details(version: negminer.DatasetVersion) -> dict:
+    manifest = dict(version.manifest)
+    for key in ("created_at", "derived_from"):
+        manifest.pop(key, None)
+    return manifest
+
+
+def test_refilter_writes_what_the_cli_refilter_writes(random_vector_run, tmp_path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from negminer import stages
+    from negminer.cli import app
+
+    config = PipelineConfig.from_dict({"mine": {"search_depth": 20, "num_negatives": 3}})
+    (tmp_path / "run").mkdir()
+    work, read, embed = random_vector_run(tmp_path / "run", config)
+    search = stages.search_stage(work, config=config.mine, index_config=config.index)
+    curate = stages.curate_stage(work, search, config=config.curate.model_copy(update={"enabled": False}))
+    select = stages.select_stage(work, curate, config=config.mine)
+    refs = stages.StageRefs(read=read, embed=embed, search=search, curate=curate, select=select)
+    parent = Path(stages.publish_stage(work, tmp_path / "a", "toy", config=config, refs=refs))
+    shutil.copytree(parent.parent, tmp_path / "b" / "toy")
+    settings = tmp_path / "semi.yaml"
+    settings.write_text(
+        "mine:\n  strategy: semi-hard\n  semi_hard_margin: 0.3\ncurate:\n  false_negative_action: keep\n"
+    )
+
+    result = CliRunner().invoke(app, ["refilter", str(parent), "--config", str(settings), "--num-negatives", "2"])
+    assert result.exit_code == 0, result.output
+    by_cli = negminer.open_version(result.stdout.strip().splitlines()[-1])
+    by_api = negminer.refilter(tmp_path / "b" / "toy", config=settings, num_negatives=2)
+
+    assert by_api.path == tmp_path / "b" / "toy" / "v0002" and by_cli.path == parent.parent / "v0002"
+    assert _files(by_api) == _files(by_cli)
+    assert _manifest_without_run_details(by_api) == _manifest_without_run_details(by_cli)
+    assert by_api.manifest["config"]["mine"]["num_negatives"] == 2
+    assert by_api.manifest["derived_from"]["by"] == "refilter"
+    with pytest.raises(ConfigError, match="num_negatvies"):
+        negminer.refilter(by_api, num_negatvies=2)
