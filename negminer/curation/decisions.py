@@ -133,7 +133,7 @@ def apply_decisions(
     anchors, docs = _with_positions(anchors, "anchor_idx"), _with_positions(docs, "doc_idx")
     n_docs = int(pc.max(docs.column("doc_idx")).as_py() or 0) + 1 if docs.num_rows else 1
     pair_keys = _keys(pairs.column("anchor_idx"), pairs.column("doc_idx"), n_docs)
-    held_out = _held_out_pairs(held_out, pairs.schema)
+    held_out = pairs.schema.empty_table() if held_out is None else as_pair_rows(held_out, pairs.schema)
     held_keys = _keys(held_out.column("anchor_idx"), held_out.column("doc_idx"), n_docs)
     keys = _resolve(decisions, anchors=anchors, docs=docs, pair_keys=pair_keys, held_keys=held_keys, n_docs=n_docs)
     candidate_keys = _keys(candidates.column("anchor_idx"), candidates.column("doc_idx"), n_docs)
@@ -159,10 +159,9 @@ def apply_decisions(
     return Feedback(candidates, pa.concat_tables([kept, restored, extra]), dropped_idx, counts)
 
 
-def _held_out_pairs(held_out: pa.Table | None, schema: pa.Schema) -> pa.Table:
-    """`held_out` in the pairs' schema (columns it lacks are null); empty when None."""
-    if held_out is None:
-        return schema.empty_table()
+def as_pair_rows(held_out: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Held-out pairs (at least ``pair_idx``, ``anchor_idx``, ``doc_idx``) in the pairs' `schema`:
+    the columns they lack are null."""
     _check_columns(held_out, ("pair_idx", "anchor_idx", "doc_idx"), "held-out pairs")
     arrays = [
         held_out.column(f.name).cast(f.type) if f.name in held_out.column_names else pa.nulls(held_out.num_rows, f.type)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
-from negminer.curation.decisions import CURATION_FLAG_COLUMN
+from negminer.curation.decisions import CURATION_FLAG_COLUMN, as_pair_rows
 from negminer.curation.policy import excludes
 
 POLICY_KEYS = ("false_negative_action", "false_positive_action", "near_duplicate_action")
@@ -43,7 +43,8 @@ class PolicyChange:
         candidate_side = [k in ("false_negative", "near_duplicate") and excludes(actions[k]) for k in kinds]
         excluded = self.flagged.filter(pa.array(candidate_side, pa.bool_()))
         self._excluded_keys = np.unique(self._keys(excluded))
-        self.counts = {"negatives_excluded": len(self._excluded_keys), "pairs_excluded": self.held_out().num_rows}
+        self._held_out = held_out_positives(self.flagged)
+        self.counts = {"negatives_excluded": len(self._excluded_keys), "pairs_excluded": self._held_out.num_rows}
 
     def __call__(self, candidates: pa.Table) -> pa.Table:
         flag = pa.array(np.isin(self._keys(candidates), self._excluded_keys))
@@ -54,7 +55,7 @@ class PolicyChange:
 
     def held_out(self) -> pa.Table:
         """The given positives flagged ``false_positive`` whose new action takes them out of training."""
-        return held_out_positives(self.flagged)
+        return self._held_out
 
     def training_pairs(self, pairs: pa.Table) -> pa.Table:
         """`pairs` (the parent's training pairs) with the flagged positives the new policy keeps put
@@ -63,7 +64,7 @@ class PolicyChange:
         positive = pc.and_(pc.equal(flagged.column("kind"), "false_positive"), pc.is_valid(flagged.column("pair_idx")))
         flagged_pairs = flagged.filter(positive)
         present = pc.is_in(flagged_pairs.column("pair_idx").cast(pa.int64()), pairs.column("pair_idx").cast(pa.int64()))
-        back = _in_schema(flagged_pairs.filter(pc.invert(present)), pairs.schema)
+        back = as_pair_rows(_scored_by_cosine(flagged_pairs.filter(pc.invert(present))), pairs.schema)
         merged = pa.concat_tables([pairs, back])
         out = pc.is_in(merged.column("pair_idx").cast(pa.int64()), self.held_out().column("pair_idx").cast(pa.int64()))
         kept = merged.filter(pc.invert(out))
@@ -88,14 +89,8 @@ def held_out_positives(flagged: pa.Table) -> pa.Table:
     return pa.table(columns)
 
 
-def _in_schema(flagged_pairs: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Flagged positives as pair rows: their ids and cosine (``feature_score``), other columns null."""
-    source = {"score": "feature_score"}
-    arrays = []
-    for field in schema:
-        name = source.get(field.name, field.name)
-        if name in flagged_pairs.column_names:
-            arrays.append(flagged_pairs.column(name).cast(field.type))
-        else:
-            arrays.append(pa.nulls(flagged_pairs.num_rows, field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+def _scored_by_cosine(flagged: pa.Table) -> pa.Table:
+    """Flags with their cosine (``feature_score``) as the pairs' ``score`` column."""
+    if "score" in flagged.column_names:
+        flagged = flagged.drop_columns(["score"])
+    return flagged.rename_columns(["score" if c == "feature_score" else c for c in flagged.column_names])
