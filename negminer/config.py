@@ -68,13 +68,19 @@ class _Frozen(BaseModel):
 class InputConfig(_Frozen):
     """How to read the pairs and corpus files."""
 
-    anchor_column: str = "anchor"
-    positive_column: str = "positive"
-    anchor_id_column: str = "anchor_id"
-    positive_id_column: str = "positive_id"
-    text_column: str = "text"
-    id_column: str = "id"
-    title_column: str = "title"
+    anchor_column: str = Field("anchor", description="Pairs column holding the anchor (query) text.")
+    positive_column: str = Field("positive", description="Pairs column holding the positive text.")
+    anchor_id_column: str = Field(
+        "anchor_id", description="Optional pairs column with anchor ids; absent: a hash of the normalised text."
+    )
+    positive_id_column: str = Field(
+        "positive_id", description="Optional pairs column with positive ids, matched against the corpus ids."
+    )
+    text_column: str = Field("text", description="Corpus column holding the document text.")
+    id_column: str = Field(
+        "id", description="Optional corpus column with document ids; absent: a hash of the normalised text."
+    )
+    title_column: str = Field("title", description="Optional corpus column with a title, kept with the document.")
     on_bad_rows: OnBadRows = Field(
         "quarantine",
         description="Row-level problems (null, empty, conflicting ids) go to rejects.parquet "
@@ -88,8 +94,10 @@ class EmbedConfig(_Frozen):
     model: str | None = Field(
         None, description="Local sentence-transformers folder; None means packaged all-MiniLM-L6-v2."
     )
-    batch_size: int = Field(32, ge=1)
-    max_seq_length: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1, description="Texts per forward pass of the model.")
+    max_seq_length: int | None = Field(
+        None, ge=1, description="Tokens the model reads per text (longer ones are truncated); None: the model's own."
+    )
     device: str | None = Field(None, description="torch device; None picks CUDA when present.")
     chunk_size: int = Field(4096, ge=1, description="Texts embedded per stored shard (the unit of resume).")
     processes: int = Field(
@@ -176,7 +184,7 @@ class RetrievalConfig(_Seeded):
     """
 
     search_depth: int = Field(100, ge=1, description="Candidates retrieved per anchor (before excluding positives).")
-    search_batch_size: int = Field(4096, ge=1)
+    search_batch_size: int = Field(4096, ge=1, description="Anchors searched per FAISS call.")
     search_shard_size: int = Field(
         100_000, ge=1, description="Anchors per search task: the unit the flow maps over (and Dask distributes)."
     )
@@ -193,19 +201,26 @@ class SelectionConfig(_Seeded):
     strategy: StrategyName | None = Field(
         None, description="Named preset of selection settings; explicit options override it."
     )
-    num_negatives: int = Field(3, ge=1)
+    num_negatives: int = Field(3, ge=1, description="Negatives per anchor.")
     range_min: int = Field(0, ge=0, description="Skip candidates with raw rank below this.")
     range_max: int | None = Field(None, ge=1, description="Skip candidates with raw rank at or above this.")
-    min_score: float | None = None
-    max_score: float | None = None
+    min_score: float | None = Field(None, description="Skip candidates whose cosine to the anchor is below this.")
+    max_score: float | None = Field(None, description="Skip candidates whose cosine to the anchor is above this.")
     min_score_percentile: float | None = Field(
         None, ge=0, le=100, description="min_score as a percentile of this run's positive scores."
     )
     max_score_percentile: float | None = Field(
         None, ge=0, le=100, description="max_score as a percentile of this run's positive scores."
     )
-    absolute_margin: float | None = Field(None, ge=0)
-    relative_margin: float | None = Field(None, ge=0, lt=1)
+    absolute_margin: float | None = Field(
+        None, ge=0, description="Skip candidates with score + margin above the anchor's lowest positive score."
+    )
+    relative_margin: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Skip candidates above positive score × (1 − margin) (NV-Retriever; 0.05 = TopK-PercPos 95%).",
+    )
     semi_hard_margin: float | None = Field(
         None, gt=0, description="Keep positive − m <= score < positive (FaceNet semi-hard)."
     )
@@ -214,7 +229,11 @@ class SelectionConfig(_Seeded):
     )
     simans_a: float = Field(50.0, gt=0, description="SimANS sharpness a in exp(-a·(score − positive − b)²).")
     simans_b: float = Field(-0.1, description="SimANS offset b: the peak sits at positive + b.")
-    output_format: OutputFormat = "triplet"
+    output_format: OutputFormat = Field(
+        "triplet",
+        description="Training view layout, as sentence-transformers' mine_hard_negatives: one row per negative, "
+        "one row per anchor with negative_1..n, (anchor, text, label) rows, or (anchor, texts, labels) rows.",
+    )
     output_scores: bool = Field(False, description="Also write scored.parquet: the training view plus a scores column.")
     audit_extra_positives: bool = Field(
         False, description="A document a reviewer confirmed relevant (negminer audit) becomes an extra positive."
@@ -287,7 +306,9 @@ class CurateConfig(_Frozen):
         50, ge=0, description="Random documents per anchor from outside the window, as label-0 rows."
     )
     n_splits: int = Field(5, ge=2, description="Folds of the anchor-grouped cross-validation.")
-    classifier: CurationClassifier = "logistic_regression"
+    classifier: CurationClassifier = Field(
+        "logistic_regression", description="Model that judges pairs from their features (out-of-fold predictions)."
+    )
     neighbor_anchors: int = Field(32, ge=1, description="Nearest other anchors used by the neighbourhood features.")
     neighbor_exact_max_anchors: int = Field(
         200_000,
@@ -317,13 +338,19 @@ class CurateConfig(_Frozen):
     near_duplicate_threshold: float = Field(
         0.95, gt=0, le=1, description="Cosine to a positive at or above which a candidate is a near-duplicate."
     )
-    false_negative_action: CurationAction = "drop"
-    false_positive_action: CurationAction = "quarantine"
-    near_duplicate_action: CurationAction = "drop"
+    false_negative_action: CurationAction = Field(
+        "drop", description="What happens to a candidate flagged as likely relevant (the next one replaces it)."
+    )
+    false_positive_action: CurationAction = Field(
+        "quarantine", description="What happens to a given positive flagged as likely wrong."
+    )
+    near_duplicate_action: CurationAction = Field(
+        "drop", description="What happens to a candidate that nearly duplicates a positive."
+    )
     cross_encoder: str | None = Field(
         None, description="Local sentence-transformers CrossEncoder folder; adds its score as a feature."
     )
-    cross_encoder_batch_size: int = Field(64, ge=1)
+    cross_encoder_batch_size: int = Field(64, ge=1, description="Pairs per cross-encoder forward pass.")
     issue_rule: CurationIssueRule = Field(
         "confident_joint",
         description="cleanlab verdict that flags a pair: membership of an off-diagonal cell of the "
@@ -377,7 +404,7 @@ class RunConfig(_Frozen):
     pairs: str = Field(description="Pairs file or folder of Parquet files.")
     out: str = Field(description="Datasets root folder.")
     name: str = Field(description="Dataset name: versions go to OUT/NAME/vNNNN.")
-    corpus: str | None = None
+    corpus: str | None = Field(None, description="Corpus file or folder (optional).")
     store: str | None = Field(None, description="Embedding store (default OUT/.embeddings).")
 
 
