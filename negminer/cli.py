@@ -145,7 +145,16 @@ def mine(
             dask_workers=dask_workers,
         )
         _echo_warnings(Path(version))
+        _echo_summary(Path(version), out)
         typer.echo(version)
+
+
+def _echo_summary(version: Path, root: Path) -> None:
+    """What went in and came out, and where to look next, on stderr (stdout ends with the path)."""
+    from negminer.summary import mine_summary
+
+    for line in mine_summary(version, root=root):
+        typer.echo(line, err=True)
 
 
 _STOPPED = "stopped by {signal}; rerun the same command to resume (finished stages are reused)"

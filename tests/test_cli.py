@@ -65,6 +65,19 @@ def test_mine_prints_the_versions_warnings_on_stderr(mined_with_stderr: tuple[Pa
     assert [line.removeprefix("warning: ") for line in stderr.splitlines() if line.startswith("warning: ")] == warnings
 
 
+def test_mine_ends_with_a_summary_on_stderr_and_the_version_on_stdout(
+    mined_with_stderr: tuple[Path, Path, str],
+) -> None:
+    from negminer.summary import mine_summary
+
+    out, version, stderr = mined_with_stderr
+    lines = stderr.splitlines()
+    summary = mine_summary(version, root=out)
+    assert lines[-len(summary) :] == summary, "the summary closes stderr"
+    assert summary[0].startswith("summary: 225 pairs in (0 rejected), 800 documents -> ")
+    assert any(line.startswith("  given positives: 225") for line in summary)
+
+
 def test_triplets_are_text_only_and_exclude_positives(mined: tuple[Path, Path], sample_dir: Path) -> None:
     _, version = mined
     triplets = pq.read_table(version / "triplets.parquet")
