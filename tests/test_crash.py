@@ -143,8 +143,11 @@ KILL_POINTS = {
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_inputs: dict[str, Path], tmp_path_factory) -> dict:
-    """The tiny inputs (40 pairs, 100 docs), 16-text shards, sharded curation, a private PREFECT_HOME, the hook."""
+def setup(tiny_inputs: dict[str, Path], tmp_path_factory, prefect_harness) -> dict:
+    """The tiny inputs (40 pairs, 100 docs), 16-text shards, sharded curation, the hook, and the
+    session's Prefect server (a killed run leaves it running, as it would a shared server)."""
+    from prefect.settings import PREFECT_API_URL
+
     folder = tmp_path_factory.mktemp("crash")
     (folder / "config.yaml").write_text(
         "embed:\n  max_seq_length: 64\n  chunk_size: 16\nmine:\n  num_negatives: 2\n"
@@ -152,9 +155,8 @@ def setup(tiny_inputs: dict[str, Path], tmp_path_factory) -> dict:
     )
     (folder / "hook").mkdir()
     (folder / "hook" / "sitecustomize.py").write_text(KILL_HOOK)
-    env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home")}
-    for variable in ("PREFECT_API_URL", "NEGMINER_AUDIT_DB"):
-        env.pop(variable, None)
+    env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home"), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env.pop("NEGMINER_AUDIT_DB", None)
     return {"folder": folder, "env": env, "inputs": tiny_inputs}
 
 
