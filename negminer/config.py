@@ -238,6 +238,12 @@ class SelectionConfig(_Seeded):
     audit_extra_positives: bool = Field(
         False, description="A document a reviewer confirmed relevant (negminer audit) becomes an extra positive."
     )
+    select_shard_size: int = Field(
+        100_000,
+        ge=1,
+        description="Anchors per selection task: the unit the flow maps over (and Dask distributes), "
+        "and a killed run's unit of resume. The output does not depend on it.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -304,7 +304,8 @@ class BatchedFeedback:
         ...              transform=feedback)  # doctest: +SKIP
     """
 
-    _PER_ROW = ("excluded_candidates", "unflagged_candidates")
+    # Counts summed over the batches (and over the shards of a sharded selection).
+    PER_ROW = ("excluded_candidates", "unflagged_candidates")
 
     def __init__(
         self,
@@ -335,6 +336,6 @@ class BatchedFeedback:
         if not self._active:
             return candidates
         result = self._apply(candidates)
-        for key in self._PER_ROW:
+        for key in self.PER_ROW:
             self.counts[key] += result.counts[key]
         return result.candidates

@@ -57,7 +57,10 @@ from negminer.stages.refs import (
     ReadRef,
     SearchPartRef,
     SearchRef,
+    SelectPartRef,
+    SelectPlanRef,
     SelectRef,
+    SelectShard,
 )
 from negminer.storage.retention import work_lock
 from negminer.storage.versions import check_dataset_name
@@ -150,9 +153,19 @@ def curate_task(work_dir: str, plan: CuratePlanRef, parts: list[CuratePartRef], 
     return stages.curate_merge_stage(work_dir, plan, parts, config=config)
 
 
+@task(name="select-plan", cache_policy=NO_CACHE, **IO_RETRIES)
+def select_plan_task(work_dir: str, curated: CurateRef, config: SelectionConfig) -> SelectPlanRef:
+    return stages.select_plan_stage(work_dir, curated, config=config)
+
+
+@task(name="select-shard", cache_policy=NO_CACHE, **IO_RETRIES)
+def select_shard_task(work_dir: str, plan: SelectPlanRef, shard: SelectShard, config: SelectionConfig) -> SelectPartRef:
+    return stages.select_shard_stage(work_dir, plan, shard, config=config)
+
+
 @task(name="strategy", cache_policy=NO_CACHE)
-def strategy_task(work_dir: str, curated: CurateRef, config: SelectionConfig) -> SelectRef:
-    return stages.select_stage(work_dir, curated, config=config)
+def strategy_task(work_dir: str, plan: SelectPlanRef, parts: list[SelectPartRef], config: SelectionConfig) -> SelectRef:
+    return stages.select_merge_stage(work_dir, plan, config=config)
 
 
 @task(name="write", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -278,6 +291,14 @@ def _curate(work_dir: str, config: CurateConfig, search: SearchRef, clock: _Cloc
     return clock.run("curate", curate_task, work_dir, plan, parts, config)
 
 
+def _select(work_dir: str, config: SelectionConfig, curated: CurateRef, clock: _Clock) -> SelectRef:
+    """Plan selection (pairs scored, decisions read, percentile bounds), map its shards, merge their parts."""
+    plan = clock.run("select-plan", select_plan_task, work_dir, curated, config)
+    options = (unmapped(plan), list(plan.shards), unmapped(config))
+    parts = clock.map("select-shards", select_shard_task, unmapped(work_dir), *options)
+    return clock.run("strategy", strategy_task, work_dir, plan, parts, config)
+
+
 @flow(
     name="negminer-mine",
     flow_run_name="mine-{name}",
@@ -309,7 +330,7 @@ def mine_flow(
         search = _search(tasks, w, config, index, read.anchors, clock)
         curate = _curate(w, config.curate, search, clock)
         logger.info("curation flagged %s", curate.counts.get("flagged_by_kind", "nothing (disabled)"))
-        select = clock.run("strategy", strategy_task, w, curate, config.mine.selection)
+        select = _select(w, config.mine.selection, curate, clock)
         logger.info("selected %s", select.counts)
         refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select)
         version = clock.run("write", write_task, w, out, name, config, refs)
@@ -321,9 +342,10 @@ def mine_flow(
 def dask_task_runner(*, address: str | None = None, workers: int | None = None) -> TaskRunner:
     """prefect-dask's DaskTaskRunner: the scheduler at `address`, or a LocalCluster of `workers` processes.
 
-    The mapped shard tasks (embedding, search) then run on the Dask workers, each loading the
-    model once in its own process. Workers must see the same filesystem as the flow (the run's
-    work folder and the embedding store) and run with negminer installed.
+    The mapped shard tasks (embedding, index, search, curation, selection) then run on the Dask
+    workers, each loading the model once in its own process. Workers must see the same
+    filesystem as the flow (the run's work folder and the embedding store) and run with
+    negminer installed.
 
     Example:
         >>> runner = dask_task_runner(workers=2)  # doctest: +SKIP

@@ -48,7 +48,7 @@ from negminer.mining.derive import DERIVED_COLUMNS, QUANTILES, SELECT_OPTIONS, t
 from negminer.mining.formats import fill_negative_grids, scored_view, text_array, training_view
 from negminer.mining.quantiles import StreamedQuantiles
 from negminer.mining.strategies import percentile_bounds_of, select_negatives, stable_hash64
-from negminer.storage.parquet_stream import StagedParquetWriter
+from negminer.storage.parquet_stream import StagedParquetWriter, read_row_range
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class _AnchorPass(NamedTuple):
     first_positive: np.ndarray  # (n_anchors,) positive_score at the anchor's first row, NaN if absent
     last_positive: np.ndarray  # (n_anchors,) positive_score at the anchor's last row, NaN if absent
     present: np.ndarray  # (n_anchors,) bool
+    rows: np.ndarray  # (n_anchors,) int64 candidate rows of each anchor
+    ascending: bool  # rows ordered by anchor_idx (so an anchor range is a row range)
 
 
 def derive_files(
@@ -124,7 +126,7 @@ def derive_files(
     )
     grid = np.full((n_anchors, k), -1, np.int64)
     grid_scores = np.full((n_anchors, k), np.nan, np.float32)
-    tally = _select_batches(
+    tally = select_batches(
         candidates_path,
         out_paths["candidates"],
         anchors=anchors,
@@ -152,7 +154,7 @@ def derive_files(
         "triplet_rows": rows["triplets"],
         "negatives": tally["negatives"],
         "anchors_short": tally["anchors_short"],
-        "dropped_by_reason": tally["reasons"],
+        "dropped_by_reason": {reason: n for reason, n in tally["reasons"].items() if n},
     }
     thresholds = {"min_score_from_percentile": bounds[0], "max_score_from_percentile": bounds[1]}
     quantiles = streamed_score_quantiles(out_paths["candidates"], batch_rows=batch_rows)
@@ -161,11 +163,12 @@ def derive_files(
 
 
 def _anchor_pass(path: Path, n_anchors: int, batch_rows: int) -> _AnchorPass:
-    """Each anchor's positive score, and whether each anchor's rows are together."""
+    """Each anchor's positive score and rows, and whether each anchor's rows are together."""
     first_pos = np.full(n_anchors, np.nan, np.float32)
     last_pos = np.full(n_anchors, np.nan, np.float32)
     present = np.zeros(n_anchors, bool)
-    grouped, previous = True, -1
+    counts = np.zeros(n_anchors, np.int64)
+    grouped, ascending, previous = True, True, -1
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["anchor_idx", "positive_score"]):
         anchor = batch.column(0).to_numpy(zero_copy_only=False).astype(np.int64)
         score = batch.column(1).to_numpy(zero_copy_only=False)
@@ -175,27 +178,39 @@ def _anchor_pass(path: Path, n_anchors: int, batch_rows: int) -> _AnchorPass:
         runs = anchor[starts]
         if grouped and (len(np.unique(runs)) != len(runs) or present[runs].any()):
             grouped = False
+        ascending = ascending and anchor[0] >= previous and bool(np.all(anchor[1:] >= anchor[:-1]))
+        counts += np.bincount(anchor, minlength=n_anchors)
         uniq, at = np.unique(anchor, return_index=True)
         new = ~present[uniq]
         first_pos[uniq[new]] = score[at[new]]
         last_pos[anchor] = score
         present[uniq] = True
         previous = anchor[-1]
-    return _AnchorPass(grouped, first_pos, last_pos, present)
+    return _AnchorPass(grouped, first_pos, last_pos, present, counts, grouped and ascending)
 
 
-def anchor_batches(path: str | Path, batch_rows: int | None, *, columns: list[str] | None = None) -> Iterator[pa.Table]:
+def anchor_batches(
+    path: str | Path,
+    batch_rows: int | None,
+    *,
+    columns: list[str] | None = None,
+    rows: tuple[int, int] | None = None,
+) -> Iterator[pa.Table]:
     """The candidate file in tables of about `batch_rows` rows that never split an anchor.
 
-    None reads the whole file as one table. A file without rows gives one empty table.
-    `columns` (``anchor_idx`` among them) reads only those.
+    None reads the whole file (or row range) as one table. A file or range without rows gives
+    one empty table. `columns` (``anchor_idx`` among them) reads only those; `rows`
+    (``[first, stop)``, of whole anchors) reads only those rows, only their row groups.
     """
     parquet = pq.ParquetFile(path)
+    if rows is not None and rows[0] >= rows[1]:
+        yield parquet.schema_arrow.empty_table().select(columns or parquet.schema_arrow.names)
+        return
     if batch_rows is None or parquet.metadata.num_rows == 0:
-        yield parquet.read(columns=columns)
+        yield parquet.read(columns=columns) if rows is None else read_row_range(path, *rows, columns=columns)
         return
     pending: pa.Table | None = None
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+    for batch in _row_batches(parquet, batch_rows, columns, rows):
         table = pa.Table.from_batches([batch])
         table = table if pending is None else pa.concat_tables([pending, table])
         anchor = table.column("anchor_idx").to_numpy()
@@ -207,7 +222,32 @@ def anchor_batches(path: str | Path, batch_rows: int | None, *, columns: list[st
         yield pending
 
 
-def _select_batches(
+def _row_batches(
+    parquet: pq.ParquetFile, batch_rows: int, columns: list[str] | None, rows: tuple[int, int] | None
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of the file, or of its rows ``[first, stop)`` (only the row groups holding them)."""
+    if rows is None:
+        yield from parquet.iter_batches(batch_size=batch_rows, columns=columns)
+        return
+    first, stop = rows
+    groups, begin, offset = [], None, 0
+    for group in range(parquet.metadata.num_row_groups):
+        n = parquet.metadata.row_group(group).num_rows
+        if offset < stop and offset + n > first:
+            groups.append(group)
+            begin = offset if begin is None else begin
+        offset += n
+    position = begin or 0
+    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns):
+        low, high = max(first - position, 0), min(stop - position, batch.num_rows)
+        if high > low:
+            yield batch.slice(low, high - low)
+        position += batch.num_rows
+        if position >= stop:
+            return
+
+
+def select_batches(
     candidates_path: Path,
     out_path: str | Path,
     *,
@@ -218,8 +258,14 @@ def _select_batches(
     grid: tuple[np.ndarray, np.ndarray],
     transform: Callable[[pa.Table], pa.Table] | None,
     batch_rows: int | None,
+    rows: tuple[int, int] | None = None,
+    first_anchor: int = 0,
 ) -> dict[str, Any]:
-    """Select each batch, write the published candidates, fill the per-anchor negatives."""
+    """Select each batch, write the published candidates, fill the per-anchor negatives.
+
+    `rows` limits it to candidate rows ``[first, stop)`` (whole anchors); the grids' row 0 is
+    then anchor `first_anchor`. The counts by reason keep the reasons that counted none.
+    """
     options = config.model_dump(include=SELECT_OPTIONS)
     hashes = {
         "anchor_hash": stable_hash64(anchors.column("anchor_id").to_pylist()),
@@ -229,20 +275,25 @@ def _select_batches(
     reasons: Counter[str] = Counter()
     tally = {"rows": 0, "negatives": 0, "anchors_short": 0}
     with StagedParquetWriter(out_path) as writer:
-        for batch in anchor_batches(candidates_path, batch_rows):
+        for batch in anchor_batches(candidates_path, batch_rows, rows=rows):
             batch = transform(batch) if transform is not None else batch
             base = batch.drop_columns([c for c in DERIVED_COLUMNS if c in batch.column_names])
             selection = select_negatives(base, **hashes, percentile_bounds=bounds, **options)
             published = with_ids(selection.candidates, anchors, docs)
             writer.write(published)
             chosen = published.filter(pc.is_valid(published.column("negative_slot")))
+            if first_anchor:
+                local = pc.subtract(
+                    chosen.column("anchor_idx"), pa.scalar(first_anchor, chosen.schema.field("anchor_idx").type)
+                )
+                chosen = chosen.set_column(chosen.schema.get_field_index("anchor_idx"), "anchor_idx", local)
             fill_negative_grids(grid, chosen)
             reasons.update(selection.reason_counts)
             tally["rows"] += published.num_rows
             tally["negatives"] += chosen.num_rows
             tally["anchors_short"] += selection.anchors_short
         writer.commit()
-    return {**tally, "reasons": {reason: n for reason, n in reasons.items() if n}}
+    return {**tally, "reasons": dict(reasons)}
 
 
 def _write_views(
@@ -296,21 +347,38 @@ def streamed_score_quantiles(path: str | Path, *, batch_rows: int = BATCH_ROWS) 
     scores (``negative``), every candidate's (``candidate``) and the retrieved positives'
     (``positive_retrieved``); a kind without values maps to ``{}``.
     """
-    kinds = {name: StreamedQuantiles(QUANTILES) for name in ("negative", "candidate", "positive_retrieved")}
+    kinds = score_quantile_kinds()
     for step in ("first", "second"):
-        batches = pq.ParquetFile(path).iter_batches(
-            batch_size=batch_rows, columns=["score", "is_positive", "negative_slot"]
-        )
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(QUANTILE_COLUMNS))
         for batch in batches:
-            score = batch.column(0).to_numpy(zero_copy_only=False)
-            chosen = pc.is_valid(batch.column(2)).to_numpy(zero_copy_only=False)
-            positive = batch.column(1).to_numpy(zero_copy_only=False)
-            for name, values in (
-                ("negative", score[chosen]),
-                ("candidate", score),
-                ("positive_retrieved", score[positive]),
-            ):
-                getattr(kinds[name], step)(values)
+            feed_score_quantiles(kinds, step, batch)
+    return named_quantiles(kinds)
+
+
+# The published candidates' columns the score quantiles are read from.
+QUANTILE_COLUMNS = ("score", "is_positive", "negative_slot")
+
+
+def score_quantile_kinds() -> dict[str, StreamedQuantiles]:
+    """One :class:`StreamedQuantiles` per kind of score the manifest reports."""
+    return {name: StreamedQuantiles(QUANTILES) for name in ("negative", "candidate", "positive_retrieved")}
+
+
+def feed_score_quantiles(kinds: dict[str, StreamedQuantiles], step: str, batch: pa.RecordBatch | pa.Table) -> None:
+    """Pass `step` (``first`` or ``second``) of every kind over a batch of published candidates."""
+    score = batch.column("score").to_numpy(zero_copy_only=False)
+    chosen = pc.is_valid(batch.column("negative_slot")).to_numpy(zero_copy_only=False)
+    positive = batch.column("is_positive").to_numpy(zero_copy_only=False)
+    for name, values in (
+        ("negative", score[chosen]),
+        ("candidate", score),
+        ("positive_retrieved", score[positive]),
+    ):
+        getattr(kinds[name], step)(values)
+
+
+def named_quantiles(kinds: dict[str, StreamedQuantiles]) -> dict[str, dict[str, float]]:
+    """The manifest's ``score_quantiles`` once both passes are done."""
     return {name: _named(q) for name, q in kinds.items()}
 
 

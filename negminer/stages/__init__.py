@@ -14,7 +14,7 @@ from negminer.stages.publish import PUBLISHING, StageRefs, audit_load_stage, pub
 from negminer.stages.read import read_stage
 from negminer.stages.runner import run_stages
 from negminer.stages.search import search_merge_stage, search_shard_stage, search_shards, search_stage
-from negminer.stages.select import select_stage
+from negminer.stages.select import select_merge_stage, select_plan_stage, select_shard_stage, select_stage
 from negminer.stages.workdir import (
     default_store_root,
     fingerprint_input,
@@ -49,6 +49,9 @@ __all__ = [
     "search_shard_stage",
     "search_shards",
     "search_stage",
+    "select_merge_stage",
+    "select_plan_stage",
+    "select_shard_stage",
     "select_stage",
     "work_dir_for",
 ]

@@ -255,6 +255,47 @@ class CurateRef(Ref):
     seconds: float = 0.0
 
 
+class SelectShard(DocRange):
+    """A selection shard: anchors ``[first, stop)`` and their candidate rows ``[row_first, row_stop)``."""
+
+    row_first: int
+    row_stop: int
+
+
+class SelectPlanRef(Ref):
+    """Selection's plan: the inputs every shard reads, the percentile bounds, the shards.
+
+    `key` digests the candidates, pairs, decisions and settings: a shard's part is reused
+    (after a kill) only by a run with the same key.
+    """
+
+    candidates: str
+    pairs: str  # training pairs with their cosine (pairs-scored.parquet, published)
+    held_out: str  # pairs curation held out of training, with their cosine
+    decisions: str  # the reviewers' decisions as the plan read them
+    key: str
+    min_score_from_percentile: float | None
+    max_score_from_percentile: float | None
+    batched: bool  # False: the candidates' anchors are not together, read in one batch
+    shards: tuple[SelectShard, ...]
+    seconds: float = 0.0
+
+
+class SelectPartRef(Ref):
+    """One selection shard's parts (table stem -> path) and counters (in first-seen order)."""
+
+    shard: int
+    first: int
+    stop: int
+    parts: dict[str, str]
+    rows: dict[str, int]
+    negatives: int
+    anchors_short: int
+    reasons: tuple[tuple[str, int], ...]
+    audit: tuple[tuple[str, int], ...]
+    seconds: float = 0.0
+
+
 class SelectRef(Ref):
     """The selected candidates and training views, with the manifest's figures."""
 

@@ -1,13 +1,20 @@
 """Select stage: the strategy picks each anchor's negatives; the training views are written.
 
-Selection is :func:`negminer.mining.streaming.derive_files`, which ``refilter`` shares: the
-candidate table is read in batches of whole anchors and the outputs are written as they are
-made, so memory does not grow with the number of candidates. Reviewers' decisions from the
-audit database are applied batch by batch (:mod:`negminer.curation.decisions`).
+Planned, then selected in shards of anchors, then merged, so that the flow can map the shards
+over Dask workers (:mod:`negminer.mining.sharded_select`, the same selection as
+:func:`negminer.mining.streaming.derive_files`, which ``refilter`` uses, with the same bytes):
+the plan scores the pairs, snapshots the reviewers' decisions and cuts the candidates into
+ranges of ``mine.select_shard_size`` anchors; each shard writes its parts and a completion
+marker (``select-KEY.partFIRST-STOP.json``), so a killed run reuses the finished shards; the
+merge writes ``selected``, ``triplets`` and ``scored`` from the parts and removes them.
+Reviewers' decisions from the audit database are applied batch by batch
+(:mod:`negminer.curation.decisions`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -19,28 +26,39 @@ import pyarrow.parquet as pq
 
 from negminer.config import SelectionConfig
 from negminer.mining.allocator import releases_memory
-from negminer.stages.refs import CurateRef, SelectRef
-from negminer.storage.atomic import naming_failures, write_parquet_atomic
+from negminer.stages.refs import CurateRef, SelectPartRef, SelectPlanRef, SelectRef, SelectShard
+from negminer.stages.workdir import finish, finished
+from negminer.storage.atomic import naming_failures, sha256_file, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
 
 VIEW_NAMES = {"candidates": "selected", "triplets": "triplets", "scored": "scored"}
 
 
-@releases_memory
 def select_stage(
     work_dir: str | Path, curated: CurateRef, *, config: SelectionConfig, batch_rows: int | None = None
 ) -> SelectRef:
-    """Apply the strategy and build the views; writes selected/triplets[/scored]/pairs-scored.
+    """Plan, select every shard, merge: what the flow runs as separate (mapped) tasks.
 
     `curated` names the candidates and the training pairs (the curation stage's output, or the
     search's candidates and every validated pair when curation is off). Each pair's cosine
     (from the vectors) is added to the pairs table. `batch_rows` is the candidate rows read at
-    once (default :data:`negminer.mining.streaming.BATCH_ROWS`).
+    once (default :data:`negminer.mining.streaming.BATCH_ROWS`); the output does not depend on it.
     """
-    from negminer.curation.decisions import BatchedFeedback
+    plan = select_plan_stage(work_dir, curated, config=config, batch_rows=batch_rows)
+    for shard in plan.shards:
+        select_shard_stage(work_dir, plan, shard, config=config, batch_rows=batch_rows)
+    return select_merge_stage(work_dir, plan, config=config, batch_rows=batch_rows)
+
+
+@releases_memory
+def select_plan_stage(
+    work_dir: str | Path, curated: CurateRef, *, config: SelectionConfig, batch_rows: int | None = None
+) -> SelectPlanRef:
+    """Score the pairs, snapshot the decisions, compute the percentile bounds and cut the shards."""
     from negminer.mining.derive import with_pair_scores
-    from negminer.mining.streaming import BATCH_ROWS, derive_files
+    from negminer.mining.sharded_select import plan_selection
+    from negminer.mining.streaming import BATCH_ROWS
 
     work_dir = Path(work_dir)
     start = time.perf_counter()
@@ -50,39 +68,159 @@ def select_stage(
         np.load(work_dir / "docs.npy", mmap_mode="r"),
     )
     pairs, held_out = _split_training_pairs(all_pairs, curated)
+    inputs = {
+        "pairs": write_parquet_atomic(work_dir / "pairs-scored.parquet", pairs),
+        "held_out": write_parquet_atomic(work_dir / "select-held-out.parquet", held_out),
+        "decisions": write_parquet_atomic(work_dir / "select-decisions.parquet", _work_dir_decisions(work_dir)),
+    }
+    n_anchors = pq.ParquetFile(work_dir / "anchors.parquet").metadata.num_rows
+    plan = plan_selection(
+        curated.candidates,
+        n_anchors=n_anchors,
+        shard_anchors=config.select_shard_size,
+        config=config,
+        batch_rows=batch_rows or BATCH_ROWS,
+    )
+    return SelectPlanRef(
+        candidates=curated.candidates,
+        **{name: str(path) for name, path in inputs.items()},
+        key=_plan_key(curated.candidates, list(inputs.values()), config),
+        min_score_from_percentile=plan.bounds[0],
+        max_score_from_percentile=plan.bounds[1],
+        batched=plan.batched,
+        shards=tuple(
+            SelectShard(shard=i, first=s.first, stop=s.stop, row_first=s.row_first, row_stop=s.row_stop)
+            for i, s in enumerate(plan.shards)
+        ),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def _plan_key(candidates: str, inputs: list[Path], config: SelectionConfig) -> str:
+    """Digest of what a shard's parts depend on: the files it reads and the settings."""
+    digest = {
+        "files": [sha256_file(path) for path in (candidates, *inputs)],
+        "config": config.model_dump(mode="json", exclude={"select_shard_size"}),
+    }
+    return hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _part_stem(plan: SelectPlanRef, shard: SelectShard) -> str:
+    return f"{plan.key}.part{shard.first:010d}-{shard.stop:010d}"
+
+
+@releases_memory
+def select_shard_stage(
+    work_dir: str | Path,
+    plan: SelectPlanRef,
+    shard: SelectShard,
+    *,
+    config: SelectionConfig,
+    batch_rows: int | None = None,
+) -> SelectPartRef:
+    """Select the anchors of one shard into its parts; a finished part (its marker) is reused."""
+    from negminer.curation.decisions import BatchedFeedback
+    from negminer.mining.sharded_select import SelectionPlan, ShardRange, select_shard
+    from negminer.mining.streaming import BATCH_ROWS
+
+    work_dir = Path(work_dir)
+    stem = _part_stem(plan, shard)
+    marker = work_dir / f"select-{stem}.json"
+    if ref := finished(marker, SelectPartRef):
+        return ref
+    start = time.perf_counter()
     anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
     docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text", "text_key"])
     feedback = BatchedFeedback(
-        _work_dir_decisions(work_dir),
-        schema=pq.read_schema(curated.candidates),
+        pq.read_table(plan.decisions),
+        schema=pq.read_schema(plan.candidates),
         anchors=anchors,
         docs=docs,
-        pairs=pairs,
+        pairs=pq.read_table(plan.pairs),
         extra_positives=config.audit_extra_positives,
-        held_out=held_out,
+        held_out=pq.read_table(plan.held_out),
     )
+    stems = ["candidates", "triplets", *(["scored"] if config.output_scores else [])]
+    parts = {name: work_dir / f"{VIEW_NAMES[name]}.{stem}.parquet" for name in stems}
+    bounds = (plan.min_score_from_percentile, plan.max_score_from_percentile)
     with naming_failures(work_dir):  # its staged writers' failed writes name no file
-        derived = derive_files(
-            curated.candidates,
-            {stem: work_dir / f"{name}.parquet" for stem, name in VIEW_NAMES.items()},
+        result = select_shard(
+            plan.candidates,
+            parts,
+            ShardRange(shard.first, shard.stop, shard.row_first, shard.row_stop),
             anchors=anchors,
             docs=docs,
             pairs=feedback.pairs,
             config=config,
+            plan=SelectionPlan(bounds, plan.batched, []),
             transform=feedback,
             batch_rows=batch_rows or BATCH_ROWS,
         )
-    tables = {stem: str(path) for stem, path in derived.paths.items()}
-    tables["pairs"] = str(write_parquet_atomic(work_dir / "pairs-scored.parquet", pairs))
+    ref = SelectPartRef(
+        shard=shard.shard,
+        first=shard.first,
+        stop=shard.stop,
+        parts={name: str(path) for name, path in parts.items()},
+        rows=result.rows,
+        negatives=result.negatives,
+        anchors_short=result.anchors_short,
+        reasons=tuple(result.reasons),
+        audit=tuple((key, int(n)) for key, n in feedback.counts.items()),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return finish(marker, ref)
+
+
+@releases_memory
+def select_merge_stage(
+    work_dir: str | Path, plan: SelectPlanRef, *, config: SelectionConfig, batch_rows: int | None = None
+) -> SelectRef:
+    """Write selected/triplets[/scored] from the shards' parts; the manifest's figures.
+
+    Shards without a finished part (a lost worker) are selected here first.
+    """
+    from negminer.curation.decisions import BatchedFeedback
+    from negminer.mining.sharded_select import merge_reasons, merge_selection
+
+    work_dir = Path(work_dir)
+    start = time.perf_counter()
+    parts = [select_shard_stage(work_dir, plan, shard, config=config, batch_rows=batch_rows) for shard in plan.shards]
+    out = {name: work_dir / f"{VIEW_NAMES[name]}.parquet" for name in parts[0].parts}
+    with naming_failures(work_dir):
+        rows, quantiles = merge_selection([part.parts for part in parts], out)
+    _remove_parts(work_dir)
+    audit = dict(parts[0].audit)
+    for key in BatchedFeedback.PER_ROW:
+        audit[key] = sum(dict(part.audit)[key] for part in parts)
+    counts = {
+        "triplet_rows": rows["triplets"],
+        "negatives": sum(part.negatives for part in parts),
+        "anchors_short": sum(part.anchors_short for part in parts),
+        "dropped_by_reason": merge_reasons([list(part.reasons) for part in parts]),
+        "audit": audit,
+    }
+    tables = {name: str(path) for name, path in out.items()}
+    tables["pairs"] = plan.pairs
+    seconds = time.perf_counter() - start + plan.seconds + sum(part.seconds for part in parts)
     return SelectRef(
         selected=tables["candidates"],
         triplets=tables["triplets"],
         tables=tables,
-        counts={**derived.counts, "audit": feedback.counts},
-        selection=derived.selection,
-        score_quantiles=derived.score_quantiles,
-        seconds=round(time.perf_counter() - start, 3),
+        counts=counts,
+        selection={
+            "min_score_from_percentile": plan.min_score_from_percentile,
+            "max_score_from_percentile": plan.max_score_from_percentile,
+        },
+        score_quantiles=quantiles,
+        seconds=round(seconds, 3),
     )
+
+
+def _remove_parts(work_dir: Path) -> None:
+    """Remove every selection part and part marker (this run's, and those of earlier, killed runs)."""
+    for pattern in ("select-*.part*.json", *(f"{name}.*.part*.parquet" for name in VIEW_NAMES.values())):
+        for path in work_dir.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def _split_training_pairs(all_pairs: pa.Table, curated: CurateRef) -> tuple[pa.Table, pa.Table]:

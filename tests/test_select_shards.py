@@ -1,0 +1,132 @@
+"""Selection in shards of anchors (plan, shards, merge) gives the bytes of one pass over the table.
+
+The stages before it run for real (read → search) on sample pairs with seeded random vectors;
+some anchors get a second positive further down the pairs, so the pairs' order is not the
+anchors' order and the merge must interleave the shards' view rows.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from negminer import stages
+from negminer.config import PipelineConfig, SelectionConfig
+from negminer.stages.refs import CurateRef
+from tests.conftest import read_with_random_vectors
+
+CONFIG = PipelineConfig.from_dict({"mine": {"search_depth": 12, "num_negatives": 3}})
+
+
+@pytest.fixture(scope="module")
+def searched(sample_dir: Path, tmp_path_factory) -> tuple[Path, CurateRef]:
+    """A work folder searched (curation off): 37 anchors in 46 pairs, 6 of them out of anchor order."""
+    folder = tmp_path_factory.mktemp("select-shards")
+    inputs = folder / "inputs"
+    inputs.mkdir()
+    pairs = pq.read_table(sample_dir / "pairs.parquet").slice(0, 40)
+    later, other = pairs.take([3, 11, 20, 0, 29, 7]), [9, 2, 33, 17, 5, 38]
+    for column in ("positive_id", "positive"):  # those anchors get another row's positive too
+        later = later.set_column(later.schema.get_field_index(column), column, pairs.column(column).take(other))
+    pq.write_table(pa.concat_tables([pairs, later]), inputs / "pairs.parquet")
+    shutil.copyfile(sample_dir / "corpus.parquet", inputs / "corpus.parquet")
+    work, _, _ = read_with_random_vectors(inputs, folder, CONFIG, pairs=46)
+    search = stages.search_stage(work, config=CONFIG.mine.retrieval, index_config=CONFIG.index)
+    curate = stages.curate_stage(work, search, config=CONFIG.curate.model_copy(update={"enabled": False}))
+    return work, curate
+
+
+def single_pass(work: Path, curated: CurateRef, config: SelectionConfig, out: Path) -> dict:
+    """The selection as one pass of derive_files over the whole table (what select_stage did)."""
+    from negminer.curation.decisions import BatchedFeedback
+    from negminer.mining.derive import with_pair_scores
+    from negminer.mining.streaming import derive_files
+    from negminer.stages.select import _split_training_pairs
+
+    all_pairs = with_pair_scores(
+        pq.read_table(work / "pairs.parquet"), *(np.load(work / f"{s}.npy") for s in ("anchors", "docs"))
+    )
+    pairs, held_out = _split_training_pairs(all_pairs, curated)
+    anchors = pq.read_table(work / "anchors.parquet", columns=["anchor_id", "text"])
+    docs = pq.read_table(work / "docs.parquet", columns=["doc_id", "text", "text_key"])
+    decisions = pa.table({c: pa.array([], pa.string()) for c in ("anchor_id", "doc_id", "decision")})
+    feedback = BatchedFeedback(
+        decisions,
+        schema=pq.read_schema(curated.candidates),
+        anchors=anchors,
+        docs=docs,
+        pairs=pairs,
+        extra_positives=False,
+        held_out=held_out,
+    )
+    out.mkdir()
+    stems = {"candidates": "selected", "triplets": "triplets", "scored": "scored"}
+    derived = derive_files(
+        curated.candidates,
+        {stem: out / f"{name}.parquet" for stem, name in stems.items()},
+        anchors=anchors,
+        docs=docs,
+        pairs=feedback.pairs,
+        config=config,
+        transform=feedback,
+    )
+    counts = {**derived.counts, "audit": feedback.counts}
+    return {
+        "paths": derived.paths,
+        "counts": counts,
+        "quantiles": derived.score_quantiles,
+        "selection": derived.selection,
+    }
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"output_format": "n-tuple", "output_scores": True, "min_score_percentile": 20.0},
+        {"output_format": "labeled-pair", "output_scores": True, "sampling_strategy": "top"},
+        {"output_format": "labeled-list", "output_scores": True, "max_score_percentile": 90.0},
+        {"output_scores": True, "strategy": "naive"},
+    ],
+)
+def test_shards_give_the_bytes_of_one_pass(searched, tmp_path, options) -> None:
+    work, curated = searched
+    base = SelectionConfig(**{**CONFIG.mine.selection.model_dump(exclude={"strategy"}), **options})
+    reference = single_pass(work, curated, base, tmp_path / "one-pass")
+    for size, batch_rows in ((1000, None), (7, None), (2, 5)):
+        config = base.model_copy(update={"select_shard_size": size})
+        plan = stages.select_plan_stage(work, curated, config=config, batch_rows=batch_rows)
+        assert len(plan.shards) == -(-37 // size), plan.shards
+        select = stages.select_stage(work, curated, config=config, batch_rows=batch_rows)
+        for stem, path in reference["paths"].items():
+            assert Path(select.tables[stem]).read_bytes() == path.read_bytes(), (size, stem)
+        assert select.counts == reference["counts"]
+        assert list(select.counts["dropped_by_reason"]) == list(reference["counts"]["dropped_by_reason"])
+        assert select.score_quantiles == reference["quantiles"] and select.selection == reference["selection"]
+        assert not list(work.glob("*.part*")), "the merge removes the parts"
+
+
+def test_a_killed_selection_reuses_its_finished_shards(searched, tmp_path, monkeypatch) -> None:
+    import negminer.mining.sharded_select as sharded
+
+    work, curated = searched
+    config = CONFIG.mine.selection.model_copy(update={"select_shard_size": 10})
+    whole = stages.select_stage(work, curated, config=config)
+    expected = {stem: Path(path).read_bytes() for stem, path in whole.tables.items()}
+    plan = stages.select_plan_stage(work, curated, config=config)
+    for shard in plan.shards[:2]:  # killed after two of four shards
+        stages.select_shard_stage(work, plan, shard, config=config)
+    ran = []
+    original = sharded.select_shard
+    monkeypatch.setattr(sharded, "select_shard", lambda *a, **k: ran.append(a[2].first) or original(*a, **k))
+    again = stages.select_stage(work, curated, config=config)
+    assert ran == [20, 30], "only the unfinished shards ran again"
+    assert {stem: Path(path).read_bytes() for stem, path in again.tables.items()} == expected
+    assert again.counts == whole.counts and again.score_quantiles == whole.score_quantiles
+    other = config.model_copy(update={"num_negatives": 2})
+    assert stages.select_plan_stage(work, curated, config=other).key != plan.key, "other settings: other parts"
