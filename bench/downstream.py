@@ -17,10 +17,12 @@ For each labelled retrieval set in ../shared/data (BEIR layout, bench/common.py)
   reads the base model's vectors from the benchmark
   store (bench/.cache/store, ``python -m bench.warm_store``), sentence-transformers from its
   ``cache_folder`` (bench/.cache/downstream/st-embeddings).
-* training: a copy of the base model, MultipleNegativesRankingLoss, SentenceTransformerTrainer
-  with ``BatchSamplers.NO_DUPLICATES``; the same steps, batch size, learning rate, warmup,
-  max_seq_length (128) and seed for every arm. Arms whose miner drops anchors (no negative
-  passed its filters) train on fewer distinct rows for the same number of steps.
+* training and evaluation are ``negminer evaluate``'s (negminer.evaluation.train; this file
+  adds the arms, the cache and the tables): a copy of the base model,
+  MultipleNegativesRankingLoss, SentenceTransformerTrainer with ``BatchSamplers.NO_DUPLICATES``;
+  the same steps, batch size, learning rate, warmup, max_seq_length (128) and seed for every
+  arm. Arms whose miner drops anchors (no negative passed its filters) train on fewer distinct
+  rows for the same number of steps.
 * evaluation: InformationRetrievalEvaluator on the test split (all its queries with a relevant
   document, the full corpus; relevance is binary, graded NFCorpus labels count as relevant),
   nDCG@10 and recall@100 at max_seq_length 128. Texts are the ``text`` column (no titles),
@@ -44,7 +46,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import BENCH_CACHE, STORE, RetrievalSet, load_retrieval_set
+from negminer.config import EvaluateConfig
+from negminer.evaluation import data as eval_data
+from negminer.evaluation import records
+from negminer.evaluation import train as eval_train
+from negminer.evaluation.run import table_fingerprint
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -88,8 +94,10 @@ Device = Literal["cpu", "cuda"]
 # CPU: 240 steps x 16 (3,840 triplets, most of an epoch of either set's pairs). At 60 steps two
 # NFCorpus negative sets sharing 89% of their rows scored up to 1 nDCG@10 point apart and
 # SciFact's miners tied, so that budget could not rank miners (docs/benchmarks.md).
+# The CPU budget is negminer evaluate's default (EvaluateConfig).
+_DEFAULTS = EvaluateConfig()
 BUDGETS: dict[str, dict[str, Any]] = {
-    "cpu": {"steps": 240, "batch_size": 16},
+    "cpu": {"steps": _DEFAULTS.steps, "batch_size": _DEFAULTS.batch_size},
     "cuda": {"steps": 1000, "batch_size": 64},
 }
 
@@ -104,8 +112,8 @@ class Budget:
 
     steps: int
     batch_size: int
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
+    learning_rate: float = _DEFAULTS.learning_rate
+    warmup_ratio: float = _DEFAULTS.warmup_ratio
     max_seq_length: int = 128
     num_negatives: int = 1
     device: Device = "cpu"
@@ -174,22 +182,20 @@ def relevant_texts(data: RetrievalSet) -> dict[str, set[str]]:
 def test_inputs(
     data: RetrievalSet, *, max_queries: int | None = None, max_corpus: int | None = None
 ) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
-    """(queries, corpus, relevant_docs) for InformationRetrievalEvaluator.
+    """(queries, corpus, relevant_docs) for InformationRetrievalEvaluator (negminer.evaluation.data.select).
 
     Queries without a relevant document are left out. For quick checks only (not the
     protocol): `max_queries` keeps the first queries by query_id, `max_corpus` keeps their
     relevant documents plus the first other documents by doc_id, `max_corpus` in all.
     """
-    queries = {qid: text for qid, text in _query_items(data.queries) if data.qrels.get(qid)}
-    if max_queries is not None:
-        queries = {qid: queries[qid] for qid in sorted(queries)[:max_queries]}
-    relevant = {qid: set(data.qrels[qid]) for qid in queries}
-    corpus = _doc_texts(data.corpus)
-    if max_corpus is not None:
-        keep = set().union(*relevant.values())
-        keep.update(sorted(set(corpus) - keep)[: max(0, max_corpus - len(keep))])
-        corpus = {doc_id: text for doc_id, text in corpus.items() if doc_id in keep}
-    return queries, corpus, relevant
+    picked = eval_data.select(
+        dict(_query_items(data.queries)),
+        _doc_texts(data.corpus),
+        data.qrels,
+        max_queries=max_queries,
+        max_corpus=max_corpus,
+    )
+    return picked.queries, picked.corpus, picked.relevant
 
 
 def load_task(
@@ -216,14 +222,6 @@ def _doc_texts(corpus: pa.Table) -> dict[str, str]:
 
 def _query_items(queries: pa.Table) -> Iterable[tuple[str, str]]:
     return zip(queries["query_id"].to_pylist(), queries["text"].to_pylist(), strict=True)
-
-
-def table_fingerprint(table: pa.Table) -> str:
-    """sha256 over a table's column names and string cells, row by row."""
-    digest = hashlib.sha256("\x1f".join(table.column_names).encode())
-    for row in zip(*(table[c].to_pylist() for c in table.column_names), strict=True):
-        digest.update("\x1f".join(row).encode() + b"\x1e")
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- arms
@@ -390,80 +388,37 @@ def build_arm(
 
 
 def build_evaluator(
-    queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]], *, batch_size: int = 32
+    queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]], *, batch_size: int | None = None
 ) -> InformationRetrievalEvaluator:
-    """InformationRetrievalEvaluator reporting nDCG@10, MRR@10 and recall@100 (cosine)."""
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-
-    return InformationRetrievalEvaluator(
-        queries,
-        corpus,
-        relevant,
-        ndcg_at_k=[10],
-        mrr_at_k=[10],
-        accuracy_at_k=[1],
-        precision_recall_at_k=[100],
-        map_at_k=[100],
-        batch_size=batch_size,
-        show_progress_bar=False,
-        write_csv=False,
-    )
+    """negminer evaluate's InformationRetrievalEvaluator (nDCG@10, MRR@10, recall@100, cosine)."""
+    size = _DEFAULTS.eval_batch_size if batch_size is None else batch_size
+    return eval_train.build_evaluator(queries, corpus, relevant, batch_size=size)
 
 
 def evaluate(model: SentenceTransformer, evaluator: InformationRetrievalEvaluator) -> dict[str, float]:
-    """nDCG@10, recall@100 and MRR@10 of `model` (cosine scores)."""
-    metrics = evaluator(model)
-    return {
-        "ndcg@10": round(metrics["cosine_ndcg@10"], 5),
-        "recall@100": round(metrics["cosine_recall@100"], 5),
-        "mrr@10": round(metrics["cosine_mrr@10"], 5),
-    }
+    """nDCG@10, recall@100 and MRR@10 of `model` (cosine scores), as negminer evaluate reports them."""
+    return eval_train.score(model, evaluator)
 
 
 def fresh_model(budget: Budget) -> SentenceTransformer:
     """A new copy of the packaged base model at the budget's max_seq_length and device."""
-    from negminer.mining.encoder import load_model
-
-    return load_model(None, device=budget.device, max_seq_length=budget.max_seq_length)
+    return eval_train.fresh_model(None, device=budget.device, max_seq_length=budget.max_seq_length)
 
 
 def train(rows: pa.Table, *, budget: Budget, seed: int, output_dir: str | Path) -> SentenceTransformer:
-    """Fine-tune a fresh base model on `rows` with MultipleNegativesRankingLoss for budget.steps."""
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.training_args import (
-        BatchSamplers,
-        SentenceTransformerTrainingArguments,
-    )
-    from transformers import set_seed
-
-    if rows.num_rows < budget.batch_size:
-        raise ValueError(f"{rows.num_rows} training rows, fewer than the batch size {budget.batch_size}")
-    set_seed(seed)
-    model = fresh_model(budget)
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir),
-        max_steps=budget.steps,
-        per_device_train_batch_size=budget.batch_size,
+    """Fine-tune a fresh base model on `rows` as negminer evaluate does (negminer.evaluation.train)."""
+    return eval_train.train_model(
+        rows,
+        model=None,
+        steps=budget.steps,
+        batch_size=budget.batch_size,
         learning_rate=budget.learning_rate,
-        warmup_steps=budget.warmup_ratio,
+        warmup_ratio=budget.warmup_ratio,
+        max_seq_length=budget.max_seq_length,
         seed=seed,
-        data_seed=seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        logging_steps=max(1, budget.steps // 5),
-        use_cpu=budget.device == "cpu",
-        dataloader_drop_last=True,
+        device=budget.device,
+        output_dir=output_dir,
     )
-    dataset = Dataset.from_dict({column: rows[column].to_pylist() for column in rows.column_names})
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model)
-    )
-    trainer.train()
-    return model
 
 
 def result_key(task: Task, data: ArmData, *, budget: Budget, seed: int | None) -> str:
@@ -493,6 +448,7 @@ def run_one(task: Task, data: ArmData, *, budget: Budget, seed: int | None) -> d
         return {**cached, "arm": data.arm, "mined": data.info, **shared}
     logger.info("%s %s seed %s: training on %s rows", task.name, data.arm, seed, data.info.get("rows", 0))
     start = time.perf_counter()
+    CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         model = (
             fresh_model(budget)
@@ -530,19 +486,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def environment() -> dict[str, Any]:
     """Device, threads and library versions of this process."""
-    import sentence_transformers
-    import torch
-    import transformers
-
-    cuda = torch.cuda.is_available()
-    return {
-        "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores)",
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
+    return records.environment()
 
 
 # ---------------------------------------------------------------- report
@@ -712,8 +656,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1])
     parser.add_argument("--steps", type=int, help="training steps (default: 240 on CPU, 1000 on a GPU)")
     parser.add_argument("--batch-size", type=int, help="default: 16 on CPU, 64 on a GPU")
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--warmup-ratio", type=float, default=0.1)
+    parser.add_argument("--learning-rate", type=float, default=_DEFAULTS.learning_rate)
+    parser.add_argument("--warmup-ratio", type=float, default=_DEFAULTS.warmup_ratio)
     parser.add_argument("--max-seq-length", type=int, default=128, help="for training and evaluation")
     parser.add_argument("--num-negatives", type=int, default=1, help="per pair, for every mined arm")
     parser.add_argument("--max-positives", type=int, default=2, help="training positives per query")

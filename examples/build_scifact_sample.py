@@ -3,7 +3,9 @@
 The sample is deterministic (no random state): the first 200 SciFact *train* queries, sorted
 by integer query id, that have at least one relevant document, one pairs row per
 (query, relevant document); and a corpus of 800 documents: every positive of those pairs plus
-every k-th other document in integer doc-id order.
+every k-th other document in integer doc-id order. Held out for ``negminer evaluate``: the
+SciFact *test* queries whose every relevant document is in that corpus (``queries.parquet``,
+``qrels.parquet``), so the folder is also a labelled retrieval set.
 
 Usage (from the repository root)::
 
@@ -25,6 +27,7 @@ DEFAULT_OUT = REPO_ROOT / "examples" / "scifact-sample"
 NUM_QUERIES = 200
 CORPUS_SIZE = 800
 SPLIT = "train"
+HELD_OUT_SPLIT = "test"
 ZSTD_LEVEL = 19  # slow to write, smallest files; the bytes are the same on every run
 
 
@@ -81,6 +84,7 @@ def build(source: Path, out: Path) -> dict[str, int]:
         compression="zstd",
         compression_level=ZSTD_LEVEL,
     )
+    held_out = write_held_out(out, queries, splits, qrels, set(corpus_ids))
     return {
         "queries": len(chosen),
         "pairs": len(pair_rows),
@@ -89,7 +93,44 @@ def build(source: Path, out: Path) -> dict[str, int]:
         "filler_docs": len(filler),
         "filler_step": step,
         "corpus_docs": len(corpus_rows),
+        **held_out,
     }
+
+
+def write_held_out(
+    out: Path, queries: dict[str, str], splits: list[dict], qrels: list[dict], corpus_ids: set[str]
+) -> dict[str, int]:
+    """``queries.parquet`` and ``qrels.parquet``: the test queries answerable within the corpus.
+
+    A test query is kept when it has a relevant document (score > 0) and every one of its
+    relevant documents is in the sample corpus; its qrels rows are copied unchanged.
+    """
+    test_ids = {r["query_id"] for r in splits if r["split"] == HELD_OUT_SPLIT}
+    relevant: dict[str, set[str]] = {}
+    for r in qrels:
+        if r["score"] > 0 and r["query_id"] in test_ids:
+            relevant.setdefault(r["query_id"], set()).add(r["doc_id"])
+    kept = sorted((q for q, docs in relevant.items() if docs <= corpus_ids), key=int)
+    query_rows = [{"query_id": q, "text": queries[q]} for q in kept]
+    keep = set(kept)
+    qrel_rows = sorted(
+        (
+            {"query_id": r["query_id"], "doc_id": r["doc_id"], "score": r["score"]}
+            for r in qrels
+            if r["query_id"] in keep
+        ),
+        key=lambda r: (int(r["query_id"]), int(r["doc_id"])),
+    )
+    query_schema = pa.schema([("query_id", pa.string()), ("text", pa.string())])
+    qrels_schema = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("score", pa.int32())])
+    for name, rows, schema in (("queries", query_rows, query_schema), ("qrels", qrel_rows, qrels_schema)):
+        pq.write_table(
+            pa.Table.from_pylist(rows, schema=schema),
+            out / f"{name}.parquet",
+            compression="zstd",
+            compression_level=ZSTD_LEVEL,
+        )
+    return {"held_out_queries": len(query_rows), "held_out_qrels": len(qrel_rows)}
 
 
 def main() -> None:

@@ -12,5 +12,6 @@ __version__ = "0.1.0"
 # first import of a submodule sets it as an attribute of the package, over the function.
 import negminer.refilter  # noqa: F401
 from negminer.api import DatasetVersion, mine, open_version, refilter
+from negminer.evaluation import evaluate
 
-__all__ = ["DatasetVersion", "__version__", "mine", "open_version", "refilter"]
+__all__ = ["DatasetVersion", "__version__", "evaluate", "mine", "open_version", "refilter"]

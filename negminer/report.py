@@ -33,7 +33,8 @@ class RunReport(NamedTuple):
 
 def run_report(version_dir: str | Path, *, timings: dict[str, dict[str, Any]] | None = None) -> RunReport:
     """Summarise a dataset version: counts in/out, drops per reason, flags per kind, score
-    quantiles, changes against the parent and the time each stage took.
+    quantiles, changes against the parent, the time each stage took and the ``negminer
+    evaluate`` runs that trained on it (``ROOT/NAME/evaluations/VERSION/``).
 
     Args:
         version_dir: a complete version folder.
@@ -57,6 +58,7 @@ def run_report(version_dir: str | Path, *, timings: dict[str, dict[str, Any]] | 
         _quantile_section(manifest.get("score_quantiles", {})),
         _changes_section(manifest.get("changes")),
         _timing_section(timings or {}),
+        _evaluation_section(version_dir),
     ]
     return RunReport("\n\n".join(s for s in sections if s), flagged, total, version_dir.as_uri(), warnings)
 
@@ -222,6 +224,17 @@ def _changes_section(changes: dict[str, Any] | None) -> str:
     if drift:
         text += "\n\nNegative-score drift: " + ", ".join(f"{q} {d:+.4f}" for q, d in drift.items())
     return text
+
+
+def _evaluation_section(version_dir: Path) -> str:
+    """``negminer evaluate`` runs that trained on this version (kept beside it, never inside)."""
+    from negminer.evaluation.records import markdown_table, read_evaluations, summary_line
+
+    found = read_evaluations(version_dir)
+    if not found:
+        return ""
+    parts = [f"{summary_line(record)}\n\n{markdown_table(record)}" for record in found]
+    return "## Evaluations\n\n" + "\n\n".join(parts)
 
 
 def _timing_section(timings: dict[str, dict[str, Any]]) -> str:

@@ -37,6 +37,8 @@ SKIPPED_MODULES: dict[str, str] = {
 ALLOWED: dict[tuple[str, str, str], str] = {
     ("negminer.cli", "*", "*"): "typer options: None means 'not given on the command line', so the "
     "YAML file's value or the config default applies",
+    ("negminer.evaluation.cli", "*", "*"): "typer options of `negminer evaluate`: None means 'not given on the "
+    "command line', so EvaluateConfig's default applies",
     ("negminer.api", "mine", "model"): "like the CLI's --model: None means 'not given', so the config's "
     "embed.model (or the packaged model) stands",
     ("negminer.audit.cli", "*", "kind"): "audit filter (the kind of flagged pair listed), not IndexConfig.kind; "
