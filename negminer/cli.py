@@ -17,6 +17,7 @@ import typer
 
 from negminer.audit.cli import audit_app
 from negminer.errors import NegminerError
+from negminer.evaluation.cli import evaluate_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hard-negative mining and curation.")
 app.add_typer(audit_app, name="audit")
@@ -167,6 +168,9 @@ def _echo_warnings(version: Path) -> None:
 
     for warning in health_warnings(read_manifest(version)):
         typer.echo(f"warning: {warning}", err=True)
+
+
+app.command("evaluate")(evaluate_command)
 
 
 @app.command()

@@ -422,6 +422,40 @@ class ScheduleConfig(_Frozen):
     deployment: str = Field("nightly", description="Name of the Prefect deployment.")
 
 
+class EvaluateConfig(_Frozen):
+    """What ``negminer evaluate`` measures and the fixed training budget it fine-tunes with.
+
+    Not a section of :class:`PipelineConfig`: evaluating never changes a dataset version. The
+    training defaults are bench/downstream.py's CPU budget (240 steps x 16 triplets).
+    """
+
+    model: str | None = Field(
+        None, description="Local sentence-transformers folder to evaluate and train; None: packaged all-MiniLM-L6-v2."
+    )
+    split: str | None = Field(
+        "test",
+        description="Queries of this split (query_splits.parquet, or BEIR's qrels/SPLIT.tsv); None: every query. "
+        "A set without split information is used whole.",
+    )
+    titles: bool = Field(False, description="Put each document's title before its text (BEIR's convention).")
+    max_queries: int | None = Field(
+        None, ge=1, description="Evaluate on the first N queries by query id (a quick check, not the protocol)."
+    )
+    max_corpus: int | None = Field(
+        None, ge=1, description="Keep the relevant documents plus the first others by id, N in all (a quick check)."
+    )
+    steps: int = Field(240, ge=1, description="Training steps for each --train/--against version.")
+    batch_size: int = Field(16, ge=1, description="Training rows per step (MultipleNegativesRankingLoss batch).")
+    learning_rate: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps with a linear learning-rate warmup.")
+    max_seq_length: int | None = Field(
+        128, ge=1, description="Token length for training and evaluation; None keeps the model's own."
+    )
+    seed: int = Field(1, ge=0, le=_CLASSIFIER_SEED_MAX, description="Seeds the model's training and batch order.")
+    eval_batch_size: int = Field(32, ge=1, description="Texts per encoding batch during evaluation.")
+    device: str | None = Field(None, description="torch device; None picks CUDA when present.")
+
+
 class PipelineConfig(_Frozen):
     """Everything one mining run needs besides its input paths.
 
