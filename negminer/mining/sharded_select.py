@@ -122,6 +122,8 @@ def select_shard(
     pairs: pa.Table,
     config: SelectionConfig,
     plan: SelectionPlan,
+    anchor_texts: pa.Array | pa.ChunkedArray | None = None,
+    doc_texts: Callable[[np.ndarray], pa.Array] | None = None,
     transform: Callable[[pa.Table], pa.Table] | None = None,
     batch_rows: int,
 ) -> ShardSelection:
@@ -129,12 +131,16 @@ def select_shard(
 
     Args:
         candidates_path, anchors, docs, config, transform: as in
-            :func:`negminer.mining.streaming.derive_files`.
+            :func:`negminer.mining.streaming.derive_files`; `anchors` and `docs` need their
+            ``text`` column only when `anchor_texts` / `doc_texts` are not given.
         out_paths: the parts of ``candidates``, ``triplets`` and (``config.output_scores``)
             ``scored``; the view parts have an ``_order`` column for :func:`merge_selection`.
         shard: the anchor range and its rows (from `plan`).
         pairs: every pair, in output order (its positions order the views).
         plan: :func:`plan_selection`'s result.
+        anchor_texts: the texts of the shard's anchors (default: from `anchors`).
+        doc_texts: the texts of the given (sorted, unique) doc_idx; only the documents the
+            shard's views show are asked for (default: from `docs`).
         batch_rows: candidate rows read at a time (rounded up to whole anchors).
     """
     n_local, k = shard.stop - shard.first, config.num_negatives
@@ -162,9 +168,21 @@ def select_shard(
         pair_scores = local.column("score").to_numpy()
     else:
         pair_scores = _last_positive(candidates_path, shard)[local.column("anchor_idx").to_numpy()]
-    texts = (text_array(anchors.column("text").slice(shard.first, n_local)), text_array(docs.column("text")))
+    if anchor_texts is None:
+        anchor_texts = anchors.column("text").slice(shard.first, n_local)
+    if doc_texts is None:
+        doc_texts = docs.column("text").combine_chunks().take
+    local, compact, shown = _shown_docs(local, grid)
+    texts = (text_array(anchor_texts), text_array(doc_texts(shown)))
     views = _write_view_parts(
-        out_paths, local, positions, texts, grid, pair_scores, config, pairs_per_slice=max(1, batch_rows // k)
+        out_paths,
+        local,
+        positions,
+        texts,
+        (compact, grid[1]),
+        pair_scores,
+        config,
+        pairs_per_slice=max(1, batch_rows // k),
     )
     return ShardSelection(
         {"candidates": tally["rows"], **views},
@@ -172,6 +190,18 @@ def select_shard(
         tally["anchors_short"],
         list(tally["reasons"].items()),
     )
+
+
+def _shown_docs(pairs: pa.Table, grid: tuple[np.ndarray, np.ndarray]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """The documents the views show (positives, chosen negatives), sorted; pairs and negatives
+    with their doc_idx replaced by positions in that list."""
+    pair_doc = pairs.column("doc_idx").to_numpy().astype(np.int64)
+    chosen = grid[0] >= 0
+    shown = np.unique(np.concatenate([pair_doc, grid[0][chosen]]))
+    compact = np.full(grid[0].shape, -1, np.int64)
+    compact[chosen] = np.searchsorted(shown, grid[0][chosen])
+    column = pa.array(np.searchsorted(shown, pair_doc), pa.int64())
+    return pairs.set_column(pairs.schema.get_field_index("doc_idx"), "doc_idx", column), compact, shown
 
 
 def _last_positive(candidates_path: str | Path, shard: ShardRange) -> np.ndarray:
