@@ -1,5 +1,6 @@
 """The mine flow on a Dask LocalCluster of 2 worker processes (prefect-dask) writes the same
-dataset as the default runner: embedding, index, search and curation shards run on the workers."""
+dataset as the default runner: embedding, index, search, curation and selection shards run on
+the workers."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ pytest.importorskip("prefect_dask")
 
 CONFIG = {
     "embed": {"max_seq_length": 64, "chunk_size": 16},  # 9 embedding shards
-    "mine": {"num_negatives": 2, "search_shard_size": 8},  # 5 search shards
+    "mine": {"num_negatives": 2, "search_shard_size": 8, "select_shard_size": 10},  # 5 search, 4 selection shards
     "index": {"shard_docs": 40},  # 3 index shards (100 docs), merged per anchor in every search shard
-    "curate": {"fit_anchors": 20, "shard_anchors": 12},  # judges fitted on a sample, 4 curation shards
+    "curate": {"fit_anchors": 20, "shard_anchors": 12},  # judges fitted on a sample, 5 curation shards
 }
 
 
@@ -37,19 +38,30 @@ def mine(inputs: dict[str, Path], out: Path, **runner) -> Path:
 
 
 def test_local_cluster_of_two_workers_writes_the_same_dataset(prefect_harness, tiny_inputs, tmp_path) -> None:
-    from distributed import Client, LocalCluster
+    from collections import Counter
+
+    from dask.utils import key_split
+    from distributed import Client, LocalCluster, get_task_stream
 
     from negminer.mining import embedder
 
     default = mine(tiny_inputs, tmp_path / "default")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        distributed = mine(tiny_inputs, tmp_path / "dask", dask_address=cluster.scheduler_address)
-        with Client(cluster) as client:
-            loads = client.run(lambda: embedder._cached_model.cache_info().misses)
-            executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        with get_task_stream(client) as stream:  # every task the scheduler ran, with its worker
+            distributed = mine(tiny_inputs, tmp_path / "dask", dask_address=cluster.scheduler_address)
+        loads = client.run(lambda: embedder._cached_model.cache_info().misses)
+        executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+        workers = set(client.scheduler_info()["workers"])
 
     manifest = json.loads((distributed / "manifest.json").read_text())
     assert manifest["counts"]["curation"]["rows_scored"] > 0, "curation judged the shards"
+    # Every shard ran as a Dask task on a worker (keys are named by the task's function).
+    ran = Counter(key_split(record["key"]) for record in stream.data if record["worker"] in workers)
+    shards = {"embed_shard_task": 9, "index_shard_task": 3, "search_shard_task": 5, "select_shard_task": 4}
+    assert {name: ran[name] for name in shards} == shards and ran["curate_shard_task"] >= 2, ran
+    # Plans and merges are called, not mapped: they run in the flow's process.
+    assert not {"curate_plan_task", "curate_task", "select_plan_task", "strategy_task"} & set(ran), ran
     # Both workers ran shard tasks; each that embedded loaded the model itself, once.
     assert all(count > 0 for count in executed.values()), executed
     assert 1 <= sum(loads.values()) <= 2 and max(loads.values()) == 1, loads
