@@ -92,7 +92,13 @@ def mine(
     ] = None,
     precision: Annotated[
         str | None,
-        typer.Option("--precision", help="float32 or bfloat16: the forward pass's arithmetic (embed.precision)."),
+        typer.Option(
+            "--precision", help="auto, float32, bfloat16 or int8: the forward pass's arithmetic (embed.precision)."
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="auto, torch or openvino: what runs the forward pass (embed.backend)."),
     ] = None,
     query_prompt: Annotated[
         str | None,
@@ -125,6 +131,7 @@ def mine(
             "mine.strategy": strategy,
             "embed.processes": processes,
             "embed.precision": precision,
+            "embed.backend": backend,
             "embed.query_prompt": query_prompt,
             "embed.document_prompt": document_prompt,
         }

@@ -178,7 +178,7 @@ def test_precision_option_reaches_the_config(tmp_path: Path, sample_dir: Path) -
     pairs = str(sample_dir / "pairs.parquet")
     result = run_cli("mine", pairs, "--out", str(tmp_path), "--precision", "bfloat16", "--processes", "2")
     assert result.returncode != 0 and "processes to 1" in result.stderr, result.stderr
-    result = run_cli("mine", pairs, "--out", str(tmp_path), "--precision", "int8")
+    result = run_cli("mine", pairs, "--out", str(tmp_path), "--precision", "float16")
     assert result.returncode != 0 and "embed.precision" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -1,14 +1,17 @@
 """The embedding model of a run and what is keyed on it: one object instead of model, store and key.
 
 An :class:`Embedder` is built from an :class:`~negminer.config.EmbedConfig` and answers every
-question a stage asks about the embedding side: the model (loaded once per process), its
+question a stage asks about the embedding side: the model (loaded once per process, on the
+backend and in the precision :func:`~negminer.mining.backends.resolve_encoding` chose), its
 dimension and content fingerprint, the embedding store's folder name (:func:`store_key`) and the
-store itself, and the embedding calls with the config's batch size, chunk size, processes and
-precision. Nothing is loaded until it is asked for: the store key needs only the model's files.
+store itself, and the embedding calls with the config's batch size, chunk size and processes.
+Nothing is loaded until it is asked for: the store key needs only the model's files, and for
+``auto`` the encoding's check, which loads the model once per machine (then cached on disk).
 
 Contract of :func:`store_key` (the folder of the embedding store, so it must never change for
 an unchanged config): the model's content fingerprint, then ``-seq{max_seq_length}`` when
-``max_seq_length`` is set, ``-{precision}`` when the precision is not float32,
+``max_seq_length`` is set, the encoding's suffix (:attr:`~negminer.mining.backends.Encoding.key_suffix`:
+``-{backend}`` when it is not torch, ``-{precision}`` when it is not float32),
 ``-prompts{digest}`` when a side has a prompt or the model routes queries and documents to
 other modules (:func:`prompts_digest`), and ``-{store_dtype}`` when the store's dtype is not
 float32. Vectors that differ in any of these never share a folder.
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from negminer.config import EmbedConfig
 from negminer.errors import ConfigError
+from negminer.mining.backends import Encoding, encoding_model, resolve_encoding
 from negminer.mining.embedding import Side
 from negminer.mining.encoder import Task, embedding_dimension, load_model, model_fingerprint, resolve_model_path
 
@@ -158,11 +162,10 @@ def store_key(config: EmbedConfig) -> str:
         '5f1c…-seq128-float16'
     """
     key = model_fingerprint(resolve_model_path(config.model))
-    # Vectors depend on the truncation length, precision and prompts too: non-defaults get their own folder.
+    # Vectors depend on the truncation length, backend, precision and prompts too: non-defaults get their own folder.
     if config.max_seq_length is not None:
         key = f"{key}-seq{config.max_seq_length}"
-    if config.precision != "float32":
-        key = f"{key}-{config.precision}"
+    key += resolve_encoding(config).key_suffix
     if (digest := prompts_digest(effective_prompts(config))) is not None:
         key = f"{key}-prompts{digest}"
     return key if config.store_dtype == "float32" else f"{key}-{config.store_dtype}"
@@ -176,10 +179,18 @@ def _cached_model(model: str | None, device: str | None, max_seq_length: int | N
 _MODEL_LOCK = threading.Lock()
 
 
-def _shared_model(config: EmbedConfig) -> SentenceTransformer:
-    """The process's one copy of the configured model; a second thread waits for the first's load."""
+def shared_model(config: EmbedConfig) -> SentenceTransformer:
+    """The process's one PyTorch copy of the configured model; a second thread waits for the first's load.
+
+    Example:
+        >>> shared_model(EmbedConfig()).max_seq_length  # doctest: +SKIP
+        256
+    """
     with _MODEL_LOCK:
         return _cached_model(config.model, config.device, config.max_seq_length)
+
+
+_shared_model = shared_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +217,18 @@ class Embedder:
             raise TypeError(f"Embedder takes an EmbedConfig, got {type(self.config).__name__}")
 
     @property
+    def encoding(self) -> Encoding:
+        """The backend and precision the vectors are made with (:func:`~negminer.mining.backends.resolve_encoding`)."""
+        return resolve_encoding(self.config)
+
+    @property
     def model(self) -> SentenceTransformer:
-        """The process's shared SentenceTransformer for this config (loaded on first access)."""
-        return _shared_model(self.config)
+        """The process's SentenceTransformer that embeds under this config (loaded on first access).
+
+        The shared PyTorch model for torch float32/bfloat16, a converted (OpenVINO) or quantised
+        (int8) copy otherwise.
+        """
+        return encoding_model(self.config, self.encoding)
 
     @property
     def dim(self) -> int:
@@ -269,7 +289,7 @@ class Embedder:
             batch_size=self.batch_size,
             model=self.model,
             processes=self.config.processes,
-            precision=self.config.precision,
+            precision=self.encoding.autocast,
             side=self.side(task),
         )
 
@@ -291,7 +311,7 @@ class Embedder:
             batch_size=self.batch_size,
             chunk_size=self.config.chunk_size,
             processes=self.config.processes,
-            precision=self.config.precision,
+            precision=self.encoding.autocast,
             side=self.side(task),
         )
 
@@ -304,9 +324,9 @@ class Embedder:
     def preload(self) -> threading.Thread | None:
         """Load the model in a background thread; None when the vectors are precomputed.
 
-        Importing torch and sentence-transformers and loading the model take seconds that
-        overlap with Prefect starting its temporary server. A failure is left to the embedding
-        stage, which loads the model again and reports it there.
+        Importing torch and sentence-transformers, loading the model and, for ``auto``, choosing
+        the encoding take seconds that overlap with Prefect starting its temporary server. A
+        failure is left to the embedding stage, which loads the model again and reports it there.
 
         Example:
             >>> thread = Embedder(EmbedConfig()).preload()  # doctest: +SKIP
@@ -317,7 +337,7 @@ class Embedder:
 
         def load() -> None:
             try:
-                _shared_model(config)
+                _ = Embedder(config).model  # resolves the encoding too (converts and checks once per machine)
             except Exception as err:  # any failure is the embedding stage's to report, with its traceback
                 logger.debug(
                     "model preload failed (%s: %s); the embedding stage loads it again", type(err).__name__, err

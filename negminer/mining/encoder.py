@@ -185,8 +185,12 @@ def encode(
     """
     if processes < 1:
         raise ConfigError(f"processes must be >= 1, got {processes}")
+    if precision not in ("float32", "bfloat16"):
+        raise ConfigError(f"encode runs in float32 or under bfloat16 autocast, got precision {precision!r}")
     if precision != "float32" and processes > 1:
         raise ConfigError(f"precision {precision} runs in this process only; got processes={processes}")
+    if processes > 1 and (backend := getattr(model, "negminer_backend", "torch")) != "torch":
+        raise ConfigError(f"a {backend} model runs in this process only; got processes={processes}")
     if not texts:
         return np.zeros((0, embedding_dimension(model)), np.float32)
     pool = multi_process_pool(model, processes) if processes > 1 else None

@@ -156,6 +156,8 @@ def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_roo
         path=str(embedder.model_path),
         fingerprint=embedder.fingerprint,
         prompts=PromptsRef(query=prompts.query, document=prompts.document),
+        backend=embedder.encoding.backend,
+        precision=embedder.encoding.precision,
     )
     ref = EmbedRef(
         model=model,

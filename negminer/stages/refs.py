@@ -103,6 +103,8 @@ class ModelRef(Ref):
     path: str | None
     fingerprint: str
     prompts: PromptsRef | None = None  # None: precomputed vectors (or a marker written before prompts)
+    backend: str | None = None  # what ran the forward pass (embed.backend resolved); None: precomputed
+    precision: str | None = None  # its arithmetic (embed.precision resolved); None: precomputed
 
 
 class StoreRef(Ref):

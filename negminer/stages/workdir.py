@@ -11,11 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from negminer.config import EmbedConfig, PipelineConfig
 from negminer.errors import InputError
 from negminer.stages.refs import EmbedRef, InputFingerprint, RefT, load_ref
 from negminer.storage.atomic import sha256_file, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from negminer.mining.backends import Encoding
 
 
 def fingerprint_input(path: str | Path | None) -> InputFingerprint | None:
@@ -64,14 +68,24 @@ def work_dir_for(
     if not config.embed.precomputed:  # other vectors: another work folder
         if config.embed.store_dtype != "float32":
             key["store_dtype"] = config.embed.store_dtype
-        if config.embed.precision != "float32":
-            key["precision"] = config.embed.precision
+        encoding = _encoding(config.embed)
+        if encoding.backend != "torch":
+            key["backend"] = encoding.backend
+        if encoding.precision != "float32":
+            key["precision"] = encoding.precision
         if (prompts := _prompts_key(config.embed)) is not None:
             key["prompts"] = prompts
         if store is not None and (resolved := Path(store).resolve()) != default_store_root(root).resolve():
             key["store"] = str(resolved)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return Path(root) / name / ".work" / digest
+
+
+def _encoding(config: EmbedConfig) -> Encoding:
+    """The backend and precision the vectors are made with (``auto`` resolved)."""
+    from negminer.mining.backends import resolve_encoding
+
+    return resolve_encoding(config)
 
 
 def _prompts_key(config: EmbedConfig) -> str | None:

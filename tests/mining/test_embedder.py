@@ -30,6 +30,10 @@ def fingerprint() -> str:
     return model_fingerprint(resolve_model_path(None))
 
 
+# the encoding every key below is relative to (auto may resolve to another, with its own suffix)
+TORCH_FLOAT32 = {"backend": "torch", "precision": "float32"}
+
+
 @pytest.mark.parametrize(
     ("options", "suffix"),
     [
@@ -38,19 +42,20 @@ def fingerprint() -> str:
         ({"precision": "bfloat16"}, "-bfloat16"),
         ({"store_dtype": "float16"}, "-float16"),
         ({"max_seq_length": 77, "precision": "bfloat16", "store_dtype": "float16"}, "-seq77-bfloat16-float16"),
+        ({"backend": "openvino", "precision": "bfloat16"}, "-openvino-bfloat16"),
         # settings that do not change the vectors share the default folder
         ({"batch_size": 8, "chunk_size": 100, "processes": 2, "device": "cpu"}, ""),
     ],
 )
 def test_the_store_key_is_the_fingerprint_and_what_changes_the_vectors(fingerprint, options, suffix) -> None:
-    config = EmbedConfig(**options)
+    config = EmbedConfig(**{**TORCH_FLOAT32, **options})
     assert store_key(config) == fingerprint + suffix
     assert Embedder(config).store_key == fingerprint + suffix
 
 
 def test_two_names_of_one_model_share_its_key(fingerprint) -> None:
-    by_path = Embedder(EmbedConfig(model=str(resolve_model_path(None))))
-    by_name = Embedder(EmbedConfig(model="all-MiniLM-L6-v2"))
+    by_path = Embedder(EmbedConfig(model=str(resolve_model_path(None)), **TORCH_FLOAT32))
+    by_name = Embedder(EmbedConfig(model="all-MiniLM-L6-v2", **TORCH_FLOAT32))
     assert by_path.fingerprint == by_name.fingerprint == fingerprint
     assert by_path.store_key == by_name.store_key == fingerprint
     assert by_path.model_path == by_name.model_path == resolve_model_path(None)

@@ -13,7 +13,8 @@ from negminer.storage.embedding_store import EmbeddingStore
 pytestmark = pytest.mark.slow
 
 # embed_to_file's settings, as the embed section gives them by default
-EMBED = EmbedConfig().model_dump(include={"batch_size", "chunk_size", "processes", "precision"})
+# (the torch model of the `model` fixture: float32, not the default auto encoding's)
+EMBED = {**EmbedConfig().model_dump(include={"batch_size", "chunk_size", "processes"}), "precision": "float32"}
 
 TEXTS = [
     "Vitamin D supplementation reduces fracture risk.",

@@ -45,12 +45,13 @@ def test_bfloat16_with_processes_is_refused() -> None:
 
 def test_unknown_precision_is_refused() -> None:
     with pytest.raises(ValidationError, match="precision"):
-        EmbedConfig(precision="int8")
+        EmbedConfig(precision="float16")
 
 
 def test_bfloat16_vectors_get_their_own_store_folder_and_work_folder(sample_dir: Path, tmp_path: Path) -> None:
     inputs = {"pairs": sample_dir / "pairs.parquet", "corpus": sample_dir / "corpus.parquet"}
-    full, half = PipelineConfig(), PipelineConfig.from_dict({"embed": {"precision": "bfloat16"}})
+    full = PipelineConfig.from_dict({"embed": {"backend": "torch", "precision": "float32"}})
+    half = PipelineConfig.from_dict({"embed": {"backend": "torch", "precision": "bfloat16"}})
     assert store_key(half.embed) == store_key(full.embed) + "-bfloat16"
     assert stages.work_dir_for(tmp_path, "d", config=half, store=None, **inputs) != stages.work_dir_for(
         tmp_path, "d", config=full, store=None, **inputs

@@ -54,7 +54,8 @@ def loaded(prompted: Path):
 
 
 def config_of(prompted: Path, **options) -> EmbedConfig:
-    return EmbedConfig(model=str(prompted), device="cpu", batch_size=4, **options)
+    # PyTorch float32, so the vectors equal sentence-transformers' own to 1e-5 (auto may pick bfloat16)
+    return EmbedConfig(model=str(prompted), device="cpu", batch_size=4, backend="torch", precision="float32", **options)
 
 
 def embed(work_dir: Path, store: Path, config: EmbedConfig):
@@ -125,7 +126,7 @@ def test_a_changed_prompt_gets_another_work_folder(prompted, sample_dir, tmp_pat
 def test_no_prompts_keep_the_default_store_key_and_sides_alike() -> None:
     from negminer.mining.encoder import model_fingerprint, resolve_model_path
 
-    plain = Embedder(EmbedConfig())
+    plain = Embedder(EmbedConfig(backend="torch", precision="float32"))  # auto may add its encoding's suffix
     assert plain.prompts == Prompts(query="", document="", routed=False) and plain.prompts.alike
     assert plain.store_key == model_fingerprint(resolve_model_path(None))
     assert not plain.side("query").keyed_apart

@@ -11,7 +11,8 @@ from negminer.storage.embedding_store import EmbeddingStore
 
 pytestmark = pytest.mark.slow
 
-EMBED = EmbedConfig().model_dump(include={"batch_size", "chunk_size", "processes", "precision"})
+# (the torch model of the `model` fixture: float32, not the default auto encoding's)
+EMBED = {**EmbedConfig().model_dump(include={"batch_size", "chunk_size", "processes"}), "precision": "float32"}
 
 
 def test_token_lengths_count_special_tokens(model) -> None:
