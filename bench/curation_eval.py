@@ -3,7 +3,9 @@
 `run_negminer_curated` is `bench.false_negatives.run_negminer` with the curation stage
 between search and select: it curates the prepared candidate table, then derives the
 negatives exactly as the other arms do, so its row sits in the same table with the same
-metrics (FN rate by text, coverage, hardness). The hidden labels are used only to score.
+metrics (FN rate by text, coverage, hardness). An anchor whose given positive curation
+excluded from training gets no negatives (as in a real run: no training rows), so coverage
+counts it as uncovered. The hidden labels are used only to score.
 
 `curate_prepared` curates a prepared protocol run (bench/curation_noise.py uses it on its own
 pairs); `stored_vectors` fetches vectors from the benchmark store (bench/.cache/store).
@@ -66,7 +68,19 @@ def run_negminer_curated(
     result = curate_prepared(prep, CurateConfig(**(curate_options or {})))
     curated = dataclasses.replace(prep, tables={**prep.tables, "candidates": result.candidates})
     negatives, _ = run_negminer(curated, options, k=k, depth=depth)
+    for qid in excluded_anchor_ids(prep, result.excluded_pairs):
+        negatives[qid] = []  # an excluded given positive leaves its anchor without training rows
     return negatives, time.perf_counter() - start, result
+
+
+def excluded_anchor_ids(prep, excluded_pairs: np.ndarray) -> set[str]:
+    """Anchor ids whose every given positive curation took out of training (their anchors get no rows)."""
+    pairs = prep.tables["pairs"]
+    anchor_id = prep.tables["anchors"].column("anchor_id").to_pylist()
+    excluded = np.isin(pairs.column("pair_idx").to_numpy(), excluded_pairs)
+    anchor = pairs.column("anchor_idx").to_numpy()
+    left = set(anchor[~excluded].tolist())
+    return {anchor_id[a] for a in set(anchor[excluded].tolist()) - left}
 
 
 def curate_prepared(prep, config: CurateConfig) -> CurationResult:
@@ -107,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--search-depth", type=int, default=100)
     parser.add_argument("--sweep", action="store_true", help="also sweep false_negative_quantile (naive)")
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers' arms")
-    parser.add_argument("--given", choices=["lowest", "random"], default="lowest", help="which relevant doc is given")
+    parser.add_argument("--given", choices=["lowest", "random"], default="random", help="which relevant doc is given")
     parser.add_argument("--given-seed", type=int, default=0, help="seed of --given random")
     args = parser.parse_args(argv)
     k, depth = args.num_negatives, args.search_depth

@@ -6,7 +6,8 @@ relevant one ("random" swaps) and another 10% the best-ranked abstract that is n
 to the query under all-MiniLM-L6-v2 ("close" swaps: topically close, the hardest wrong positive
 there is for a detector that sees the same embeddings). negminer then searches and curates as
 the pipeline does (vectors from the benchmark store, bench/.cache/store) and we count, per kind
-of swap, how many of the planted pairs are flagged `false_positive`:
+of swap, how many of the planted pairs are flagged `false_positive`, and how many are excluded
+from training (the confident flags, `false_positive_confidence`):
 
 * recall = planted pairs of the kind that are flagged / planted pairs of the kind;
 * precision = flagged planted pairs of the kind / flagged pairs among that kind and the clean
@@ -133,16 +134,25 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - start
     quality = np.ones(prep.tables["pairs"].num_rows)
     quality[result.pair_scores.column("pair_idx").to_numpy()] = result.pair_scores.column("quality").to_numpy()
-    scores = score_flags(prep, result.false_positive_pairs, quality, kind)
     print(
         f"scifact {'+'.join(args.splits)}: {noisy.num_rows} pairs, {prep.tables['anchors'].num_rows} anchors, "
         f"{args.rate:.0%} random + {args.rate:.0%} close swaps, curation {seconds:.1f}s"
     )
-    print(f"{'swap':8} {'planted':>8} {'flagged':>8} {'precision':>10} {'recall':>8} {'AUC':>6}")
-    for name in ("random", "close"):
-        s = scores[name]
-        print(f"{name:8} {s['planted']:8d} {s['flagged']:8d} {s['precision']:10.3f} {s['recall']:8.3f} {s['auc']:6.3f}")
-    print(f"clean pairs flagged: {scores['clean']['flagged']} of {scores['clean']['pairs']}")
+    verdicts = [
+        ("flagged false_positive", result.false_positive_pairs),
+        ("excluded (confident)", result.excluded_pairs),
+    ]
+    for verdict, chosen in verdicts:
+        scores = score_flags(prep, chosen, quality, kind)
+        print(f"\n{verdict}:")
+        print(f"{'swap':8} {'planted':>8} {'hits':>8} {'precision':>10} {'recall':>8} {'AUC':>6}")
+        for name in ("random", "close"):
+            s = scores[name]
+            print(
+                f"{name:8} {s['planted']:8d} {s['flagged']:8d} {s['precision']:10.3f} {s['recall']:8.3f} "
+                f"{s['auc']:6.3f}"
+            )
+        print(f"clean pairs {verdict}: {scores['clean']['flagged']} of {scores['clean']['pairs']}")
     print("noise estimates:", {k: v for k, v in result.noise.items() if k != "confident_joint"})
 
 

@@ -1,7 +1,8 @@
 """False negatives, coverage, hardness and time of every strategy (hidden-positives protocol).
 
 For each dataset: the queries of a split with >= 2 relevant documents get ONE of them as the
-positive, the rest are hidden (bench/common.py). negminer reads, embeds (from the benchmark
+positive, the rest are hidden (bench/common.py); which one is drawn per query by a seeded hash
+(``--given random``, the default; ``--given lowest``: the lowest doc id). negminer reads, embeds (from the benchmark
 store, bench/.cache/store: run ``python -m bench.warm_store`` first) and searches once, then
 derives every strategy from that one candidate table. sentence-transformers'
 ``mine_hard_negatives`` runs in the same process for its naive and ``relative_margin=0.05``
@@ -14,8 +15,10 @@ half of ``relative_margin=0.05``'s, coverage >= 95%, hardness at least its) and 
 anchors that baseline covers.
 
 Metrics, per arm: FN rate = share of mined negatives that are hidden relevant documents
-(compared by text, so duplicate documents count); coverage = share of anchors with all
-``num_negatives`` negatives; ">=1" = share with at least one; hardness = mean cosine
+(compared by text, so duplicate documents count); coverage = share of ALL anchors with all
+``num_negatives`` negatives (an anchor whose given positive curation excluded has none);
+positives excluded = share of given positives curation took out of training (every one is
+relevant by the qrels, so each is a false alarm); ">=1" = share with at least one; hardness = mean cosine
 anchor–negative under all-MiniLM-L6-v2 (the same vectors for every arm); time = seconds to
 produce that arm's negatives from embedded vectors (negminer: read + store fetch + search +
 select, + curate for the curated arms; "derive" = select alone, from the stored candidate
@@ -109,6 +112,7 @@ class Row:
     negatives: int
     seconds: float
     derive: float | None
+    excluded: float | None = None  # share of given positives curation took out of training
 
 
 def prepare(
@@ -343,9 +347,11 @@ def bench_dataset(name: str, args: argparse.Namespace, model) -> tuple[list[Row]
         for label, options in CURATED_ARMS if not args.no_curation else []:
             from bench.curation_eval import run_negminer_curated
 
-            negatives_of[label], seconds, _ = run_negminer_curated(prep, options, k=k, depth=depth)
+            negatives_of[label], seconds, result = run_negminer_curated(prep, options, k=k, depth=depth)
             metrics = evaluate(prep, negatives_of[label], k=k)
-            rows.append(Row(name, label, **metrics, seconds=shared + seconds, derive=None))
+            excluded = len(result.excluded_pairs) / prep.pairs.num_rows
+            rows.append(Row(name, label, **metrics, seconds=shared + seconds, derive=None, excluded=excluded))
+            notes.setdefault("curation_counts", {})[label] = result.counts
         st_was_cold = not (ST_CACHE / name).exists()
         for label, options in ST_ARMS if not args.no_st else []:
             negatives, seconds = run_st(prep, model, options, k=k)
@@ -426,14 +432,23 @@ def print_table(name: str, rows: list[Row], notes: dict[str, Any], k: int) -> No
         print(f"embedding E = {embedding:.1f} s ({notes['embedding_from']})")
     if "st_cold" in notes:
         print(f"sentence-transformers cold (embeds + mines): {notes['st_cold']:.1f} s")
-    print("| arm | FN rate | coverage | >=1 neg | hardness | negatives | time s | with E s | derive s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| arm | FN rate | coverage | >=1 neg | hardness | negatives | positives excluded | time s | with E s "
+        "| derive s |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         with_e = f"{r.seconds + embedding:.1f}" if embedding is not None else "n/a"
         derive = f"{r.derive:.3f}" if r.derive is not None else "–"
+        excluded = f"{r.excluded:.1%}" if r.excluded is not None else "–"
         print(
             f"| {r.arm} | {r.fn_rate:.1%} | {r.coverage:.1%} | {r.any_negative:.1%} | {r.hardness:.3f} | "
-            f"{r.negatives} | {r.seconds:.2f} | {with_e} | {derive} |"
+            f"{r.negatives} | {excluded} | {r.seconds:.2f} | {with_e} | {derive} |"
+        )
+    for label, counts in notes.get("curation_counts", {}).items():
+        print(
+            f"{label}: given positives flagged false_positive {counts['false_positive']}, kept "
+            f"{counts['false_positive_kept']}, excluded {counts['false_positive_excluded']}"
         )
     for line in notes.get("target", []):
         print(line)
@@ -446,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-negatives", type=int, default=5)
     parser.add_argument("--search-depth", type=int, default=100)
     parser.add_argument("--measure-embedding", action="store_true")
-    parser.add_argument("--given", choices=["lowest", "random"], default="lowest", help="which relevant doc is given")
+    parser.add_argument("--given", choices=["lowest", "random"], default="random", help="which relevant doc is given")
     parser.add_argument("--given-seed", type=int, default=0, help="seed of --given random")
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers' arms")
     parser.add_argument("--no-curation", action="store_true", help="skip the curated arms (issue 4)")

@@ -373,8 +373,34 @@ class CurateConfig(_Frozen):
     false_negative_action: CurationAction = Field(
         "drop", description="What happens to a candidate flagged as likely relevant (the next one replaces it)."
     )
+    null_samples: int = Field(
+        200,
+        ge=1,
+        description="Random documents per anchor (a seeded draw from the whole pool) that a given positive's "
+        "cosine is compared with: the null of the false-positive check. Memory grows with anchors times this.",
+    )
+    false_positive_p_value: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Flag a given positive false_positive when its p-value under the anchor's null (the share "
+        "of random documents scoring at least as high) reaches this: it does not beat that share of the pool.",
+    )
+    false_positive_confidence: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="A flagged positive whose confidence of being a random document (local false discovery "
+        "rate of its p-value) reaches this gets false_positive_action; a less confident flag gets "
+        "false_positive_uncertain_action.",
+    )
     false_positive_action: CurationAction = Field(
-        "quarantine", description="What happens to a given positive flagged as likely wrong."
+        "quarantine", description="What happens to a given positive confidently flagged as a random document."
+    )
+    false_positive_uncertain_action: CurationAction = Field(
+        "keep",
+        description="What happens to a given positive flagged false_positive below false_positive_confidence "
+        "(keep: it stays in training and waits in the audit queue).",
     )
     near_duplicate_action: CurationAction = Field(
         "drop", description="What happens to a candidate that nearly duplicates a positive."

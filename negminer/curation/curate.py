@@ -40,6 +40,7 @@ from negminer.curation.duplicates import near_duplicates
 from negminer.curation.features import pair_features
 from negminer.curation.judges import Described, fit_judges, judge
 from negminer.curation.lexical import TextSource, text_list
+from negminer.curation.null import null_scores
 from negminer.curation.policy import CurationResult, IdSource, Scored, apply_policies
 from negminer.curation.rows import PairRows, group_positives, pair_rows
 from negminer.mining.search import CANDIDATE_SCHEMA
@@ -213,7 +214,22 @@ def describe_rows(
     )
     features["positive_similarity"] = positive_sim
     content = (rows.label, pool.context.doc_hash[rows.doc], pool.family_hash[rows.anchor])
-    return Described(rows, features, matrix, duplicate, positive_sim, folds, np.lexsort(content))
+    is_pos = rows.label == 1
+    null = null_scores(
+        rows.anchor[is_pos],
+        rows.doc[is_pos],
+        rows.score[is_pos],
+        **vectors,
+        anchor_hash=pool.family_hash,
+        doc_order=pool.context.doc_order,
+        samples=config.null_samples,
+        seed=config.seed,
+    )
+    null_p, null_z = np.full(len(rows.label), np.nan), np.full(len(rows.label), np.nan)
+    null_p[is_pos], null_z[is_pos] = null.p_anchor, null.z
+    return Described(
+        rows, features, matrix, duplicate, positive_sim, folds, np.lexsort(content), null_p, null_z, null.pooled
+    )
 
 
 def anchor_families(anchor_texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -2,12 +2,16 @@
 
 Contract: :func:`fit_judges` fits, on a set of :class:`Described` rows (cross-validated by
 anchor family), the candidate-side judge (rows unweighted, second view on, verdicts on the
-scored window) and the population-side judge (tail samples weighted up), and keeps what their
+scored window) and the false-positive check's null (:mod:`negminer.curation.null`: the pooled
+random-document scores and the density of the given positives' p-values), and keeps what their
 verdicts need: one model per fold, the second view's learned ratio, the prior factor,
-cleanlab's per-class thresholds and the false-negative quantile of the given positives'
-relevance. :func:`judge` gives the verdicts on any described rows: a row is predicted by the
-model of its anchor's fold, which never saw that fold, so the rows the judges were fitted on
-get their cross-validated verdicts and rows of other anchors (another shard) are judged alike.
+cleanlab's per-class thresholds, the false-negative quantile of the given positives'
+relevance and the null. :func:`judge` gives the verdicts on any described rows: a row is
+predicted by the model of its anchor's fold, which never saw that fold, so the rows the judges
+were fitted on get their cross-validated verdicts and rows of other anchors (another shard) are
+judged alike. A given positive is flagged ``false_positive`` when its p-value under its
+anchor's random documents reaches ``false_positive_p_value``, with the confidence (local false
+discovery rate) that :func:`negminer.curation.policy.apply_policies` turns into an action.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from negminer.curation.confident import (
     noise_rates,
     predict_folds,
 )
+from negminer.curation.null import NullFit, combined_p_values, fit_null, null_verdicts
 from negminer.curation.policy import Scored
 from negminer.curation.rows import PairRows
 from negminer.errors import ConfigError
@@ -48,6 +53,9 @@ class Described(NamedTuple):
     positive_sim: np.ndarray
     folds: np.ndarray
     content_order: np.ndarray  # the rows ordered by their anchor's and document's text hashes
+    null_p: np.ndarray  # per-anchor null p-value of each given positive's cosine (NaN for label-0 rows)
+    null_z: np.ndarray  # each given positive's cosine standardised by its anchor's null (NaN for label 0)
+    null_pooled: np.ndarray  # sorted standardised null scores of the rows' anchors (not per row)
 
 
 class SideModel(NamedTuple):
@@ -62,7 +70,7 @@ class SideModel(NamedTuple):
 
 class Judges(NamedTuple):
     candidate_side: SideModel | None  # None: curation refused to judge (skipped)
-    population: SideModel | None
+    null: NullFit | None  # the false-positive check's null and p-value density
     false_negative_threshold: float | None  # relevance of the given positives at the quantile
     noise: dict[str, Any]
     skipped: str | None
@@ -80,7 +88,9 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
     window = ~rows.tail & (rows.rank < config.max_rank)
     extra = tuple(range(config.n_splits))
     candidate_side, candidate_noise = _fit_side(described, config, window=window, second_view=True, extra=extra)
-    population, population_noise = _fit_side(described, config, weight=_tail_weight(rows, n_docs, config), extra=extra)
+    is_pos = rows.label == 1
+    p_value = combined_p_values(described.null_p[is_pos], described.null_z[is_pos], described.null_pooled)
+    null = fit_null(p_value, described.null_pooled)
     relevance = _side_relevance(candidate_side, described)
     window_positive = (rows.label == 1) & (rows.rank < config.max_rank)
     threshold = None
@@ -88,11 +98,11 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
         threshold = float(np.quantile(relevance[window_positive], config.false_negative_quantile))
     noise = {
         "negatives_relevant": candidate_noise["negatives_relevant"],
-        "positives_irrelevant": population_noise["positives_irrelevant"],
+        "positives_irrelevant": round(null.pi0, 6),
         "candidate_side": candidate_noise,
-        "population_side": population_noise,
+        "false_positive_null": {"samples": config.null_samples, "random_positives": round(null.pi0, 6)},
     }
-    return Judges(candidate_side, population, threshold, noise, None)
+    return Judges(candidate_side, null, threshold, noise, None)
 
 
 def _in_content_order(described: Described) -> Described:
@@ -105,6 +115,9 @@ def _in_content_order(described: Described) -> Described:
         described.positive_sim[order],
         described.folds[order],
         np.arange(len(order)),
+        described.null_p[order],
+        described.null_z[order],
+        described.null_pooled,
     )
 
 
@@ -119,20 +132,23 @@ def judge(described: Described, judges: Judges, *, n_docs: int, config: CurateCo
         return _unjudged(rows, described.features, duplicate, judges.skipped)
     window = ~rows.tail & (rows.rank < config.max_rank)
     negative_side = _judge_side(judges.candidate_side, described, config, scope=window, fitted_rows=fitted_rows)
-    population = _judge_side(judges.population, described, config, fitted_rows=fitted_rows)
     is_pos = rows.label == 1
-    relevance = np.where(is_pos, population.relevance, negative_side.relevance)
+    p_value, confidence = np.full(len(is_pos), np.nan), np.full(len(is_pos), np.nan)
+    p_value[is_pos], confidence[is_pos] = null_verdicts(described.null_p[is_pos], described.null_z[is_pos], judges.null)
+    relevance = negative_side.relevance
     candidate = (rows.label == 0) & ~rows.tail
     false_negative = candidate & negative_side.issues.is_issue
     if judges.false_negative_threshold is not None:
         false_negative |= candidate & (negative_side.relevance >= judges.false_negative_threshold)
     flags = {
         "false_negative": false_negative & ~duplicate,  # one kind per row: a near-duplicate's own policy rules
-        "false_positive": is_pos & population.issues.is_issue,
+        "false_positive": is_pos & (p_value >= config.false_positive_p_value),
         "near_duplicate": duplicate,
     }
-    quality = np.where(is_pos, population.issues.quality, negative_side.issues.quality)
-    return Scored(rows, described.features, relevance, negative_side.relevance, quality, flags, dict(judges.noise))
+    quality = np.where(is_pos, 1.0 - confidence, negative_side.issues.quality)
+    features = {**described.features, "null_p_value": p_value, "false_positive_confidence": confidence}
+    noise = dict(judges.noise)
+    return Scored(rows, features, relevance, negative_side.relevance, quality, flags, noise, confidence=confidence)
 
 
 def _fold_shortfall(rows: PairRows, folds: np.ndarray, family: np.ndarray) -> str | None:
@@ -164,11 +180,6 @@ def _unjudged(rows: PairRows, features: dict[str, np.ndarray], duplicate: np.nda
 class _Judgement(NamedTuple):
     relevance: np.ndarray  # balanced-prior probability that the row is relevant
     issues: LabelIssues
-
-
-def _tail_weight(rows: PairRows, n_docs: int, config: CurateConfig) -> np.ndarray:
-    """Tail samples weighted up to stand for the whole pool outside the scored window."""
-    return np.where(rows.tail, max(1.0, (n_docs - config.max_rank) / max(config.tail_samples, 1)), 1.0)
 
 
 def _fit_side(

@@ -48,12 +48,13 @@ class Scored(NamedTuple):
 
     rows: PairRows
     features: dict[str, np.ndarray]
-    relevance: np.ndarray  # candidate-side model for label-0 rows, population-side for positives
+    relevance: np.ndarray  # the candidate-side model's relevance of every row
     candidate_relevance: np.ndarray  # candidate-side model for every row (the false-negative rule)
     quality: np.ndarray
     flags: dict[str, np.ndarray]
     noise: dict[str, Any]
     skipped: str | None = None  # why no model judged the rows (see _fold_shortfall); None when they were
+    confidence: np.ndarray | None = None  # given positives: confidence of being a random document (NaN elsewhere)
 
 
 def excludes(action: Action) -> bool:
@@ -71,12 +72,15 @@ def flagged_table(
     *,
     anchor_ids: IdSource | None = None,
     doc_ids: IdSource | None = None,
+    row_actions: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
     """One row per flagged (pair, kind), most suspicious first within each kind.
 
     Args:
         flags: kind -> (n_rows,) bool.
         actions: kind -> action.
+        row_actions: kind -> (n_rows,) action of each row, where a kind's rows differ
+            (false positives: by confidence); overrides `actions` for that kind.
         columns: per-row arrays ``anchor_idx``, ``doc_idx``, ``pair_idx`` (-1 for candidates),
             ``label``, ``rank``, ``quality`` and ``relevance``.
         features: per-row feature columns, stored as ``feature_<name>``.
@@ -93,6 +97,11 @@ def flagged_table(
     index = np.concatenate([rows for _, rows in parts]).astype(np.int64)
     kinds = np.concatenate([np.full(len(rows), kind, dtype=object) for kind, rows in parts])
     acts = np.asarray([actions[k] for k in kinds], dtype=object)
+    offset = 0
+    for kind, rows in parts:
+        if row_actions is not None and kind in row_actions:
+            acts[offset : offset + len(rows)] = row_actions[kind][rows]
+        offset += len(rows)
     table = {"kind": pa.array(kinds, pa.string()), "action": pa.array(acts, pa.string())}
     table.update(_id_columns(columns, index, anchor_ids, doc_ids))
     for name in ("label", "rank", "quality", "relevance"):
@@ -166,7 +175,9 @@ def apply_policies(
         if excludes(actions[kind]):
             exclude_row |= flags[kind]
     fp_pairs = np.sort(rows.pair_idx[flags["false_positive"]])
-    excluded_pairs = fp_pairs if excludes(actions["false_positive"]) else np.zeros(0, np.int64)
+    fp_action = false_positive_actions(scored.confidence, len(rows.label), config)
+    held = flags["false_positive"] & np.isin(fp_action, [a for a in ACTIONS if excludes(a)])
+    excluded_pairs = np.sort(rows.pair_idx[held])
     out = _annotate(candidates, rows, scored.relevance, exclude_row)
     columns = {
         "anchor_idx": rows.anchor,
@@ -177,13 +188,24 @@ def apply_policies(
         "quality": scored.quality,
         "relevance": scored.relevance,
     }
-    flagged = flagged_table(flags, actions, columns, scored.features, anchor_ids=anchor_ids, doc_ids=doc_ids)
+    flagged = flagged_table(
+        flags,
+        actions,
+        columns,
+        scored.features,
+        anchor_ids=anchor_ids,
+        doc_ids=doc_ids,
+        row_actions={"false_positive": fp_action},
+    )
     counts = {
         "rows_scored": len(rows.label),
         "pairs_scored": int(np.sum(rows.label == 1)),
         **{kind: int(flag.sum()) for kind, flag in flags.items()},
         "negatives_excluded": int(exclude_row.sum()),
         "pairs_excluded": len(excluded_pairs),
+        "false_positive_confident": int(np.sum(flags["false_positive"] & (fp_action == actions["false_positive"]))),
+        "false_positive_kept": int(np.sum(flags["false_positive"] & ~held)),
+        "false_positive_excluded": int(held.sum()),
         "skipped": int(scored.skipped is not None),
     }
     is_pair = rows.label == 1
@@ -198,6 +220,20 @@ def apply_policies(
     return CurationResult(
         out, fp_pairs, actions["false_positive"], excluded_pairs, flagged, pair_scores, counts, scored.noise
     )
+
+
+def false_positive_actions(confidence: np.ndarray | None, n_rows: int, config: CurateConfig) -> np.ndarray:
+    """(n_rows,) the action of a false_positive flag on each row: ``false_positive_action`` at or above
+    ``false_positive_confidence``, ``false_positive_uncertain_action`` below it (and where unknown).
+
+    Example:
+        >>> false_positive_actions(np.array([0.95, 0.2]), 2, CurateConfig()).tolist()
+        ['quarantine', 'keep']
+    """
+    sure = (
+        np.zeros(n_rows, bool) if confidence is None else np.nan_to_num(confidence) >= config.false_positive_confidence
+    )
+    return np.where(sure, config.false_positive_action, config.false_positive_uncertain_action).astype(object)
 
 
 def _annotate(candidates: pa.Table, rows: PairRows, relevance: np.ndarray, exclude_row: np.ndarray) -> pa.Table:

@@ -3,7 +3,8 @@
 Contract: a version keeps every pair curation flagged (``flagged.parquet``: ``kind``,
 ``action``, ``anchor_idx``, ``doc_idx``, ``pair_idx``) and its training pairs
 (``pairs.parquet``, without the given positives a false-positive policy held out). Given new
-``*_action`` settings, :class:`PolicyChange` rewrites the flags' ``action`` column, marks the
+``*_action`` settings (and ``false_positive_confidence``, against each false-positive flag's
+stored confidence), :class:`PolicyChange` rewrites the flags' ``action`` column, marks the
 candidates whose new action excludes them (``flagged_false_negative``, batch by batch, as
 curation does) and gives the training pairs and the held-out pairs under the new
 false-positive policy. Nothing is judged again: the flags and their relevance are the
@@ -18,9 +19,18 @@ import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
 from negminer.curation.decisions import CURATION_FLAG_COLUMN, as_pair_rows
-from negminer.curation.policy import excludes
+from negminer.curation.policy import excludes, false_positive_actions
 
-POLICY_KEYS = ("false_negative_action", "false_positive_action", "near_duplicate_action")
+_CONFIDENCE = "feature_false_positive_confidence"
+
+POLICY_KEYS = (
+    "false_negative_action",
+    "false_positive_action",
+    "near_duplicate_action",
+    "false_positive_uncertain_action",
+    "false_positive_confidence",
+)
+_KIND_ACTIONS = ("false_negative_action", "false_positive_action", "near_duplicate_action")
 
 
 class PolicyChange:
@@ -34,17 +44,26 @@ class PolicyChange:
     """
 
     def __init__(self, flagged: pa.Table, config: CurateConfig, *, n_docs: int) -> None:
-        actions = {kind.removesuffix("_action"): getattr(config, kind) for kind in POLICY_KEYS}
+        actions = {kind.removesuffix("_action"): getattr(config, kind) for kind in _KIND_ACTIONS}
         kinds = flagged.column("kind").to_pylist()
-        self.flagged = flagged.set_column(
-            flagged.column_names.index("action"), "action", pa.array([actions[k] for k in kinds], pa.string())
-        )
+        new = np.asarray([actions[k] for k in kinds], dtype=object)
+        positive = np.asarray(kinds, dtype=object) == "false_positive"
+        if positive.any() and _CONFIDENCE in flagged.column_names:  # versions before the null check: one action
+            confidence = flagged.column(_CONFIDENCE).to_numpy(zero_copy_only=False)[positive]
+            new[positive] = false_positive_actions(confidence, int(positive.sum()), config)
+        self.flagged = flagged.set_column(flagged.column_names.index("action"), "action", pa.array(new, pa.string()))
         self._n_docs = n_docs
         candidate_side = [k in ("false_negative", "near_duplicate") and excludes(actions[k]) for k in kinds]
         excluded = self.flagged.filter(pa.array(candidate_side, pa.bool_()))
         self._excluded_keys = np.unique(self._keys(excluded))
         self._held_out = held_out_positives(self.flagged)
-        self.counts = {"negatives_excluded": len(self._excluded_keys), "pairs_excluded": self._held_out.num_rows}
+        held = self._held_out.num_rows
+        self.counts = {
+            "negatives_excluded": len(self._excluded_keys),
+            "pairs_excluded": held,
+            "false_positive_kept": int(positive.sum()) - held,
+            "false_positive_excluded": held,
+        }
 
     def __call__(self, candidates: pa.Table) -> pa.Table:
         flag = pa.array(np.isin(self._keys(candidates), self._excluded_keys))
