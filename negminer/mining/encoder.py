@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from functools import cache, partial
 from pathlib import Path
@@ -161,7 +162,8 @@ def encode(
         texts: the texts to embed.
         model: a loaded sentence-transformers model.
         batch_size: texts per forward pass; halved (and retried) while a batch runs out of
-            memory, down to 1.
+            memory, down to 1. The halved size is remembered for `model` in this process: later
+            calls (the next shards) start from it instead of running out of memory again.
         token_counts: each text's token count (`token_lengths`), when the caller has them;
             counted here otherwise.
         show_progress_bar: sentence-transformers' progress bar.
@@ -195,6 +197,7 @@ def encode(
         return np.zeros((0, embedding_dimension(model)), np.float32)
     pool = multi_process_pool(model, processes) if processes > 1 else None
     order = None if pool is not None else _token_order(texts, model, token_counts)
+    batch_size = min(batch_size, adapted_batch_size(model) or batch_size)
     while True:
         try:
             with _autocast(model, precision), _kept_on_cpu(model):
@@ -219,8 +222,28 @@ def encode(
             if batch_size == 1:
                 raise
             _release_cached_memory()
-            logger.warning("out of memory at batch size %d (%s); retrying at %d", batch_size, err, batch_size // 2)
+            logger.warning(
+                "out of memory at batch size %d (%s); retrying at %d, kept for this model",
+                batch_size,
+                err,
+                batch_size // 2,
+            )
             batch_size //= 2
+            _ADAPTED_BATCH_SIZES[model] = batch_size
+
+
+# The batch size each model fell back to after running out of memory (encode starts there next time).
+_ADAPTED_BATCH_SIZES: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+
+
+def adapted_batch_size(model: object) -> int | None:
+    """The batch size `model` fell back to after an out-of-memory error in this process; None if it never did.
+
+    Example:
+        >>> adapted_batch_size(object()) is None
+        True
+    """
+    return _ADAPTED_BATCH_SIZES.get(model)
 
 
 def _encoder_of(model: SentenceTransformer, task: Task | None) -> Callable[..., np.ndarray]:

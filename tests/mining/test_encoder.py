@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from negminer.errors import ConfigError
-from negminer.mining.encoder import encode
+from negminer.mining.encoder import adapted_batch_size, encode
 
 TEXTS = [
     "Vitamin D supplementation reduces fracture risk.",
@@ -56,6 +58,16 @@ def test_out_of_memory_halves_the_batch_and_retries(error, caplog) -> None:
     assert model.batch_sizes[:4] == [32, 16, 8, 4] and set(model.batch_sizes[4:]) == {4}
     np.testing.assert_array_equal(vectors[:, 0], [len(t) for t in TEXTS])
     assert "out of memory at batch size 32" in caplog.text
+
+
+def test_the_halved_batch_is_remembered_for_the_next_shards() -> None:
+    model = FakeModel(fits=5, error=MemoryError)
+    encode(TEXTS, model, batch_size=32, processes=1, precision="float32")
+    assert adapted_batch_size(model) == 4
+    model.batch_sizes.clear()
+    encode(TEXTS, model, batch_size=32, processes=1, precision="float32")  # the next shard: no new failure
+    assert set(model.batch_sizes) == {4}
+    assert adapted_batch_size(FakeModel(fits=5, error=MemoryError)) is None  # per model
 
 
 def test_out_of_memory_at_batch_size_one_is_raised() -> None:
@@ -127,6 +139,33 @@ def test_two_processes_give_the_vectors_of_one(model) -> None:
     assert pooled.shape == single.shape == (len(TEXTS), 384) and pooled.dtype == np.float32
     np.testing.assert_allclose(pooled, single, atol=1e-5)
     assert not np.array_equal(pooled[0], pooled[1])
+
+
+@pytest.mark.slow
+def test_processes_encode_in_separate_worker_processes(model) -> None:
+    """The pool's workers are other processes, and they (not this one) run the forward passes."""
+    import os
+
+    from negminer.mining.encoder import multi_process_pool
+
+    pool = multi_process_pool(model, 2)
+    workers = [process.pid for process in pool["processes"]]
+    assert len(set(workers)) == 2 and os.getpid() not in workers
+    assert all(process.is_alive() for process in pool["processes"])
+    before = {pid: _cpu_seconds(pid) for pid in workers}
+    mine = time.process_time()
+    encode(TEXTS * 40, model, batch_size=8, processes=2, precision="float32")
+    busy = [_cpu_seconds(pid) - before[pid] for pid in workers]
+    assert all(seconds > 0.05 for seconds in busy), busy  # each worker encoded a share
+    assert time.process_time() - mine < sum(busy)  # this process mostly waited
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (/proc/PID/stat)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_a_daemon_process_encodes_without_a_pool(monkeypatch, caplog) -> None:
