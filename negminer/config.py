@@ -394,6 +394,14 @@ class CurateConfig(_Frozen):
         "rate of its p-value) reaches this gets false_positive_action; a less confident flag gets "
         "false_positive_uncertain_action.",
     )
+    false_positive_max_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Largest plausible share of wrong given positives: where more than this share look like "
+        "random documents, the positives are loose rather than wrong, and every confidence is scaled by this "
+        "share over the estimated one (so such a dataset's flags are kept for audit, not excluded).",
+    )
     false_positive_action: CurationAction = Field(
         "quarantine", description="What happens to a given positive confidently flagged as a random document."
     )

@@ -90,7 +90,7 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
     candidate_side, candidate_noise = _fit_side(described, config, window=window, second_view=True, extra=extra)
     is_pos = rows.label == 1
     p_value = combined_p_values(described.null_p[is_pos], described.null_z[is_pos], described.null_pooled)
-    null = fit_null(p_value, described.null_pooled)
+    null = fit_null(p_value, described.null_pooled, max_share=config.false_positive_max_share)
     relevance = _side_relevance(candidate_side, described)
     window_positive = (rows.label == 1) & (rows.rank < config.max_rank)
     threshold = None
@@ -100,7 +100,11 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
         "negatives_relevant": candidate_noise["negatives_relevant"],
         "positives_irrelevant": round(null.pi0, 6),
         "candidate_side": candidate_noise,
-        "false_positive_null": {"samples": config.null_samples, "random_positives": round(null.pi0, 6)},
+        "false_positive_null": {
+            "samples": config.null_samples,
+            "random_positives": round(null.pi0, 6),
+            "confidence_scale": round(min(1.0, config.false_positive_max_share / null.pi0) if null.pi0 else 1.0, 6),
+        },
     }
     return Judges(candidate_side, null, threshold, noise, None)
 

@@ -125,7 +125,7 @@ def combined_p_values(p_anchor: np.ndarray, z: np.ndarray, pooled: np.ndarray) -
     return p_anchor if len(pooled) == 0 else (p_anchor + pooled_p_values(z, pooled)) / 2
 
 
-def fit_null(p_values: np.ndarray, pooled: np.ndarray, *, split: float = 0.5) -> NullFit:
+def fit_null(p_values: np.ndarray, pooled: np.ndarray, *, max_share: float = 1.0, split: float = 0.5) -> NullFit:
     """The confidence curve of the given positives' p-values.
 
     ``pi0`` (the share of random documents among the positives) is Storey's estimate, the
@@ -135,9 +135,15 @@ def fit_null(p_values: np.ndarray, pooled: np.ndarray, *, split: float = 0.5) ->
     1) is the share of random documents in that tail; a p-value's confidence is the largest
     such share over the tails it belongs to (``t <= p``), which makes it non-decreasing in p.
 
+    Looking like a random document is not being wrong: where far more positives look random
+    than labels are plausibly wrong (``pi0`` above `max_share`), the positives are loose (e.g.
+    related by citation, not by content), and only a share ``max_share / pi0`` of the
+    random-looking ones can be wrong, so every confidence is scaled by it.
+
     Args:
         p_values: (n_pairs,) p-values of the fitted positives, in (0, 1].
         pooled: sorted standardised null scores of their anchors.
+        max_share: the largest plausible share of wrong given positives.
         split: Storey's lambda.
 
     Example:
@@ -153,7 +159,8 @@ def fit_null(p_values: np.ndarray, pooled: np.ndarray, *, split: float = 0.5) ->
     edges = np.unique(p)
     at_least = n - np.searchsorted(p, edges, side="left")
     share = np.minimum(1.0, pi0 * n * (1.0 - edges) / at_least)
-    return NullFit(pooled, edges, np.maximum.accumulate(share), pi0)
+    plausible = min(1.0, max_share / pi0) if pi0 > 0 else 1.0
+    return NullFit(pooled, edges, np.maximum.accumulate(share) * plausible, pi0)
 
 
 def null_verdicts(p_anchor: np.ndarray, z: np.ndarray, fit: NullFit) -> tuple[np.ndarray, np.ndarray]:

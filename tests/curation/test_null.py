@@ -8,7 +8,7 @@ from curation_world import WRONG_PAIR
 
 from negminer.config import CurateConfig
 from negminer.curation import curate_candidates
-from negminer.curation.null import fit_null, null_scores, null_verdicts
+from negminer.curation.null import combined_p_values, fit_null, null_scores, null_verdicts
 
 N_ANCHORS, TOPIC_DOCS, NOISE_DOCS, DIM, RANDOM_PAIRS = 120, 60, 2000, 32, 6
 
@@ -49,7 +49,11 @@ def _verdicts(anchors, docs, positive, order=None):
         samples=CurateConfig().null_samples,
         seed=0,
     )
-    fit = fit_null(null_verdicts(null.p_anchor, null.z, fit_null(np.zeros(0), null.pooled))[0], null.pooled)
+    fit = fit_null(
+        combined_p_values(null.p_anchor, null.z, null.pooled),
+        null.pooled,
+        max_share=CurateConfig().false_positive_max_share,
+    )
     p, confidence = null_verdicts(null.p_anchor, null.z, fit)
     back = np.argsort(order)
     return p[back], confidence[back], fit
@@ -111,3 +115,16 @@ def test_counts_say_how_many_positives_were_flagged_kept_and_excluded(world):
     assert unsure.counts["false_positive_excluded"] == int(np.sum(confidence >= 1.0))
     assert set(fp.filter(confidence < 1.0).column("action").to_pylist()) <= {"keep"}
     assert unsure.counts["false_positive_kept"] == int(np.sum(confidence < 1.0))
+
+
+def test_loose_positives_are_kept_for_audit_not_excluded():
+    """40% of the positives look random (NFCorpus-like: related by citation, not by content): far more
+    than labels are plausibly wrong, so no confidence reaches the exclusion threshold."""
+    rng = np.random.default_rng(1)
+    p = np.r_[rng.uniform(0.001, 0.02, 600), rng.uniform(0, 1, 400)]
+    config = CurateConfig()
+    fit = fit_null(p, np.zeros(0), max_share=config.false_positive_max_share)
+    _, confidence = null_verdicts(p, np.zeros(len(p)), fit)
+    assert fit.pi0 > 0.3 and confidence.max() < config.false_positive_confidence
+    sure = fit_null(p, np.zeros(0))  # without the cap the same positives would be excluded
+    assert null_verdicts(p, np.zeros(len(p)), sure)[1].max() >= config.false_positive_confidence
