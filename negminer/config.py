@@ -116,7 +116,7 @@ class EmbedConfig(_Frozen):
     backend: Literal["auto", "torch", "openvino", "onnx"] = Field(
         "auto",
         description="What runs the model's forward pass. auto: the fastest backend installed here whose "
-        "vectors pass the float32 check (auto_min_cosine), OpenVINO first (negminer[openvino]; docs/embedding.md). "
+        "vectors pass the float32 check (auto_min_cosine), OpenVINO first (docs/embedding.md). "
         "openvino converts the PyTorch model locally and caches it under cache_dir. onnx is not implemented "
         "(measured no faster than PyTorch here).",
     )
@@ -387,7 +387,7 @@ class CurateConfig(_Frozen):
         "of random documents scoring at least as high) reaches this: it does not beat that share of the pool.",
     )
     false_positive_confidence: float = Field(
-        0.9,
+        0.8,
         gt=0,
         le=1,
         description="A flagged positive whose confidence of being a random document (local false discovery "

@@ -123,7 +123,7 @@ def cache_root(config: EmbedConfig) -> Path:
 
 
 def openvino_installed() -> bool:
-    """Whether the ``openvino`` package is installed (``pip install 'negminer[openvino]'``)."""
+    """Whether the ``openvino`` package is installed (a negminer dependency; a minimal install may lack it)."""
     return importlib.util.find_spec("openvino") is not None
 
 
@@ -176,7 +176,9 @@ def _resolve(config: EmbedConfig, cache_dir: str) -> Encoding:
     options = candidates(config)
     if config.backend != "auto" and config.precision != "auto":
         if options[0].backend == "openvino" and not openvino_installed():
-            raise ConfigError("embed.backend openvino needs the openvino package: pip install 'negminer[openvino]'")
+            raise ConfigError(
+                "embed.backend openvino needs the openvino package (a negminer dependency): pip install openvino"
+            )
         return options[0]
     for option in options[:-1]:
         cosine = _checked_cosine(config, option)

@@ -70,7 +70,9 @@ def to_openvino(
     import importlib.util
 
     if importlib.util.find_spec("openvino") is None:
-        raise ConfigError("embed.backend openvino needs the openvino package: pip install 'negminer[openvino]'")
+        raise ConfigError(
+            "embed.backend openvino needs the openvino package (a negminer dependency): pip install openvino"
+        )
     if precision not in _OV_PRECISION:
         raise ConfigError(
             f"embed.precision {precision} is not offered on the openvino backend (float32 or bfloat16); "
