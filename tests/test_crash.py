@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,6 +35,7 @@ from negminer.storage.versions import LATEST, verify_version
 pytestmark = pytest.mark.slow
 
 NAME = "crash"
+CONCURRENT_CASES = 3  # killed runs and reruns in flight at once (each is mostly waiting)
 KILL_HOOK = """\
 import os
 
@@ -54,7 +56,7 @@ if _stage:
         "index": ("negminer.stages", ["index_stage", "index_shard_stage"]),
         "search": ("negminer.stages", ["search_shard_stage", "search_merge_stage"]),
         "curate": ("negminer.stages", ["curate_plan_stage", "curate_shard_stage", "curate_merge_stage"]),
-        "select": ("negminer.stages", ["select_stage"]),
+        "select": ("negminer.stages", ["select_plan_stage", "select_shard_stage", "select_merge_stage"]),
         "write": ("negminer.stages", ["publish_stage"]),
         "audit-load": ("negminer.stages", ["audit_load_stage"]),
         "report": ("negminer.report", ["run_report"]),
@@ -129,8 +131,8 @@ KILL_POINTS = {
     "search": KillPoint("search", r"^replace ", 3),
     # the judges fitted, the first shard's parts in place, the second shard's first one not
     "curate": KillPoint("curate", r"^replace ", 4),
-    # the selected candidates in place, the training view not
-    "select": KillPoint("select", r"^replace ", 2),
+    # the shards' parts in place, being merged: one merged view in place, the next not
+    "select": KillPoint("select", r"^replace .*/\.work/[^/]+/(selected|triplets|scored)\.parquet$", 2),
     # the version being staged: the first of its files placed, the second not
     "write": KillPoint("write", r"^link .*/\.staging-", 2),
     # the version renamed into place, LATEST not yet pointed at it
@@ -265,37 +267,82 @@ def uninterrupted(setup: dict) -> Path:
     return version
 
 
-@pytest.mark.parametrize("case", list(KILL_POINTS))
-def test_killed_at_any_stage_resumes_to_the_same_bytes(setup: dict, uninterrupted: Path, case: str) -> None:
+class Observed(NamedTuple):
+    """What one case saw: at the kill, then after the same command again."""
+
+    steps: list[str]  # the stage's steps up to the kill
+    at_kill: tuple[str | None, list[str]]  # (LATEST, versions), each visible version verified
+    staging_at_kill: bool
+    finished: dict[Path, int]  # the stored embedding shards at the kill, and their mtimes
+    version: Path  # the rerun's version
+    after: tuple[str | None, list[str]]
+    shards_after: dict[Path, int]
+    staging_after: bool
+
+
+def crash_and_resume(setup: dict, uninterrupted: Path, case: str) -> Observed:
     point = KILL_POINTS[case]
     out = setup["folder"] / f"killed-{case}"
-    store_reused = point.stage != "embed"
-    if store_reused:  # the reference run's store: nothing left to embed
+    if point.stage != "embed":  # the reference run's store: nothing left to embed
         shutil.copytree(uninterrupted.parents[1] / ".embeddings", out / ".embeddings")
-
     steps = mine_and_kill(setup, out, point)
-
-    assert steps[0].startswith("enter "), steps
-    latest, versions = visible_versions(out)  # whatever is visible at the kill is complete
-    if point.published:
-        assert (latest, versions) == ("v0001", ["v0001"])
-        assert_same_dataset(out / NAME / "v0001", uninterrupted, store_reused=store_reused)
-    elif case == "write-latest":
-        assert (latest, versions) == (None, ["v0001"])  # renamed into place complete; LATEST not yet
-    else:
-        assert (latest, versions) == (None, [])
-    if case == "write":
-        assert list((out / NAME).glob(".staging-*"))  # the version being staged: hidden
+    at_kill = visible_versions(out)
+    staging_at_kill = bool(list((out / NAME).glob(".staging-*")))
     finished = store_shards(out)
+    version = mine(setup, out)
+    return Observed(
+        steps,
+        at_kill,
+        staging_at_kill,
+        finished,
+        version,
+        visible_versions(out),
+        store_shards(out),
+        bool(list((out / NAME).glob(".staging-*"))),
+    )
+
+
+@pytest.fixture(scope="module")
+def crashed(setup: dict, uninterrupted: Path) -> dict[str, Observed | BaseException]:
+    """Every case run at once, a few at a time: they share nothing but the reference's store, which
+    each copies, and the kill lands at a fixed step whatever the load."""
+
+    def attempt(case: str) -> Observed | BaseException:
+        try:
+            return crash_and_resume(setup, uninterrupted, case)
+        except BaseException as err:  # reported by the case's own test
+            return err
+
+    with ThreadPoolExecutor(CONCURRENT_CASES) as pool:
+        return dict(zip(KILL_POINTS, pool.map(attempt, KILL_POINTS), strict=True))
+
+
+@pytest.mark.parametrize("case", list(KILL_POINTS))
+def test_killed_at_any_stage_resumes_to_the_same_bytes(
+    crashed: dict[str, Observed | BaseException], uninterrupted: Path, case: str
+) -> None:
+    point = KILL_POINTS[case]
+    seen = crashed[case]
+    if isinstance(seen, BaseException):
+        raise seen
+    store_reused = point.stage != "embed"
+
+    assert seen.steps[0].startswith("enter "), seen.steps
+    if point.published:
+        assert seen.at_kill == ("v0001", ["v0001"])
+        assert_same_dataset(seen.version.parent / "v0001", uninterrupted, store_reused=store_reused)
+    elif case == "write-latest":
+        assert seen.at_kill == (None, ["v0001"])  # renamed into place complete; LATEST not yet
+    else:
+        assert seen.at_kill == (None, [])
+    assert seen.staging_at_kill == (case == "write")  # the version being staged: hidden
     if point.stage == "embed":
         planned = len(store_shards(uninterrupted.parents[1]))  # anchors + docs in 16-text shards
-        assert 1 <= len(finished) < planned
+        assert 1 <= len(seen.finished) < planned
 
-    version = mine(setup, out)
-
+    version = seen.version
     assert version.name == ("v0002" if point.published else "v0001")
-    assert visible_versions(out) == (version.name, [f"v{i:04d}" for i in range(1, int(version.name[1:]) + 1)])
+    assert seen.after == (version.name, [f"v{i:04d}" for i in range(1, int(version.name[1:]) + 1)])
     assert_same_dataset(version, uninterrupted, store_reused=store_reused, republished=point.published)
-    after = store_shards(out)
-    assert all(after[p] == mtime for p, mtime in finished.items())  # stored shards were not redone
-    assert not list((out / NAME).glob(".staging-*"))  # a dead writer's staging folder was removed
+    assert all(seen.shards_after[p] == mtime for p, mtime in seen.finished.items())  # stored shards not redone
+    assert not seen.staging_after  # a dead writer's staging folder was removed
