@@ -66,7 +66,9 @@ def run_negminer_curated(
 
     start = time.perf_counter()
     result = curate_prepared(prep, CurateConfig(**(curate_options or {})))
-    curated = dataclasses.replace(prep, tables={**prep.tables, "candidates": result.candidates})
+    path = prep.work / "curated-candidates.parquet"  # run_negminer derives from the file, as refilter does
+    pq.write_table(result.candidates, path)
+    curated = dataclasses.replace(prep, tables={**prep.tables, "candidates": result.candidates}, candidates_path=path)
     negatives, _ = run_negminer(curated, options, k=k, depth=depth)
     for qid in excluded_anchor_ids(prep, result.excluded_pairs):
         negatives[qid] = []  # an excluded given positive leaves its anchor without training rows

@@ -387,7 +387,7 @@ class CurateConfig(_Frozen):
         "of random documents scoring at least as high) reaches this: it does not beat that share of the pool.",
     )
     false_positive_confidence: float = Field(
-        0.9,
+        0.8,
         gt=0,
         le=1,
         description="A flagged positive whose confidence of being a random document (local false discovery "
