@@ -390,8 +390,9 @@ class CurateConfig(_Frozen):
         0.8,
         gt=0,
         le=1,
-        description="A flagged positive whose confidence of being a random document (local false discovery "
-        "rate of its p-value) reaches this gets false_positive_action; a less confident flag gets "
+        description="A flagged positive whose confidence of being a random document (the estimated share of "
+        "random documents among the positives at least as random-looking) reaches this gets "
+        "false_positive_action; a less confident flag gets "
         "false_positive_uncertain_action.",
     )
     false_positive_max_share: float = Field(
