@@ -168,24 +168,26 @@ def version(sample_dir: Path, store_root: Path, tmp_path_factory) -> negminer.Da
 def test_cli_on_the_held_out_queries_at_a_tiny_budget(sample_dir: Path, version, tmp_path: Path) -> None:
     pytest.importorskip("accelerate", reason="SentenceTransformerTrainer needs accelerate")
     output = tmp_path / "evaluation.json"
-    args = ["--train", str(version.path), "--steps", "2", "--batch-size", "8", "--output", str(output)]
+    budget = ["--steps", "2", "--batch-size", "4", "--max-seq-length", "64"]
+    args = ["--train", str(version.path), *budget, "--output", str(output)]
     done = subprocess.run(
         [sys.executable, "-m", "negminer", "evaluate", str(sample_dir), *args],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=900,
+        timeout=1800,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == str(output)
     assert "| base model |" in done.stderr and "(train) |" in done.stderr
+    assert len(done.stdout.strip().splitlines()) == 1  # the trainer's logs go to stderr
     record = json.loads(output.read_text())
     assert record["retrieval_set"]["queries"] == 77 and record["retrieval_set"]["corpus"] == 800
-    assert record["config"]["steps"] == 2 and record["config"]["max_seq_length"] == 128
+    assert record["config"]["steps"] == 2 and record["config"]["max_seq_length"] == 64
     base, trained = record["arms"]
     assert (base["arm"], trained["arm"], trained["version"]) == ("base", "train", str(version.path.resolve()))
-    # all-MiniLM-L6-v2 on these 77 claims x 800 abstracts (nDCG@10 0.818, MRR@10 0.787 measured)
-    assert 0.78 < base["ndcg@10"] < 0.86 and 0.74 < base["mrr@10"] < 0.83 and base["recall@100"] >= 0.97
+    # all-MiniLM-L6-v2 on these 77 claims x 800 abstracts
+    assert 0.7 < base["ndcg@10"] < 0.9 and 0.65 < base["mrr@10"] < 0.9 and base["recall@100"] >= 0.95
     for arm in record["arms"]:
         assert all(0.0 <= arm[m] <= 1.0 for m in ("ndcg@10", "recall@100", "mrr@10"))
     assert trained["rows"] == pq.read_metadata(version.path / "triplets.parquet").num_rows
@@ -213,14 +215,14 @@ def test_training_raises_the_score_of_the_train_queries(sample_dir: Path, versio
         dict(zip(corpus["id"].to_pylist(), corpus["text"].to_pylist(), strict=True)),
         qrels,
         max_queries=None,
-        max_corpus=None,
+        max_corpus=400,
     )
     assert isinstance(train_queries, RetrievalSet) and len(train_queries.queries) == 200
     result = negminer.evaluate(
         train_queries,
         train=version,
         against=version.path,
-        steps=12,
+        steps=8,
         batch_size=16,
         learning_rate=2e-4,
         max_seq_length=64,

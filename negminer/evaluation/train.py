@@ -10,8 +10,11 @@ same text twice (``BatchSamplers.NO_DUPLICATES``), so in-batch negatives are nev
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     from negminer.evaluation.data import RetrievalSet
+
+logger = logging.getLogger(__name__)
 
 METRICS = {"ndcg@10": "cosine_ndcg@10", "recall@100": "cosine_recall@100", "mrr@10": "cosine_mrr@10"}
 _TRAIN_PACKAGES = "fine-tuning needs the datasets and accelerate packages: pip install 'negminer[train]'"
@@ -152,9 +157,39 @@ def train_model(
         )
     except ImportError as err:  # the trainer's arguments need accelerate
         raise ConfigError(_TRAIN_PACKAGES) from err
-    dataset = Dataset.from_dict({column: rows[column].to_pylist() for column in rows.column_names})
-    trainer = SentenceTransformerTrainer(
-        model=trained, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(trained)
-    )
-    trainer.train()
+    with _quiet_datasets():
+        dataset = Dataset.from_dict({column: rows[column].to_pylist() for column in rows.column_names})
+        trainer = SentenceTransformerTrainer(
+            model=trained, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(trained)
+        )
+        _log_instead_of_print(trainer)
+        trainer.train()
     return trained
+
+
+def _log_instead_of_print(trainer: Any) -> None:
+    """The trainer prints its logs on stdout (PrinterCallback): send them to the logger instead."""
+    from transformers.trainer_callback import PrinterCallback, TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
+            if logs:
+                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"}
+                logger.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LogCallback())
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No datasets progress bars on a CLI's stderr while the trainer prepares its rows."""
+    from datasets.utils import logging as datasets_logging
+
+    was_enabled = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets_logging.enable_progress_bar()
