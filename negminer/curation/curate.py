@@ -134,13 +134,12 @@ def score_pairs(
 ) -> Scored:
     """Rows, features, out-of-sample relevance, cleanlab verdicts and flags by kind.
 
-    Two cross-validated models share the rows and features. The candidate-side model (rows
-    unweighted) judges candidates: which mined negatives look like given positives. The
-    population-side model (tail samples weighted up to stand for the whole pool) judges given
-    positives: which look like a random document rather than a relevant one. cleanlab runs
-    once on each model's probabilities; a row's relevance and quality come from the model
-    that judges its side. Here both are fitted on, and judge, every row of `candidates`;
-    :mod:`negminer.curation.sharded` fits them on a sample of anchors and judges shards.
+    The cross-validated candidate-side model judges candidates: which mined negatives look
+    like given positives (cleanlab on its probabilities). Given positives are placed in their
+    anchor's null of random documents (:mod:`negminer.curation.null`): which look like a
+    random document rather than a relevant one, with a confidence. Here both are fitted on,
+    and judge, every row of `candidates`; :mod:`negminer.curation.sharded` fits them on a
+    sample of anchors and judges shards.
     """
     family, family_hash = anchor_families(text_list(anchor_texts))
     context = pool_context(
