@@ -14,7 +14,7 @@ from training (the confident flags, `false_positive_confidence`):
   pairs (the other kind of swap is left out, so each kind is scored on its own);
 * AUC = how well curation's label-quality score ranks that kind below the clean pairs.
 
-Run: python -m bench.curation_noise [--splits train test] [--rate 0.1] [--seed 0]
+Run: python -m bench.curation_noise [--splits train test] [--rate 0.1] [--seed 0] [--curate KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -124,13 +124,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", nargs="+", default=["train", "test"])
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--curate", nargs="*", default=[], help="CurateConfig options as KEY=VALUE (YAML values)")
     args = parser.parse_args(argv)
+    import yaml
+
+    config = CurateConfig(**{k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.curate)})
     pairs, corpus, qrels = relevant_pairs(args.splits)
     noisy, kind = plant_noise(pairs, corpus, qrels, rate=args.rate, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         prep = prepare_pairs("scifact", noisy, corpus, {}, Path(tmp), search_depth=CurateConfig().max_rank)
         start = time.perf_counter()
-        result = curate_prepared(prep, CurateConfig())
+        result = curate_prepared(prep, config)
         seconds = time.perf_counter() - start
     quality = np.ones(prep.tables["pairs"].num_rows)
     quality[result.pair_scores.column("pair_idx").to_numpy()] = result.pair_scores.column("quality").to_numpy()

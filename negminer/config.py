@@ -379,8 +379,15 @@ class CurateConfig(_Frozen):
         description="Random documents per anchor (a seeded draw from the whole pool) that a given positive's "
         "cosine is compared with: the null of the false-positive check. Memory grows with anchors times this.",
     )
+    false_positive_score: Literal["cosine", "relevance"] = Field(
+        "relevance",
+        description="What places a given positive among its anchor's random documents: its cosine against "
+        "null_samples fresh random documents, or the relevance of a judge trained with the tail samples weighted "
+        "up to stand for the pool, against the anchor's window and tail samples (stratified; one more "
+        "cross-validated model).",
+    )
     false_positive_p_value: float = Field(
-        0.1,
+        0.05,
         gt=0,
         le=1,
         description="Flag a given positive false_positive when its p-value under the anchor's null (the share "

@@ -135,9 +135,10 @@ def score_pairs(
     """Rows, features, out-of-sample relevance, cleanlab verdicts and flags by kind.
 
     The cross-validated candidate-side model judges candidates: which mined negatives look
-    like given positives (cleanlab on its probabilities). Given positives are placed in their
-    anchor's null of random documents (:mod:`negminer.curation.null`): which look like a
-    random document rather than a relevant one, with a confidence. Here both are fitted on,
+    like given positives (cleanlab on its probabilities). Given positives are placed among
+    their anchor's random documents (:mod:`negminer.curation.null`, by a population-side
+    judge's relevance or by cosine): which look like a random document rather than a
+    relevant one, with a confidence. Here both are fitted on,
     and judge, every row of `candidates`; :mod:`negminer.curation.sharded` fits them on a
     sample of anchors and judges shards.
     """

@@ -35,7 +35,7 @@ from negminer.curation.confident import (
     noise_rates,
     predict_folds,
 )
-from negminer.curation.null import NullFit, combined_p_values, fit_null, null_verdicts
+from negminer.curation.null import NullFit, combined_p_values, fit_null, null_verdicts, stratified_p_values
 from negminer.curation.policy import Scored
 from negminer.curation.rows import PairRows
 from negminer.errors import ConfigError
@@ -70,10 +70,11 @@ class SideModel(NamedTuple):
 
 class Judges(NamedTuple):
     candidate_side: SideModel | None  # None: curation refused to judge (skipped)
-    null: NullFit | None  # the false-positive check's null and p-value density
+    null: NullFit | None  # the false-positive check's null and confidence curve
     false_negative_threshold: float | None  # relevance of the given positives at the quantile
     noise: dict[str, Any]
     skipped: str | None
+    population: SideModel | None = None  # false_positive_score "relevance": the judge whose relevance is placed
 
 
 def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config: CurateConfig) -> Judges:
@@ -88,9 +89,13 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
     window = ~rows.tail & (rows.rank < config.max_rank)
     extra = tuple(range(config.n_splits))
     candidate_side, candidate_noise = _fit_side(described, config, window=window, second_view=True, extra=extra)
-    is_pos = rows.label == 1
-    p_value = combined_p_values(described.null_p[is_pos], described.null_z[is_pos], described.null_pooled)
-    null = fit_null(p_value, described.null_pooled, max_share=config.false_positive_max_share)
+    population = None
+    if config.false_positive_score == "relevance":
+        weight = _tail_weight(rows, n_docs, config)
+        population, _ = _fit_side(described, config, weight=weight, extra=extra, cleanlab=False)
+    p_value = _positive_p_values(described, population, n_docs=n_docs, config=config)
+    pooled = described.null_pooled if population is None else np.zeros(0, np.float32)
+    null = fit_null(p_value, pooled, max_share=config.false_positive_max_share)
     relevance = _side_relevance(candidate_side, described)
     window_positive = (rows.label == 1) & (rows.rank < config.max_rank)
     threshold = None
@@ -106,7 +111,7 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
             "confidence_scale": round(min(1.0, config.false_positive_max_share / null.pi0) if null.pi0 else 1.0, 6),
         },
     }
-    return Judges(candidate_side, null, threshold, noise, None)
+    return Judges(candidate_side, null, threshold, noise, None, population)
 
 
 def _in_content_order(described: Described) -> Described:
@@ -138,7 +143,13 @@ def judge(described: Described, judges: Judges, *, n_docs: int, config: CurateCo
     negative_side = _judge_side(judges.candidate_side, described, config, scope=window, fitted_rows=fitted_rows)
     is_pos = rows.label == 1
     p_value, confidence = np.full(len(is_pos), np.nan), np.full(len(is_pos), np.nan)
-    p_value[is_pos], confidence[is_pos] = null_verdicts(described.null_p[is_pos], described.null_z[is_pos], judges.null)
+    if judges.population is None:
+        p_value[is_pos], confidence[is_pos] = null_verdicts(
+            described.null_p[is_pos], described.null_z[is_pos], judges.null
+        )
+    else:
+        placed = _positive_p_values(described, judges.population, n_docs=n_docs, config=config)
+        p_value[is_pos], confidence[is_pos] = null_verdicts(placed, np.zeros(len(placed)), judges.null)
     relevance = negative_side.relevance
     candidate = (rows.label == 0) & ~rows.tail
     false_negative = candidate & negative_side.issues.is_issue
@@ -181,6 +192,25 @@ def _unjudged(rows: PairRows, features: dict[str, np.ndarray], duplicate: np.nda
     return Scored(rows, features, unknown, unknown.copy(), unknown.copy(), flags, noise, skipped=reason)
 
 
+def _positive_p_values(
+    described: Described, population: SideModel | None, *, n_docs: int, config: CurateConfig
+) -> np.ndarray:
+    """Each given positive's p-value among its anchor's random documents (by cosine, or by the
+    population judge's relevance against the window and tail samples)."""
+    is_pos = described.rows.label == 1
+    if population is None:
+        return combined_p_values(described.null_p[is_pos], described.null_z[is_pos], described.null_pooled)
+    rows = described.rows
+    relevance = _side_relevance(population, described)
+    window = (rows.label == 0) & ~rows.tail & (rows.rank < config.max_rank)
+    return stratified_p_values(rows.anchor, relevance, rows.label, window, rows.tail, n_docs=n_docs)
+
+
+def _tail_weight(rows: PairRows, n_docs: int, config: CurateConfig) -> np.ndarray:
+    """Tail samples weighted up to stand for the whole pool outside the scored window."""
+    return np.where(rows.tail, max(1.0, (n_docs - config.max_rank) / max(config.tail_samples, 1)), 1.0)
+
+
 class _Judgement(NamedTuple):
     relevance: np.ndarray  # balanced-prior probability that the row is relevant
     issues: LabelIssues
@@ -194,6 +224,7 @@ def _fit_side(
     window: np.ndarray | None = None,
     second_view: bool = False,
     extra: tuple[int, ...] = (),
+    cleanlab: bool = True,
 ) -> tuple[SideModel, dict[str, Any]]:
     """One judge fitted on the described rows, and cleanlab's noise estimates on its `window` rows."""
     rows = described.rows
@@ -212,6 +243,8 @@ def _fit_side(
         learned, labelled_rate = _fit_second_view(prob, described.positive_sim, rows, config.max_rank)
         prob = _apply_second_view(prob, described.positive_sim, rows, learned)
     factor = _odds_factor(rows.label, weight)
+    if not cleanlab:  # only the relevance is wanted
+        return SideModel(models, learned, factor, None, labelled_rate), {}
     prob = _balance(prob, factor)
     scope = np.ones(len(prob), bool) if window is None else window
     missing = _missing_label(rows.label[scope], config.max_rank)

@@ -132,8 +132,9 @@ def fit_null(p_values: np.ndarray, pooled: np.ndarray, *, max_share: float = 1.0
     share of p-values above `split` over ``1 - split``: relevant positives rarely lose to half
     of the pool's documents. Among the positives with a p-value of at least ``t``, about
     ``pi0 * n * (1 - t)`` are random documents, so ``pi0 * n * (1 - t) / #{p >= t}`` (capped at
-    1) is the share of random documents in that tail; a p-value's confidence is the largest
-    such share over the tails it belongs to (``t <= p``), which makes it non-decreasing in p.
+    1) is the share of random documents in that tail (each tail taken at the smallest t that
+    gives it: just above the next smaller p-value); a p-value's confidence is the largest such
+    share over the tails it belongs to (``t <= p``), which makes it non-decreasing in p.
 
     Looking like a random document is not being wrong: where far more positives look random
     than labels are plausibly wrong (``pi0`` above `max_share`), the positives are loose (e.g.
@@ -149,7 +150,7 @@ def fit_null(p_values: np.ndarray, pooled: np.ndarray, *, max_share: float = 1.0
     Example:
         >>> fit = fit_null(np.r_[np.full(90, 0.01), np.linspace(0.05, 0.95, 10)], np.zeros(0))
         >>> round(fit.pi0, 3), fit.confidence.round(3).tolist()[:3]
-        (0.1, [0.099, 0.95, 0.95])
+        (0.1, [0.1, 0.99, 1.0])
     """
     p = np.sort(np.clip(np.asarray(p_values, np.float64), 1e-12, 1.0))
     n = len(p)
@@ -158,7 +159,8 @@ def fit_null(p_values: np.ndarray, pooled: np.ndarray, *, max_share: float = 1.0
     pi0 = float(min(1.0, np.sum(p > split) / ((1.0 - split) * n)))
     edges = np.unique(p)
     at_least = n - np.searchsorted(p, edges, side="left")
-    share = np.minimum(1.0, pi0 * n * (1.0 - edges) / at_least)
+    below = np.r_[0.0, edges[:-1]]  # the same positives are the tail of every t just above the previous p-value
+    share = np.minimum(1.0, pi0 * n * (1.0 - below) / at_least)
     plausible = min(1.0, max_share / pi0) if pi0 > 0 else 1.0
     return NullFit(pooled, edges, np.maximum.accumulate(share) * plausible, pi0)
 
@@ -172,8 +174,52 @@ def null_verdicts(p_anchor: np.ndarray, z: np.ndarray, fit: NullFit) -> tuple[np
         >>> fit = fit_null(np.r_[np.full(90, 0.01), np.linspace(0.05, 0.95, 10)], np.zeros(0))
         >>> p, confidence = null_verdicts(np.array([0.01, 0.7]), np.array([9.0, 0.0]), fit)
         >>> confidence.round(3).tolist()
-        [0.099, 0.95]
+        [0.1, 1.0]
     """
     p_value = combined_p_values(p_anchor, z, fit.pooled)
     at = (np.searchsorted(fit.edges, p_value, side="right") - 1).clip(min=0)
     return p_value, fit.confidence[at]
+
+
+def stratified_p_values(
+    anchor: np.ndarray,
+    score: np.ndarray,
+    label: np.ndarray,
+    window: np.ndarray,
+    tail: np.ndarray,
+    *,
+    n_docs: int,
+) -> np.ndarray:
+    """(n_positives,) each given positive's p-value among its anchor's documents under any `score`.
+
+    The anchor's documents are its scored window (every top candidate, weight 1) and its tail
+    samples (seeded-random documents from outside the window, each standing for
+    ``(n_docs - window) / tail`` documents): a stratified estimate of the share of the whole
+    pool that scores at least as high as the positive.
+
+    Args:
+        anchor: (n_rows,) anchor of each row.
+        score: (n_rows,) the score (e.g. a judge's relevance) of each row.
+        label: (n_rows,) 1 for given positives.
+        window: (n_rows,) label-0 rows of the scored window.
+        tail: (n_rows,) tail samples.
+        n_docs: size of the pool.
+
+    Example:
+        >>> stratified_p_values(np.zeros(4, np.int64), np.array([0.5, 0.9, 0.1, 0.2]),
+        ...                     np.array([1, 0, 0, 0]), np.array([False, True, False, False]),
+        ...                     np.array([False, False, True, True]), n_docs=11).round(3).tolist()
+        [0.167]
+    """
+    positive = label == 1
+    key = anchor.astype(np.float64) * 4.0 + np.clip(np.nan_to_num(score.astype(np.float64)), 0.0, 1.0)
+    n_anchors = int(anchor.max(initial=-1)) + 1
+    counts = []
+    for stratum in (window, tail):
+        keys = np.sort(key[stratum])
+        start = np.searchsorted(keys, key[positive], side="left")
+        end = np.searchsorted(keys, anchor[positive].astype(np.float64) * 4.0 + 2.0, side="left")
+        counts.append((end - start, np.bincount(anchor[stratum], minlength=n_anchors)[anchor[positive]]))
+    (above_window, n_window), (above_tail, n_tail) = counts
+    weight = np.maximum(n_docs - n_window, 0) / np.maximum(n_tail, 1)
+    return np.minimum(1.0, (1.0 + above_window + weight * above_tail) / (1.0 + n_docs))
