@@ -8,7 +8,8 @@ from negminer.mining.embedder import Embedder
 
 
 def test_preload_and_a_stage_load_the_model_once() -> None:
-    config = EmbedConfig(max_seq_length=77)  # a cache key no other test loads
+    # PyTorch float32: the shared model (auto may embed with a converted copy of its own)
+    config = EmbedConfig(max_seq_length=77, backend="torch", precision="float32")  # a cache key no other test loads
     misses = embedder._cached_model.cache_info().misses
     thread = Embedder(config).preload()
     model = Embedder(config).model  # waits for the preload instead of loading a second copy

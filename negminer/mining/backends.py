@@ -224,11 +224,13 @@ def _checked_cosine(config: EmbedConfig, option: Encoding) -> float | None:
 def _measure_cosine(config: EmbedConfig, option: Encoding) -> float:
     import numpy as np
 
-    from negminer.mining.embedder import shared_model
-    from negminer.mining.encoder import encode
+    from negminer.mining.encoder import encode, load_model
 
     texts = list(CHECK_TEXTS)
-    reference = encode(texts, shared_model(config), batch_size=8, processes=1, precision="float32")
+    # a copy of its own, dropped after the check: the run then holds only the model it embeds with
+    reference_model = load_model(config.model, device=config.device, max_seq_length=config.max_seq_length)
+    reference = encode(texts, reference_model, batch_size=8, processes=1, precision="float32")
+    del reference_model
     model = encoding_model(config, option)
     vectors = encode(texts, model, batch_size=8, processes=1, precision=option.autocast)
     return float(np.mean(np.sum(reference * vectors, axis=1)))

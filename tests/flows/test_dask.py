@@ -43,14 +43,15 @@ def test_local_cluster_of_two_workers_writes_the_same_dataset(prefect_harness, t
     from dask.utils import key_split
     from distributed import Client, LocalCluster, get_task_stream
 
-    from negminer.mining import embedder
+    from negminer.mining import backends, embedder
 
     default = mine(tiny_inputs, tmp_path / "default")
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
         with get_task_stream(client) as stream:  # every task the scheduler ran, with its worker
             distributed = mine(tiny_inputs, tmp_path / "dask", dask_address=cluster.scheduler_address)
-        loads = client.run(lambda: embedder._cached_model.cache_info().misses)
+        # the PyTorch model, or the converted copy auto embeds with (negminer.mining.backends)
+        loads = client.run(lambda: embedder._cached_model.cache_info().misses + backends._own_model.cache_info().misses)
         executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
         workers = set(client.scheduler_info()["workers"])
 

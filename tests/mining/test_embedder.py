@@ -84,12 +84,12 @@ def test_a_failed_preload_is_left_to_the_embedding_stage(tmp_path, caplog) -> No
 
 @pytest.mark.slow
 def test_the_model_is_loaded_once_per_process() -> None:
-    config = EmbedConfig(device="cpu", max_seq_length=93)  # a cache key no other test loads
+    config = EmbedConfig(device="cpu", max_seq_length=93, **TORCH_FLOAT32)  # a cache key no other test loads
     misses = embedder_module._cached_model.cache_info().misses
     thread = Embedder(config).preload()
     first = Embedder(config).model  # waits for the preload instead of loading a second copy
     thread.join()
-    second = Embedder(EmbedConfig(device="cpu", max_seq_length=93, batch_size=4)).model
+    second = Embedder(EmbedConfig(device="cpu", max_seq_length=93, batch_size=4, **TORCH_FLOAT32)).model
     assert first is second and first.max_seq_length == 93
     assert embedder_module._cached_model.cache_info().misses == misses + 1
     assert Embedder(config).dim == 384
