@@ -174,7 +174,7 @@ def _log_instead_of_print(trainer: Any) -> None:
     class LogCallback(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any):
             if logs:
-                shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"}
+                shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"}
                 logger.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
 
     trainer.remove_callback(PrinterCallback)
