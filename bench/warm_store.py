@@ -22,11 +22,11 @@ def main(names: list[str]) -> None:
     store = embedder.open_store(STORE)
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            for stem in ("queries", "corpus"):
+            for stem, task in (("queries", "query"), ("corpus", "document")):
                 texts = (
                     pq.read_table(SHARED_DATA / name / f"{stem}.parquet", columns=["text"]).column("text").to_pylist()
                 )
-                result = embedder.embed_to_file(texts, Path(tmp) / "x.npy", store)
+                result = embedder.embed_to_file(texts, Path(tmp) / "x.npy", store, task=task)
                 print(name, stem, result.rows, "embedded", result.embedded, f"{result.seconds:.1f}s", flush=True)
 
 
