@@ -48,8 +48,10 @@ MANIFEST_FIELDS: dict[str, str] = {
     "counts.embedding": "Per side (`anchors`, `docs`): `rows`, `embedded` (new), `reused` (from the "
     "embedding store) and `truncated` (texts longer than the model's max_seq_length).",
     "score_quantiles": "Cosine quantiles (q01 ... q99) of the `candidate`, `negative` and `positive_retrieved` scores.",
-    "noise": "Curation's estimate of the label noise (cleanlab's confident joint per side, thresholds, "
-    "`negatives_relevant`, `positives_irrelevant`); empty without curation.",
+    "noise": "Curation's estimate of the label noise: `negatives_relevant` and `candidate_side` (cleanlab's "
+    "confident joint over the candidates), `positives_irrelevant` (the estimated share of given positives "
+    "that score like random documents of the corpus) and `false_positive_null` (null samples per anchor, "
+    "that share, the scale applied to the confidences); empty without curation.",
     "selection": "Score bounds the strategy derived from this run (`min_score_from_percentile`, "
     "`max_score_from_percentile`; null when not used).",
     "search_depth": "Candidates retrieved per anchor (`mine.search_depth` plus room for the anchor's own positives).",
