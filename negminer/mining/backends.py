@@ -183,7 +183,7 @@ def _resolve(config: EmbedConfig, cache_dir: str) -> Encoding:
     for option in options[:-1]:
         cosine = _checked_cosine(config, option)
         if cosine is not None and cosine >= config.auto_min_cosine:
-            logger.info(
+            logger.debug(
                 "embedding with %s %s (auto: mean cosine %.6f to torch float32 on the check batch)",
                 option.backend,
                 option.precision,
@@ -191,14 +191,14 @@ def _resolve(config: EmbedConfig, cache_dir: str) -> Encoding:
             )
             return option
         if cosine is not None:
-            logger.info(
+            logger.debug(
                 "auto: %s %s left out (mean cosine %.6f < %s)",
                 option.backend,
                 option.precision,
                 cosine,
                 config.auto_min_cosine,
             )
-    logger.info("embedding with %s %s (auto)", options[-1].backend, options[-1].precision)
+    logger.debug("embedding with %s %s (auto)", options[-1].backend, options[-1].precision)
     return options[-1]
 
 

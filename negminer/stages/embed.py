@@ -151,6 +151,12 @@ def embed_assemble_stage(work_dir: str | Path, *, config: EmbedConfig, store_roo
         shards.update(store.shard_names(store.lookup(embedder.text_keys(texts, task=TASKS[stem]))))
         results[stem] = plan.counts[stem].model_copy(update={"truncated": result.truncated})
     prompts = embedder.prompts
+    logger.info(
+        "vectors made with %s %s%s",
+        embedder.encoding.backend,
+        embedder.encoding.precision,
+        " (embed.backend/precision auto)" if "auto" in (config.backend, config.precision) else "",
+    )
     model = ModelRef(
         name=config.model or DEFAULT_MODEL_NAME,
         path=str(embedder.model_path),
