@@ -352,6 +352,7 @@ if os.environ.get("NEGMINER_TEST_FULL"):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # each writing stage's full disk runs by default, in process
 def test_the_mine_command_on_a_full_disk(base: Base, tiny_inputs: dict[str, Path], tmp_path: Path) -> None:
     """A real `negminer mine` (Prefect flow, retries) whose training view cannot be written."""
     root, store = copy_of(base, tmp_path)

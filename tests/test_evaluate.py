@@ -201,6 +201,7 @@ def test_cli_on_the_held_out_queries_at_a_tiny_budget(sample_dir: Path, version,
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # the command's own run at a tiny budget runs by default
 def test_training_raises_the_score_of_the_train_queries(sample_dir: Path, version) -> None:
     """Fine-tuned on the sample's own pairs, the model must rank their positives higher; the
     same version given twice trains twice to the same figures (seeded)."""

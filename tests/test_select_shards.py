@@ -89,9 +89,15 @@ def single_pass(work: Path, curated: CurateRef, config: SelectionConfig, out: Pa
     [
         {},
         {"output_format": "n-tuple", "output_scores": True, "min_score_percentile": 20.0},
-        {"output_format": "labeled-pair", "output_scores": True, "sampling_strategy": "top"},
-        {"output_format": "labeled-list", "output_scores": True, "max_score_percentile": 90.0},
-        {"output_scores": True, "strategy": "naive"},
+        pytest.param(
+            {"output_format": "labeled-pair", "output_scores": True, "sampling_strategy": "top"},
+            marks=pytest.mark.extended,
+        ),
+        pytest.param(
+            {"output_format": "labeled-list", "output_scores": True, "max_score_percentile": 90.0},
+            marks=pytest.mark.extended,
+        ),
+        pytest.param({"output_scores": True, "strategy": "naive"}, marks=pytest.mark.extended),
     ],
 )
 def test_shards_give_the_bytes_of_one_pass(searched, tmp_path, options) -> None:

@@ -225,6 +225,7 @@ def test_artifact_keys_are_valid() -> None:
     assert artifact_key("SciFact_sample.v2") == "negminer-scifact-sample-v2"
 
 
+@pytest.mark.extended  # tests/test_search_shards.py covers the take-over without Prefect
 def test_an_incremental_run_takes_over_the_index_shards(prefect_harness, tiny_inputs, tmp_path) -> None:
     out, store = tmp_path / "out", tmp_path / "store"
     first, _ = run_flow(tiny_inputs, "pairs40", out, store, index={"shard_docs": 30})
@@ -240,6 +241,7 @@ def test_an_incremental_run_takes_over_the_index_shards(prefect_harness, tiny_in
     assert manifest(second)["changes"]["pairs"] == {"added": 2, "removed": 0, "kept": 40}
 
 
+@pytest.mark.extended
 def test_a_rerun_into_another_store_embeds_into_it_and_records_it(prefect_harness, tiny_inputs, tmp_path) -> None:
     """The store is part of the work folder's key: the rerun's manifest names its own store and counts."""
     out = tmp_path / "out"

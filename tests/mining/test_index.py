@@ -94,7 +94,18 @@ def test_a_factory_string_faiss_cannot_build_is_a_config_error_naming_the_key() 
         build_search_index(clustered(100), sample_queries=clustered(5), k=5, **{**BUILD, "kind": "IVFbogus,Flat"})
 
 
-@pytest.mark.parametrize("kind", ["PQ8", "SQ8", "SQfp16", "NSG16,Flat", "HNSW16,SQ8", "PCA16,HNSW16", "OPQ8,IVF16,PQ8"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "PQ8",
+        "SQ8",
+        "SQfp16",
+        "NSG16,Flat",
+        "HNSW16,SQ8",
+        "PCA16,HNSW16",
+        pytest.param("OPQ8,IVF16,PQ8", marks=pytest.mark.extended),
+    ],
+)
 def test_every_inner_product_family_builds_and_reports_its_recall(kind: str) -> None:
     docs, queries = clustered(3000), clustered(100, seed=4)
     index, report = build_search_index(docs, sample_queries=queries, k=10, **{**BUILD, "kind": kind})
