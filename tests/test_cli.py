@@ -115,6 +115,7 @@ def test_negatives_are_eligible_candidates(mined: tuple[Path, Path]) -> None:
         assert all(r["reason"] != "selected" for r in dropped)
 
 
+@pytest.mark.extended  # the flow's own cache test covers a second identical run
 def test_second_run_embeds_nothing(mined: tuple[Path, Path], sample_dir: Path, store_root: Path) -> None:
     out, first = mined
     second, _ = mine_sample(sample_dir, out, store_root)

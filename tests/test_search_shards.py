@@ -78,7 +78,9 @@ def test_sharded_search_equals_the_single_task(tmp_path) -> None:
     assert stages.search_shard_stage(work, shards[0], **options).merged is True
 
 
-@pytest.mark.parametrize("size", [1, pytest.param(4, marks=pytest.mark.extended), 29, 1000])
+@pytest.mark.parametrize(
+    "size", [1, pytest.param(4, marks=pytest.mark.extended), pytest.param(29, marks=pytest.mark.extended), 1000]
+)
 def test_shard_size_does_not_change_the_candidates(tmp_path, size) -> None:
     config = write_inputs(tmp_path)
     config = config.model_copy(update={"mine": config.mine.model_copy(update={"search_shard_size": size})})

@@ -88,7 +88,10 @@ def single_pass(work: Path, curated: CurateRef, config: SelectionConfig, out: Pa
     "options",
     [
         {},
-        {"output_format": "n-tuple", "output_scores": True, "min_score_percentile": 20.0},
+        pytest.param(
+            {"output_format": "n-tuple", "output_scores": True, "min_score_percentile": 20.0},
+            marks=pytest.mark.extended,
+        ),
         pytest.param(
             {"output_format": "labeled-pair", "output_scores": True, "sampling_strategy": "top"},
             marks=pytest.mark.extended,

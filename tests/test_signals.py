@@ -180,7 +180,9 @@ def stop_mid_run(setup: dict, out: Path, signum: signal.Signals, *, group: bool)
     return lines
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.extended)], ids=["SIGTERM", "SIGINT"]
+)
 def test_a_stopped_run_exits_promptly_publishes_nothing_and_resumes(setup: dict, signum: signal.Signals) -> None:
     out = setup["folder"] / f"stopped-{signum.name}"
     stop_mid_run(setup, out, signum, group=True)

@@ -133,6 +133,7 @@ def test_processes_below_one_is_a_config_error() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_two_processes_give_the_vectors_of_one(model) -> None:
     single = encode(TEXTS, model, batch_size=2, processes=1, precision="float32")
     pooled = encode(TEXTS, model, batch_size=2, processes=2, precision="float32")
