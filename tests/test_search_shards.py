@@ -290,7 +290,9 @@ def test_a_run_whose_search_another_run_merges_before_its_shard_loop_returns_tha
     _assert_merged_once(work, ref, other["ref"], single)
 
 
-@pytest.mark.parametrize("skip", [0, 2])  # before the merge reads its first part / once it has copied two
+@pytest.mark.parametrize(
+    "skip", [0, pytest.param(2, marks=pytest.mark.extended)]
+)  # before the merge reads its first part / once it has copied two
 def test_a_run_whose_parts_another_run_merges_and_removes_returns_that_merge(tmp_path, monkeypatch, skip) -> None:
     from negminer.mining import search
 
