@@ -128,6 +128,7 @@ def test_second_run_embeds_nothing(mined: tuple[Path, Path], sample_dir: Path, s
         assert (first / name).read_bytes() == (second / name).read_bytes()
 
 
+@pytest.mark.extended  # the tutorial's training step runs by default (tests/test_docs_examples.py)
 def test_triplets_train_one_step_with_mnrl(mined: tuple[Path, Path], model, tmp_path: Path) -> None:
     import datasets
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments

@@ -67,7 +67,7 @@ def _top5_agreement(vectors: np.ndarray, reference: np.ndarray, queries: int) ->
     ("backend", "precision", "min_cosine"),
     [
         pytest.param("torch", "bfloat16", 0.9999, marks=pytest.mark.skipif(not _cpu_bf16(), reason="no native bf16")),
-        pytest.param("openvino", "float32", 0.99999, marks=needs_openvino),
+        pytest.param("openvino", "float32", 0.99999, marks=[needs_openvino, pytest.mark.extended]),
         pytest.param("openvino", "bfloat16", 0.9999, marks=needs_openvino),
     ],
 )
