@@ -35,6 +35,7 @@ from negminer.storage.versions import LATEST, verify_version
 pytestmark = pytest.mark.slow
 
 NAME = "crash"
+DEFAULT_CASES = ("curate", "select", "write", "audit-load")
 CONCURRENT_CASES = 3  # killed runs and reruns in flight at once (each is mostly waiting)
 KILL_HOOK = """\
 import os
@@ -324,8 +325,8 @@ def crashed(request, setup: dict, uninterrupted: Path) -> dict[str, Observed | B
 
 @pytest.mark.parametrize(
     "case",
-    # write-latest (a second point inside the write stage) runs with -m extended
-    [pytest.param(c, marks=pytest.mark.extended) if c == "write-latest" else c for c in KILL_POINTS],
+    # the cases outside curation, selection, writing and the audit load run with -m extended (CI time)
+    [pytest.param(c, marks=pytest.mark.extended) if c not in DEFAULT_CASES else c for c in KILL_POINTS],
 )
 def test_killed_at_any_stage_resumes_to_the_same_bytes(
     crashed: dict[str, Observed | BaseException], uninterrupted: Path, case: str

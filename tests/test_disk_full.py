@@ -186,7 +186,12 @@ def data_files(version: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=pytest.mark.extended) if c == "write-latest" else c for c in FULL_AT]
+    "case",
+    # read, index, search and write-latest run with -m extended (CI time)
+    [
+        pytest.param(c, marks=pytest.mark.extended) if c in ("read", "index", "search", "write-latest") else c
+        for c in FULL_AT
+    ],
 )
 def test_a_full_disk_at_any_writing_stage_fails_cleanly_and_a_rerun_completes(
     case: str,
