@@ -35,7 +35,6 @@ from negminer.storage.versions import LATEST, verify_version
 pytestmark = pytest.mark.slow
 
 NAME = "crash"
-DEFAULT_CASES = ("curate", "select", "write", "audit-load")
 CONCURRENT_CASES = 3  # killed runs and reruns in flight at once (each is mostly waiting)
 KILL_HOOK = """\
 import os
@@ -325,8 +324,7 @@ def crashed(request, setup: dict, uninterrupted: Path) -> dict[str, Observed | B
 
 @pytest.mark.parametrize(
     "case",
-    # the cases outside curation, selection, writing and the audit load run with -m extended (CI time)
-    [pytest.param(c, marks=pytest.mark.extended) if c not in DEFAULT_CASES else c for c in KILL_POINTS],
+    list(KILL_POINTS),
 )
 def test_killed_at_any_stage_resumes_to_the_same_bytes(
     crashed: dict[str, Observed | BaseException], uninterrupted: Path, case: str

@@ -187,11 +187,7 @@ def data_files(version: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
-    # read, index, search and write-latest run with -m extended (CI time)
-    [
-        pytest.param(c, marks=pytest.mark.extended) if c in ("read", "index", "search", "write-latest") else c
-        for c in FULL_AT
-    ],
+    list(FULL_AT),
 )
 def test_a_full_disk_at_any_writing_stage_fails_cleanly_and_a_rerun_completes(
     case: str,
@@ -359,7 +355,6 @@ if os.environ.get("NEGMINER_TEST_FULL"):
 
 
 @pytest.mark.slow
-@pytest.mark.extended  # each writing stage's full disk runs by default, in process
 def test_the_mine_command_on_a_full_disk(base: Base, tiny_inputs: dict[str, Path], tmp_path: Path) -> None:
     """A real `negminer mine` (Prefect flow, retries) whose training view cannot be written."""
     root, store = copy_of(base, tmp_path)
