@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from negminer.errors import ConfigError
 
@@ -26,6 +26,8 @@ CurationIssueRule = Literal["confident_joint", "find_label_issues"]
 SamplingStrategy = Literal["top", "random", "simans"]
 OutputFormat = Literal["triplet", "n-tuple", "labeled-pair", "labeled-list"]
 StrategyName = Literal["naive", "positive-aware", "semi-hard", "calibrated", "simans"]
+CandidateSource = Literal["dense", "bm25"]
+Fusion = Literal["rrf", "score"]
 
 # Every selection setting a preset fixes; options not named here (num_negatives, seed,
 # output_format, search_depth, ...) keep their own defaults. See docs/strategies.md.
@@ -214,6 +216,36 @@ class RetrievalConfig(_Seeded):
     search_shard_size: int = Field(
         100_000, ge=1, description="Anchors per search task: the unit the flow maps over (and Dask distributes)."
     )
+    sources: tuple[CandidateSource, ...] = Field(
+        ("dense",),
+        min_length=1,
+        description="Views that propose candidates, fused into one list per anchor: dense (the embedding "
+        "model's nearest neighbours) and bm25 (lexical, bm25s). Every candidate's score stays the dense cosine.",
+    )
+    fusion: Fusion = Field(
+        "rrf",
+        description="How several sources' lists merge: rrf (reciprocal-rank fusion) or score (each list's "
+        "scores min-max normalised per anchor, summed).",
+    )
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant: 1/(rrf_k + rank) per source.")
+    bm25_shard_docs: int = Field(
+        1_000_000,
+        ge=1,
+        description="Docs per BM25 index shard (corpus-global idf, so shard scores compare); a search task "
+        "loads one shard at a time.",
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _check_sources(cls, sources: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(sources)) != len(sources):
+            raise ValueError(f"{list(sources)} names a source twice")
+        return sources
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether candidates come from anything but the dense index alone."""
+        return self.sources != ("dense",)
 
 
 class SelectionConfig(_Seeded):

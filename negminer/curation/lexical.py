@@ -10,6 +10,7 @@ lower-cased word characters without English stop words, hashed into 2**20 column
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -52,10 +53,19 @@ class LexicalStats(NamedTuple):
 
 def lexical_stats(doc_texts: TextSource, *, batch: int = STATS_BATCH) -> LexicalStats:
     """Document frequencies and lengths over the pool, `batch` texts at a time."""
+    batches = (
+        _texts(doc_texts, np.arange(first, min(first + batch, len(doc_texts))))
+        for first in range(0, len(doc_texts), batch)
+    )
+    return streamed_lexical_stats(batches)
+
+
+def streamed_lexical_stats(text_batches: Iterable[list[str]]) -> LexicalStats:
+    """:func:`lexical_stats` over the pool's texts given in consecutive batches (memory: one batch)."""
     df = np.zeros(N_FEATURES, np.int64)
     lengths = []
-    for first in range(0, len(doc_texts), batch):
-        counts = term_counts(_texts(doc_texts, np.arange(first, min(first + batch, len(doc_texts)))))
+    for texts in text_batches:
+        counts = term_counts(texts)
         df += np.bincount(counts.indices, minlength=N_FEATURES)
         lengths.append(np.asarray(counts.sum(axis=1)).ravel())
     doc_length = np.concatenate(lengths) if lengths else np.zeros(0, np.float32)

@@ -44,6 +44,9 @@ from negminer.report import run_report
 from negminer.stages.publish import StageRefs
 from negminer.stages.refs import (
     AuditLoadRef,
+    Bm25PlanRef,
+    Bm25Ref,
+    Bm25ShardRef,
     CuratePartRef,
     CuratePlanRef,
     CurateRef,
@@ -124,18 +127,45 @@ def index_task(work_dir: str, config: IndexConfig, retrieval: RetrievalConfig, p
     return stages.index_stage(work_dir, config=config, retrieval=retrieval, parent=parent)
 
 
+@task(name="bm25-plan", **PERSISTED, **IO_RETRIES)
+def bm25_plan_task(work_dir: str, config: RetrievalConfig) -> Bm25PlanRef:
+    return stages.bm25_plan_stage(work_dir, config=config)
+
+
+@task(name="bm25-shard", **PERSISTED, **IO_RETRIES)
+def bm25_shard_task(work_dir: str, shard: DocRange, plan: Bm25PlanRef) -> Bm25ShardRef:
+    return stages.bm25_shard_stage(work_dir, shard, plan=plan)
+
+
+@task(name="bm25", **PERSISTED, **IO_RETRIES)
+def bm25_task(work_dir: str, config: RetrievalConfig) -> Bm25Ref:
+    return stages.bm25_stage(work_dir, config=config)
+
+
 @task(name="search-shard", **PERSISTED, **IO_RETRIES)
 def search_shard_task(
-    work_dir: str, shard: DocRange, config: RetrievalConfig, index_config: IndexConfig, index: IndexRef
+    work_dir: str,
+    shard: DocRange,
+    config: RetrievalConfig,
+    index_config: IndexConfig,
+    index: IndexRef,
+    bm25: Bm25Ref | None = None,
 ) -> SearchPartRef:
-    return stages.search_shard_stage(work_dir, shard, config=config, index_config=index_config, index=index)
+    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25}
+    return stages.search_shard_stage(work_dir, shard, **options)
 
 
 @task(name="search", **PERSISTED, **IO_RETRIES)
 def search_task(
-    work_dir: str, config: RetrievalConfig, index_config: IndexConfig, index: IndexRef, shards: list[DocRange]
+    work_dir: str,
+    config: RetrievalConfig,
+    index_config: IndexConfig,
+    index: IndexRef,
+    shards: list[DocRange],
+    bm25: Bm25Ref | None = None,
 ) -> SearchRef:
-    return stages.search_merge_stage(work_dir, shards, config=config, index_config=index_config, index=index)
+    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25}
+    return stages.search_merge_stage(work_dir, shards, **options)
 
 
 @task(name="curate-plan", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -207,6 +237,9 @@ class _Tasks(NamedTuple):
     embed: Task
     index_shard: Task
     index: Task
+    bm25_plan: Task
+    bm25_shard: Task
+    bm25: Task
     search_shard: Task
     search: Task
 
@@ -221,6 +254,9 @@ def _cached_in(work_dir: Path) -> _Tasks:
         embed_task,
         index_shard_task,
         index_task,
+        bm25_plan_task,
+        bm25_shard_task,
+        bm25_task,
         search_shard_task,
         search_task,
     )
@@ -270,15 +306,25 @@ def _index(
     return clock.run("index", tasks.index, work_dir, config.index, retrieval, parent=parent)
 
 
+def _bm25(tasks: _Tasks, work_dir: str, retrieval: RetrievalConfig, clock: _Clock) -> Bm25Ref | None:
+    """Plan the BM25 index (the pool's global statistics), map its doc ranges' builds, collect them."""
+    if "bm25" not in retrieval.sources:
+        return None
+    plan = clock.run("bm25-plan", tasks.bm25_plan, work_dir, retrieval)
+    clock.map("bm25-shards", tasks.bm25_shard, unmapped(work_dir), list(plan.shards), unmapped(plan))
+    return clock.run("bm25", tasks.bm25, work_dir, retrieval)
+
+
 def _search(
     tasks: _Tasks, work_dir: str, config: PipelineConfig, index: IndexRef, n_anchors: int, clock: _Clock
 ) -> SearchRef:
     """Map the search over shards of anchors, then merge their parts (exactly) into one table."""
     retrieval = config.mine.retrieval
+    bm25 = _bm25(tasks, work_dir, retrieval, clock)
     shards = stages.search_shards(n_anchors, config=retrieval)
-    options = (unmapped(retrieval), unmapped(config.index), unmapped(index))
+    options = (unmapped(retrieval), unmapped(config.index), unmapped(index), unmapped(bm25))
     clock.map("search-shards", tasks.search_shard, unmapped(work_dir), shards, *options)
-    return clock.run("search", tasks.search, work_dir, retrieval, config.index, index, shards)
+    return clock.run("search", tasks.search, work_dir, retrieval, config.index, index, shards, bm25)
 
 
 def _curate(work_dir: str, config: CurateConfig, search: SearchRef, clock: _Clock) -> CurateRef:

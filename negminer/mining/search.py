@@ -6,7 +6,9 @@ included), ``score`` float32 (cosine), ``positive_score`` float32 (lowest cosine
 anchor and any of its known positives), ``is_positive`` bool (a known positive by id),
 ``same_text_as_positive`` bool (normalised text equals a positive's), ``same_text_as_anchor``
 bool. Anchors whose normalised texts are equal share their positives: a positive of one is
-never a negative of the other.
+never a negative of the other. With candidate sources besides the dense index (:class:`Hybrid`)
+the table has one more column, ``source`` string (``dense``, ``bm25`` or ``dense+bm25``: the
+views that proposed the row), ``rank`` is the rank in the fused list and ``score`` stays the cosine.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +25,11 @@ import pyarrow.parquet as pq
 
 from negminer.mining.vectors import read_rows, take_rows
 from negminer.storage.atomic import atomic_write
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from negminer.mining.bm25 import Bm25Shard
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +45,17 @@ CANDIDATE_SCHEMA = pa.schema(
         ("same_text_as_anchor", pa.bool_()),
     ]
 )
+HYBRID_SCHEMA = CANDIDATE_SCHEMA.append(pa.field("source", pa.string()))
+
+
+class Hybrid(NamedTuple):
+    """Candidate sources besides (or instead of) the dense index, fused per anchor (see fusion.py)."""
+
+    sources: tuple[str, ...]  # in config order: "dense", "bm25"
+    fusion: str
+    rrf_k: int
+    bm25_shards: list[Bm25Shard]
+    anchor_texts: Callable[[int, int], Iterable[list[str]]]  # texts of anchors [first, stop), in batches
 
 
 class SearchResult(NamedTuple):
@@ -45,6 +63,7 @@ class SearchResult(NamedTuple):
     rows: int
     depth: int
     seconds: float
+    source_counts: dict[str, int] | None = None  # candidate rows by source (hybrid searches only)
 
 
 class _Exclusions(NamedTuple):
@@ -90,6 +109,7 @@ def search_candidates(
     batch_size: int,
     index: Any = None,
     anchor_range: tuple[int, int] | None = None,
+    hybrid: Hybrid | None = None,
 ) -> SearchResult:
     """Retrieve the top candidates of every anchor and write the candidate table.
 
@@ -113,6 +133,7 @@ def search_candidates(
             of :class:`~negminer.mining.index.IndexShard` (one index per range of docs, merged
             per anchor); None builds an exact inner-product index.
         anchor_range: (first, stop) anchor rows to search; None searches every anchor.
+        hybrid: the candidate sources to fuse (adds the ``source`` column); None: the dense index alone.
 
     Example:
         >>> search_candidates(a, d, "candidates.parquet", pair_anchor=pa_, pair_doc=pd_,
@@ -132,11 +153,60 @@ def search_candidates(
     )
     max_positives = _max_positives_per_family(pair_anchor, anchor_text_keys)
     depth = min(n_docs, search_depth + max_positives)
-    found = _top_docs(anchor_vectors, doc_vectors, index, (start_row, stop_row), depth, batch_size)
-    batches = (_candidate_batch(first, scores, ids, pos_score, exclusions, n_docs) for first, scores, ids in found)
-    rows = _write_candidates(out_path, batches)
+    if hybrid is None:
+        found = _top_docs(anchor_vectors, doc_vectors, index, (start_row, stop_row), depth, batch_size)
+        batches = (_candidate_batch(first, scores, ids, pos_score, exclusions, n_docs) for first, scores, ids in found)
+        rows = _write_candidates(out_path, batches)
+        counts = None
+    else:
+        found = _hybrid_docs(anchor_vectors, doc_vectors, index, (start_row, stop_row), depth, batch_size, hybrid)
+        counts = {}
+        batches = (
+            _counted(_candidate_batch(first, scores, ids, pos_score, exclusions, n_docs, source), counts)
+            for first, scores, ids, source in found
+        )
+        rows = _write_candidates(out_path, batches, schema=HYBRID_SCHEMA)
     logger.info("searched %d anchors × %d docs, depth %d", stop_row - start_row, n_docs, depth)
-    return SearchResult(out_path, rows, depth, time.perf_counter() - start)
+    return SearchResult(out_path, rows, depth, time.perf_counter() - start, counts)
+
+
+def _hybrid_docs(
+    anchor_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    index: Any,
+    anchor_range: tuple[int, int],
+    depth: int,
+    batch_size: int,
+    hybrid: Hybrid,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[str]]]:
+    """(first anchor, cosines, doc ids, sources) per batch of anchors: each source's top `depth`, fused."""
+    from negminer.mining.bm25 import search_bm25_shards
+    from negminer.mining.fusion import dense_scores, fuse_lists, source_names
+
+    start_row, stop_row = anchor_range
+    dense = _top_docs(anchor_vectors, doc_vectors, index, anchor_range, depth, batch_size)
+    for first in range(start_row, stop_row, batch_size):
+        stop = min(first + batch_size, stop_row)
+        lists = {}
+        if "dense" in hybrid.sources:
+            lists["dense"] = next(dense)[1:]
+        if "bm25" in hybrid.sources:
+            lists["bm25"] = search_bm25_shards(
+                hybrid.bm25_shards, hybrid.anchor_texts(first, stop), stop - first, depth
+            )
+        fused = fuse_lists(
+            [lists[name] for name in hybrid.sources], depth=depth, fusion=hybrid.fusion, rrf_k=hybrid.rrf_k
+        )
+        scores = dense_scores(fused.ids, first, anchor_vectors, doc_vectors, lists.get("dense"))
+        yield first, scores, fused.ids, source_names(fused.sources.reshape(-1), hybrid.sources)
+
+
+def _counted(table: pa.Table, counts: dict[str, int]) -> pa.Table:
+    for source, n in zip(
+        *np.unique(table.column("source").to_numpy(zero_copy_only=False), return_counts=True), strict=True
+    ):
+        counts[str(source)] = counts.get(str(source), 0) + int(n)
+    return table
 
 
 def _top_docs(
@@ -185,7 +255,8 @@ def merge_candidate_files(parts: list[str | Path], out_path: str | Path) -> int:
     Example:
         >>> merge_candidate_files(["part-0.parquet", "part-1.parquet"], "candidates.parquet")  # doctest: +SKIP
     """
-    return _write_candidates(out_path, _row_groups(parts))
+    schema = pq.read_schema(parts[0]) if parts else CANDIDATE_SCHEMA
+    return _write_candidates(out_path, _row_groups(parts), schema=schema.remove_metadata())
 
 
 def _row_groups(parts: list[str | Path]) -> Iterator[pa.Table]:
@@ -195,7 +266,7 @@ def _row_groups(parts: list[str | Path]) -> Iterator[pa.Table]:
             yield source.read_row_group(group)
 
 
-def _write_candidates(out_path: str | Path, tables: Iterable[pa.Table]) -> int:
+def _write_candidates(out_path: str | Path, tables: Iterable[pa.Table], *, schema: pa.Schema = CANDIDATE_SCHEMA) -> int:
     """Write `tables` as the candidate table at `out_path`, one write per table; returns the rows.
 
     The file is staged under a unique temp name beside `out_path` and moved into place
@@ -206,7 +277,7 @@ def _write_candidates(out_path: str | Path, tables: Iterable[pa.Table]) -> int:
 
     def write(handle: IO[bytes]) -> None:
         nonlocal rows
-        with pq.ParquetWriter(handle, CANDIDATE_SCHEMA, compression="zstd") as writer:
+        with pq.ParquetWriter(handle, schema, compression="zstd") as writer:
             for table in tables:
                 writer.write_table(table)
                 rows += table.num_rows
@@ -248,11 +319,13 @@ def _candidate_batch(
     pos_score: np.ndarray,
     ex: _Exclusions,
     n_docs: int,
+    source: list[str] | None = None,
 ) -> pa.Table:
     n, depth = ids.shape
     anchor = np.repeat(np.arange(first, first + n, dtype=np.int64), depth)
     doc = ids.reshape(-1).astype(np.int64)
     valid = doc >= 0
+    extra = {} if source is None else {"source": pa.array(source, pa.string()).filter(pa.array(valid))}
     anchor, doc, score = anchor[valid], doc[valid], scores.reshape(-1)[valid]
     rank = np.tile(np.arange(depth, dtype=np.int32), n)[valid]
     group = ex.doc_group[doc]
@@ -267,8 +340,9 @@ def _candidate_batch(
             "is_positive": _isin_sorted(family * n_docs + doc, ex.positive_keys),
             "same_text_as_positive": _isin_sorted(family * ex.n_groups + group, ex.positive_group_keys),
             "same_text_as_anchor": ex.anchor_group[anchor] == group,
+            **extra,
         },
-        schema=CANDIDATE_SCHEMA,
+        schema=CANDIDATE_SCHEMA if source is None else HYBRID_SCHEMA,
     )
 
 

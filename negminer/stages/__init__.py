@@ -7,6 +7,7 @@ redoing the work, so a killed run resumes where it stopped. The Prefect flow
 (:mod:`negminer.flows.mine`) wraps each as a task; :func:`run_stages` runs them in turn here.
 """
 
+from negminer.stages.bm25 import bm25_plan_stage, bm25_shard_stage, bm25_shards, bm25_stage
 from negminer.stages.curate import curate_merge_stage, curate_plan_stage, curate_shard_stage, curate_stage
 from negminer.stages.embed import embed_assemble_stage, embed_plan_stage, embed_shard_stage, embed_stage
 from negminer.stages.index import index_key, index_shard_stage, index_shards, index_stage, open_index
@@ -26,6 +27,10 @@ __all__ = [
     "PUBLISHING",
     "StageRefs",
     "audit_load_stage",
+    "bm25_plan_stage",
+    "bm25_shard_stage",
+    "bm25_shards",
+    "bm25_stage",
     "curate_merge_stage",
     "curate_plan_stage",
     "curate_shard_stage",

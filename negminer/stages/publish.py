@@ -96,6 +96,7 @@ def _version_manifest(
         "selection": refs.select.selection,
         "search_depth": refs.search.depth,
         "index": refs.search.index,
+        **({"sources": refs.search.sources} if refs.search.sources else {}),
         "work": {"key": work_dir.name},
         "embedding_store": _store_entry(refs.embed.store, root),
     }

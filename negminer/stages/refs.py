@@ -199,6 +199,45 @@ class IndexRef(Ref):
         return summary
 
 
+class Bm25ShardRef(Ref):
+    """One doc range's saved bm25s index (``path``, a folder), with its postings count."""
+
+    path: str
+    first: int
+    stop: int
+    postings: int
+    seconds: float
+
+
+class Bm25PlanRef(Ref):
+    """The BM25 index's plan: the pool's global statistics file and the doc ranges to index."""
+
+    key: str
+    stats: str
+    rows: int
+    shards: tuple[DocRange, ...]
+    seconds: float
+
+
+class Bm25Ref(Ref):
+    """The BM25 index: one bm25s index per doc range, scored with the pool's global statistics."""
+
+    key: str
+    rows: int
+    shards: tuple[Bm25ShardRef, ...]
+    scoring: JsonObject
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        """What the manifest records: the scoring, the doc ranges and their postings (no paths)."""
+        return {
+            "key": self.key,
+            "rows": self.rows,
+            "scoring": self.scoring,
+            "shards": [shard.model_dump(mode="json", include={"first", "stop", "postings"}) for shard in self.shards],
+        }
+
+
 class SearchPartRef(Ref):
     """One search shard's part of the candidate table; `merged` when the merge came first."""
 
@@ -210,6 +249,7 @@ class SearchPartRef(Ref):
     depth: int | None = None
     seconds: float = 0.0
     merged: bool = False
+    source_counts: dict[str, int] | None = None  # rows by source (hybrid searches)
 
 
 class SearchRef(Ref):
@@ -220,6 +260,7 @@ class SearchRef(Ref):
     depth: int
     index: JsonObject  # IndexRef.summary() of the index searched
     seconds: float
+    sources: JsonObject | None = None  # hybrid searches: sources, fusion, rows by source, the BM25 index
 
 
 class CuratePlanRef(Ref):

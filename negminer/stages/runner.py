@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from negminer.config import PipelineConfig
+from negminer.stages.bm25 import bm25_stage
 from negminer.stages.curate import curate_stage
 from negminer.stages.embed import embed_stage
 from negminer.stages.index import index_stage
@@ -46,7 +47,10 @@ def run_stages(
         retrieval = config.mine.retrieval
         index = index_stage(work_dir, config=config.index, retrieval=retrieval, parent=parent_work_dir(out, name))
         shards = search_shards(read.anchors, config=retrieval)
-        search = search_merge_stage(work_dir, shards, config=retrieval, index_config=config.index, index=index)
+        bm25 = bm25_stage(work_dir, config=retrieval) if "bm25" in retrieval.sources else None
+        search = search_merge_stage(
+            work_dir, shards, config=retrieval, index_config=config.index, index=index, bm25=bm25
+        )
         curate = curate_stage(work_dir, search, config=config.curate)
         select = select_stage(work_dir, curate, config=config.mine.selection)
         refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select)

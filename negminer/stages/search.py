@@ -7,6 +7,8 @@ resumed with another shard size reuses only the parts of its own shards.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pyarrow.parquet as pq
 from negminer.config import IndexConfig, RetrievalConfig
 from negminer.mining.allocator import releases_memory
 from negminer.stages.index import index_stage, open_index
-from negminer.stages.refs import DocRange, IndexRef, SearchPartRef, SearchRef
+from negminer.stages.refs import Bm25Ref, DocRange, IndexRef, SearchPartRef, SearchRef
 from negminer.stages.workdir import finish, finished
 
 
@@ -33,7 +35,36 @@ def search_shards(n_anchors: int, *, config: RetrievalConfig) -> list[DocRange]:
 
 
 def _stem(config: RetrievalConfig, index: IndexRef) -> str:
-    return f"d{config.search_depth}-{index.key}"
+    """Names the candidate table: depth and index, plus the sources and fusion of a hybrid search."""
+    stem = f"d{config.search_depth}-{index.key}"
+    if not config.hybrid:
+        return stem
+    from negminer.stages.bm25 import bm25_key
+
+    key = {"sources": config.sources, "fusion": config.fusion, "rrf_k": config.rrf_k, "bm25": bm25_key()}
+    return f"{stem}-h{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def _bm25(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None) -> Bm25Ref | None:
+    """The BM25 index a hybrid search needs (built here when not given); None for dense-only searches."""
+    if "bm25" not in config.sources:
+        return None
+    from negminer.stages.bm25 import bm25_stage
+
+    return bm25 or bm25_stage(work_dir, config=config)
+
+
+def _sources_entry(config: RetrievalConfig, bm25: Bm25Ref | None, counts: dict[str, int]) -> dict | None:
+    """The manifest's ``sources``: what proposed the candidates and how they were fused."""
+    if not config.hybrid:
+        return None
+    return {
+        "sources": list(config.sources),
+        "fusion": config.fusion,
+        "rrf_k": config.rrf_k,
+        "rows_by_source": dict(sorted(counts.items())),
+        "bm25": bm25.summary() if bm25 else None,
+    }
 
 
 def _marker(work_dir: Path, stem: str) -> Path:
@@ -52,6 +83,7 @@ def _search(
     index_config: IndexConfig,
     index: IndexRef,
     anchor_range: tuple[int, int] | None = None,
+    bm25: Bm25Ref | None = None,
 ):
     from negminer.mining.search import search_candidates
 
@@ -68,8 +100,24 @@ def _search(
         anchor_text_keys=anchors.column("text_key").to_pylist(),
         search_depth=config.search_depth,
         batch_size=config.search_batch_size,
-        index=open_index(index, index_config),
+        index=open_index(index, index_config) if "dense" in config.sources else None,
         anchor_range=anchor_range,
+        hybrid=_hybrid(work_dir, config, bm25),
+    )
+
+
+def _hybrid(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None):
+    from negminer.mining.bm25 import Bm25Shard, text_batches
+    from negminer.mining.search import Hybrid
+
+    if not config.hybrid:
+        return None
+    return Hybrid(
+        sources=config.sources,
+        fusion=config.fusion,
+        rrf_k=config.rrf_k,
+        bm25_shards=[Bm25Shard(s.path, s.first, s.stop) for s in bm25.shards] if bm25 else [],
+        anchor_texts=lambda first, stop: text_batches(work_dir / "anchors.parquet", first=first, stop=stop),
     )
 
 
@@ -79,19 +127,27 @@ def search_stage(
     config: RetrievalConfig,
     index_config: IndexConfig,
     index: IndexRef | None = None,
+    bm25: Bm25Ref | None = None,
 ) -> SearchRef:
     """Retrieve `search_depth` candidates per anchor into ``candidates-d<depth>-<index key>.parquet``.
 
-    `index` is the index stage's reference; without it the index is built here. The flow
-    runs the same search as shards (:func:`search_shard_stage`, :func:`search_merge_stage`).
+    `index` is the index stage's reference; without it the index is built here, and so is
+    the BM25 index (`bm25`) when ``config.sources`` names bm25. The flow runs the same search
+    as shards (:func:`search_shard_stage`, :func:`search_merge_stage`).
     """
     work_dir = Path(work_dir)
     index = index or index_stage(work_dir, config=index_config, retrieval=config)
     stem = _stem(config, index)
     if ref := finished(_marker(work_dir, stem), SearchRef):
         return ref
+    bm25 = _bm25(work_dir, config, bm25)
     result = _search(
-        work_dir, work_dir / f"candidates-{stem}.parquet", config=config, index_config=index_config, index=index
+        work_dir,
+        work_dir / f"candidates-{stem}.parquet",
+        config=config,
+        index_config=index_config,
+        index=index,
+        bm25=bm25,
     )
     ref = SearchRef(
         candidates=str(result.path),
@@ -99,13 +155,20 @@ def search_stage(
         depth=result.depth,
         index=index.summary(),
         seconds=round(result.seconds, 3),
+        sources=_sources_entry(config, bm25, result.source_counts or {}),
     )
     return finish(_marker(work_dir, stem), ref)
 
 
 @releases_memory
 def search_shard_stage(
-    work_dir: str | Path, shard: DocRange, *, config: RetrievalConfig, index_config: IndexConfig, index: IndexRef
+    work_dir: str | Path,
+    shard: DocRange,
+    *,
+    config: RetrievalConfig,
+    index_config: IndexConfig,
+    index: IndexRef,
+    bm25: Bm25Ref | None = None,
 ) -> SearchPartRef:
     """Search one shard of anchors (:func:`search_shards`) into its part of the candidate table.
 
@@ -120,7 +183,13 @@ def search_shard_stage(
     if ref := finished(part.with_suffix(".json"), SearchPartRef):
         return ref
     result = _search(
-        work_dir, part, config=config, index_config=index_config, index=index, anchor_range=(shard.first, shard.stop)
+        work_dir,
+        part,
+        config=config,
+        index_config=index_config,
+        index=index,
+        anchor_range=(shard.first, shard.stop),
+        bm25=_bm25(work_dir, config, bm25),
     )
     ref = SearchPartRef(
         shard=shard.shard,
@@ -130,6 +199,7 @@ def search_shard_stage(
         rows=result.rows,
         depth=result.depth,
         seconds=round(result.seconds, 3),
+        source_counts=result.source_counts,
     )
     return finish(part.with_suffix(".json"), ref)
 
@@ -142,6 +212,7 @@ def search_merge_stage(
     config: RetrievalConfig,
     index_config: IndexConfig,
     index: IndexRef,
+    bm25: Bm25Ref | None = None,
 ) -> SearchRef:
     """Concatenate the shards' parts, in anchor order, into the candidate table of :func:`search_stage`.
 
@@ -153,15 +224,22 @@ def search_merge_stage(
     stem = _stem(config, index)
     if ref := finished(_marker(work_dir, stem), SearchRef):
         return ref
-    parts = [
-        search_shard_stage(work_dir, shard, config=config, index_config=index_config, index=index) for shard in shards
-    ]
-    ref = finished(_marker(work_dir, stem), SearchRef) or _merge_parts(work_dir, stem, parts, index)
+    bm25 = _bm25(work_dir, config, bm25)
+    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25}
+    parts = [search_shard_stage(work_dir, shard, **options) for shard in shards]
+    ref = finished(_marker(work_dir, stem), SearchRef) or _merge_parts(work_dir, stem, parts, index, config, bm25)
     _remove_parts(work_dir, stem)
     return ref
 
 
-def _merge_parts(work_dir: Path, stem: str, parts: list[SearchPartRef], index: IndexRef) -> SearchRef:
+def _merge_parts(
+    work_dir: Path,
+    stem: str,
+    parts: list[SearchPartRef],
+    index: IndexRef,
+    config: RetrievalConfig,
+    bm25: Bm25Ref | None,
+) -> SearchRef:
     """Merge the shards' parts into the candidate table and record it (``search-<stem>.json``).
 
     A part missing while it is read was removed by a concurrent run's finished merge: its
@@ -178,8 +256,17 @@ def _merge_parts(work_dir: Path, stem: str, parts: list[SearchPartRef], index: I
             return ref
         raise
     seconds = time.perf_counter() - start + sum(part.seconds for part in parts)
+    counts: dict[str, int] = {}
+    for part in parts:
+        for source, n in (part.source_counts or {}).items():
+            counts[source] = counts.get(source, 0) + n
     ref = SearchRef(
-        candidates=str(path), rows=rows, depth=parts[0].depth, index=index.summary(), seconds=round(seconds, 3)
+        candidates=str(path),
+        rows=rows,
+        depth=parts[0].depth,
+        index=index.summary(),
+        seconds=round(seconds, 3),
+        sources=_sources_entry(config, bm25, counts),
     )
     return finish(_marker(work_dir, stem), ref)
 
