@@ -292,7 +292,24 @@ class SelectionConfig(_Seeded):
         description="Training view layout, as sentence-transformers' mine_hard_negatives: one row per negative, "
         "one row per anchor with negative_1..n, (anchor, text, label) rows, or (anchor, texts, labels) rows.",
     )
-    output_scores: bool = Field(False, description="Also write scored.parquet: the training view plus a scores column.")
+    output_scores: bool = Field(
+        False, description="Also write scored.parquet: the training view plus scores and difficulty columns."
+    )
+    output_curriculum: bool = Field(
+        False,
+        description="Also write the training view as curriculum stages, easy to hard: curriculum-1-easy.parquet, "
+        "curriculum-2-medium.parquet, curriculum-3-hard.parquet (same columns; train on them in that order).",
+    )
+    difficulty_medium_quantile: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="A candidate is medium (not easy) from this quantile of the run's score − positive score "
+        "margins (over every retrieved non-positive candidate).",
+    )
+    difficulty_hard_quantile: float = Field(
+        0.9, gt=0, lt=1, description="A candidate is hard from this quantile of the run's margins."
+    )
     audit_extra_positives: bool = Field(
         False, description="A document a reviewer confirmed relevant (negminer audit) becomes an extra positive."
     )
@@ -321,6 +338,17 @@ class SelectionConfig(_Seeded):
             "max_score_percentile",
             self.max_score_percentile,
         )
+        _check_bounds(
+            "difficulty_medium_quantile",
+            self.difficulty_medium_quantile,
+            "difficulty_hard_quantile",
+            self.difficulty_hard_quantile,
+        )
+        if self.output_curriculum and self.output_format == "labeled-pair":
+            raise ValueError(
+                "output_curriculum needs rows that hold their negatives: use output_format triplet, "
+                "n-tuple or labeled-list (labeled-pair rows of one anchor would fall into different stages)"
+            )
         return self
 
 

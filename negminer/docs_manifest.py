@@ -36,6 +36,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "counts.docs": "Documents in the candidate pool: the corpus plus every positive.",
     "counts.candidates": "Candidate rows retrieved (`candidates.parquet`).",
     "counts.negatives": "Negatives chosen.",
+    "counts.negatives_by_difficulty": "Chosen negatives per difficulty tier (`easy`, `medium`, `hard`; see "
+    "`selection.difficulty_thresholds`).",
     "counts.anchors_short": "Anchors that got fewer than `mine.num_negatives` negatives.",
     "counts.triplet_rows": "Rows of the training view `triplets.parquet`.",
     "counts.dropped_by_reason": "Candidates per outcome (see the reason codes); `selected` are the chosen ones.",
@@ -53,7 +55,10 @@ MANIFEST_FIELDS: dict[str, str] = {
     "that score like random documents of the corpus) and `false_positive_null` (null samples per anchor, "
     "that share, the scale applied to the confidences); empty without curation.",
     "selection": "Score bounds the strategy derived from this run (`min_score_from_percentile`, "
-    "`max_score_from_percentile`; null when not used).",
+    "`max_score_from_percentile`; null when not used) and `difficulty_thresholds`: the margins "
+    "(score − positive score) from which a candidate is `medium` and `hard`, the run's "
+    "`mine.difficulty_medium_quantile` and `mine.difficulty_hard_quantile` quantiles of every retrieved "
+    "non-positive candidate's margin (null without candidates).",
     "search_depth": "Candidates retrieved per anchor (`mine.search_depth` plus room for the anchor's own positives).",
     "index": "The FAISS index searched: `factory`, `params`, `rows`, measured `recall` on `recall_sample` "
     "anchors (null for an exact index), `k`, `gpu`, `key`, and `extended_from` when a parent's index was "

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig, MineConfig, PipelineConfig, RetrievalConfig, read_yaml_sections
 from negminer.errors import ConfigError, StorageError
+from negminer.mining.difficulty import STAGE_STEMS
 from negminer.storage.atomic import sha256_file
 from negminer.storage.lineage import version_changes
 from negminer.storage.versions import MANIFEST, check_dataset_name, read_manifest, verify_version, write_version
@@ -41,7 +42,7 @@ from negminer.storage.versions import MANIFEST, check_dataset_name, read_manifes
 logger = logging.getLogger(__name__)
 
 # Files that derive_files writes; every other file of the parent is carried over.
-DERIVED_FILES = ("triplets", "candidates", "scored")
+DERIVED_FILES = ("triplets", "candidates", "scored", *STAGE_STEMS)
 REQUIRED_FILES = ("candidates", "anchors", "docs", "pairs")
 _RETRIEVAL = ("search_depth", "search_batch_size")
 _MANIFEST_OWN = ("files", "version", "parent", "created_at", "schema_version", "negminer_version")

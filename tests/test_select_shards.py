@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from negminer import stages
 from negminer.config import PipelineConfig, SelectionConfig
+from negminer.mining.difficulty import STAGE_STEMS, TIERS
 from negminer.stages.refs import CurateRef
 from tests.conftest import read_with_random_vectors
 
@@ -65,7 +67,7 @@ def single_pass(work: Path, curated: CurateRef, config: SelectionConfig, out: Pa
         held_out=held_out,
     )
     out.mkdir()
-    stems = {"candidates": "selected", "triplets": "triplets", "scored": "scored"}
+    stems = {"candidates": "selected", "triplets": "triplets", "scored": "scored", **{s: s for s in STAGE_STEMS}}
     derived = derive_files(
         curated.candidates,
         {stem: out / f"{name}.parquet" for stem, name in stems.items()},
@@ -88,6 +90,10 @@ def single_pass(work: Path, curated: CurateRef, config: SelectionConfig, out: Pa
     "options",
     [
         {},
+        {"output_curriculum": True, "output_scores": True},
+        pytest.param(
+            {"output_format": "n-tuple", "output_curriculum": True, "num_negatives": 2}, marks=pytest.mark.extended
+        ),
         pytest.param(
             {"output_format": "n-tuple", "output_scores": True, "min_score_percentile": 20.0},
             marks=pytest.mark.extended,
@@ -124,7 +130,7 @@ def test_a_killed_selection_reuses_its_finished_shards(searched, tmp_path, monke
     import negminer.mining.sharded_select as sharded
 
     work, curated = searched
-    config = CONFIG.mine.selection.model_copy(update={"select_shard_size": 10})
+    config = CONFIG.mine.selection.model_copy(update={"select_shard_size": 10, "output_curriculum": True})
     whole = stages.select_stage(work, curated, config=config)
     expected = {stem: Path(path).read_bytes() for stem, path in whole.tables.items()}
     plan = stages.select_plan_stage(work, curated, config=config)
@@ -139,3 +145,35 @@ def test_a_killed_selection_reuses_its_finished_shards(searched, tmp_path, monke
     assert again.counts == whole.counts and again.score_quantiles == whole.score_quantiles
     other = config.model_copy(update={"num_negatives": 2})
     assert stages.select_plan_stage(work, curated, config=other).key != plan.key, "other settings: other parts"
+
+
+def test_curriculum_stages_are_the_training_view_by_rising_difficulty(searched, tmp_path) -> None:
+    work, curated = searched
+    config = CONFIG.mine.selection.model_copy(
+        update={"output_curriculum": True, "output_scores": True, "select_shard_size": 7}
+    )
+    select = stages.select_stage(work, curated, config=config)
+    triplets = pq.read_table(select.tables["triplets"])
+    scored = pq.read_table(select.tables["scored"])
+    stages_ = [pq.read_table(select.tables[stem]) for stem in STAGE_STEMS]
+    # every training row is in exactly one stage, in the training view's order, by its negative's tier
+    for tier, stage in zip(TIERS, stages_, strict=True):
+        assert stage.schema == triplets.schema
+        assert stage == triplets.filter(pc.equal(scored.column("difficulty"), tier))
+    assert sum(stage.num_rows for stage in stages_) == triplets.num_rows
+    assert all(stage.num_rows for stage in stages_), [stage.num_rows for stage in stages_]
+    # monotone: every negative of a later stage is closer to its positive than any of an earlier one
+    selected = pq.read_table(select.tables["candidates"])
+    chosen = selected.filter(pc.is_valid(selected.column("negative_slot")))
+    margins = [
+        chosen.filter(pc.equal(chosen.column("difficulty"), tier)).column("score_minus_positive").to_numpy()
+        for tier in TIERS
+    ]
+    thresholds = select.selection["difficulty_thresholds"]
+    assert margins[0].max() < thresholds["medium"] <= margins[1].min()
+    assert margins[1].max() < thresholds["hard"] <= margins[2].min()
+    assert select.counts["negatives_by_difficulty"] == {t: len(m) for t, m in zip(TIERS, margins, strict=True)}
+    # the thresholds are the configured quantiles of every non-positive candidate's margin
+    pool = selected.filter(pc.invert(selected.column("is_positive"))).column("score_minus_positive").to_numpy()
+    assert [thresholds["medium"], thresholds["hard"]] == pytest.approx(np.quantile(pool, [0.5, 0.9]), abs=1e-6)
+    assert selected.column("difficulty").null_count == (pc.sum(selected.column("is_positive")).as_py() or 0)

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 # Columns selection adds to the candidate table; dropped again before re-selecting.
-DERIVED_COLUMNS = ("anchor_id", "doc_id", "score_minus_positive", "reason", "negative_slot")
+DERIVED_COLUMNS = ("anchor_id", "doc_id", "score_minus_positive", "reason", "negative_slot", "difficulty")
 # SelectionConfig fields that select_negatives takes as keyword options (none has a default there).
 SELECT_OPTIONS = frozenset(
     {

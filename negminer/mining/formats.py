@@ -15,7 +15,11 @@ Formats (sentence-transformers' ``output_format`` names and row layouts):
 Rows follow the input pair order, negatives their slot order, so output bytes are stable.
 The training view holds only texts (and labels); :func:`scored_view` is the same table plus
 the cosine scores: a ``scores`` list column ([positive, negatives…]) for ``triplet``,
-``n-tuple`` and ``labeled-list``, a ``score`` column for ``labeled-pair``.
+``n-tuple`` and ``labeled-list``, a ``score`` column for ``labeled-pair``; given the
+negatives' tiers, also a ``difficulty`` column: the row's tier, that of its hardest negative
+(null on ``labeled-pair``'s positive rows). :func:`view_tiers` gives the same per-row tier
+codes, which cut the training view into curriculum stages
+(:mod:`negminer.mining.difficulty`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class _Rows(NamedTuple):
     columns: dict[str, tuple[pa.Array, np.ndarray]]
     extra: dict[str, pa.Array]
     scores: pa.Array | None
+    tiers: np.ndarray | None = None  # (rows,) tier code of each row's hardest negative
 
 
 def fill_negative_grids(grids: tuple[np.ndarray, np.ndarray], chosen: pa.Table) -> None:
@@ -88,6 +93,7 @@ def scored_view(
     pair_scores: np.ndarray,
     negative_scores: np.ndarray,
     output_format: OutputFormat,
+    negative_tiers: np.ndarray | None = None,
 ) -> pa.Table:
     """:func:`training_view` plus the cosine scores of its rows (``scores`` or ``score``).
 
@@ -95,14 +101,40 @@ def scored_view(
         pairs, anchor_texts, doc_texts, negatives, output_format: as in :func:`training_view`.
         pair_scores: (n_pairs,) cosine of each (anchor, positive) pair.
         negative_scores: (n_anchors, num_negatives) cosine of each chosen negative.
+        negative_tiers: (n_anchors, num_negatives) int8 tier code of each chosen negative
+            (:mod:`negminer.mining.difficulty`); adds the ``difficulty`` column.
 
     Example:
         >>> scored_view(pairs, a, d, grid, pair_scores=ps, negative_scores=ns,
         ...             output_format="triplet")  # doctest: +SKIP
     """
     scores = (np.asarray(pair_scores, np.float32), np.asarray(negative_scores, np.float32))
-    rows = _rows(pairs, anchor_texts, doc_texts, negatives, output_format, scores)
-    return _table(rows, with_scores=True, output_format=output_format)
+    rows = _rows(pairs, anchor_texts, doc_texts, negatives, output_format, scores, negative_tiers)
+    table = _table(rows, with_scores=True, output_format=output_format)
+    if negative_tiers is not None:
+        from negminer.mining.difficulty import DIFFICULTY, tier_names
+
+        table = table.append_column(DIFFICULTY, tier_names(rows.tiers))
+    return table
+
+
+def view_tiers(
+    pairs: pa.Table, negatives: np.ndarray, negative_tiers: np.ndarray, *, output_format: OutputFormat
+) -> np.ndarray:
+    """(rows of :func:`training_view`,) int8 tier code of each row: that of its hardest negative.
+
+    Args:
+        pairs, negatives, output_format: as in :func:`training_view`.
+        negative_tiers: (n_anchors, num_negatives) int8 tier codes, -1 where missing.
+
+    Example:
+        >>> view_tiers(pairs, grid, tiers, output_format="triplet")  # doctest: +SKIP
+        array([2, 0, 1], dtype=int8)
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    pair_anchor = pairs.column("anchor_idx").to_numpy().astype(np.int64)
+    return _row_tiers(pair_anchor, negatives, negative_tiers, output_format)
 
 
 def _rows(
@@ -112,6 +144,7 @@ def _rows(
     negatives: np.ndarray,
     output_format: str,
     scores: tuple[np.ndarray, np.ndarray] | None,
+    tiers: np.ndarray | None = None,
 ) -> _Rows:
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
@@ -124,7 +157,30 @@ def _rows(
         "labeled-pair": _labeled_pair_rows,
         "labeled-list": _labeled_list_rows,
     }[output_format]
-    return build(pair_anchor, pair_doc, negatives, texts, scores)
+    rows = build(pair_anchor, pair_doc, negatives, texts, scores)
+    if tiers is None:
+        return rows
+    return rows._replace(tiers=_row_tiers(pair_anchor, negatives, tiers, output_format))
+
+
+def _row_tiers(pair_anchor: np.ndarray, negatives: np.ndarray, tiers: np.ndarray, output_format: str) -> np.ndarray:
+    """Each view row's tier code, in the row order of the format's builder below."""
+    per_pair = negatives[pair_anchor]
+    valid = per_pair >= 0
+    per_pair_tiers = np.where(valid, tiers[pair_anchor], -1).astype(np.int8)
+    if output_format == "triplet":
+        row, slot = np.nonzero(valid)
+        return per_pair_tiers[row, slot]
+    if output_format == "n-tuple":
+        return per_pair_tiers[valid.all(axis=1)].max(axis=1, initial=-1)
+    if output_format == "labeled-list":
+        return per_pair_tiers[valid.any(axis=1)].max(axis=1, initial=-1)
+    order = _anchor_order(pair_anchor, len(negatives))
+    neg_anchor, neg_slot = np.nonzero(negatives >= 0)
+    has_pairs = order[neg_anchor] >= 0
+    neg_anchor, neg_slot = neg_anchor[has_pairs], neg_slot[has_pairs]
+    codes = np.concatenate([np.full(len(pair_anchor), -1, np.int8), tiers[neg_anchor, neg_slot].astype(np.int8)])
+    return codes[_labeled_pair_order(pair_anchor, neg_anchor, neg_slot, order)]
 
 
 def text_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -178,12 +234,7 @@ def _labeled_pair_rows(pair_anchor, pair_doc, negatives, texts, scores) -> _Rows
     neg_anchor, neg_slot = neg_anchor[has_pairs], neg_slot[has_pairs]
     n_pos = len(pair_anchor)
     anchor_col = np.concatenate([pair_anchor, neg_anchor])
-    keys = (
-        np.concatenate([np.arange(n_pos), neg_slot]),
-        np.concatenate([np.zeros(n_pos, np.int64), np.ones(len(neg_anchor), np.int64)]),
-        order[anchor_col],
-    )
-    rows = np.lexsort(keys)
+    rows = _labeled_pair_order(pair_anchor, neg_anchor, neg_slot, order)
     doc_col = np.concatenate([pair_doc, negatives[neg_anchor, neg_slot]])
     label = np.concatenate([np.ones(n_pos, np.int64), np.zeros(len(neg_anchor), np.int64)])
     columns = {"anchor": (anchors, anchor_col[rows]), "document": (docs, doc_col[rows])}
@@ -193,6 +244,19 @@ def _labeled_pair_rows(pair_anchor, pair_doc, negatives, texts, scores) -> _Rows
         values = np.concatenate([pair_scores, negative_scores[neg_anchor, neg_slot]])
         score = pa.array(values[rows], pa.float32())
     return _Rows(columns, {"label": pa.array(label[rows], pa.int64())}, score)
+
+
+def _labeled_pair_order(
+    pair_anchor: np.ndarray, neg_anchor: np.ndarray, neg_slot: np.ndarray, order: np.ndarray
+) -> np.ndarray:
+    """Row order of positives then negatives: by anchor (first pair), positives first, pair / slot order."""
+    n_pos = len(pair_anchor)
+    keys = (
+        np.concatenate([np.arange(n_pos), neg_slot]),
+        np.concatenate([np.zeros(n_pos, np.int64), np.ones(len(neg_anchor), np.int64)]),
+        order[np.concatenate([pair_anchor, neg_anchor])],
+    )
+    return np.lexsort(keys)
 
 
 def _anchor_order(pair_anchor: np.ndarray, n_anchors: int) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 The same selection as :func:`negminer.mining.streaming.derive_files` (whose helpers it uses),
 cut so that the shards can run in other processes: :func:`plan_selection` reads two columns of
-the candidate file once (the percentile bounds need every anchor's positive score) and cuts it
-into consecutive anchor ranges of at most ``shard_anchors`` anchors; :func:`select_shard`
+the candidate file once (the percentile bounds need every anchor's positive score), three
+twice (the difficulty thresholds: quantiles of every candidate's margin) and cuts it into
+consecutive anchor ranges of at most ``shard_anchors`` anchors; :func:`select_shard`
 selects one range's candidates and writes its parts of every table; :func:`merge_selection`
 writes the tables from the parts. The merged files have the bytes of ``derive_files``'s:
 
@@ -31,7 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negminer.config import SelectionConfig
-from negminer.mining.formats import scored_view, text_array, training_view
+from negminer.mining.difficulty import STAGE_STEMS, TIERS, DifficultyThresholds
+from negminer.mining.formats import text_array
 from negminer.mining.strategies import percentile_bounds_of
 from negminer.mining.streaming import (
     QUANTILE_COLUMNS,
@@ -39,9 +41,11 @@ from negminer.mining.streaming import (
     anchor_batches,
     feed_score_quantiles,
     named_quantiles,
+    run_thresholds,
     score_quantile_kinds,
     select_batches,
 )
+from negminer.mining.views import negative_grids, view_slices, view_stems
 from negminer.storage.parquet_stream import StagedParquetWriter
 
 ORDER = "_order"
@@ -60,11 +64,13 @@ class ShardRange(NamedTuple):
 
 
 class SelectionPlan(NamedTuple):
-    """What every shard shares: the percentile bounds, whether to read in batches, the ranges."""
+    """What every shard shares: the percentile bounds, whether to read in batches, the ranges,
+    the difficulty thresholds."""
 
     bounds: tuple[float | None, float | None]
     batched: bool
     shards: list[ShardRange]
+    difficulty: DifficultyThresholds
 
 
 class ShardSelection(NamedTuple):
@@ -74,6 +80,7 @@ class ShardSelection(NamedTuple):
     negatives: int
     anchors_short: int
     reasons: list[tuple[str, int]]
+    by_difficulty: dict[str, int]
 
 
 def plan_selection(
@@ -100,16 +107,17 @@ def plan_selection(
         max_score_percentile=config.max_score_percentile,
     )
     bounds = tuple(None if b is None else float(b) for b in bounds)
+    difficulty = run_thresholds(candidates_path, config, batch_rows)
     total = int(scan.rows.sum())
     if not scan.ascending:
-        return SelectionPlan(bounds, scan.grouped, [ShardRange(0, n_anchors, 0, total)])
+        return SelectionPlan(bounds, scan.grouped, [ShardRange(0, n_anchors, 0, total)], difficulty)
     ends = np.r_[0, np.cumsum(scan.rows)]
     starts = range(0, max(n_anchors, 1), shard_anchors)
     shards = [
         ShardRange(a, min(a + shard_anchors, n_anchors), int(ends[a]), int(ends[min(a + shard_anchors, n_anchors)]))
         for a in starts
     ]
-    return SelectionPlan(bounds, True, shards)
+    return SelectionPlan(bounds, True, shards, difficulty)
 
 
 def select_shard(
@@ -133,8 +141,9 @@ def select_shard(
         candidates_path, anchors, docs, config, transform: as in
             :func:`negminer.mining.streaming.derive_files`; `anchors` and `docs` need their
             ``text`` column only when `anchor_texts` / `doc_texts` are not given.
-        out_paths: the parts of ``candidates``, ``triplets`` and (``config.output_scores``)
-            ``scored``; the view parts have an ``_order`` column for :func:`merge_selection`.
+        out_paths: the parts of ``candidates``, ``triplets``, (``config.output_scores``)
+            ``scored`` and (``config.output_curriculum``) the stages; the view parts have an
+            ``_order`` column for :func:`merge_selection`.
         shard: the anchor range and its rows (from `plan`).
         pairs: every pair, in output order (its positions order the views).
         plan: :func:`plan_selection`'s result.
@@ -144,7 +153,7 @@ def select_shard(
         batch_rows: candidate rows read at a time (rounded up to whole anchors).
     """
     n_local, k = shard.stop - shard.first, config.num_negatives
-    grid = (np.full((n_local, k), -1, np.int64), np.full((n_local, k), np.nan, np.float32))
+    grid = negative_grids(n_local, k)
     tally = select_batches(
         Path(candidates_path),
         out_paths["candidates"],
@@ -152,6 +161,7 @@ def select_shard(
         docs=docs,
         config=config,
         bounds=plan.bounds,
+        difficulty=plan.difficulty,
         grid=grid,
         transform=transform,
         batch_rows=batch_rows if plan.batched else None,
@@ -179,7 +189,7 @@ def select_shard(
         local,
         positions,
         texts,
-        (compact, grid[1]),
+        (compact, grid[1], grid[2]),
         pair_scores,
         config,
         pairs_per_slice=max(1, batch_rows // k),
@@ -189,10 +199,11 @@ def select_shard(
         tally["negatives"],
         tally["anchors_short"],
         list(tally["reasons"].items()),
+        tally["by_difficulty"],
     )
 
 
-def _shown_docs(pairs: pa.Table, grid: tuple[np.ndarray, np.ndarray]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+def _shown_docs(pairs: pa.Table, grid: tuple[np.ndarray, ...]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """The documents the views show (positives, chosen negatives), sorted; pairs and negatives
     with their doc_idx replaced by positions in that list."""
     pair_doc = pairs.column("doc_idx").to_numpy().astype(np.int64)
@@ -219,33 +230,24 @@ def _write_view_parts(
     pairs: pa.Table,
     positions: np.ndarray,
     texts: tuple[pa.Array, pa.Array],
-    grid: tuple[np.ndarray, np.ndarray],
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray],
     pair_scores: np.ndarray,
     config: SelectionConfig,
     *,
     pairs_per_slice: int,
 ) -> dict[str, int]:
-    """The shard's rows of the training (and scored) view, each with its place in the whole view."""
+    """The shard's rows of every view, each with its place in the whole view."""
     fmt = config.output_format
     step = (pairs.num_rows or 1) if fmt == "labeled-pair" else pairs_per_slice
-    stems = ["triplets", *(["scored"] if config.output_scores else [])]
-    writers = {stem: StagedParquetWriter(out_paths[stem]) for stem in stems}
+    writers = {stem: StagedParquetWriter(out_paths[stem]) for stem in view_stems(config)}
     try:
         for start in range(0, max(pairs.num_rows, 1), step):
             part = pairs.slice(start, step)
-            order = pa.array(_view_order(part, positions[start : start + step], grid[0], fmt), pa.int64())
-            view = training_view(part, *texts, grid[0], output_format=fmt)
-            writers["triplets"].write(_with_order(view, order))
-            if "scored" in writers:
-                scored = scored_view(
-                    part,
-                    *texts,
-                    grid[0],
-                    pair_scores=pair_scores[start : start + step],
-                    negative_scores=grid[1],
-                    output_format=fmt,
-                )
-                writers["scored"].write(_with_order(scored, order))
+            order = _view_order(part, positions[start : start + step], grid[0], fmt)
+            views = view_slices(part, texts, grid, pair_scores[start : start + step], config)
+            for stem, (table, rows) in views.items():
+                keys = order if rows is None else order[rows]
+                writers[stem].write(_with_order(table, pa.array(keys, pa.int64())))
         for writer in writers.values():
             writer.commit()
     finally:
@@ -286,7 +288,7 @@ def merge_selection(
     """Write every table from the shards' parts (in anchor order); (rows per table, score quantiles)."""
     rows, quantiles = _merge_candidates([part["candidates"] for part in parts], out_paths["candidates"])
     counts = {"candidates": rows}
-    for stem in ("triplets", "scored"):
+    for stem in ("triplets", "scored", *STAGE_STEMS):
         if stem in parts[0]:
             counts[stem] = _merge_ordered([part[stem] for part in parts], out_paths[stem])
     return counts, quantiles
@@ -343,6 +345,11 @@ def _tables(path: str | Path, rows: int) -> Iterator[pa.Table]:
     for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
         if batch.num_rows:
             yield pa.Table.from_batches([batch])
+
+
+def merge_tier_counts(parts: list[dict[str, int]]) -> dict[str, int]:
+    """Chosen negatives per tier summed over the shards (every tier named)."""
+    return {tier: sum(part.get(tier, 0) for part in parts) for tier in TIERS}
 
 
 def merge_reasons(parts: list[list[tuple[str, int]]]) -> dict[str, Any]:

@@ -10,13 +10,17 @@ output does not depend on the batch size: one batch or many give the same Parque
 
 Tables it writes: ``triplets`` (the training view, :mod:`negminer.mining.formats`),
 ``candidates`` (every retrieved candidate with ``anchor_id``, ``doc_id``, raw ``rank``,
-``score``, ``positive_score``, ``score_minus_positive``, ``reason`` and ``negative_slot``) and,
-with ``output_scores``, ``scored`` (the training view plus scores).
+``score``, ``positive_score``, ``score_minus_positive``, ``reason``, ``negative_slot`` and
+``difficulty``), with ``output_scores`` ``scored`` (the training view plus scores and
+difficulty) and with ``output_curriculum`` the curriculum stages
+(:data:`negminer.mining.difficulty.STAGE_STEMS`: the training view's rows by difficulty).
 
 What needs the whole table, and how it is had without holding it:
 
 * percentile bounds (``min_score_percentile`` / ``max_score_percentile``): percentiles of one
   positive score per anchor, gathered in a first pass over two columns;
+* difficulty thresholds: exact quantiles of the margins, two passes over three columns
+  (:func:`negminer.mining.difficulty.file_thresholds`);
 * ``score_quantiles``: exact, in two passes over the written candidates
   (:class:`negminer.mining.quantiles.StreamedQuantiles`);
 * counts: summed over batches (an anchor's rows are never split between batches);
@@ -45,9 +49,19 @@ import pyarrow.parquet as pq
 
 from negminer.config import SelectionConfig
 from negminer.mining.derive import DERIVED_COLUMNS, QUANTILES, SELECT_OPTIONS, text_groups, with_ids
-from negminer.mining.formats import fill_negative_grids, scored_view, text_array, training_view
+from negminer.mining.difficulty import (
+    TIERS,
+    DifficultyThresholds,
+    candidate_tiers,
+    file_thresholds,
+    fill_tier_grid,
+    tier_counts,
+    with_difficulty,
+)
+from negminer.mining.formats import fill_negative_grids
 from negminer.mining.quantiles import StreamedQuantiles
 from negminer.mining.strategies import percentile_bounds_of, select_negatives, stable_hash64
+from negminer.mining.views import negative_grids, write_views
 from negminer.storage.parquet_stream import StagedParquetWriter, read_row_range
 
 logger = logging.getLogger(__name__)
@@ -91,8 +105,9 @@ def derive_files(
     Args:
         candidates_path: candidate table (:mod:`negminer.mining.search`, possibly curated or
             already published), each anchor's rows together.
-        out_paths: where to write ``candidates`` (the published candidates), ``triplets`` and,
-            with ``config.output_scores``, ``scored``; each appears only when complete.
+        out_paths: where to write ``candidates`` (the published candidates), ``triplets``,
+            with ``config.output_scores`` ``scored`` and with ``config.output_curriculum`` the
+            stages (:data:`negminer.mining.difficulty.STAGE_STEMS`); each appears only when complete.
         anchors: ``anchor_id`` and ``text`` by anchor_idx.
         docs: ``doc_id`` and ``text`` by doc_idx; with ``text_key`` (normalised-text key),
             an anchor never gets two documents of the same text as negatives.
@@ -124,8 +139,8 @@ def derive_files(
         min_score_percentile=config.min_score_percentile,
         max_score_percentile=config.max_score_percentile,
     )
-    grid = np.full((n_anchors, k), -1, np.int64)
-    grid_scores = np.full((n_anchors, k), np.nan, np.float32)
+    difficulty = run_thresholds(candidates_path, config, batch_rows)
+    grids = negative_grids(n_anchors, k)
     tally = select_batches(
         candidates_path,
         out_paths["candidates"],
@@ -133,18 +148,19 @@ def derive_files(
         docs=docs,
         config=config,
         bounds=bounds,
-        grid=(grid, grid_scores),
+        difficulty=difficulty,
+        grid=grids,
         transform=transform,
         batch_rows=batch_rows if first.grouped else None,
     )
     rows = {"candidates": tally["rows"]}
     rows.update(
-        _write_views(
+        write_views(
             out_paths,
             pairs,
             anchors,
             docs,
-            (grid, grid_scores),
+            grids,
             first.last_positive,
             config,
             pairs_per_slice=max(1, batch_rows // k),
@@ -153,13 +169,28 @@ def derive_files(
     counts = {
         "triplet_rows": rows["triplets"],
         "negatives": tally["negatives"],
+        "negatives_by_difficulty": tally["by_difficulty"],
         "anchors_short": tally["anchors_short"],
         "dropped_by_reason": {reason: n for reason, n in tally["reasons"].items() if n},
     }
-    thresholds = {"min_score_from_percentile": bounds[0], "max_score_from_percentile": bounds[1]}
+    thresholds = {
+        "min_score_from_percentile": bounds[0],
+        "max_score_from_percentile": bounds[1],
+        "difficulty_thresholds": difficulty.to_json(),
+    }
     quantiles = streamed_score_quantiles(out_paths["candidates"], batch_rows=batch_rows)
     paths = {stem: Path(out_paths[stem]) for stem in rows}
     return DerivedFiles(paths, rows, counts, quantiles, thresholds)
+
+
+def run_thresholds(candidates_path: str | Path, config: SelectionConfig, batch_rows: int) -> DifficultyThresholds:
+    """The run's difficulty thresholds from every candidate of the file (before selection)."""
+    return file_thresholds(
+        candidates_path,
+        medium_quantile=config.difficulty_medium_quantile,
+        hard_quantile=config.difficulty_hard_quantile,
+        batch_rows=batch_rows,
+    )
 
 
 def _anchor_pass(path: Path, n_anchors: int, batch_rows: int) -> _AnchorPass:
@@ -255,7 +286,8 @@ def select_batches(
     docs: pa.Table,
     config: SelectionConfig,
     bounds: tuple[float | None, float | None],
-    grid: tuple[np.ndarray, np.ndarray],
+    difficulty: DifficultyThresholds,
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray],
     transform: Callable[[pa.Table], pa.Table] | None,
     batch_rows: int | None,
     rows: tuple[int, int] | None = None,
@@ -263,8 +295,9 @@ def select_batches(
 ) -> dict[str, Any]:
     """Select each batch, write the published candidates, fill the per-anchor negatives.
 
-    `rows` limits it to candidate rows ``[first, stop)`` (whole anchors); the grids' row 0 is
-    then anchor `first_anchor`. The counts by reason keep the reasons that counted none.
+    `grid` is :func:`negative_grids`'s (doc_idx, score, tier code), filled in place. `rows`
+    limits it to candidate rows ``[first, stop)`` (whole anchors); the grids' row 0 is then
+    anchor `first_anchor`. The counts by reason keep the reasons that counted none.
     """
     options = config.model_dump(include=SELECT_OPTIONS)
     hashes = {
@@ -273,6 +306,7 @@ def select_batches(
         "doc_text_group": text_groups(docs),
     }
     reasons: Counter[str] = Counter()
+    by_difficulty: Counter[str] = Counter({tier: 0 for tier in TIERS})
     tally = {"rows": 0, "negatives": 0, "anchors_short": 0}
     with StagedParquetWriter(out_path) as writer:
         for batch in anchor_batches(candidates_path, batch_rows, rows=rows):
@@ -280,64 +314,27 @@ def select_batches(
             base = batch.drop_columns([c for c in DERIVED_COLUMNS if c in batch.column_names])
             selection = select_negatives(base, **hashes, percentile_bounds=bounds, **options)
             published = with_ids(selection.candidates, anchors, docs)
+            codes = candidate_tiers(published, difficulty)
+            published = with_difficulty(published, codes)
             writer.write(published)
-            chosen = published.filter(pc.is_valid(published.column("negative_slot")))
+            is_chosen = pc.is_valid(published.column("negative_slot"))
+            chosen = published.filter(is_chosen)
+            chosen_codes = codes[is_chosen.to_numpy(zero_copy_only=False)]
+            by_difficulty.update(tier_counts(chosen_codes))
             if first_anchor:
                 local = pc.subtract(
                     chosen.column("anchor_idx"), pa.scalar(first_anchor, chosen.schema.field("anchor_idx").type)
                 )
                 chosen = chosen.set_column(chosen.schema.get_field_index("anchor_idx"), "anchor_idx", local)
-            fill_negative_grids(grid, chosen)
+            fill_negative_grids(grid[:2], chosen)
+            slots = chosen.column("negative_slot").to_numpy()
+            fill_tier_grid(grid[2], chosen.column("anchor_idx").to_numpy(), slots, chosen_codes)
             reasons.update(selection.reason_counts)
             tally["rows"] += published.num_rows
             tally["negatives"] += chosen.num_rows
             tally["anchors_short"] += selection.anchors_short
         writer.commit()
-    return {**tally, "reasons": dict(reasons)}
-
-
-def _write_views(
-    out_paths: dict[str, str | Path],
-    pairs: pa.Table,
-    anchors: pa.Table,
-    docs: pa.Table,
-    grid: tuple[np.ndarray, np.ndarray],
-    lowest_positive: np.ndarray,
-    config: SelectionConfig,
-    *,
-    pairs_per_slice: int,
-) -> dict[str, int]:
-    """Write the training view (and the scored view) slice by slice of the pairs."""
-    texts = (text_array(anchors.column("text")), text_array(docs.column("text")))
-    fmt = config.output_format
-    step = (pairs.num_rows or 1) if fmt == "labeled-pair" else pairs_per_slice
-    if "score" in pairs.column_names:
-        pair_scores = pairs.column("score").to_numpy()
-    else:
-        pair_scores = lowest_positive[pairs.column("anchor_idx").to_numpy()]
-    stems = ["triplets", *(["scored"] if config.output_scores else [])]
-    writers = {stem: StagedParquetWriter(out_paths[stem]) for stem in stems}
-    try:
-        for start in range(0, max(pairs.num_rows, 1), step):
-            part = pairs.slice(start, step)
-            writers["triplets"].write(training_view(part, *texts, grid[0], output_format=fmt))
-            if "scored" in writers:
-                writers["scored"].write(
-                    scored_view(
-                        part,
-                        *texts,
-                        grid[0],
-                        pair_scores=pair_scores[start : start + step],
-                        negative_scores=grid[1],
-                        output_format=fmt,
-                    )
-                )
-        for writer in writers.values():
-            writer.commit()
-    finally:
-        for writer in writers.values():
-            writer.abort()
-    return {stem: writer.rows for stem, writer in writers.items()}
+    return {**tally, "reasons": dict(reasons), "by_difficulty": dict(by_difficulty)}
 
 
 def streamed_score_quantiles(path: str | Path, *, batch_rows: int = BATCH_ROWS) -> dict[str, dict[str, float]]:

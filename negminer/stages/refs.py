@@ -321,6 +321,8 @@ class SelectPlanRef(Ref):
     max_score_from_percentile: float | None
     batched: bool  # False: the candidates' anchors are not together, read in one batch
     shards: tuple[SelectShard, ...]
+    difficulty_medium: float | None  # margins from which a candidate is medium / hard (None: no candidates)
+    difficulty_hard: float | None
     seconds: float = 0.0
 
 
@@ -336,6 +338,7 @@ class SelectPartRef(Ref):
     anchors_short: int
     reasons: tuple[tuple[str, int], ...]
     audit: tuple[tuple[str, int], ...]
+    by_difficulty: tuple[tuple[str, int], ...] = ()  # chosen negatives per tier
     seconds: float = 0.0
 
 

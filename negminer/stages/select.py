@@ -3,10 +3,11 @@
 Planned, then selected in shards of anchors, then merged, so that the flow can map the shards
 over Dask workers (:mod:`negminer.mining.sharded_select`, the same selection as
 :func:`negminer.mining.streaming.derive_files`, which ``refilter`` uses, with the same bytes):
-the plan scores the pairs, snapshots the reviewers' decisions and cuts the candidates into
-ranges of ``mine.select_shard_size`` anchors; each shard writes its parts and a completion
-marker (``select-KEY.partFIRST-STOP.json``), so a killed run reuses the finished shards; the
-merge writes ``selected``, ``triplets`` and ``scored`` from the parts and removes them.
+the plan scores the pairs, snapshots the reviewers' decisions, computes the difficulty
+thresholds and cuts the candidates into ranges of ``mine.select_shard_size`` anchors; each
+shard writes its parts and a completion marker (``select-KEY.partFIRST-STOP.json``), so a
+killed run reuses the finished shards; the merge writes ``selected``, ``triplets``, ``scored``
+and the curriculum stages from the parts and removes them.
 Reviewers' decisions from the audit database are applied batch by batch
 (:mod:`negminer.curation.decisions`).
 """
@@ -26,13 +27,14 @@ import pyarrow.parquet as pq
 
 from negminer.config import SelectionConfig
 from negminer.mining.allocator import releases_memory
+from negminer.mining.difficulty import STAGE_STEMS
 from negminer.stages.refs import CurateRef, SelectPartRef, SelectPlanRef, SelectRef, SelectShard
 from negminer.stages.workdir import finish, finished
 from negminer.storage.atomic import naming_failures, sha256_file, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
 
-VIEW_NAMES = {"candidates": "selected", "triplets": "triplets", "scored": "scored"}
+VIEW_NAMES = {"candidates": "selected", "triplets": "triplets", "scored": "scored", **{s: s for s in STAGE_STEMS}}
 
 
 def select_stage(
@@ -88,6 +90,8 @@ def select_plan_stage(
         min_score_from_percentile=plan.bounds[0],
         max_score_from_percentile=plan.bounds[1],
         batched=plan.batched,
+        difficulty_medium=plan.difficulty.medium,
+        difficulty_hard=plan.difficulty.hard,
         shards=tuple(
             SelectShard(shard=i, first=s.first, stop=s.stop, row_first=s.row_first, row_stop=s.row_stop)
             for i, s in enumerate(plan.shards)
@@ -120,8 +124,10 @@ def select_shard_stage(
 ) -> SelectPartRef:
     """Select the anchors of one shard into its parts; a finished part (its marker) is reused."""
     from negminer.curation.decisions import BatchedFeedback
+    from negminer.mining.difficulty import DifficultyThresholds
     from negminer.mining.sharded_select import SelectionPlan, ShardRange, select_shard
     from negminer.mining.streaming import BATCH_ROWS
+    from negminer.mining.views import view_stems
 
     work_dir = Path(work_dir)
     stem = _part_stem(plan, shard)
@@ -140,7 +146,7 @@ def select_shard_stage(
         extra_positives=config.audit_extra_positives,
         held_out=pq.read_table(plan.held_out),
     )
-    stems = ["candidates", "triplets", *(["scored"] if config.output_scores else [])]
+    stems = ["candidates", *view_stems(config)]
     parts = {name: work_dir / f"{VIEW_NAMES[name]}.{stem}.parquet" for name in stems}
     bounds = (plan.min_score_from_percentile, plan.max_score_from_percentile)
     with naming_failures(work_dir):  # its staged writers' failed writes name no file
@@ -152,7 +158,9 @@ def select_shard_stage(
             docs=docs,
             pairs=feedback.pairs,
             config=config,
-            plan=SelectionPlan(bounds, plan.batched, []),
+            plan=SelectionPlan(
+                bounds, plan.batched, [], DifficultyThresholds(plan.difficulty_medium, plan.difficulty_hard)
+            ),
             anchor_texts=_rows_of_column(work_dir / "anchors.parquet", "text", np.arange(shard.first, shard.stop)),
             doc_texts=lambda wanted: _rows_of_column(work_dir / "docs.parquet", "text", wanted),
             transform=feedback,
@@ -168,6 +176,7 @@ def select_shard_stage(
         anchors_short=result.anchors_short,
         reasons=tuple(result.reasons),
         audit=tuple((key, int(n)) for key, n in feedback.counts.items()),
+        by_difficulty=tuple(result.by_difficulty.items()),
         seconds=round(time.perf_counter() - start, 3),
     )
     return finish(marker, ref)
@@ -201,7 +210,7 @@ def select_merge_stage(
     Shards without a finished part (a lost worker) are selected here first.
     """
     from negminer.curation.decisions import BatchedFeedback
-    from negminer.mining.sharded_select import merge_reasons, merge_selection
+    from negminer.mining.sharded_select import merge_reasons, merge_selection, merge_tier_counts
 
     work_dir = Path(work_dir)
     start = time.perf_counter()
@@ -216,6 +225,7 @@ def select_merge_stage(
     counts = {
         "triplet_rows": rows["triplets"],
         "negatives": sum(part.negatives for part in parts),
+        "negatives_by_difficulty": merge_tier_counts([dict(part.by_difficulty) for part in parts]),
         "anchors_short": sum(part.anchors_short for part in parts),
         "dropped_by_reason": merge_reasons([list(part.reasons) for part in parts]),
         "audit": audit,
@@ -231,6 +241,7 @@ def select_merge_stage(
         selection={
             "min_score_from_percentile": plan.min_score_from_percentile,
             "max_score_from_percentile": plan.max_score_from_percentile,
+            "difficulty_thresholds": {"medium": plan.difficulty_medium, "hard": plan.difficulty_hard},
         },
         score_quantiles=quantiles,
         seconds=round(seconds, 3),

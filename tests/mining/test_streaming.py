@@ -319,6 +319,17 @@ def test_an_empty_candidate_file_gives_empty_tables(world: dict, tmp_path: Path)
     derived = _derive(world, tmp_path, MineConfig(search_depth=20, output_scores=True), candidates=empty)
     assert derived.rows == {"candidates": 0, "triplets": 0, "scored": 0}
     assert pq.read_table(derived.paths["triplets"]).column_names == ["anchor", "positive", "negative"]
-    assert derived.counts == {"triplet_rows": 0, "negatives": 0, "anchors_short": 0, "dropped_by_reason": {}}
+    no_tier = {"easy": 0, "medium": 0, "hard": 0}
+    assert derived.counts == {
+        "triplet_rows": 0,
+        "negatives": 0,
+        "negatives_by_difficulty": no_tier,
+        "anchors_short": 0,
+        "dropped_by_reason": {},
+    }
     assert derived.score_quantiles == {"negative": {}, "candidate": {}, "positive_retrieved": {}}
-    assert derived.selection == {"min_score_from_percentile": None, "max_score_from_percentile": None}
+    assert derived.selection == {
+        "min_score_from_percentile": None,
+        "max_score_from_percentile": None,
+        "difficulty_thresholds": {"medium": None, "hard": None},
+    }
