@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from negminer import stages
 from negminer.config import MineConfig, PipelineConfig
 from negminer.errors import ConfigError, StorageError
+from negminer.mining.difficulty import STAGE_STEMS
 from negminer.refilter import refilter, refilter_config
 from negminer.stages import select as select_module
 from negminer.stages.refs import CurateRef
@@ -40,7 +41,8 @@ def mine_without_model(random_vector_run, folder: Path, config: PipelineConfig) 
 
 @pytest.fixture(scope="module")
 def parent(random_vector_run, tmp_path_factory) -> Path:
-    config = PipelineConfig.from_dict({"mine": {"search_depth": DEPTH, "num_negatives": 3, "output_scores": True}})
+    mine = {"search_depth": DEPTH, "num_negatives": 3, "output_scores": True, "output_curriculum": True}
+    config = PipelineConfig.from_dict({"mine": mine})
     return mine_without_model(random_vector_run, tmp_path_factory.mktemp("refilter"), config)
 
 
@@ -56,10 +58,19 @@ def files(version: Path) -> dict[str, str]:
 
 
 def test_the_same_settings_give_the_same_bytes(version: Path):
-    result = refilter(version, mine=refilter_config(version, num_negatives=3, output_scores=True))
+    mine = refilter_config(version, num_negatives=3, output_scores=True, output_curriculum=True)
+    result = refilter(version, mine=mine)
     assert result.path == version.parent / "v0002"
-    for name in ("triplets.parquet", "candidates.parquet", "scored.parquet", "pairs.parquet"):
+    stages_ = [f"{stem}.parquet" for stem in STAGE_STEMS]
+    for name in ("triplets.parquet", "candidates.parquet", "scored.parquet", "pairs.parquet", *stages_):
         assert files(result.path)[name] == files(version)[name], name
+    manifest = read_manifest(result.path)
+    thresholds = manifest["selection"]["difficulty_thresholds"]
+    assert thresholds == read_manifest(version)["selection"]["difficulty_thresholds"]
+    moved = manifest["changes"]["negatives"]
+    assert moved["added"] == moved["removed"] == 0 and moved["kept"] == manifest["counts"]["negatives"]
+    kept = moved["by_difficulty"]["kept"]
+    assert {tier: kept[tier][tier] for tier in kept} == manifest["counts"]["negatives_by_difficulty"]
     assert verify_version(result.path) == []
 
 
@@ -84,8 +95,9 @@ def test_a_new_strategy_changes_the_selection_and_counts(version: Path):
     chosen = candidates.filter(pc.is_valid(candidates.column("negative_slot")))
     margin = np.array(chosen.column("score_minus_positive").to_pylist())
     assert len(margin) and np.all((margin < 0) & (margin >= -0.3 - 1e-6))
-    # the scored view is not carried over when the new settings do not ask for it
+    # the scored view and the curriculum are not carried over when the new settings do not ask for them
     assert "scored.parquet" not in files(result.path)
+    assert not [name for name in files(result.path) if name.startswith("curriculum-")]
     assert files(result.path)["anchors.parquet"] == files(version)["anchors.parquet"]
 
 

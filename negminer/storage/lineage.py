@@ -8,6 +8,11 @@ Contract of :func:`version_changes` (the manifest's ``changes``; None for a firs
   doc id. A table the parent lacks is left out.
 * ``score_quantiles_drift``: for every score kind and quantile both versions report, the new
   value minus the parent's, rounded to 4 decimals.
+* ``negatives``: how the chosen negatives moved, compared by (anchor id, doc id) from both
+  versions' ``candidates.parquet`` (:func:`negative_changes`): ``added``, ``removed``, ``kept``
+  and, when both tables have a ``difficulty`` column, ``by_difficulty``: the added and removed
+  ones per tier and the kept ones per (parent tier, new tier), e.g. ``{"hard": {"easy": 3}}``:
+  three negatives that were hard are now easy (the re-mining loop's signal).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from negminer.mining.difficulty import TIERS, tier_counts
 from negminer.mining.strategies import pair_priority, stable_hash64
 from negminer.storage.versions import latest_version, list_versions, read_manifest
 
@@ -67,7 +73,62 @@ def version_changes(
         # after the pairs: multiset_changes sorts the doc hashes, which _pair_hashes looks up by doc_idx
         out["docs"] = multiset_changes(old_docs, new_docs)
     out["score_quantiles_drift"] = quantile_drift(parent.get("score_quantiles", {}), score_quantiles)
+    if (parent_dir / "candidates.parquet").exists() and "candidates" in files:
+        out["negatives"] = negative_changes(parent_dir / "candidates.parquet", Path(files["candidates"]))
     return out
+
+
+def negative_changes(old_candidates: str | Path, new_candidates: str | Path) -> dict[str, Any]:
+    """Added, removed and kept chosen negatives of two candidate tables, and their tiers' moves.
+
+    Memory: one 64-bit hash and one tier code per chosen negative, never the rows.
+
+    Example:
+        >>> negative_changes("v0001/candidates.parquet", "v0002/candidates.parquet")  # doctest: +SKIP
+        {'added': 2, 'removed': 2, 'kept': 1, 'by_difficulty': {'added': {'easy': 0, 'medium': 1, 'hard': 1}, ...}}
+    """
+    (old, old_tiers), (new, new_tiers) = _chosen_negatives(old_candidates), _chosen_negatives(new_candidates)
+    kept_old = np.isin(old, new)
+    kept_new = np.isin(new, old)
+    out: dict[str, Any] = {
+        "added": int((~kept_new).sum()),
+        "removed": int((~kept_old).sum()),
+        "kept": int(kept_old.sum()),
+    }
+    if old_tiers is None or new_tiers is None:
+        return out
+    order = np.argsort(new, kind="stable")
+    now = new_tiers[order][np.searchsorted(new[order], old[kept_old])].astype(np.int64)
+    before = old_tiers[kept_old].astype(np.int64)
+    both = (before >= 0) & (now >= 0)
+    n = len(TIERS)
+    moves = np.bincount(before[both] * n + now[both], minlength=n * n).reshape(n, n)
+    out["by_difficulty"] = {
+        "added": tier_counts(new_tiers[~kept_new]),
+        "removed": tier_counts(old_tiers[~kept_old]),
+        "kept": {TIERS[i]: {TIERS[j]: int(moves[i, j]) for j in range(n)} for i in range(n)},
+    }
+    return out
+
+
+def _chosen_negatives(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(chosen,) uint64 hash of each chosen negative's (anchor id, doc id) and its tier code (None without tiers)."""
+    file = pq.ParquetFile(path)
+    has_tiers = "difficulty" in file.schema_arrow.names
+    columns = ["anchor_id", "doc_id", "negative_slot", *(["difficulty"] if has_tiers else [])]
+    hashes, tiers = [], []
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        chosen = pa.Table.from_batches([batch]).filter(pc.is_valid(batch.column("negative_slot")))
+        anchors = stable_hash64(chosen.column("anchor_id").to_pylist())
+        docs = stable_hash64(chosen.column("doc_id").to_pylist())
+        hashes.append(pair_priority(anchors, docs, 0))
+        if has_tiers:
+            codes = pc.index_in(chosen.column("difficulty"), value_set=pa.array(TIERS))
+            tiers.append(pc.fill_null(codes, -1).to_numpy().astype(np.int8))
+    out = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+    if not has_tiers:
+        return out, None
+    return out, np.concatenate(tiers) if tiers else np.empty(0, np.int8)
 
 
 def quantile_drift(old: dict[str, dict[str, float]], new: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

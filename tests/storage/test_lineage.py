@@ -134,3 +134,48 @@ def test_changes_are_counted_in_batches_over_row_groups_as_multisets(tmp_path: P
 def test_multiset_changes_match_counters(old: list[int], new: list[int], answer: tuple[int, int, int]) -> None:
     changes = multiset_changes(np.array(old, np.uint64), np.array(new, np.uint64))
     assert (changes["added"], changes["removed"], changes["kept"]) == answer
+
+
+def chosen(rows: list[tuple[str, str, int | None, str | None]], *, tiers: bool = True) -> pa.Table:
+    """A candidate table: (anchor id, doc id, negative slot or None, difficulty)."""
+    table = pa.table(
+        {
+            "anchor_id": [r[0] for r in rows],
+            "doc_id": [r[1] for r in rows],
+            "negative_slot": pa.array([r[2] for r in rows], pa.int32()),
+        }
+    )
+    return table.append_column("difficulty", pa.array([r[3] for r in rows], pa.string())) if tiers else table
+
+
+def test_negatives_moved_are_counted_by_id_and_tier(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(lineage, "BATCH_ROWS", 2)  # batches split the chosen rows
+    old = chosen(
+        [("q1", "d1", 1, "hard"), ("q1", "d2", 2, "hard"), ("q1", "d3", None, "easy"), ("q2", "d1", 1, "medium")]
+    )
+    # q1/d1 kept and now easy, q1/d2 kept and still hard, q2/d1 removed; q2/d3 and q1/d3 (was a candidate only) added
+    new = chosen([("q1", "d2", 1, "hard"), ("q1", "d1", 2, "easy"), ("q1", "d3", 3, "medium"), ("q2", "d3", 1, "hard")])
+    pq.write_table(old, tmp_path / "old.parquet")
+    pq.write_table(new, tmp_path / "new.parquet")
+    moved = lineage.negative_changes(tmp_path / "old.parquet", tmp_path / "new.parquet")
+    assert moved == {
+        "added": 2,
+        "removed": 1,
+        "kept": 2,
+        "by_difficulty": {
+            "added": {"easy": 0, "medium": 1, "hard": 1},
+            "removed": {"easy": 0, "medium": 1, "hard": 0},
+            "kept": {
+                "easy": {"easy": 0, "medium": 0, "hard": 0},
+                "medium": {"easy": 0, "medium": 0, "hard": 0},
+                "hard": {"easy": 1, "medium": 0, "hard": 1},
+            },
+        },
+    }
+    # a parent written before tiers existed: the moves by id only
+    pq.write_table(chosen([("q1", "d1", 1, None)], tiers=False), tmp_path / "untiered.parquet")
+    assert lineage.negative_changes(tmp_path / "untiered.parquet", tmp_path / "new.parquet") == {
+        "added": 3,
+        "removed": 0,
+        "kept": 1,
+    }
