@@ -550,6 +550,34 @@ class ScheduleConfig(_Frozen):
     deployment: str = Field("nightly", description="Name of the Prefect deployment.")
 
 
+class DiagnosticsConfig(_Frozen):
+    """Diagnostics of the embedding space (Wang & Isola's alignment and uniformity) and of the candidates.
+
+    A mined version records them in its manifest's ``diagnostics`` (from the vectors the run
+    stored, nothing re-embedded); ``negminer evaluate`` measures them for the base and each
+    fine-tuned model on the evaluation set.
+    """
+
+    enabled: bool = Field(True, description="Compute the diagnostics (manifest `diagnostics`, evaluate's records).")
+    sample: int = Field(
+        2048,
+        ge=2,
+        description="Vectors (anchors and documents together, chosen by a seeded hash of their ids) that "
+        "uniformity averages over, all distinct pairs of them; evaluate also caps alignment's relevant "
+        "pairs at this many.",
+    )
+    alpha: float = Field(2.0, gt=0, description="Alignment's exponent: mean ||f(x) − f(y)||^alpha over positive pairs.")
+    t: float = Field(2.0, gt=0, description="Uniformity's scale: log mean exp(−t·||f(x) − f(y)||²) over pairs.")
+    block_rows: int = Field(
+        1024, ge=1, description="Rows per block of pairwise distances (memory grows with its square, never with n²)."
+    )
+    batch_rows: int = Field(65_536, ge=1, description="Pairs or candidate rows read per batch.")
+    histogram_bins: int = Field(
+        20, ge=1, description="Bins over [0, 4] of the squared-distance histograms (positive, negative, random pairs)."
+    )
+    seed: int = Field(12, ge=0, le=_SEED_MAX, description="Seed of the sample.")
+
+
 class EvaluateConfig(_Frozen):
     """What ``negminer evaluate`` measures and the fixed training budget it fine-tunes with.
 
@@ -582,6 +610,9 @@ class EvaluateConfig(_Frozen):
     seed: int = Field(1, ge=0, le=_CLASSIFIER_SEED_MAX, description="Seeds the model's training and batch order.")
     eval_batch_size: int = Field(32, ge=1, description="Texts per encoding batch during evaluation.")
     device: str | None = Field(None, description="torch device; None picks CUDA when present.")
+    diagnostics: DiagnosticsConfig = Field(
+        DiagnosticsConfig(), description="Alignment and uniformity of every arm's model on the evaluation set."
+    )
 
 
 class PipelineConfig(_Frozen):
@@ -596,6 +627,7 @@ class PipelineConfig(_Frozen):
     mine: MineConfig = MineConfig()
     index: IndexConfig = IndexConfig()
     curate: CurateConfig = CurateConfig()
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     run: RunConfig | None = None
     schedule: ScheduleConfig | None = None
 

@@ -69,6 +69,23 @@ MANIFEST_FIELDS: dict[str, str] = {
     "keeps); null with precomputed vectors.",
     "changes": "Against `parent`: rows `added`, `removed`, `kept` of `triplets`, `pairs` and `docs`, and "
     "`score_quantiles_drift`; null for a first version.",
+    "diagnostics": "The mining model's embedding space on this dataset, from the vectors the run stored "
+    "(null with `diagnostics.enabled: false`; a refilter version keeps its parent's). The `diagnostics.*` keys "
+    "below; the figures are rounded to 6 decimals.",
+    "diagnostics.alignment": "Wang & Isola's alignment: mean ||f(anchor) − f(positive)||^alpha (alpha = "
+    "`diagnostics.alpha`, 2) over the `alignment_pairs` given pairs, on L2-normalised vectors. Lower: "
+    "positives closer.",
+    "diagnostics.uniformity": "Wang & Isola's uniformity: log mean exp(−t·||f(x) − f(y)||²) (t = "
+    "`diagnostics.t`, 2) over the `uniformity_pairs` distinct pairs of a seeded sample of "
+    "`uniformity_vectors` anchor and document vectors. More negative: more spread over the sphere.",
+    "diagnostics.histograms": "Counts of squared distances ||f(x) − f(y)||² in the bins "
+    "`squared_distance_edges` (over [0, 4]): `positive` (the given pairs), `negative` (the chosen negatives) "
+    "and `random` (the uniformity sample's pairs).",
+    "diagnostics.unlabelled_positives": "Retrieved candidates that are no given positive (`candidates`), "
+    "those curation judged relevant (`judged_relevant`: flagged `false_negative` or `near_duplicate`, "
+    "whatever the action) and their share (`rate`): the estimated unlabelled-positive rate; `by_source` "
+    "gives the same per value of candidates.parquet's `source` column when it has one. Null when curation "
+    "is off or judged nothing.",
     "derived_from": "Only on a `refilter` version: the parent's `path`, `version` and `manifest_sha256`, "
     "`by: refilter` and the `seconds` it took.",
 }

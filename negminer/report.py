@@ -56,6 +56,7 @@ def run_report(version_dir: str | Path, *, timings: dict[str, dict[str, Any]] | 
         _mapping_section("Candidates by outcome", manifest.get("counts", {}).get("dropped_by_reason")),
         _mapping_section("Flagged pairs by kind", _flag_counts(manifest, version_dir / "flagged.parquet")),
         _quantile_section(manifest.get("score_quantiles", {})),
+        _diagnostics_section(manifest.get("diagnostics")),
         _changes_section(manifest.get("changes")),
         _timing_section(timings or {}),
         _evaluation_section(version_dir),
@@ -209,6 +210,56 @@ def _quantile_section(quantiles: dict[str, dict[str, float]]) -> str:
         return ""
     rows = [(kind, *(values.get(q, "") for q in names)) for kind, values in quantiles.items()]
     return "## Score quantiles\n\n" + _table(("scores", *names), rows)
+
+
+def _diagnostics_section(diagnostics: dict[str, Any] | None) -> str:
+    """Alignment, uniformity, the unlabelled-positive share and the squared-distance histograms."""
+    if not diagnostics:
+        return ""
+    rows = [
+        (
+            "alignment (lower: positives closer)",
+            diagnostics.get("alignment"),
+            f"{diagnostics['alignment_pairs']} pairs",
+        ),
+        (
+            "uniformity (lower: more spread)",
+            diagnostics.get("uniformity"),
+            f"{diagnostics['uniformity_vectors']} sampled vectors",
+        ),
+    ]
+    share = diagnostics.get("unlabelled_positives")
+    if share:
+        rows.append(_share_row("candidates judged relevant", share))
+        rows += [_share_row(f"source {source}", part) for source, part in (share.get("by_source") or {}).items()]
+    text = "## Embedding diagnostics\n\n" + _table(("", "value", "over"), rows)
+    histograms = diagnostics.get("histograms")
+    return text + "\n\n" + _histogram_figure(histograms) if histograms else text
+
+
+def _share_row(label: str, share: dict[str, Any]) -> tuple[str, str, str]:
+    rate = share.get("rate")
+    shown = "" if rate is None else f"{rate:.2%}"
+    return (label, shown, f"{share['judged_relevant']} of {share['candidates']} unlabelled candidates")
+
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+def _histogram_figure(histograms: dict[str, Any]) -> str:
+    """One text bar chart per series of squared distances (each scaled to its own peak), 0 to 4."""
+    series = [(name, histograms[name]) for name in ("positive", "negative", "random") if histograms.get(name)]
+    lines = []
+    for name, counts in series:
+        peak = max(counts) or 1
+        bars = "".join(_BARS[0 if c == 0 else max(1, round(c / peak * (len(_BARS) - 1)))] for c in counts)
+        lines.append(f"{name:<9}|{bars}| {sum(counts)}")
+    edges = histograms.get("squared_distance_edges") or [0.0, 4.0]
+    width = len(series[0][1]) if series else 0
+    axis = f"{'':<9} {edges[0]:g}{'':<{max(0, width - 2)}}{edges[-1]:g}"
+    return "Squared distances ||f(x) − f(y)||² (positive pairs, chosen negatives, random pairs):\n\n```\n" + (
+        "\n".join([*lines, axis]) + "\n```"
+    )
 
 
 def _changes_section(changes: dict[str, Any] | None) -> str:

@@ -45,8 +45,16 @@ def evaluate_command(
     titles: Annotated[
         bool | None, typer.Option("--titles/--no-titles", help="Put document titles before their text.")
     ] = None,
+    diagnostics: Annotated[
+        bool | None,
+        typer.Option(
+            "--diagnostics/--no-diagnostics",
+            help="Alignment and uniformity of every model on the set (evaluate.diagnostics.enabled).",
+        ),
+    ] = None,
 ) -> None:
-    """Report nDCG@10, recall@100 and MRR@10 of a model, and of copies fine-tuned on --train/--against.
+    """Report nDCG@10, recall@100, MRR@10, alignment and uniformity of a model, and of copies fine-tuned
+    on --train/--against.
 
     The table goes to stderr; the results JSON to --output (its path printed last) or to stdout.
     Each trained version also keeps a copy beside it, in ROOT/NAME/evaluations/VERSION/.
@@ -66,6 +74,8 @@ def evaluate_command(
         "titles": titles,
     }
     options = {key: value for key, value in given.items() if value is not None}
+    if diagnostics is not None:
+        options["diagnostics"] = {"enabled": diagnostics}
     if split is not None:
         options["split"] = None if split == "all" else split
     result = evaluate(retrieval_set, train=train, against=against, output=output, **options)

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 EVALUATIONS = "evaluations"
 METRIC_LABELS = {"ndcg@10": "nDCG@10", "recall@100": "recall@100", "mrr@10": "MRR@10"}
+# Wang & Isola's diagnostics, shown when the record has them (lower is better for both).
+GEOMETRY_LABELS = {"alignment": "alignment", "uniformity": "uniformity"}
 
 
 def evaluations_dir(version_dir: str | Path) -> Path:
@@ -81,18 +83,31 @@ def load_record(path: str | Path) -> dict[str, Any]:
 def markdown_table(record: dict[str, Any]) -> str:
     """One row per arm: its metrics and, for trained arms, the change against the base model.
 
+    Alignment and uniformity get columns when the record has them.
+
     Example:
         >>> record = {"arms": [{"arm": "base", "ndcg@10": 0.6, "recall@100": 0.9, "mrr@10": 0.55}]}
         >>> print(markdown_table(record).splitlines()[2])
         | base model | 0.6000 | 0.9000 | 0.5500 |
     """
-    header = ["", *METRIC_LABELS.values()]
+    shown = {**METRIC_LABELS, **{m: label for m, label in GEOMETRY_LABELS.items() if _any_arm_has(record, m)}}
+    header = ["", *shown.values()]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in record["arms"]:
         delta = arm.get("delta") or {}
-        cells = [f"{arm[m]:.4f}" + (f" ({delta[m]:+.4f})" if m in delta else "") for m in METRIC_LABELS if m in arm]
+        cells = [_cell(arm.get(m), delta.get(m)) for m in shown]
         lines.append("| " + " | ".join([arm_label(arm), *cells]) + " |")
     return "\n".join(lines)
+
+
+def _any_arm_has(record: dict[str, Any], metric: str) -> bool:
+    return any(arm.get(metric) is not None for arm in record["arms"])
+
+
+def _cell(value: float | None, delta: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" + ("" if delta is None else f" ({delta:+.4f})")
 
 
 def arm_label(arm: dict[str, Any]) -> str:

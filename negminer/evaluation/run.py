@@ -40,7 +40,9 @@ class ArmResult:
 
     Attributes:
         arm: ``base``, ``train`` or ``against``.
-        metrics: ``ndcg@10``, ``recall@100``, ``mrr@10``.
+        metrics: ``ndcg@10``, ``recall@100``, ``mrr@10``, and ``alignment`` and ``uniformity``
+            (Wang & Isola, :mod:`negminer.evaluation.diagnostics`) unless ``diagnostics.enabled``
+            is off.
         version: the version folder trained on (None for the base model).
         rows: training rows of that version's triplets.parquet (0 for the base model).
         rows_sha256: fingerprint of those rows.
@@ -143,12 +145,15 @@ def evaluate(
     evaluator = evaluator_for(data, batch_size=settings.eval_batch_size)
     start = time.perf_counter()
     base_model = fresh_model(settings.model, device=settings.device, max_seq_length=settings.max_seq_length)
-    base = ArmResult("base", score(base_model, evaluator), eval_seconds=time.perf_counter() - start)
+    base_metrics = {**score(base_model, evaluator), **_geometry(base_model, data, settings)}
+    base = ArmResult("base", base_metrics, eval_seconds=time.perf_counter() - start)
     del base_model
     logger.info("base model: %s", base.metrics)
     arms = [base]
     for arm, table in rows.items():
-        arms.append(_trained_arm(arm, versions[arm], table, settings=settings, evaluator=evaluator, base=base))
+        arms.append(
+            _trained_arm(arm, versions[arm], table, settings=settings, evaluator=evaluator, data=data, base=base)
+        )
     record = _record(data, settings, arms)
     path = None if output is None else records.write_record(output, record)
     stored = tuple(records.store_for_versions(record))
@@ -214,6 +219,7 @@ def _trained_arm(
     *,
     settings: EvaluateConfig,
     evaluator: Any,
+    data: RetrievalSet,
     base: ArmResult,
 ) -> ArmResult:
     from negminer.evaluation.train import score, train_model
@@ -234,7 +240,7 @@ def _trained_arm(
             output_dir=scratch,
         )
     trained = time.perf_counter()
-    metrics = score(model, evaluator)
+    metrics = {**score(model, evaluator), **_geometry(model, data, settings)}
     logger.info("%s: %s", arm, metrics)
     return ArmResult(
         arm,
@@ -244,8 +250,17 @@ def _trained_arm(
         rows_sha256=table_fingerprint(rows),
         train_seconds=trained - start,
         eval_seconds=time.perf_counter() - trained,
-        delta={m: round(v - base.metrics[m], 5) for m, v in metrics.items()},
+        delta={m: _delta(v, base.metrics.get(m)) for m, v in metrics.items()},
     )
+
+
+def _geometry(model: Any, data: RetrievalSet, settings: EvaluateConfig) -> dict[str, float | None]:
+    """Alignment and uniformity of `model` on `data` (empty when ``diagnostics.enabled`` is off)."""
+    if not settings.diagnostics.enabled:
+        return {}
+    from negminer.evaluation.diagnostics import model_geometry
+
+    return model_geometry(model, data, config=settings.diagnostics, batch_size=settings.eval_batch_size)
 
 
 def table_fingerprint(table: pa.Table) -> str:
@@ -254,6 +269,10 @@ def table_fingerprint(table: pa.Table) -> str:
     for row in zip(*(table[c].to_pylist() for c in table.column_names), strict=True):
         digest.update("\x1f".join(row).encode() + b"\x1e")
     return digest.hexdigest()
+
+
+def _delta(value: float | None, base: float | None) -> float | None:
+    return None if value is None or base is None else round(value - base, 6)
 
 
 def _record(data: RetrievalSet, settings: EvaluateConfig, arms: list[ArmResult]) -> dict[str, Any]:

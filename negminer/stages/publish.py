@@ -99,7 +99,23 @@ def _version_manifest(
         **({"sources": refs.search.sources} if refs.search.sources else {}),
         "work": {"key": work_dir.name},
         "embedding_store": _store_entry(refs.embed.store, root),
+        "diagnostics": _diagnostics(work_dir, config=config, refs=refs),
     }
+
+
+def _diagnostics(work_dir: Path, *, config: PipelineConfig, refs: StageRefs) -> dict[str, Any] | None:
+    """Alignment, uniformity and the unlabelled-positive share (negminer.evaluation.diagnostics)."""
+    from negminer.evaluation.diagnostics import version_diagnostics
+
+    if not config.diagnostics.enabled:
+        return None
+    judged = refs.curate.flagged is not None and not (refs.curate.counts.get("curation") or {}).get("skipped")
+    return version_diagnostics(
+        work_dir,
+        candidates=refs.select.selected,
+        flagged=refs.curate.flagged if judged else None,
+        config=config.diagnostics,
+    )
 
 
 def _changes(
