@@ -27,14 +27,20 @@ The embedding time E of the same texts is the same for both tools (same model, b
 is measured as sentence-transformers' cold minus warm time when its cache was cold, or with
 ``--measure-embedding`` (negminer into an empty store); "with E" = time + E.
 
+The hybrid arms (``mine.sources: [dense, bm25]``) derive their strategy from a second search
+of the same anchors whose candidates fuse the dense list with BM25's (reciprocal-rank fusion,
+k=60, and score fusion); their time adds the BM25 index build and the fused search to the
+shared line's read and store fetch.
+
 Run: python -m bench.false_negatives [--datasets nfcorpus scifact] [--split train]
      [--num-negatives 5] [--search-depth 100] [--measure-embedding] [--given random]
-     [--no-curation] [--no-st]
+     [--no-curation] [--no-st] [--no-hybrid]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -80,6 +86,15 @@ NEGMINER_ARMS: list[tuple[str, dict[str, Any]]] = [
 CURATED_ARMS: list[tuple[str, dict[str, Any]]] = [
     ("simans (default) + curation", {"strategy": "simans"}),
     ("naive + curation", {"strategy": "naive"}),
+]
+# (label, fusion, MineConfig options, curated): arms over the fused dense + BM25 candidates.
+HYBRID_ARMS: list[tuple[str, str, dict[str, Any], bool]] = [
+    ("naive, dense+bm25 rrf", "rrf", {"strategy": "naive"}, False),
+    ("positive-aware, dense+bm25 rrf", "rrf", {"strategy": "positive-aware"}, False),
+    ("simans (default), dense+bm25 rrf", "rrf", {"strategy": "simans"}, False),
+    ("simans (default), dense+bm25 score", "score", {"strategy": "simans"}, False),
+    ("simans (default) + curation, dense+bm25 rrf", "rrf", {"strategy": "simans"}, True),
+    ("naive + curation, dense+bm25 rrf", "rrf", {"strategy": "naive"}, True),
 ]
 TARGET_BASELINE = "ST relative_margin=0.05"
 ST_ARMS: list[tuple[str, dict[str, Any]]] = [
@@ -205,6 +220,60 @@ def run_negminer(prep: Prepared, options: dict[str, Any], *, k: int, depth: int)
         published = pq.read_table(derived.paths["candidates"])
     chosen = published.filter(pc.is_valid(published.column("negative_slot")))
     return _negatives_by_text(chosen, prep), seconds
+
+
+def hybrid_prepared(prep: Prepared, *, depth: int, fusion: str) -> tuple[Prepared, float, dict[str, Any]]:
+    """`prep` with the candidates of a dense + BM25 search (same work folder, vectors and anchors),
+    the seconds the BM25 index and the fused search took, and the search's ``sources`` entry."""
+    from negminer import stages
+    from negminer.config import PipelineConfig
+
+    mine = {"search_depth": depth, "sources": ["dense", "bm25"], "fusion": fusion}
+    config = PipelineConfig.from_dict({"mine": mine})
+    start = time.perf_counter()
+    search = stages.search_stage(prep.work, config=config.mine.retrieval, index_config=config.index)
+    seconds = time.perf_counter() - start
+    tables = {**prep.tables, "candidates": pq.read_table(search.candidates)}
+    return dataclasses.replace(prep, tables=tables, candidates_path=Path(search.candidates)), seconds, search.sources
+
+
+def _hybrid_rows(
+    prep: Prepared, args: argparse.Namespace, negatives_of: dict[str, dict[str, list[str]]], notes: dict[str, Any]
+) -> list[Row]:
+    """The hybrid arms: each fusion searched once, every arm derived from its candidates."""
+    from bench.curation_eval import run_negminer_curated
+
+    k, depth = args.num_negatives, args.search_depth
+    shared = prep.seconds["read"] + prep.seconds["store"]
+    searched: dict[str, tuple[Prepared, float]] = {}
+    rows = []
+    for label, fusion, options, curated in HYBRID_ARMS:
+        if curated and args.no_curation:
+            continue
+        if fusion not in searched:
+            hybrid, seconds, sources = hybrid_prepared(prep, depth=depth, fusion=fusion)
+            searched[fusion] = (hybrid, seconds)
+            notes.setdefault("hybrid", {})[fusion] = {"seconds": seconds, "rows_by_source": sources["rows_by_source"]}
+        hybrid, search_seconds = searched[fusion]
+        if curated:
+            negatives_of[label], seconds, result = run_negminer_curated(hybrid, options, k=k, depth=depth)
+            excluded = len(result.excluded_pairs) / prep.pairs.num_rows
+            metrics = evaluate(prep, negatives_of[label], k=k)
+            rows.append(
+                Row(
+                    prep.name,
+                    label,
+                    **metrics,
+                    seconds=shared + search_seconds + seconds,
+                    derive=None,
+                    excluded=excluded,
+                )
+            )
+            continue
+        negatives_of[label], seconds = run_negminer(hybrid, options, k=k, depth=depth)
+        metrics = evaluate(prep, negatives_of[label], k=k)
+        rows.append(Row(prep.name, label, **metrics, seconds=shared + search_seconds + seconds, derive=seconds))
+    return rows
 
 
 def _inputs(prep: Prepared) -> dict[str, pa.Table]:
@@ -352,6 +421,8 @@ def bench_dataset(name: str, args: argparse.Namespace, model) -> tuple[list[Row]
             excluded = len(result.excluded_pairs) / prep.pairs.num_rows
             rows.append(Row(name, label, **metrics, seconds=shared + seconds, derive=None, excluded=excluded))
             notes.setdefault("curation_counts", {})[label] = result.counts
+        if not args.no_hybrid:
+            rows += _hybrid_rows(prep, args, negatives_of, notes)
         st_was_cold = not (ST_CACHE / name).exists()
         for label, options in ST_ARMS if not args.no_st else []:
             negatives, seconds = run_st(prep, model, options, k=k)
@@ -445,6 +516,11 @@ def print_table(name: str, rows: list[Row], notes: dict[str, Any], k: int) -> No
             f"| {r.arm} | {r.fn_rate:.1%} | {r.coverage:.1%} | {r.any_negative:.1%} | {r.hardness:.3f} | "
             f"{r.negatives} | {excluded} | {r.seconds:.2f} | {with_e} | {derive} |"
         )
+    for fusion, entry in notes.get("hybrid", {}).items():
+        print(
+            f"dense+bm25 ({fusion} fusion): BM25 index + fused search {entry['seconds']:.2f} s; "
+            f"candidate rows by source {entry['rows_by_source']}"
+        )
     for label, counts in notes.get("curation_counts", {}).items():
         print(
             f"{label}: given positives flagged false_positive {counts['false_positive']}, kept "
@@ -465,6 +541,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--given-seed", type=int, default=0, help="seed of --given random")
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers' arms")
     parser.add_argument("--no-curation", action="store_true", help="skip the curated arms (issue 4)")
+    parser.add_argument("--no-hybrid", action="store_true", help="skip the dense + BM25 arms")
     args = parser.parse_args(argv)
     import torch
 
