@@ -39,6 +39,7 @@ from negminer.config import (
 )
 from negminer.errors import ConfigError, NegminerError, StorageError
 from negminer.flows import stopping
+from negminer.mining.allocator import freeze_long_lived
 from negminer.mining.embedder import Embedder
 from negminer.report import run_report
 from negminer.stages.publish import StageRefs
@@ -488,7 +489,8 @@ def run_mine(
     check_dataset_name(name)
     parameters = {"pairs": pairs, "out": out, "name": name, "corpus": corpus, "config": config, "store": store}
     if dask_address is None and dask_workers is None:
-        Embedder(config.embed).preload()  # overlaps Prefect's server start
+        freeze_long_lived()  # the imports: each stage's heap trim then skips them
+        Embedder(config.embed).preload(store or stages.default_store_root(out))  # overlaps Prefect's server start
         start_temporary_server()
         return stopping.call_stoppable(mine_flow, **parameters)
     runner = dask_task_runner(address=dask_address, workers=dask_workers)

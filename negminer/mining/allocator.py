@@ -98,6 +98,19 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+def freeze_long_lived() -> None:
+    """Move every object alive now out of the garbage collector's reach (:func:`gc.freeze`).
+
+    Call it where what is alive lives as long as the process: after the imports, after the
+    model is loaded. A full collection then scans only what came after, so each stage's
+    :func:`trim_heap` costs milliseconds instead of the ~0.3 s it takes to walk the half a
+    million objects torch, transformers and Prefect leave. Frozen objects are still freed when
+    their last reference goes; only a reference cycle among them would never be collected.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def releases_memory(stage: Stage) -> Stage:
     """`stage`, trimming the heap (:func:`trim_heap`) when it returns or raises."""
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from negminer.config import EmbedConfig
 from negminer.errors import ConfigError
+from negminer.mining.allocator import freeze_long_lived
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -173,6 +174,12 @@ def resolve_encoding(config: EmbedConfig) -> Encoding:
 
 @cache
 def _resolve(config: EmbedConfig, cache_dir: str) -> Encoding:
+    encoding = _choose(config)
+    freeze_long_lived()  # torch (and OpenVINO), imported to choose, live as long as the process
+    return encoding
+
+
+def _choose(config: EmbedConfig) -> Encoding:
     options = candidates(config)
     if config.backend != "auto" and config.precision != "auto":
         if options[0].backend == "openvino" and not openvino_installed():
@@ -306,8 +313,13 @@ def _own_model(
         from negminer.mining.openvino_model import to_openvino
 
         fingerprint = model_fingerprint(resolve_model_path(model))
-        return to_openvino(loaded, fingerprint=fingerprint, precision=encoding.precision, cache_dir=Path(cache_dir))
-    return _quantized(loaded)
+        converted = to_openvino(
+            loaded, fingerprint=fingerprint, precision=encoding.precision, cache_dir=Path(cache_dir)
+        )
+    else:
+        converted = _quantized(loaded)
+    freeze_long_lived()  # the model and its libraries live as long as the process
+    return converted
 
 
 def _quantized(model: SentenceTransformer) -> SentenceTransformer:

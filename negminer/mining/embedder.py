@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from negminer.config import EmbedConfig
 from negminer.errors import ConfigError
+from negminer.mining.allocator import freeze_long_lived
 from negminer.mining.backends import Encoding, encoding_model, resolve_encoding
 from negminer.mining.embedding import Side
 from negminer.mining.encoder import Task, embedding_dimension, load_model, model_fingerprint, resolve_model_path
@@ -173,7 +174,9 @@ def store_key(config: EmbedConfig) -> str:
 
 @cache
 def _cached_model(model: str | None, device: str | None, max_seq_length: int | None) -> SentenceTransformer:
-    return load_model(model, device=device, max_seq_length=max_seq_length)
+    loaded = load_model(model, device=device, max_seq_length=max_seq_length)
+    freeze_long_lived()  # the model and its libraries live as long as the process
+    return loaded
 
 
 _MODEL_LOCK = threading.Lock()
@@ -265,14 +268,23 @@ class Embedder:
         return self.config.batch_size
 
     def open_store(self, store_root: str | Path) -> EmbeddingStore:
-        """The embedding store under `store_root` for this config's vectors (loads the model for its dim).
+        """The embedding store under `store_root` for this config's vectors.
+
+        A store folder made before knows its dimension and truncation length, so serving its
+        vectors loads no model; a new one loads the model for them.
 
         Example:
             >>> Embedder(EmbedConfig()).open_store("store").folder.name  # doctest: +SKIP
         """
         from negminer.storage.embedding_store import EmbeddingStore
 
-        return EmbeddingStore(store_root, model_fingerprint=self.store_key, dim=self.dim, dtype=self.config.store_dtype)
+        key = self.store_key
+        meta = EmbeddingStore.stored_meta(store_root, key) or {}
+        dim = meta["dim"] if "dim" in meta else self.dim  # noqa: SIM401 (loads the model only if needed)
+        seq = meta["max_seq_length"] if "max_seq_length" in meta else self.model.max_seq_length  # noqa: SIM401
+        return EmbeddingStore(
+            store_root, model_fingerprint=key, dim=dim, dtype=self.config.store_dtype, max_seq_length=seq
+        )
 
     def embed_into_store(self, texts: list[str], keys: pa.Array, store: EmbeddingStore, *, task: Task) -> None:
         """Embed `texts` as `task` texts into `store` as one shard, under their store `keys` (shape (len(texts),)).
@@ -306,7 +318,7 @@ class Embedder:
         return embed_to_file(
             texts,
             out_path,
-            model=self.model,
+            model=lambda: self.model,
             store=store,
             batch_size=self.batch_size,
             chunk_size=self.config.chunk_size,
@@ -321,23 +333,31 @@ class Embedder:
 
         return self.side(task).keys(content_hashes(texts))
 
-    def preload(self) -> threading.Thread | None:
+    def preload(self, store_root: str | Path | None = None) -> threading.Thread | None:
         """Load the model in a background thread; None when the vectors are precomputed.
 
         Importing torch and sentence-transformers, loading the model and, for ``auto``, choosing
-        the encoding take seconds that overlap with Prefect starting its temporary server. A
-        failure is left to the embedding stage, which loads the model again and reports it there.
+        the encoding take seconds that overlap with Prefect starting its temporary server. When
+        `store_root` already holds a store folder for this config, only the encoding is chosen:
+        the run may find every text stored and need no model (a rerun, a scheduled run on the same
+        corpus); the embedding stage loads it if a text is missing. A failure is left to the
+        embedding stage, which loads the model again and reports it there.
 
         Example:
-            >>> thread = Embedder(EmbedConfig()).preload()  # doctest: +SKIP
+            >>> thread = Embedder(EmbedConfig()).preload("datasets/.embeddings")  # doctest: +SKIP
         """
         if self.config.precomputed:
             return None
         config = self.config
 
         def load() -> None:
+            from negminer.storage.embedding_store import EmbeddingStore
+
             try:
-                _ = Embedder(config).model  # resolves the encoding too (converts and checks once per machine)
+                embedder = Embedder(config)
+                if store_root is not None and EmbeddingStore.stored_meta(store_root, embedder.store_key):
+                    return
+                _ = embedder.model  # resolves the encoding too (converts and checks once per machine)
             except Exception as err:  # any failure is the embedding stage's to report, with its traceback
                 logger.debug(
                     "model preload failed (%s: %s); the embedding stage loads it again", type(err).__name__, err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -61,7 +62,7 @@ def embed_to_file(
     texts: list[str],
     out_path: str | Path,
     *,
-    model: SentenceTransformer,
+    model: SentenceTransformer | Callable[[], SentenceTransformer],
     store: EmbeddingStore,
     batch_size: int,
     chunk_size: int,
@@ -74,6 +75,8 @@ def embed_to_file(
 
     `side` encodes the texts as queries or documents with its prompt, under its keys; None
     encodes them with the model's plain ``encode`` and no prompt, keyed by their content hashes.
+    `model` may be a function that loads it: it is called only when a text is missing from the
+    store or the store does not know its truncation length.
 
     Example:
         >>> embed_to_file(["a claim"], "anchors.npy", model=model, store=store, batch_size=32,
@@ -83,12 +86,19 @@ def embed_to_file(
     out_path = Path(out_path)
     hashes = content_hashes(texts) if side is None else side.keys(content_hashes(texts))
     missing = missing_unique(store, hashes)
+    loaded = model if hasattr(model, "encode") else None
+
+    def the_model() -> SentenceTransformer:
+        nonlocal loaded
+        loaded = loaded or model()
+        return loaded
+
     for first in range(0, len(missing), chunk_size):
         rows = missing[first : first + chunk_size]
         embed_into_store(
             [texts[i] for i in rows],
             hashes.take(rows),
-            model=model,
+            model=the_model(),
             store=store,
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
@@ -98,11 +108,10 @@ def embed_to_file(
         )
         logger.info("embedded %d/%d new texts", min(first + chunk_size, len(missing)), len(missing))
     positions = fetch_to_file(hashes, out_path, store=store)
-    truncated = int(np.sum(store.token_lengths(positions) > model.max_seq_length))
+    limit = store.max_seq_length if store.max_seq_length is not None else the_model().max_seq_length
+    truncated = int(np.sum(store.token_lengths(positions) > limit))
     if truncated:
-        logger.warning(
-            "%d of %d texts exceed max_seq_length %d and were truncated", truncated, len(texts), model.max_seq_length
-        )
+        logger.warning("%d of %d texts exceed max_seq_length %d and were truncated", truncated, len(texts), limit)
     seconds = time.perf_counter() - start
     return EmbedResult(out_path, len(texts), len(missing), len(texts) - len(missing), seconds, truncated)
 

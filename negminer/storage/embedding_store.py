@@ -44,7 +44,13 @@ class EmbeddingStore:
     """
 
     def __init__(
-        self, root: str | Path, *, model_fingerprint: str, dim: int, dtype: Literal["float32", "float16"]
+        self,
+        root: str | Path,
+        *,
+        model_fingerprint: str,
+        dim: int,
+        dtype: Literal["float32", "float16"],
+        max_seq_length: int | None = None,
     ) -> None:
         if dtype not in ("float32", "float16"):
             raise StorageError(f"embedding store dtype must be float32 or float16, got {dtype!r}")
@@ -52,15 +58,28 @@ class EmbeddingStore:
         self.dim = dim
         self.dtype = dtype
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._check_meta(model_fingerprint)
+        self.max_seq_length = self._check_meta(model_fingerprint, max_seq_length)
         self._refresh()
 
-    def _check_meta(self, fingerprint: str) -> None:
+    @staticmethod
+    def stored_meta(root: str | Path, model_fingerprint: str) -> dict | None:
+        """The ``meta.json`` of the store folder `model_fingerprint` under `root`; None if it has none yet.
+
+        It holds ``dim`` and, for stores made since it was added, the ``max_seq_length`` the
+        vectors were made with: enough to serve stored vectors without loading the model.
+        """
+        path = Path(root) / model_fingerprint / "meta.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _check_meta(self, fingerprint: str, max_seq_length: int | None) -> int | None:
+        """Write the folder's meta on first use, else check it; the stored max_seq_length."""
         meta_path = self.folder / "meta.json"
         meta = {"model_fingerprint": fingerprint, "dim": self.dim, "dtype": self.dtype}
         if not meta_path.exists():
+            if max_seq_length is not None:
+                meta["max_seq_length"] = max_seq_length
             write_bytes_atomic(meta_path, json.dumps(meta).encode())
-            return
+            return max_seq_length
         stored = json.loads(meta_path.read_text())
         if stored.get("dim") != self.dim:
             raise StorageError(
@@ -72,6 +91,7 @@ class EmbeddingStore:
                 f"{meta_path}: stored embeddings are {stored.get('dtype')}, not {self.dtype}; "
                 f"use a store folder of their own for {self.dtype} vectors"
             )
+        return stored.get("max_seq_length", max_seq_length)
 
     def _refresh(self) -> None:
         self._shards = sorted(self.folder.glob("shard-*.keys.npy"))

@@ -1,11 +1,13 @@
+import gc
 import os
 import platform
 import resource
+import weakref
 
 import numpy as np
 import pytest
 
-from negminer.mining.allocator import _glibc, releases_memory, tensor_memory_kept
+from negminer.mining.allocator import _glibc, freeze_long_lived, releases_memory, tensor_memory_kept
 
 pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
@@ -76,3 +78,19 @@ def test_a_stage_gives_back_the_heap_it_freed() -> None:
     kept = stage()
     assert _anon_mb() - before < 60, "the 240 MB freed inside the stage went back to the system"
     assert kept
+
+
+class _Node:
+    pass
+
+
+def test_after_a_freeze_a_collection_skips_what_lived_and_still_frees_new_cycles() -> None:
+    freeze_long_lived()
+    assert gc.get_freeze_count() > 1000  # the interpreter's and the imports' objects
+    before = gc.get_freeze_count()
+    node = _Node()
+    node.itself = node
+    gone = weakref.ref(node)
+    del node
+    gc.collect()
+    assert gone() is None and gc.get_freeze_count() == before

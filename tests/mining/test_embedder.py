@@ -143,3 +143,28 @@ def test_embed_into_store_stores_what_the_library_function_stores(tmp_path) -> N
     assert len(wrapped) == len(direct) == len(texts)
     np.testing.assert_array_equal(wrapped.fetch(ours), direct.fetch(theirs))
     np.testing.assert_array_equal(wrapped.token_lengths(ours), direct.token_lengths(theirs))
+
+
+@pytest.mark.slow
+def test_stored_vectors_are_served_without_loading_the_model(tmp_path, monkeypatch, caplog) -> None:
+    config = EmbedConfig(device="cpu", max_seq_length=12, **TORCH_FLOAT32)  # some TEXTS are truncated
+    first = Embedder(config)
+    made = first.embed_to_file(TEXTS, tmp_path / "made.npy", first.open_store(tmp_path / "store"), task="document")
+    assert 0 < made.truncated < len(TEXTS)
+
+    def no_model(self):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Embedder, "model", property(no_model))
+    monkeypatch.setattr(Embedder, "dim", property(no_model))
+    with caplog.at_level(logging.DEBUG, logger="negminer.mining.embedder"):
+        Embedder(config).preload(tmp_path / "store").join()  # a store folder exists: the model is not preloaded
+    assert "preload failed" not in caplog.text
+    again = Embedder(config)
+    store = again.open_store(tmp_path / "store")
+    served = again.embed_to_file(TEXTS, tmp_path / "served.npy", store, task="document")
+    assert (store.dim, store.max_seq_length) == (384, 12)
+    assert (served.embedded, served.reused, served.truncated) == (0, 5, made.truncated)
+    assert (tmp_path / "served.npy").read_bytes() == (tmp_path / "made.npy").read_bytes()
+    with pytest.raises(AssertionError, match="the model was loaded"):  # a missing text needs it
+        again.embed_to_file(["a text the store lacks"], tmp_path / "new.npy", store, task="document")
