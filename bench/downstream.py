@@ -12,7 +12,11 @@ For each labelled retrieval set in ../shared/data (BEIR layout, bench/common.py)
   top-k and ``relative_margin=0.05``), ``negminer-default`` (``negminer mine`` with
   ``PipelineConfig()`` defaults, read at run time) and ``negminer-no-curation`` (the same
   with ``curate.enabled: false``); ``negminer-custom``, not run by default, mines with the
-  defaults plus ``--negminer-set SECTION.KEY=VALUE`` overrides (to try a setting). Mining
+  defaults plus ``--negminer-set SECTION.KEY=VALUE`` overrides (to try a setting);
+  ``negminer-curriculum``, not run by default, mines with the defaults and
+  ``mine.output_curriculum: true`` and trains on the curriculum stages in order, easy to hard
+  (each stage's steps in proportion to its rows, the same total steps; the learning-rate
+  schedule restarts with each stage, as the training loop in docs/strategies.md does). Mining
   searches the full corpus with the base model at its default max_seq_length (256); negminer
   reads the base model's vectors from the benchmark
   store (bench/.cache/store, ``python -m bench.warm_store``), sentence-transformers from its
@@ -88,6 +92,7 @@ ARM_LABELS = {
     "negminer-default": "negminer default",
     "negminer-no-curation": "negminer without curation",
     "negminer-custom": "negminer with --negminer-set overrides",
+    "negminer-curriculum": "negminer default, trained easy → medium → hard",
 }
 Device = Literal["cpu", "cuda"]
 # Fixed budgets per device: the same for every arm of a run (overridable on the command line).
@@ -273,6 +278,8 @@ def negminer_rows(
         if "curate" not in PipelineConfig.model_fields:
             raise ArmSkipped("PipelineConfig has no `curate` section yet: nothing to switch off")
         config["curate"] = {"enabled": False}
+    if arm == "negminer-curriculum":
+        config["mine"]["output_curriculum"] = True
     if arm == "negminer-custom":
         if not overrides:
             raise ArmSkipped("negminer-custom needs --negminer-set SECTION.KEY=VALUE")
@@ -282,12 +289,20 @@ def negminer_rows(
     version = run_negminer_mine(task, folder, name=f"{task.name}-{arm}", config=config)
     manifest = json.loads((version / "manifest.json").read_text())
     rows = pq.read_table(version / "triplets.parquet")
+    stages: dict[str, int] = {}
+    if arm == "negminer-curriculum":
+        from negminer.mining.difficulty import STAGE_STEMS
+
+        tables = [pq.read_table(version / f"{stem}.parquet") for stem in STAGE_STEMS]
+        stages = {stem: table.num_rows for stem, table in zip(STAGE_STEMS, tables, strict=True)}
+        rows = pa.concat_tables(tables)
     info = {
         "version": str(version.relative_to(CACHE)) if version.is_relative_to(CACHE) else str(version),
         "config": {k: manifest["config"].get(k) for k in ("mine", "curate")},
         "curation_ran": curation_ran(version, manifest),
         "flagged_by_kind": manifest["counts"].get("flagged_by_kind"),
         "mine_seconds": round(time.perf_counter() - start, 1),
+        **({"stages": stages} if stages else {}),
     }
     curate_on = (manifest["config"].get("curate") or {}).get("enabled")
     if arm == "negminer-default" and curate_on and not info["curation_ran"]:
@@ -405,12 +420,20 @@ def fresh_model(budget: Budget) -> SentenceTransformer:
     return eval_train.fresh_model(None, device=budget.device, max_seq_length=budget.max_seq_length)
 
 
-def train(rows: pa.Table, *, budget: Budget, seed: int, output_dir: str | Path) -> SentenceTransformer:
-    """Fine-tune a fresh base model on `rows` as negminer evaluate does (negminer.evaluation.train)."""
+def train(
+    rows: pa.Table,
+    *,
+    budget: Budget,
+    seed: int,
+    output_dir: str | Path,
+    model: str | None = None,
+    steps: int | None = None,
+) -> SentenceTransformer:
+    """Fine-tune a fresh copy of the base model (or of `model`, a folder) on `rows` as negminer evaluate does."""
     return eval_train.train_model(
         rows,
-        model=None,
-        steps=budget.steps,
+        model=model,
+        steps=budget.steps if steps is None else steps,
         batch_size=budget.batch_size,
         learning_rate=budget.learning_rate,
         warmup_ratio=budget.warmup_ratio,
@@ -421,6 +444,30 @@ def train(rows: pa.Table, *, budget: Budget, seed: int, output_dir: str | Path) 
     )
 
 
+def train_stages(
+    rows: pa.Table, stages: dict[str, int], *, budget: Budget, seed: int, output_dir: str | Path
+) -> SentenceTransformer:
+    """Train stage after stage (`rows` holds them in order), each for its share of the steps.
+
+    A stage with fewer rows than a batch is trained together with the next one.
+    """
+    total, done, offset = sum(stages.values()), 0, 0
+    model_dir: str | None = None
+    pending, trained = 0, None
+    for i, n in enumerate(stages.values()):
+        pending += n
+        last = i == len(stages) - 1
+        if pending < budget.batch_size and not last:
+            continue
+        steps = max(1, budget.steps - done if last else round(budget.steps * pending / total))
+        part = rows.slice(offset, pending)
+        trained = train(part, budget=budget, seed=seed, output_dir=output_dir, model=model_dir, steps=steps)
+        model_dir = str(Path(output_dir) / f"stage-{i + 1}")
+        trained.save(model_dir)
+        done, offset, pending = done + steps, offset + pending, 0
+    return trained
+
+
 def result_key(task: Task, data: ArmData, *, budget: Budget, seed: int | None) -> str:
     """Names a result: the budget, seed, training rows and evaluation set."""
     key = {
@@ -429,6 +476,7 @@ def result_key(task: Task, data: ArmData, *, budget: Budget, seed: int | None) -
         "rows": data.fingerprint,
         "test": sorted(task.test_queries),
         "corpus": len(task.test_corpus),
+        **({"stages": data.info["stages"]} if "stages" in data.info else {}),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -450,11 +498,12 @@ def run_one(task: Task, data: ArmData, *, budget: Budget, seed: int | None) -> d
     start = time.perf_counter()
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        model = (
-            fresh_model(budget)
-            if data.rows is None
-            else train(data.rows, budget=budget, seed=seed or 0, output_dir=tmp)
-        )
+        if data.rows is None:
+            model = fresh_model(budget)
+        elif "stages" in data.info:
+            model = train_stages(data.rows, data.info["stages"], budget=budget, seed=seed or 0, output_dir=tmp)
+        else:
+            model = train(data.rows, budget=budget, seed=seed or 0, output_dir=tmp)
     trained = time.perf_counter()
     evaluator = build_evaluator(task.test_queries, task.test_corpus, task.test_relevant)
     metrics = evaluate(model, evaluator)
@@ -645,7 +694,9 @@ def pick_budget(args: argparse.Namespace) -> Budget:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["scifact", "nfcorpus"])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=[*ARMS, "negminer-custom"])
+    parser.add_argument(
+        "--arms", nargs="+", default=list(ARMS), choices=[*ARMS, "negminer-custom", "negminer-curriculum"]
+    )
     parser.add_argument(
         "--negminer-set",
         nargs="*",

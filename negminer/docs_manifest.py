@@ -67,8 +67,10 @@ MANIFEST_FIELDS: dict[str, str] = {
     "embedding_store": "The embedding store used: `path` (relative to the datasets root when inside it), "
     "its `folder` for this model and the `shards` this version's vectors came from (what `negminer gc` "
     "keeps); null with precomputed vectors.",
-    "changes": "Against `parent`: rows `added`, `removed`, `kept` of `triplets`, `pairs` and `docs`, and "
-    "`score_quantiles_drift`; null for a first version.",
+    "changes": "Against `parent`: rows `added`, `removed`, `kept` of `triplets`, `pairs` and `docs`, "
+    "`score_quantiles_drift`, and `negatives`: the chosen negatives `added`, `removed`, `kept` by (anchor id, "
+    "doc id), with `by_difficulty` (added and removed per tier, kept per parent tier and new tier); null for "
+    "a first version.",
     "diagnostics": "The mining model's embedding space on this dataset, from the vectors the run stored "
     "(null with `diagnostics.enabled: false`; a refilter version keeps its parent's). The `diagnostics.*` keys "
     "below; the figures are rounded to 6 decimals.",

@@ -105,3 +105,22 @@ def _check_documented_keys(manifest_text: str) -> None:
     keys = [*manifest, *(f"counts.{key}" for key in manifest["counts"])]
     undocumented = [key for key in keys if key not in MANIFEST_FIELDS]
     assert not undocumented, f"describe {undocumented} in negminer/docs_manifest.py (docs/reference/manifest.md)"
+
+
+@pytest.mark.extended  # two mines of the sample (the second with a new model embeds every text) and training
+def test_the_remining_loop_runs(tmp_path: Path) -> None:
+    import json
+
+    folder = _folder(tmp_path)
+    for lang, code in code_blocks(REPO / "docs" / "howto" / "remining.md"):
+        run_block(lang, code, folder)
+    dataset = folder / "datasets" / "scifact-loop"
+    first, second = (json.loads((dataset / v / "manifest.json").read_text()) for v in ("v0001", "v0002"))
+    assert "curriculum-3-hard.parquet" in first["files"] and "curriculum-3-hard.parquet" in second["files"]
+    assert second["parent"] == "v0001" and second["model"]["fingerprint"] != first["model"]["fingerprint"]
+    moved = second["changes"]["negatives"]
+    assert moved["kept"] + moved["removed"] == first["counts"]["negatives"]
+    assert moved["kept"] + moved["added"] == second["counts"]["negatives"]
+    assert moved["added"] > 0, "a trained model chooses other negatives"
+    kept = sum(n for row in moved["by_difficulty"]["kept"].values() for n in row.values())
+    assert kept == moved["kept"]

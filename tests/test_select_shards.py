@@ -177,3 +177,36 @@ def test_curriculum_stages_are_the_training_view_by_rising_difficulty(searched, 
     pool = selected.filter(pc.invert(selected.column("is_positive"))).column("score_minus_positive").to_numpy()
     assert [thresholds["medium"], thresholds["hard"]] == pytest.approx(np.quantile(pool, [0.5, 0.9]), abs=1e-6)
     assert selected.column("difficulty").null_count == (pc.sum(selected.column("is_positive")).as_py() or 0)
+
+
+@pytest.mark.slow
+def test_curriculum_stages_load_with_datasets_and_train_in_order(searched, tmp_path) -> None:
+    datasets = pytest.importorskip("datasets")
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    from negminer.evaluation.train import fresh_model
+
+    work, curated = searched
+    config = CONFIG.mine.selection.model_copy(update={"output_curriculum": True})
+    select = stages.select_stage(work, curated, config=config)
+    model = fresh_model(None, device="cpu", max_seq_length=64)  # a copy: the session's model stays untrained
+    loss = MultipleNegativesRankingLoss(model)
+    before = next(model.parameters()).detach().clone()
+    for stem in STAGE_STEMS:
+        stage = datasets.load_dataset(
+            "parquet", data_files=select.tables[stem], split="train", cache_dir=str(tmp_path / "cache")
+        )
+        assert stage.column_names == ["anchor", "positive", "negative"] and stage.num_rows >= 4, stem
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(tmp_path / stem),
+            max_steps=1,
+            per_device_train_batch_size=4,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            report_to="none",
+            use_cpu=True,
+        )
+        result = SentenceTransformerTrainer(model=model, args=args, train_dataset=stage, loss=loss).train()
+        assert result.global_step == 1 and np.isfinite(result.training_loss), stem
+    assert not bool((next(model.parameters()) == before).all()), "the stages trained the model"
