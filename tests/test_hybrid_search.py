@@ -13,6 +13,7 @@ from negminer import stages
 from negminer.config import PipelineConfig
 from negminer.errors import ConfigError
 from negminer.mining.bm25 import Bm25Shard, search_bm25_shards, text_batches
+from negminer.mining.strategies import stable_hash64
 
 DEPTH = 10
 HYBRID = {"search_depth": DEPTH, "sources": ["dense", "bm25"]}
@@ -46,7 +47,8 @@ def test_fused_candidates_follow_reciprocal_rank_fusion(searched) -> None:
     index = stages.bm25_stage(work, config=_config(**HYBRID).mine)  # finished: its marker
     shards = [Bm25Shard(s.path, s.first, s.stop) for s in index.shards]
     n_anchors = pq.ParquetFile(work / "anchors.parquet").metadata.num_rows
-    _, bm25_ids = search_bm25_shards(shards, text_batches(work / "anchors.parquet"), n_anchors, depth)
+    keys = stable_hash64(pq.read_table(work / "docs.parquet").column("doc_id").to_pylist())
+    _, bm25_ids = search_bm25_shards(shards, text_batches(work / "anchors.parquet"), n_anchors, depth, doc_keys=keys)
     dense_ids = _by_anchor(dense, "doc_idx")
     fused_ids, fused_sources = _by_anchor(hybrid, "doc_idx"), _by_anchor(hybrid, "source")
     for anchor in range(n_anchors):
@@ -55,7 +57,7 @@ def test_fused_candidates_follow_reciprocal_rank_fusion(searched) -> None:
         for ranked in (dense_ids[anchor], lexical):
             for rank, doc in enumerate(ranked, start=1):
                 value[doc] = value.get(doc, 0.0) + 1 / (60 + rank)
-        expected = sorted(value, key=lambda doc: (-value[doc], doc))[:depth]
+        expected = sorted(value, key=lambda doc: (-value[doc], keys[doc]))[:depth]
         assert fused_ids[anchor] == expected, anchor
         in_dense, in_bm25 = set(dense_ids[anchor]), set(lexical)
         names = [

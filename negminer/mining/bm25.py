@@ -9,8 +9,9 @@ feature. A query scores each of its distinct terms once.
 
 Each shard is a :class:`bm25s.BM25` (its eager sparse score matrix, saved and memory-mapped by
 bm25s); a search loads one shard at a time and keeps every anchor's top-k across shards.
-Ties break on the lower doc index, and documents that share no term with the anchor (score 0)
-are never candidates.
+Ties break on a hash of the doc id (``doc_keys``), so the candidates do not depend on the
+order of the corpus rows; documents that share no term with the anchor (score 0) are never
+candidates.
 """
 
 from __future__ import annotations
@@ -136,27 +137,28 @@ def query_terms(texts: list[str]) -> list[np.ndarray]:
     return [counts.indices[counts.indptr[i] : counts.indptr[i + 1]].astype(np.int32) for i in range(len(texts))]
 
 
-def top_positive(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `k` best (score, index) of a score vector with score > 0, by score then lower index."""
+def top_positive(scores: np.ndarray, k: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` best (score, index) of a score vector with score > 0, by score then lower key (one per index)."""
     found = np.flatnonzero(scores > 0)
     if len(found) > k:
         threshold = np.partition(scores[found], len(found) - k)[len(found) - k]
         found = found[scores[found] >= threshold]
-    order = np.lexsort((found, -scores[found]))[:k]
+    order = np.lexsort((keys[found], -scores[found]))[:k]
     return scores[found[order]], found[order]
 
 
 def search_bm25_shards(
-    shards: list[Bm25Shard], anchor_batches: Iterable[list[str]], n_anchors: int, k: int
+    shards: list[Bm25Shard], anchor_batches: Iterable[list[str]], n_anchors: int, k: int, *, doc_keys: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k BM25 (scores, doc ids) of `n_anchors` anchors over every shard; shape (n_anchors, k) each.
 
     Each shard is memory-mapped once and scored for every anchor, then dropped; each anchor
     keeps its best k across shards. Missing slots (fewer than k documents share a term with
-    the anchor) have id -1 and score 0.
+    the anchor) have id -1 and score 0. `doc_keys` (n_docs,) breaks ties (a hash of each doc id).
 
     Example:
-        >>> scores, ids = search_bm25_shards(shards, text_batches("anchors.parquet"), n_anchors, 100)  # doctest: +SKIP
+        >>> scores, ids = search_bm25_shards(shards, text_batches("anchors.parquet"), n_anchors, 100,
+        ...     doc_keys=stable_hash64(doc_ids))  # doctest: +SKIP
     """
     import bm25s
 
@@ -167,9 +169,10 @@ def search_bm25_shards(
     best_ids = np.full((n_anchors, k), -1, np.int64)
     for shard in shards:
         index = bm25s.BM25.load(shard.path, mmap=True)
+        keys = doc_keys[shard.first : shard.stop]
         for row, ids in enumerate(terms):
-            scores, docs = top_positive(index.get_scores_from_ids(ids), k) if len(ids) else _NONE
-            _keep_best(best_scores, best_ids, row, scores, docs + shard.first)
+            scores, docs = top_positive(index.get_scores_from_ids(ids), k, keys) if len(ids) else _NONE
+            _keep_best(best_scores, best_ids, row, scores, docs + shard.first, doc_keys)
         del index
     return best_scores, best_ids
 
@@ -177,11 +180,13 @@ def search_bm25_shards(
 _NONE = (np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
-def _keep_best(best_scores: np.ndarray, best_ids: np.ndarray, row: int, scores: np.ndarray, ids: np.ndarray) -> None:
+def _keep_best(
+    best_scores: np.ndarray, best_ids: np.ndarray, row: int, scores: np.ndarray, ids: np.ndarray, keys: np.ndarray
+) -> None:
     held = best_ids[row] >= 0
     all_scores = np.concatenate([best_scores[row][held], scores])
     all_ids = np.concatenate([best_ids[row][held], ids])
-    order = np.lexsort((all_ids, -all_scores))[: best_ids.shape[1]]
+    order = np.lexsort((keys[all_ids], -all_scores))[: best_ids.shape[1]]
     best_scores[row] = 0
     best_ids[row] = -1
     best_scores[row, : len(order)] = all_scores[order]

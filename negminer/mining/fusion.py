@@ -5,7 +5,8 @@ id -1 in empty slots. ``rrf`` gives a document Σ 1 / (rrf_k + rank) over the li
 it (rank 1-based: 1 / (rrf_k + column + 1)); ``score`` gives it Σ of its scores min-max
 normalised over each anchor's list (1.0 where a list's scores are all equal). A list that does
 not hold a document adds nothing. Documents are ordered by fused value, ties on the lower doc
-id. The sources of each kept document are a bit mask: bit i set when list i proposed it.
+key (a hash of the doc id, so the order does not depend on the corpus's row order). The
+sources of each kept document are a bit mask: bit i set when list i proposed it.
 
 :func:`dense_scores` then gives every fused candidate the dense model's cosine, so selection
 and curation see the same score whichever view proposed the candidate.
@@ -25,13 +26,15 @@ class Fused(NamedTuple):
     sources: np.ndarray  # (n_anchors, depth) int8 bit mask of the lists that proposed each
 
 
-def fuse_lists(lists: list[tuple[np.ndarray, np.ndarray]], *, depth: int, fusion: str, rrf_k: int) -> Fused:
+def fuse_lists(
+    lists: list[tuple[np.ndarray, np.ndarray]], *, depth: int, fusion: str, rrf_k: int, doc_keys: np.ndarray
+) -> Fused:
     """One list of `depth` candidates per anchor from `lists` (see the module docstring).
 
     Example:
         >>> dense = (np.array([[0.9, 0.8]]), np.array([[3, 1]]))
         >>> lexical = (np.array([[7.0, 2.0]]), np.array([[5, 3]]))
-        >>> fuse_lists([dense, lexical], depth=3, fusion="rrf", rrf_k=60).ids
+        >>> fuse_lists([dense, lexical], depth=3, fusion="rrf", rrf_k=60, doc_keys=np.arange(6)).ids
         array([[3, 5, 1]])
     """
     if fusion not in ("rrf", "score"):
@@ -51,7 +54,7 @@ def fuse_lists(lists: list[tuple[np.ndarray, np.ndarray]], *, depth: int, fusion
     mask = np.zeros(len(keys), np.int8)
     np.bitwise_or.at(mask, inverse, np.concatenate(bits))
     key_row, key_doc = keys // span, keys % span
-    order = np.lexsort((key_doc, -fused, key_row))
+    order = np.lexsort((doc_keys[key_doc], -fused, key_row))
     key_row, key_doc, mask = key_row[order], key_doc[order], mask[order]
     slot = np.arange(len(order)) - np.searchsorted(key_row, key_row)
     kept = slot < depth

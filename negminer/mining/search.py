@@ -56,6 +56,7 @@ class Hybrid(NamedTuple):
     rrf_k: int
     bm25_shards: list[Bm25Shard]
     anchor_texts: Callable[[int, int], Iterable[list[str]]]  # texts of anchors [first, stop), in batches
+    doc_keys: np.ndarray  # (n_docs,) uint64 hash of each doc id: breaks ties whatever the corpus's row order
 
 
 class SearchResult(NamedTuple):
@@ -192,11 +193,10 @@ def _hybrid_docs(
             lists["dense"] = next(dense)[1:]
         if "bm25" in hybrid.sources:
             lists["bm25"] = search_bm25_shards(
-                hybrid.bm25_shards, hybrid.anchor_texts(first, stop), stop - first, depth
+                hybrid.bm25_shards, hybrid.anchor_texts(first, stop), stop - first, depth, doc_keys=hybrid.doc_keys
             )
-        fused = fuse_lists(
-            [lists[name] for name in hybrid.sources], depth=depth, fusion=hybrid.fusion, rrf_k=hybrid.rrf_k
-        )
+        options = {"depth": depth, "fusion": hybrid.fusion, "rrf_k": hybrid.rrf_k, "doc_keys": hybrid.doc_keys}
+        fused = fuse_lists([lists[name] for name in hybrid.sources], **options)
         scores = dense_scores(fused.ids, first, anchor_vectors, doc_vectors, lists.get("dense"))
         yield first, scores, fused.ids, source_names(fused.sources.reshape(-1), hybrid.sources)
 

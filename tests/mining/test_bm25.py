@@ -10,6 +10,7 @@ import pytest
 
 from negminer.curation.lexical import lexical_features, term_counts
 from negminer.mining import bm25
+from negminer.mining.strategies import stable_hash64
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,9 @@ def test_shards_with_global_statistics_equal_one_index(texts, tmp_path) -> None:
         bm25.build_bm25_shard([docs[first:stop]], first, stats, tmp_path / f"s{first}")
         for first, stop in ((0, 30), (30, 60), (60, 100))
     ]
-    single = bm25.search_bm25_shards([whole], _batches(anchors, 10), len(anchors), 20)
-    sharded = bm25.search_bm25_shards(shards, _batches(anchors, 10), len(anchors), 20)
+    keys = stable_hash64([str(i) for i in range(len(docs))])
+    single = bm25.search_bm25_shards([whole], _batches(anchors, 10), len(anchors), 20, doc_keys=keys)
+    sharded = bm25.search_bm25_shards(shards, _batches(anchors, 10), len(anchors), 20, doc_keys=keys)
 
     assert np.array_equal(single[1], sharded[1]) and np.array_equal(single[0], sharded[0])
     found = single[1] >= 0
@@ -48,7 +50,7 @@ def test_scores_are_the_curation_feature_and_bm25s_own(texts, tmp_path) -> None:
     anchors, docs = texts
     stats = bm25.pool_stats([docs])
     shard = bm25.build_bm25_shard([docs], 0, stats, tmp_path / "index")
-    scores, ids = bm25.search_bm25_shards([shard], [anchors[:3]], 3, 10)
+    scores, ids = bm25.search_bm25_shards([shard], [anchors[:3]], 3, 10, doc_keys=np.arange(len(docs)))
 
     feature = lexical_features(
         np.repeat(np.arange(3), 10), ids[:3].reshape(-1), anchor_texts=anchors, doc_texts=docs, stats=stats
@@ -66,11 +68,13 @@ def test_scores_are_the_curation_feature_and_bm25s_own(texts, tmp_path) -> None:
         assert np.allclose(np.sort(theirs)[::-1][:10], scores[row], rtol=1e-5)
 
 
-def test_top_positive_breaks_ties_on_the_lower_index_and_skips_zeros() -> None:
+def test_top_positive_breaks_ties_on_the_doc_key_and_skips_zeros() -> None:
     scores = np.array([0.0, 2.0, 1.0, 2.0, 0.0, 1.0, 3.0], np.float32)
-    assert bm25.top_positive(scores, 4)[1].tolist() == [6, 1, 3, 2]
-    assert bm25.top_positive(scores, 10)[1].tolist() == [6, 1, 3, 2, 5]
-    assert bm25.top_positive(np.zeros(5, np.float32), 3)[1].tolist() == []
+    by_index, reversed_keys = np.arange(7, dtype=np.uint64), np.arange(7, dtype=np.uint64)[::-1]
+    assert bm25.top_positive(scores, 4, by_index)[1].tolist() == [6, 1, 3, 2]
+    assert bm25.top_positive(scores, 4, reversed_keys)[1].tolist() == [6, 3, 1, 5]
+    assert bm25.top_positive(scores, 10, by_index)[1].tolist() == [6, 1, 3, 2, 5]
+    assert bm25.top_positive(np.zeros(5, np.float32), 3, by_index)[1].tolist() == []
 
 
 def test_a_shard_folder_appears_whole_and_a_rebuild_keeps_it(texts, tmp_path) -> None:

@@ -26,7 +26,7 @@ def _part(fusion: str, rank: int, score: float, low: float, high: float, rrf_k: 
     return (score - low) / (high - low) if high > low else 1.0
 
 
-def _direct(lists, row: int, *, depth: int, fusion: str, rrf_k: int) -> tuple[list[int], list[int]]:
+def _direct(lists, row: int, *, depth: int, fusion: str, rrf_k: int, keys) -> tuple[list[int], list[int]]:
     """Fused ids and source masks of one anchor, one document at a time."""
     value: dict[int, float] = {}
     mask: dict[int, int] = {}
@@ -36,7 +36,7 @@ def _direct(lists, row: int, *, depth: int, fusion: str, rrf_k: int) -> tuple[li
         for rank, (score, doc) in enumerate(valid, start=1):
             value[doc] = value.get(doc, 0.0) + _part(fusion, rank, score, low, high, rrf_k)
             mask[doc] = mask.get(doc, 0) | 1 << bit
-    order = sorted(value, key=lambda doc: (-value[doc], doc))[:depth]
+    order = sorted(value, key=lambda doc: (-value[doc], keys[doc]))[:depth]
     return order, [mask[doc] for doc in order]
 
 
@@ -44,9 +44,10 @@ def _direct(lists, row: int, *, depth: int, fusion: str, rrf_k: int) -> tuple[li
 def test_fusion_equals_a_direct_implementation(fusion: str) -> None:
     rng = np.random.default_rng(5)
     lists = _random_lists(rng, n=40, k=12, n_docs=30)
-    fused = fuse_lists(lists, depth=12, fusion=fusion, rrf_k=60)
+    keys = rng.permutation(30).astype(np.uint64)  # ties break on the doc key, not the doc's row
+    fused = fuse_lists(lists, depth=12, fusion=fusion, rrf_k=60, doc_keys=keys)
     for row in range(40):
-        ids, masks = _direct(lists, row, depth=12, fusion=fusion, rrf_k=60)
+        ids, masks = _direct(lists, row, depth=12, fusion=fusion, rrf_k=60, keys=keys)
         held = fused.ids[row] >= 0
         assert fused.ids[row][held].tolist() == ids, row
         assert fused.sources[row][held].tolist() == masks, row
@@ -57,7 +58,7 @@ def test_fusion_equals_a_direct_implementation(fusion: str) -> None:
 def test_a_document_both_lists_rank_first_comes_first() -> None:
     dense = (np.array([[0.9, 0.8, 0.7]], np.float32), np.array([[4, 2, 9]]))
     lexical = (np.array([[5.0, 3.0, 1.0]], np.float32), np.array([[4, 7, 2]]))
-    fused = fuse_lists([dense, lexical], depth=4, fusion="rrf", rrf_k=60)
+    fused = fuse_lists([dense, lexical], depth=4, fusion="rrf", rrf_k=60, doc_keys=np.arange(10, dtype=np.uint64))
     assert fused.ids.tolist() == [[4, 2, 7, 9]]
     assert source_names(fused.sources.reshape(-1), ("dense", "bm25")) == ["dense+bm25", "dense+bm25", "bm25", "dense"]
 
