@@ -130,7 +130,7 @@ KILL_POINTS = {
     # the shard's part and its marker in place, the merged candidate table not
     "search": KillPoint("search", r"^replace ", 3),
     # the judges fitted, the first shard's parts in place, the second shard's first one not
-    "curate": KillPoint("curate", r"^replace ", 4),
+    "curate": KillPoint("curate", r"^replace (?!.*\.arrow$)", 4),  # not the memory-mapped copies of texts and ids
     # the shards' parts in place, being merged: one merged view in place, the next not
     "select": KillPoint("select", r"^replace .*/\.work/[^/]+/(selected|triplets|scored)\.parquet$", 2),
     # the version being staged: the first of its files placed, the second not

@@ -74,6 +74,14 @@ class PoolContext(NamedTuple):
     doc_order: np.ndarray  # (n_docs,) int64 documents ordered by (doc_hash, doc_idx): what seeded draws pick from
 
 
+def key_matrix(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A fixed-width binary column (the read stage's ``text_key``) as an (n, width) uint8 view."""
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    width = keys.type.byte_width
+    data = np.frombuffer(keys.buffers()[1], np.uint8)[keys.offset * width : (keys.offset + len(keys)) * width]
+    return data.reshape(len(keys), width)
+
+
 def text_hashes(texts: TextSource | None = None, *, keys: pa.Array | None = None) -> np.ndarray:
     """uint64 of each text's key (:func:`negminer.textkeys.text_key`, its first 8 bytes, little-endian).
 
@@ -82,10 +90,7 @@ def text_hashes(texts: TextSource | None = None, *, keys: pa.Array | None = None
     in another row order are curated alike.
     """
     if keys is not None:
-        keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-        width = keys.type.byte_width
-        data = np.frombuffer(keys.buffers()[1], np.uint8)[keys.offset * width : (keys.offset + len(keys)) * width]
-        return data.reshape(len(keys), width)[:, :8].copy().view("<u8").ravel()
+        return key_matrix(keys)[:, :8].copy().view("<u8").ravel()
     from negminer.textkeys import text_key
 
     listed = texts if isinstance(texts, list) else texts.to_pylist()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from negminer.curation.lexical import TextSource, texts_at
 from negminer.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ def cross_encoder_scores(
     anchor: np.ndarray,
     doc: np.ndarray,
     *,
-    anchor_texts: list[str],
-    doc_texts: list[str],
+    anchor_texts: TextSource,
+    doc_texts: TextSource,
     model,
     batch_size: int,
 ) -> np.ndarray:
@@ -51,7 +52,7 @@ def cross_encoder_scores(
     """
     keys = np.stack([anchor, doc], axis=1)
     unique, inverse = np.unique(keys, axis=0, return_inverse=True)
-    texts = [(anchor_texts[a], doc_texts[d]) for a, d in unique.tolist()]
+    texts = list(zip(texts_at(anchor_texts, unique[:, 0]), texts_at(doc_texts, unique[:, 1]), strict=True))
     logger.info("cross-encoder: scoring %d pairs", len(texts))
     scores = model.predict(texts, batch_size=batch_size, show_progress_bar=len(texts) > 10000)
     scores = np.asarray(scores, np.float32)

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
 from negminer.curation.confident import anchor_folds
-from negminer.curation.context import PoolContext, pool_context, text_hashes
+from negminer.curation.context import PoolContext, key_matrix, pool_context, text_hashes
 from negminer.curation.duplicates import near_duplicates
 from negminer.curation.features import pair_features
 from negminer.curation.judges import Described, fit_judges, judge
@@ -44,7 +44,7 @@ from negminer.curation.null import null_scores
 from negminer.curation.policy import CurationResult, IdSource, Scored, apply_policies
 from negminer.curation.rows import PairRows, group_positives, pair_rows
 from negminer.mining.search import CANDIDATE_SCHEMA
-from negminer.textkeys import text_key
+from negminer.textkeys import KEY_BYTES, text_key
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def score_pairs(
     and judge, every row of `candidates`; :mod:`negminer.curation.sharded` fits them on a
     sample of anchors and judges shards.
     """
-    family, family_hash = anchor_families(text_list(anchor_texts))
+    family, family_hash = anchor_families(anchor_texts)
     context = pool_context(
         lambda: [candidates],
         anchor_vectors=anchor_vectors,
@@ -232,17 +232,28 @@ def describe_rows(
     )
 
 
-def anchor_families(anchor_texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def anchor_families(anchor_texts: TextSource, *, keys: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Family of each anchor (smallest anchor_idx with the same normalised text) and its hash.
+
+    From the read stage's 16-byte ``text_key`` column where given (no Python object per
+    anchor), else from the texts.
 
     Returns:
         (family (n_anchors,) int64, family_hash (n_anchors,) uint64 from the text key).
+
+    Example:
+        >>> anchor_families(["What is X?", "what  is x?", "Other"])[0].tolist()
+        [0, 0, 2]
     """
-    keys = [text_key(t) for t in anchor_texts]
-    first: dict[bytes, int] = {}
-    family = np.fromiter((first.setdefault(k, i) for i, k in enumerate(keys)), np.int64, len(keys))
-    family_hash = np.fromiter((int.from_bytes(k[:8], "little") for k in keys), np.uint64, len(keys))
-    return family, family_hash
+    matrix = key_matrix(keys) if keys is not None else _text_key_matrix(text_list(anchor_texts))
+    halves = matrix.view(np.dtype([("head", "<u8"), ("tail", "<u8")])).ravel()
+    _, first, inverse = np.unique(halves, return_index=True, return_inverse=True)  # first: earliest index
+    family = first[inverse.ravel()].astype(np.int64)
+    return family, matrix[:, :8].copy().view("<u8").ravel()
+
+
+def _text_key_matrix(texts: list[str]) -> np.ndarray:
+    return np.frombuffer(b"".join(text_key(t) for t in texts), np.uint8).reshape(len(texts), KEY_BYTES)
 
 
 def _pair_ids(pairs: pa.Table) -> np.ndarray:

@@ -54,7 +54,7 @@ class LexicalStats(NamedTuple):
 def lexical_stats(doc_texts: TextSource, *, batch: int = STATS_BATCH) -> LexicalStats:
     """Document frequencies and lengths over the pool, `batch` texts at a time."""
     batches = (
-        _texts(doc_texts, np.arange(first, min(first + batch, len(doc_texts))))
+        texts_at(doc_texts, np.arange(first, min(first + batch, len(doc_texts))))
         for first in range(0, len(doc_texts), batch)
     )
     return streamed_lexical_stats(batches)
@@ -125,8 +125,8 @@ def lexical_features(
     stats = lexical_stats(doc_texts) if stats is None else stats
     anchors, anchor_row = np.unique(anchor, return_inverse=True)
     docs, doc_row = np.unique(doc, return_inverse=True)
-    anchor_counts = term_counts(_texts(anchor_texts, anchors))
-    doc_counts = term_counts(_texts(doc_texts, docs))
+    anchor_counts = term_counts(texts_at(anchor_texts, anchors))
+    doc_counts = term_counts(texts_at(doc_texts, docs))
     anchor_binary = anchor_counts.copy()
     anchor_binary.data[:] = 1.0
     doc_binary = doc_counts.copy()
@@ -152,7 +152,7 @@ def text_list(texts: TextSource) -> list[str]:
     return texts if isinstance(texts, list) else texts.to_pylist()
 
 
-def _texts(texts: TextSource, rows: np.ndarray) -> list[str]:
+def texts_at(texts: TextSource, rows: np.ndarray) -> list[str]:
     """The texts at `rows` of a list or an Arrow string array."""
     if isinstance(texts, list):
         return [texts[i] for i in rows]

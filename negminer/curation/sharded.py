@@ -65,6 +65,7 @@ class PoolInputs(NamedTuple):
     anchor_ids: IdSource | None = None
     doc_ids: IdSource | None = None
     doc_keys: pa.Array | None = None  # the read stage's 16-byte text keys by doc_idx (else hashed from the texts)
+    anchor_keys: pa.Array | None = None  # the same by anchor_idx
 
 
 class FittedCuration(NamedTuple):
@@ -120,7 +121,7 @@ def fit_curation(candidates_path: str | Path, pool: PoolInputs, *, config: Curat
         )
     start = time.perf_counter()
     candidates_path = Path(candidates_path)
-    family, family_hash = anchor_families(text_list(pool.anchor_texts))
+    family, family_hash = anchor_families(pool.anchor_texts, keys=pool.anchor_keys)
     context = pool_context(
         lambda: _batches(candidates_path, None),
         anchor_vectors=pool.anchor_vectors,

@@ -122,19 +122,24 @@ def curate_merge_stage(
 
 
 def _pool_inputs(work_dir: Path):
-    """The read stage's tables and the vectors, as every part of curation reads them."""
+    """The read stage's tables and the vectors, as every part of curation reads them.
+
+    Texts and ids are memory-mapped (:func:`~negminer.storage.mapped_columns.mapped_column`):
+    a shard reads the rows it names, not the whole corpus.
+    """
     from negminer.curation.sharded import PoolInputs
     from negminer.mining.vectors import MappedRows
+    from negminer.storage.mapped_columns import mapped_column
 
-    anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id", "text"])
-    docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text", "text_key"])
+    anchors, docs = work_dir / "anchors.parquet", work_dir / "docs.parquet"
     return PoolInputs(
         pairs=pq.read_table(work_dir / "pairs.parquet"),
         anchor_vectors=MappedRows(np.load(work_dir / "anchors.npy", mmap_mode="r")),
         doc_vectors=MappedRows(np.load(work_dir / "docs.npy", mmap_mode="r")),
-        anchor_texts=anchors.column("text").combine_chunks(),
-        doc_texts=docs.column("text").combine_chunks(),
-        anchor_ids=anchors.column("anchor_id").combine_chunks(),
-        doc_ids=docs.column("doc_id").combine_chunks(),
-        doc_keys=docs.column("text_key").combine_chunks(),
+        anchor_texts=mapped_column(anchors, "text"),
+        doc_texts=mapped_column(docs, "text"),
+        anchor_ids=mapped_column(anchors, "anchor_id"),
+        doc_ids=mapped_column(docs, "doc_id"),
+        doc_keys=pq.read_table(docs, columns=["text_key"]).column("text_key").combine_chunks(),
+        anchor_keys=pq.read_table(anchors, columns=["text_key"]).column("text_key").combine_chunks(),
     )

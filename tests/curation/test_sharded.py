@@ -6,13 +6,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from negminer import stages
 from negminer.config import CurateConfig, PipelineConfig
+from negminer.curation.curate import anchor_families
 from negminer.curation.sharded import CurationPaths, sample_anchors
 from negminer.errors import ConfigError
+from negminer.textkeys import KEY_BYTES, text_key
 
 CONFIG = PipelineConfig.from_dict({"mine": {"search_depth": 30}})
 
@@ -101,3 +104,16 @@ def test_shards_judged_in_any_order_merge_to_the_same_bytes(searched, tmp_path) 
     for name, path in written.items():
         assert Path(path).read_bytes() == getattr(in_order, name).read_bytes(), name
     assert not list(work.glob("*.part*")), "the parts are removed once merged"
+
+
+def test_families_from_the_read_stages_keys_are_the_families_of_the_texts(searched) -> None:
+    work, _ = searched
+    anchors = pq.read_table(work / "anchors.parquet", columns=["text", "text_key"])
+    texts = anchors.column("text").to_pylist()
+    planted = ["What is X?", "Other", "what  is x?", "Other", "What is X?"]
+    planted_keys = pa.array([text_key(t) for t in planted], pa.binary(KEY_BYTES))
+
+    for words, keys in ((texts, anchors.column("text_key")), (planted, planted_keys)):
+        by_text, by_key = anchor_families(words), anchor_families(words, keys=keys)
+        assert all(np.array_equal(a, b) for a, b in zip(by_text, by_key, strict=True))
+    assert anchor_families(planted, keys=planted_keys)[0].tolist() == [0, 1, 0, 1, 0]
