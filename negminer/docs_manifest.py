@@ -63,6 +63,10 @@ MANIFEST_FIELDS: dict[str, str] = {
     "index": "The FAISS index searched: `factory`, `params`, `rows`, measured `recall` on `recall_sample` "
     "anchors (null for an exact index), `k`, `gpu`, `key`, and `extended_from` when a parent's index was "
     "extended.",
+    "sources": "Only when `mine.sources` is not `[dense]`: the candidate `sources` in fusion order, `fusion` "
+    "(`rrf` or `score`), `rrf_k`, `rows_by_source` (candidate rows per value of the `source` column: `dense`, "
+    "`bm25`, `dense+bm25`) and `bm25`: the BM25 index's `key`, `rows`, `scoring` (tokens, k1, b, tf and idf "
+    "variants) and its `shards` (`first`, `stop`, `postings`).",
     "work": "The run's work folder key (`ROOT/NAME/.work/KEY`), which a rerun reuses.",
     "embedding_store": "The embedding store used: `path` (relative to the datasets root when inside it), "
     "its `folder` for this model and the `shards` this version's vectors came from (what `negminer gc` "

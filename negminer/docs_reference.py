@@ -213,6 +213,8 @@ def _annotation(annotation: Any) -> str:
         return " or ".join(_annotation(a) for a in typing.get_args(annotation))
     if annotation is type(None):
         return "null"
+    if origin is tuple and typing.get_args(annotation)[-1:] == (Ellipsis,):  # a YAML list of any length
+        return f"list[{_annotation(typing.get_args(annotation)[0])}]"
     if origin is not None:
         inner = ", ".join(_annotation(a) for a in typing.get_args(annotation))
         return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
@@ -236,6 +238,8 @@ def _yaml(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml(item) for item in value) + "]"
     return str(value)
 
 
