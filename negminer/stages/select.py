@@ -128,6 +128,7 @@ def select_shard_stage(
     from negminer.mining.sharded_select import SelectionPlan, ShardRange, select_shard
     from negminer.mining.streaming import BATCH_ROWS
     from negminer.mining.views import view_stems
+    from negminer.storage.mapped_columns import mapped_column
 
     work_dir = Path(work_dir)
     stem = _part_stem(plan, shard)
@@ -135,8 +136,14 @@ def select_shard_stage(
     if ref := finished(marker, SelectPartRef):
         return ref
     start = time.perf_counter()
-    anchors = pq.read_table(work_dir / "anchors.parquet", columns=["anchor_id"])  # texts: the shard's only
-    docs = pq.read_table(work_dir / "docs.parquet", columns=["doc_id", "text_key"])
+    anchors = pa.table({"anchor_id": mapped_column(work_dir / "anchors.parquet", "anchor_id")})
+    docs = pa.table(
+        {
+            "doc_id": mapped_column(work_dir / "docs.parquet", "doc_id"),
+            "text_key": pq.read_table(work_dir / "docs.parquet", columns=["text_key"]).column("text_key"),
+        }
+    )
+    anchor_texts, doc_texts = (mapped_column(work_dir / f"{s}.parquet", "text") for s in ("anchors", "docs"))
     feedback = BatchedFeedback(
         pq.read_table(plan.decisions),
         schema=pq.read_schema(plan.candidates),
@@ -161,8 +168,8 @@ def select_shard_stage(
             plan=SelectionPlan(
                 bounds, plan.batched, [], DifficultyThresholds(plan.difficulty_medium, plan.difficulty_hard)
             ),
-            anchor_texts=_rows_of_column(work_dir / "anchors.parquet", "text", np.arange(shard.first, shard.stop)),
-            doc_texts=lambda wanted: _rows_of_column(work_dir / "docs.parquet", "text", wanted),
+            anchor_texts=anchor_texts.slice(shard.first, shard.stop - shard.first).combine_chunks(),
+            doc_texts=lambda wanted: doc_texts.take(pa.array(wanted, pa.int64())).combine_chunks(),
             transform=feedback,
             batch_rows=batch_rows or BATCH_ROWS,
         )
@@ -180,25 +187,6 @@ def select_shard_stage(
         seconds=round(time.perf_counter() - start, 3),
     )
     return finish(marker, ref)
-
-
-def _rows_of_column(path: Path, column: str, wanted: np.ndarray) -> pa.Array:
-    """Values of one column at the sorted row numbers `wanted`, read in batches of the row
-    groups that hold them (memory: the values taken and one batch)."""
-    parquet = pq.ParquetFile(path)
-    pieces, offset = [], 0
-    for group in range(parquet.metadata.num_row_groups):
-        n = parquet.metadata.row_group(group).num_rows
-        low, high = np.searchsorted(wanted, [offset, offset + n])
-        if high > low:
-            for batch in parquet.iter_batches(batch_size=1 << 16, row_groups=[group], columns=[column]):
-                first, stop = np.searchsorted(wanted, [offset, offset + batch.num_rows])
-                if stop > first:
-                    pieces.append(batch.column(0).take(pa.array(wanted[first:stop] - offset)))
-                offset += batch.num_rows
-        else:
-            offset += n
-    return pa.concat_arrays(pieces) if pieces else pa.array([], parquet.schema_arrow.field(column).type)
 
 
 @releases_memory
