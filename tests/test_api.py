@@ -42,6 +42,11 @@ def test_mine_from_paths_and_from_tables_writes_the_same_dataset(small, tmp_path
     assert _files(from_tables) == _files(from_paths)
     assert from_paths.counts["triplet_rows"] == pq.read_metadata(from_paths.path / "triplets.parquet").num_rows
     assert from_paths.flagged.num_rows == sum(from_paths.counts["flagged_by_kind"].values())
+    diagnostics = from_paths.manifest["diagnostics"]
+    counts = from_paths.counts
+    assert diagnostics["alignment_pairs"] == counts["pairs"] == 40
+    assert diagnostics["uniformity_vectors"] == counts["anchors"] + counts["docs"]  # below the sample size
+    assert 0.0 < diagnostics["alignment"] < 2.0 and -4.0 < diagnostics["uniformity"] < 0.0
     train = negminer.open_version(tmp_path / "a" / "pairs40").load()
     assert len(train) == from_paths.counts["triplet_rows"] and train.column_names == ["anchor", "positive", "negative"]
 

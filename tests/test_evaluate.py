@@ -192,6 +192,13 @@ def test_cli_on_the_held_out_queries_at_a_tiny_budget(sample_dir: Path, version,
         assert all(0.0 <= arm[m] <= 1.0 for m in ("ndcg@10", "recall@100", "mrr@10"))
     assert trained["rows"] == pq.read_metadata(version.path / "triplets.parquet").num_rows
     assert trained["delta"]["ndcg@10"] == pytest.approx(trained["ndcg@10"] - base["ndcg@10"], abs=1e-5)
+    # alignment and uniformity (Wang & Isola) of both models on the set, and the mining model's in the manifest
+    for arm in record["arms"]:
+        assert 0.0 < arm["alignment"] < 2.0 and -4.0 < arm["uniformity"] < 0.0, arm
+    assert trained["delta"]["alignment"] == pytest.approx(trained["alignment"] - base["alignment"], abs=1e-6)
+    assert "| MRR@10 | alignment | uniformity |" in done.stderr
+    diagnostics = version.manifest["diagnostics"]
+    assert diagnostics["alignment_pairs"] == 225 and diagnostics["uniformity_vectors"] == 1000
     # a copy beside the version, not inside it: the version still verifies, its report lists it
     stored = list(evaluations_dir(version.path).glob("*.json"))
     assert len(stored) == 1 and json.loads(stored[0].read_text())["arms"] == record["arms"]
@@ -232,4 +239,5 @@ def test_training_raises_the_score_of_the_train_queries(sample_dir: Path, versio
     assert after["ndcg@10"] > before["ndcg@10"] + 0.01, (before, after)
     assert after["mrr@10"] > before["mrr@10"], (before, after)
     assert result.against.metrics == after  # same rows, budget and seed: the same model
+    assert after["alignment"] < before["alignment"], "trained on these pairs: they move closer"
     assert result.path is None and [a.arm for a in result.arms] == ["base", "train", "against"]
