@@ -64,6 +64,16 @@ def text_batches(path: str | Path, *, first: int = 0, stop: int | None = None) -
         yield read_row_range(path, start, min(start + STATS_BATCH, stop), columns=["text"]).column(0).to_pylist()
 
 
+def doc_keys(path: str | Path) -> np.ndarray:
+    """A 64-bit hash of each ``doc_id`` of a Parquet file, read in batches: the tie-breaker of the
+    BM25 and fused lists (the same whatever the order of the corpus rows)."""
+    from negminer.mining.strategies import stable_hash64
+
+    batches = pq.ParquetFile(path).iter_batches(batch_size=STATS_BATCH, columns=["doc_id"])
+    keys = [stable_hash64(batch.column(0).to_pylist()) for batch in batches]
+    return np.concatenate(keys) if keys else np.zeros(0, np.uint64)
+
+
 def pool_stats(doc_batches: Iterable[list[str]]) -> LexicalStats:
     """Corpus-global document frequencies and lengths, streamed (memory: one batch plus a length per doc)."""
     return streamed_lexical_stats(doc_batches)

@@ -46,7 +46,8 @@ def bm25_shards(n_docs: int, *, config: RetrievalConfig) -> list[DocRange]:
 @releases_memory
 def bm25_plan_stage(work_dir: str | Path, *, config: RetrievalConfig) -> Bm25PlanRef:
     """Stream docs.parquet once into the pool's BM25 statistics; plan the doc ranges to index."""
-    from negminer.mining.bm25 import pool_stats, save_stats, text_batches
+    from negminer.mining.bm25 import doc_keys, pool_stats, save_stats, text_batches
+    from negminer.storage.atomic import write_npy_atomic
 
     work_dir = Path(work_dir)
     key = bm25_key()
@@ -57,7 +58,15 @@ def bm25_plan_stage(work_dir: str | Path, *, config: RetrievalConfig) -> Bm25Pla
     start = time.perf_counter()
     stats = pool_stats(text_batches(work_dir / "docs.parquet"))
     path = save_stats(stats, work_dir / f"bm25-{key}.stats.npz")
-    ref = Bm25PlanRef(key=key, stats=str(path), rows=len(stats.doc_length), shards=shards, seconds=_since(start))
+    keys = write_npy_atomic(work_dir / f"bm25-{key}.doc-keys.npy", doc_keys(work_dir / "docs.parquet"))
+    ref = Bm25PlanRef(
+        key=key,
+        stats=str(path),
+        doc_keys=str(keys),
+        rows=len(stats.doc_length),
+        shards=shards,
+        seconds=_since(start),
+    )
     return finish(marker, ref)
 
 
@@ -94,7 +103,9 @@ def bm25_stage(work_dir: str | Path, *, config: RetrievalConfig) -> Bm25Ref:
         return ref
     built = tuple(bm25_shard_stage(work_dir, shard, plan=plan) for shard in plan.shards)
     seconds = round(plan.seconds + sum(shard.seconds for shard in built), 3)
-    ref = Bm25Ref(key=plan.key, rows=plan.rows, shards=built, scoring=dict(SCORING), seconds=seconds)
+    ref = Bm25Ref(
+        key=plan.key, rows=plan.rows, doc_keys=plan.doc_keys, shards=built, scoring=dict(SCORING), seconds=seconds
+    )
     return finish(marker, ref)
 
 

@@ -214,6 +214,7 @@ class Bm25PlanRef(Ref):
 
     key: str
     stats: str
+    doc_keys: str  # bm25-KEY.doc-keys.npy: a hash of each doc id, the tie-breaker of the fused lists
     rows: int
     shards: tuple[DocRange, ...]
     seconds: float
@@ -224,6 +225,7 @@ class Bm25Ref(Ref):
 
     key: str
     rows: int
+    doc_keys: str
     shards: tuple[Bm25ShardRef, ...]
     scoring: JsonObject
     seconds: float

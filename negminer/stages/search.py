@@ -109,7 +109,6 @@ def _search(
 def _hybrid(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None):
     from negminer.mining.bm25 import Bm25Shard, text_batches
     from negminer.mining.search import Hybrid
-    from negminer.mining.strategies import stable_hash64
 
     if not config.hybrid:
         return None
@@ -119,7 +118,7 @@ def _hybrid(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None):
         rrf_k=config.rrf_k,
         bm25_shards=[Bm25Shard(s.path, s.first, s.stop) for s in bm25.shards] if bm25 else [],
         anchor_texts=lambda first, stop: text_batches(work_dir / "anchors.parquet", first=first, stop=stop),
-        doc_keys=stable_hash64(pq.read_table(work_dir / "docs.parquet", columns=["doc_id"]).column(0).to_pylist()),
+        doc_keys=np.load(bm25.doc_keys, mmap_mode="r"),
     )
 
 
