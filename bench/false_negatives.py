@@ -253,7 +253,11 @@ def _hybrid_rows(
         if fusion not in searched:
             hybrid, seconds, sources = hybrid_prepared(prep, depth=depth, fusion=fusion)
             searched[fusion] = (hybrid, seconds)
-            notes.setdefault("hybrid", {})[fusion] = {"seconds": seconds, "rows_by_source": sources["rows_by_source"]}
+            notes.setdefault("hybrid", {})[fusion] = {
+                "seconds": seconds,
+                "rows_by_source": sources["rows_by_source"],
+                "hidden_by_source": hidden_by_source(hybrid),
+            }
         hybrid, search_seconds = searched[fusion]
         if curated:
             negatives_of[label], seconds, result = run_negminer_curated(hybrid, options, k=k, depth=depth)
@@ -274,6 +278,23 @@ def _hybrid_rows(
         metrics = evaluate(prep, negatives_of[label], k=k)
         rows.append(Row(prep.name, label, **metrics, seconds=shared + search_seconds + seconds, derive=seconds))
     return rows
+
+
+def hidden_by_source(prep: Prepared) -> dict[str, tuple[int, float]]:
+    """Per value of the candidates' ``source``: non-positive candidate rows, and the share of them
+    that are hidden relevant documents (by text, as the FN rate counts them)."""
+    candidates = prep.tables["candidates"].filter(pc.invert(prep.tables["candidates"].column("is_positive")))
+    anchor_id = prep.tables["anchors"].column("anchor_id").to_pylist()
+    doc_text = prep.tables["docs"].column("text").to_pylist()
+    corpus_text = dict(zip(prep.corpus.column("id").to_pylist(), prep.corpus.column("text").to_pylist(), strict=True))
+    hidden = {qid: {corpus_text[d] for d in docs} for qid, docs in prep.hidden.items()}
+    rows: Counter[str] = Counter()
+    found: Counter[str] = Counter()
+    columns = (candidates.column(c).to_pylist() for c in ("anchor_idx", "doc_idx", "source"))
+    for a, d, source in zip(*columns, strict=True):
+        rows[source] += 1
+        found[source] += doc_text[d] in hidden.get(anchor_id[a], ())
+    return {source: (rows[source], found[source] / rows[source]) for source in sorted(rows)}
 
 
 def _inputs(prep: Prepared) -> dict[str, pa.Table]:
@@ -521,6 +542,8 @@ def print_table(name: str, rows: list[Row], notes: dict[str, Any], k: int) -> No
             f"dense+bm25 ({fusion} fusion): BM25 index + fused search {entry['seconds']:.2f} s; "
             f"candidate rows by source {entry['rows_by_source']}"
         )
+        shares = ", ".join(f"{s} {share:.1%} of {n}" for s, (n, share) in entry["hidden_by_source"].items())
+        print(f"  hidden relevant among the non-positive candidates, by source: {shares}")
     for label, counts in notes.get("curation_counts", {}).items():
         print(
             f"{label}: given positives flagged false_positive {counts['false_positive']}, kept "
