@@ -123,8 +123,8 @@ def tier_codes(margin: np.ndarray, is_positive: np.ndarray, thresholds: Difficul
 def tier_names(codes: np.ndarray) -> pa.Array:
     """A string column of tier names, null where the code is :data:`NO_TIER`."""
     codes = np.asarray(codes)
-    names = np.array(TIERS, dtype=object)[np.clip(codes, 0, None)]
-    return pa.array(names, pa.string(), mask=codes == NO_TIER)
+    indices = pa.array(np.clip(codes, 0, None).astype(np.int8), mask=codes == NO_TIER)
+    return pa.array(TIERS, pa.string()).take(indices)
 
 
 def candidate_tiers(candidates: pa.Table, thresholds: DifficultyThresholds) -> np.ndarray:
