@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from negminer.errors import ConfigError
 
 OnBadRows = Literal["fail", "quarantine"]
-CurationAction = Literal["drop", "quarantine", "keep"]
+CurationAction = Literal["drop", "quarantine", "keep", "relabel"]
 CurationClassifier = Literal["hist_gradient_boosting", "logistic_regression"]
 CurationIssueRule = Literal["confident_joint", "find_label_issues"]
 SamplingStrategy = Literal["top", "random", "simans"]
@@ -431,7 +431,10 @@ class CurateConfig(_Frozen):
         0.95, gt=0, le=1, description="Cosine to a positive at or above which a candidate is a near-duplicate."
     )
     false_negative_action: CurationAction = Field(
-        "drop", description="What happens to a candidate flagged as likely relevant (the next one replaces it)."
+        "drop",
+        description="What happens to a candidate flagged as likely relevant: the next candidate replaces it as a "
+        "negative; relabel also makes it an extra positive of its anchor (extra training rows in every output "
+        "format) until a reviewer says otherwise.",
     )
     null_samples: int = Field(
         200,
@@ -509,6 +512,16 @@ class CurateConfig(_Frozen):
     shard_anchors: int = Field(
         10_000, ge=1, description="Anchors judged at once once the judges are trained (the unit of memory)."
     )
+
+    @model_validator(mode="after")
+    def _check_relabel(self) -> CurateConfig:
+        for key in ("false_positive_action", "false_positive_uncertain_action", "near_duplicate_action"):
+            if getattr(self, key) == "relabel":
+                raise ValueError(
+                    f"{key}: relabel makes a candidate flagged false_negative a positive; for this kind use "
+                    "drop, quarantine or keep"
+                )
+        return self
 
 
 class IndexConfig(_Frozen):

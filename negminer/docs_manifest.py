@@ -100,8 +100,8 @@ CANDIDATE_REASONS: dict[str, str] = {
     "positive": "A known positive of the anchor (by id): never a negative.",
     "same_text_as_positive": "The same normalised text as one of the anchor's positives.",
     "same_text_as_anchor": "The same normalised text as the anchor itself.",
-    "false_negative": "Flagged by curation as likely relevant (with `curate.false_negative_action` drop or "
-    "quarantine); the next valid candidate takes its place.",
+    "false_negative": "Flagged by curation as likely relevant (with `curate.false_negative_action` drop, "
+    "quarantine or relabel); the next valid candidate takes its place.",
     "audit_decision": "A reviewer decided it is relevant to the anchor (`is_positive`) or dropped the pair.",
     "duplicate_text": "The same normalised text as a better-ranked candidate of the anchor.",
     "below_range_min": "Raw rank below `mine.range_min` (ranks count positives too).",
@@ -141,6 +141,8 @@ FLAG_ACTIONS: dict[str, str] = {
     "drop": "Out of the training view (a candidate: the next valid one replaces it).",
     "quarantine": "Out of the training view until a reviewer decides (`negminer audit`).",
     "keep": "Stays in; the flag is only recorded.",
+    "relabel": "False negatives only: out of the negatives and in as an extra positive pair of its anchor "
+    "(extra rows in every output format) until a reviewer says `is_negative`.",
 }
 
 

@@ -76,9 +76,11 @@ def _positives(counts: dict[str, Any], curate: dict[str, Any]) -> str:
     flagged = curation.get("false_positive", 0)
     excluded = curation.get("pairs_excluded", 0)
     action = curate.get("false_positive_action", "quarantine")
+    relabelled = curation.get("relabelled", 0)
     return (
         f"  given positives: {pairs}; {flagged} flagged as likely wrong (false_positive): "
         f"{pairs - excluded} kept, {excluded} excluded (false_positive_action: {action})"
+        + (f"; {relabelled} false negatives relabelled as extra positives" if relabelled else "")
     )
 
 

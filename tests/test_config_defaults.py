@@ -35,6 +35,9 @@ SKIPPED_MODULES: dict[str, str] = {
 
 # (module, function, parameter) patterns (fnmatch) that may keep a default, with the reason.
 ALLOWED: dict[tuple[str, str, str], str] = {
+    ("negminer.storage.embedding_store", "EmbeddingStore.__init__", "max_seq_length"): "the truncation length "
+    "the store's vectors were made with, recorded in its meta.json; None means 'not known' (a store made by "
+    "hand), not EmbedConfig's 'the model's own limit'",
     ("negminer.cli", "*", "*"): "typer options: None means 'not given on the command line', so the "
     "YAML file's value or the config default applies",
     ("negminer.evaluation.cli", "*", "*"): "typer options of `negminer evaluate`: None means 'not given on the "

@@ -16,14 +16,15 @@ version's ``anchors`` / ``docs`` / ``pairs`` tables, and returns:
 
 What each decision on ``(anchor, doc)`` does:
 
-=============  ==================================================  ==========================
+=============  ==================================================  ==================================
 decision       doc is a candidate (not a positive)                 doc is a labelled positive
-=============  ==================================================  ==========================
+=============  ==================================================  ==================================
 is_positive    never a negative again (+ extra positive if on)     stays or is put back
-is_negative    eligible as a negative; curation's flag cleared     the pair is dropped
+is_negative    eligible as a negative; curation's flag cleared     the pair is dropped (a relabelled
+                                                                   one is a negative again)
 drop_pair      never a negative again                              the pair is dropped
 skip           nothing                                             nothing
-=============  ==================================================  ==========================
+=============  ==================================================  ==================================
 
 :func:`unflag_decided` removes pairs a reviewer already decided from a new flagged table, so
 a confirmed negative is not flagged again. :class:`BatchedFeedback` applies the same
@@ -241,7 +242,7 @@ def _effects(decision: str, *, is_pair: bool, is_held_out: bool) -> tuple[str, .
             return ("restore",)
         return () if is_pair else ("exclude", "extra")
     if decision == "is_negative":
-        return ("drop",) if is_pair else ("confirm",)
+        return ("drop", "confirm") if is_pair else ("confirm",)  # a relabelled pair's candidate: a negative again
     return ()
 
 

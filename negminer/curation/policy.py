@@ -3,7 +3,9 @@
 Contract: a flag has a kind (:data:`KINDS`) and the action of that kind's policy
 (:data:`ACTIONS`). ``drop`` removes the pair from the training view, ``quarantine`` keeps it
 out of the training view until an audit decides, ``keep`` leaves it in and only records the
-flag. A reviewer's ``is_positive`` on a dropped or quarantined given positive puts it back
+flag; ``relabel`` (false negatives only) drops the candidate as a negative and adds it as an
+extra positive pair of its anchor (:func:`relabelled_pairs`), which a reviewer's
+``is_negative`` undoes. A reviewer's ``is_positive`` on a dropped or quarantined given positive puts it back
 (:func:`negminer.curation.decisions.apply_decisions`, ``held_out``). A candidate negative that
 is dropped or quarantined is marked ``flagged_false_negative`` so selection skips it and
 takes the next valid candidate; a given positive that is dropped or quarantined leaves the
@@ -25,9 +27,9 @@ from negminer.config import CurateConfig
 from negminer.curation.rows import PairRows
 
 KINDS = ("false_negative", "false_positive", "near_duplicate")
-ACTIONS = ("drop", "quarantine", "keep")
+ACTIONS = ("drop", "quarantine", "keep", "relabel")
 IdSource = list[str] | pa.Array  # ids by *_idx: a list, or an Arrow string array (no Python copies)
-Action = Literal["drop", "quarantine", "keep"]
+Action = Literal["drop", "quarantine", "keep", "relabel"]
 
 
 class CurationResult(NamedTuple):
@@ -147,6 +149,39 @@ def training_pairs(pairs: pa.Table, excluded_pair_idx: np.ndarray) -> pa.Table:
     return pairs.filter(pc.invert(gone))
 
 
+def relabelled_pairs(flagged: pa.Table, pairs: pa.Table) -> pa.Table:
+    """The extra positive pairs of the candidates flagged ``false_negative`` with action ``relabel``.
+
+    One pair per (anchor, document), in (anchor_idx, doc_idx) order, numbered after the largest
+    ``pair_idx`` of the given `pairs` (all of them, so a held-out pair keeps its number); the
+    pairs' other columns are null.
+
+    Example:
+        >>> relabelled_pairs(flagged, pairs).column_names == pairs.column_names  # doctest: +SKIP
+        True
+    """
+    mask = pc.and_(pc.equal(flagged.column("kind"), "false_negative"), pc.equal(flagged.column("action"), "relabel"))
+    chosen = flagged.filter(mask)
+    anchor = chosen.column("anchor_idx").to_numpy(zero_copy_only=False).astype(np.int64)
+    doc = chosen.column("doc_idx").to_numpy(zero_copy_only=False).astype(np.int64)
+    unique = np.unique(np.stack([anchor, doc], axis=1), axis=0) if len(anchor) else np.empty((0, 2), np.int64)
+    start = int(pc.max(pairs.column("pair_idx")).as_py() or 0) + 1 if pairs.num_rows else 0
+    columns = {
+        "pair_idx": np.arange(start, start + len(unique)),
+        "anchor_idx": unique[:, 0],
+        "doc_idx": unique[:, 1],
+    }
+    arrays = [
+        pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(len(unique), f.type) for f in pairs.schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=pairs.schema)
+
+
+def curated_training_pairs(pairs: pa.Table, excluded_pair_idx: np.ndarray, flagged: pa.Table) -> pa.Table:
+    """What curation hands selection to train on: :func:`training_pairs` plus :func:`relabelled_pairs`."""
+    return pa.concat_tables([training_pairs(pairs, excluded_pair_idx), relabelled_pairs(flagged, pairs)])
+
+
 def apply_policies(
     scored: Scored,
     candidates: pa.Table,
@@ -202,6 +237,7 @@ def apply_policies(
         "pairs_scored": int(np.sum(rows.label == 1)),
         **{kind: int(flag.sum()) for kind, flag in flags.items()},
         "negatives_excluded": int(exclude_row.sum()),
+        "relabelled": int(np.sum(flags["false_negative"])) if actions["false_negative"] == "relabel" else 0,
         "pairs_excluded": len(excluded_pairs),
         "false_positive_confident": int(np.sum(flags["false_positive"] & (fp_action == actions["false_positive"]))),
         "false_positive_kept": int(np.sum(flags["false_positive"] & ~held)),

@@ -46,6 +46,7 @@ class PolicyChange:
     def __init__(self, flagged: pa.Table, config: CurateConfig, *, n_docs: int) -> None:
         actions = {kind.removesuffix("_action"): getattr(config, kind) for kind in _KIND_ACTIONS}
         kinds = flagged.column("kind").to_pylist()
+        _refuse_relabel_change(flagged, actions["false_negative"])
         new = np.asarray([actions[k] for k in kinds], dtype=object)
         positive = np.asarray(kinds, dtype=object) == "false_positive"
         if positive.any() and _CONFIDENCE in flagged.column_names:  # versions before the null check: one action
@@ -92,6 +93,16 @@ class PolicyChange:
     def _keys(self, table: pa.Table) -> np.ndarray:
         anchor = table.column("anchor_idx").to_numpy(zero_copy_only=False).astype(np.int64)
         return anchor * self._n_docs + table.column("doc_idx").to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _refuse_relabel_change(flagged: pa.Table, new_action: str) -> None:
+    """Relabelled false negatives are pairs of the version: refilter cannot add or remove them yet."""
+    old = set(flagged.filter(pc.equal(flagged.column("kind"), "false_negative")).column("action").to_pylist())
+    if old and ("relabel" in old or new_action == "relabel") and old != {new_action}:
+        raise NotImplementedError(
+            f"refilter cannot change false_negative_action from {'/'.join(sorted(old))} to {new_action} yet: "
+            "relabelled false negatives are training pairs of the version; run `negminer mine` with the new policy"
+        )
 
 
 def held_out_positives(flagged: pa.Table) -> pa.Table:

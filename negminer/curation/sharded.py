@@ -32,7 +32,7 @@ from negminer.curation.context import PoolContext, pool_context, text_hashes
 from negminer.curation.curate import Pool, anchor_families, curate_candidates, describe_rows
 from negminer.curation.judges import Judges, fit_judges, judge
 from negminer.curation.lexical import TextSource, text_list
-from negminer.curation.policy import KINDS, IdSource, apply_policies, training_pairs
+from negminer.curation.policy import KINDS, IdSource, apply_policies, curated_training_pairs
 from negminer.errors import ConfigError
 from negminer.mining.strategies import pair_priority
 from negminer.storage.atomic import write_parquet_atomic
@@ -107,7 +107,9 @@ def curate_one_pass(
     )
     write_parquet_atomic(paths.curated, result.candidates)
     write_parquet_atomic(paths.flagged, result.flagged)
-    write_parquet_atomic(paths.training_pairs, training_pairs(pool.pairs, result.excluded_pairs))
+    write_parquet_atomic(
+        paths.training_pairs, curated_training_pairs(pool.pairs, result.excluded_pairs, result.flagged)
+    )
     return CurationSummary(result.counts, result.noise)
 
 
@@ -205,8 +207,9 @@ def merge_parts(
             writer.write(pq.read_table(part) if isinstance(part, str) else part)
         writer.commit()
     tables = [pq.read_table(part) if isinstance(part, str) else part for part in flagged]
-    write_parquet_atomic(paths.flagged, _merge_flagged(tables))
-    write_parquet_atomic(paths.training_pairs, training_pairs(pairs, np.sort(excluded)))
+    merged = _merge_flagged(tables)
+    write_parquet_atomic(paths.flagged, merged)
+    write_parquet_atomic(paths.training_pairs, curated_training_pairs(pairs, np.sort(excluded), merged))
     logger.info("curation: %s", total)
     return CurationSummary(total, noise)
 

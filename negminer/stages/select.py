@@ -65,7 +65,7 @@ def select_plan_stage(
     work_dir = Path(work_dir)
     start = time.perf_counter()
     all_pairs = with_pair_scores(
-        pq.read_table(work_dir / "pairs.parquet"),
+        _given_and_relabelled_pairs(work_dir, curated),
         np.load(work_dir / "anchors.npy", mmap_mode="r"),
         np.load(work_dir / "docs.npy", mmap_mode="r"),
     )
@@ -241,6 +241,17 @@ def _remove_parts(work_dir: Path) -> None:
     for pattern in ("select-*.part*.json", *(f"{name}.*.part*.parquet" for name in VIEW_NAMES.values())):
         for path in work_dir.glob(pattern):
             path.unlink(missing_ok=True)
+
+
+def _given_and_relabelled_pairs(work_dir: Path, curated: CurateRef) -> pa.Table:
+    """The read stage's pairs plus the extra positives curation relabelled (``false_negative_action: relabel``)."""
+    given = pq.read_table(work_dir / "pairs.parquet")
+    if Path(curated.pairs) == work_dir / "pairs.parquet":
+        return given
+    training = pq.read_table(curated.pairs)
+    known = pc.is_in(training.column("pair_idx"), value_set=given.column("pair_idx").combine_chunks())
+    extra = training.filter(pc.invert(known))
+    return pa.concat_tables([given, extra.cast(given.schema)]) if extra.num_rows else given
 
 
 def _split_training_pairs(all_pairs: pa.Table, curated: CurateRef) -> tuple[pa.Table, pa.Table]:
