@@ -174,6 +174,8 @@ def refilter(
             new_manifest["config"]["curate"] = curation.model_dump(mode="json")
             new_manifest["counts"]["curation"] = {**new_manifest["counts"].get("curation", {}), **change.counts}
         new_manifest["changes"] = version_changes(version_dir, files=files, score_quantiles=derived.score_quantiles)
+        if new_manifest.get("diagnostics"):
+            new_manifest["diagnostics"] = _reselected_diagnostics(new_manifest, files)
         same_dataset = root.resolve() / name == version_dir.parent.resolve()
         path = write_version(
             root,
@@ -307,6 +309,17 @@ def _child_manifest(
         "seconds": round(seconds, 3),
     }
     return manifest
+
+
+def _reselected_diagnostics(manifest: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """The parent's diagnostics with the new negatives' histogram and unlabelled-positive share."""
+    from negminer.config import DiagnosticsConfig
+    from negminer.evaluation.diagnostics import reselected_diagnostics
+
+    config = DiagnosticsConfig.model_validate(manifest["config"].get("diagnostics") or {})
+    return reselected_diagnostics(
+        manifest["diagnostics"], candidates=files["candidates"], flagged=files.get("flagged"), config=config
+    )
 
 
 def _nothing_embedded(embedding: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -105,6 +105,20 @@ def version_diagnostics(
     }
 
 
+def reselected_diagnostics(
+    diagnostics: dict[str, Any], *, candidates: str | Path, flagged: str | Path | None, config: DiagnosticsConfig
+) -> dict[str, Any]:
+    """A parent's diagnostics for a version that chose new negatives from the same candidates
+    (``refilter``): the same vectors and pairs, so alignment, uniformity and their histograms
+    stay; the chosen negatives' histogram and the unlabelled-positive share are recounted."""
+    out = {**diagnostics, "histograms": dict(diagnostics.get("histograms") or {})}
+    edges = np.asarray(out["histograms"].get("squared_distance_edges") or squared_distance_edges(config.histogram_bins))
+    out["histograms"]["negative"] = negative_histogram(candidates, edges=edges, batch_rows=config.batch_rows).tolist()
+    if diagnostics.get("unlabelled_positives") is not None and flagged is not None:
+        out["unlabelled_positives"] = unlabelled_positive_share(candidates, flagged, batch_rows=config.batch_rows)
+    return out
+
+
 def _sample_vectors(work_dir: Path, anchors: np.ndarray, docs: np.ndarray, *, config: DiagnosticsConfig) -> np.ndarray:
     """The seeded sample of anchor and doc vectors together, in hash order (float32)."""
     sides = (("anchor", work_dir / "anchors.parquet", anchors), ("doc", work_dir / "docs.parquet", docs))

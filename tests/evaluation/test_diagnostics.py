@@ -106,3 +106,17 @@ def test_diagnostics_can_be_turned_off(random_vector_run, tmp_path: Path) -> Non
     version = Path(stages.publish_stage(work, tmp_path / "out", "toy", config=config, refs=refs))
     assert read_manifest(version)["diagnostics"] is None
     assert "## Embedding diagnostics" not in run_report(version).markdown
+
+
+def test_refilter_keeps_the_geometry_and_recounts_the_new_negatives(published) -> None:
+    import negminer
+
+    parent = published["manifest"]["diagnostics"]
+    child = negminer.refilter(published["version"], num_negatives=1)
+    diagnostics = child.manifest["diagnostics"]
+
+    assert child.counts["negatives"] < published["manifest"]["counts"]["negatives"]
+    assert sum(diagnostics["histograms"]["negative"]) == child.counts["negatives"]
+    same = ("alignment", "uniformity", "alignment_pairs", "uniformity_vectors", "unlabelled_positives")
+    assert {k: diagnostics[k] for k in same} == {k: parent[k] for k in same}, "same vectors, candidates, flags"
+    assert diagnostics["histograms"]["random"] == parent["histograms"]["random"]
