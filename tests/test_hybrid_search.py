@@ -152,3 +152,24 @@ def test_sources_are_validated_naming_the_key() -> None:
         _config(sources=["dense", "bm25"], fusion="max")
     with pytest.raises(ConfigError, match=r"mine\.rrf_k"):
         _config(rrf_k=0)
+
+
+def test_bm25_alone_proposes_every_candidate(searched) -> None:
+    work, _, hybrid, _ = searched
+    config = _config(search_depth=DEPTH, sources=["bm25"])
+    ref = stages.search_stage(work, config=config.mine, index_config=config.index)
+    alone = pq.read_table(ref.candidates)
+    assert set(alone.column("source").to_pylist()) == {"bm25"}
+    lexical = {
+        pair
+        for pair, source in zip(
+            zip(hybrid.column("anchor_idx").to_pylist(), hybrid.column("doc_idx").to_pylist(), strict=True),
+            hybrid.column("source").to_pylist(),
+            strict=True,
+        )
+        if "bm25" in source
+    }
+    assert set(zip(alone.column("anchor_idx").to_pylist(), alone.column("doc_idx").to_pylist(), strict=True)) >= lexical
+    anchors, docs = np.load(work / "anchors.npy"), np.load(work / "docs.npy")
+    a, d = alone.column("anchor_idx").to_numpy(), alone.column("doc_idx").to_numpy()
+    assert np.allclose(alone.column("score").to_numpy(), np.einsum("ij,ij->i", anchors[a], docs[d]), atol=1e-5)
