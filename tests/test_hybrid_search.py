@@ -173,3 +173,10 @@ def test_bm25_alone_proposes_every_candidate(searched) -> None:
     anchors, docs = np.load(work / "anchors.npy"), np.load(work / "docs.npy")
     a, d = alone.column("anchor_idx").to_numpy(), alone.column("doc_idx").to_numpy()
     assert np.allclose(alone.column("score").to_numpy(), np.einsum("ij,ij->i", anchors[a], docs[d]), atol=1e-5)
+
+
+def test_the_order_of_the_sources_changes_nothing(searched) -> None:
+    work, _, hybrid, _ = searched
+    config = _config(search_depth=DEPTH, sources=["bm25", "dense"])
+    ref = stages.search_stage(work, config=config.mine, index_config=config.index)
+    assert pq.read_table(ref.candidates).equals(hybrid)

@@ -185,20 +185,21 @@ def _hybrid_docs(
     from negminer.mining.fusion import dense_scores, fuse_lists, source_names
 
     start_row, stop_row = anchor_range
+    names = tuple(name for name in ("dense", "bm25") if name in hybrid.sources)  # "dense+bm25" in any config order
     dense = _top_docs(anchor_vectors, doc_vectors, index, anchor_range, depth, batch_size)
     for first in range(start_row, stop_row, batch_size):
         stop = min(first + batch_size, stop_row)
         lists = {}
-        if "dense" in hybrid.sources:
+        if "dense" in names:
             lists["dense"] = next(dense)[1:]
-        if "bm25" in hybrid.sources:
+        if "bm25" in names:
             lists["bm25"] = search_bm25_shards(
                 hybrid.bm25_shards, hybrid.anchor_texts(first, stop), stop - first, depth, doc_keys=hybrid.doc_keys
             )
         options = {"depth": depth, "fusion": hybrid.fusion, "rrf_k": hybrid.rrf_k, "doc_keys": hybrid.doc_keys}
-        fused = fuse_lists([lists[name] for name in hybrid.sources], **options)
+        fused = fuse_lists([lists[name] for name in names], **options)
         scores = dense_scores(fused.ids, first, anchor_vectors, doc_vectors, lists.get("dense"))
-        yield first, scores, fused.ids, source_names(fused.sources.reshape(-1), hybrid.sources)
+        yield first, scores, fused.ids, source_names(fused.sources.reshape(-1), names)
 
 
 def _counted(table: pa.Table, counts: dict[str, int]) -> pa.Table:
