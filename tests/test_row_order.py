@@ -50,3 +50,4 @@ def test_shuffled_pairs_and_corpus_give_the_same_triplets_and_flags(sample_dir: 
     assert original.counts["flagged_by_kind"]["false_negative"] > 0, "curation judged something"
     assert _flags(shuffled) == _flags(original)
     assert _triplets(shuffled) == _triplets(original)
+    assert shuffled.manifest["diagnostics"] == original.manifest["diagnostics"], "sampled and summed by id"
