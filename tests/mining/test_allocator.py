@@ -93,4 +93,5 @@ def test_after_a_freeze_a_collection_skips_what_lived_and_still_frees_new_cycles
     gone = weakref.ref(node)
     del node
     gc.collect()
-    assert gone() is None and gc.get_freeze_count() == before
+    # collected, and nothing newly frozen (frozen objects other threads release can lower the count)
+    assert gone() is None and gc.get_freeze_count() <= before
