@@ -38,9 +38,9 @@ def bm25_shards(n_docs: int, *, config: RetrievalConfig) -> list[DocRange]:
         >>> [(s.first, s.stop) for s in bm25_shards(5, config=RetrievalConfig(bm25_shard_docs=2))]
         [(0, 2), (2, 4), (4, 5)]
     """
-    size = config.bm25_shard_docs
-    starts = range(0, max(n_docs, 1), size)
-    return [DocRange(shard=i, first=first, stop=min(first + size, n_docs)) for i, first in enumerate(starts)]
+    from negminer.stages.search import consecutive_ranges
+
+    return consecutive_ranges(n_docs, config.bm25_shard_docs)
 
 
 @releases_memory

@@ -29,9 +29,13 @@ def search_shards(n_anchors: int, *, config: RetrievalConfig) -> list[DocRange]:
         >>> [(s.first, s.stop) for s in search_shards(5, config=RetrievalConfig(search_shard_size=2))]
         [(0, 2), (2, 4), (4, 5)]
     """
-    size = config.search_shard_size
-    starts = range(0, max(n_anchors, 1), size)
-    return [DocRange(shard=i, first=first, stop=min(first + size, n_anchors)) for i, first in enumerate(starts)]
+    return consecutive_ranges(n_anchors, config.search_shard_size)
+
+
+def consecutive_ranges(n: int, size: int) -> list[DocRange]:
+    """Ranges ``[first, stop)`` of at most `size` rows covering `n` rows (one empty range when `n` is 0)."""
+    starts = range(0, max(n, 1), size)
+    return [DocRange(shard=i, first=first, stop=min(first + size, n)) for i, first in enumerate(starts)]
 
 
 def _stem(config: RetrievalConfig, index: IndexRef) -> str:
