@@ -37,7 +37,7 @@ from negminer.config import (
     RetrievalConfig,
     SelectionConfig,
 )
-from negminer.errors import ConfigError, NegminerError, StorageError
+from negminer.errors import ConfigError, InputError, NegminerError, StorageError
 from negminer.flows import stopping
 from negminer.mining.allocator import freeze_long_lived
 from negminer.mining.embedder import Embedder
@@ -489,10 +489,17 @@ def run_mine(
     check_dataset_name(name)
     parameters = {"pairs": pairs, "out": out, "name": name, "corpus": corpus, "config": config, "store": store}
     if dask_address is None and dask_workers is None:
+        for path in (pairs, corpus):
+            if path is not None and not Path(path).exists():  # before the preload: a typo costs no model load
+                raise InputError("file not found", path=str(path))
         freeze_long_lived()  # the imports: each stage's heap trim then skips them
-        Embedder(config.embed).preload(store or stages.default_store_root(out))  # overlaps Prefect's server start
-        start_temporary_server()
-        return stopping.call_stoppable(mine_flow, **parameters)
+        preload = Embedder(config.embed).preload(store or stages.default_store_root(out))  # overlaps server start
+        try:
+            start_temporary_server()
+            return stopping.call_stoppable(mine_flow, **parameters)
+        finally:
+            if preload is not None:  # an interpreter that exits mid-load aborts in the runtime's threads
+                preload.join()
     runner = dask_task_runner(address=dask_address, workers=dask_workers)
     with shared_api():
         return stopping.call_stoppable(mine_flow.with_options(task_runner=runner), **parameters)
