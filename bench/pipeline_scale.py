@@ -261,15 +261,21 @@ def generate(folder: Path, anchors: int, docs: int, *, log=print) -> bool:
     a_width, d_width = _id_width(anchors), _id_width(docs)
     _write_docs(folder, world, d_width, log)
     _write_anchors(folder, world, a_width, d_width, log)
-    vectors = {"anchor_vectors": folder / "anchor_vectors.npz", "doc_vectors": folder / "doc_vectors.npz"}
-    (folder / "config.yaml").write_text(
-        "# bench/pipeline_scale.py: the default configuration, with precomputed vectors\n"
-        + "embed:\n"
-        + "".join(f"  {key}: {json.dumps(str(value))}\n" for key, value in vectors.items())
-    )
     seconds = round(time.perf_counter() - start, 1)
     marker.write_text(json.dumps({"params": wanted, "seconds": seconds, "topics": world.topics}, indent=2))
     return True
+
+
+def write_config(folder: Path) -> Path:
+    """The default configuration with the folder's vectors (rewritten each run: the cache may have moved)."""
+    vectors = {"anchor_vectors": folder / "anchor_vectors.npz", "doc_vectors": folder / "doc_vectors.npz"}
+    path = folder / "config.yaml"
+    path.write_text(
+        "# bench/pipeline_scale.py: the default configuration, with precomputed vectors\n"
+        + "embed:\n"
+        + "".join(f"  {key}: {json.dumps(str(value.resolve()))}\n" for key, value in vectors.items())
+    )
+    return path
 
 
 def _write_docs(folder: Path, world: World, width: int, log) -> None:
@@ -623,7 +629,7 @@ def run_size(anchors: int, docs: int, args: argparse.Namespace) -> Result:
         "--name",
         name,
         "--config",
-        str(folder / "config.yaml"),
+        str(write_config(folder)),
     ]
     print("command: " + shlex.join(["negminer", *command[len(_negminer()) :]]).replace(str(folder) + "/", ""))
     env = dict(os.environ)
