@@ -11,7 +11,9 @@ For each labelled retrieval set in ../shared/data (BEIR layout, bench/common.py)
   ``st-naive`` and ``st-margin`` (sentence-transformers' ``mine_hard_negatives``, naive
   top-k and ``relative_margin=0.05``), ``negminer-default`` (``negminer mine`` with
   ``PipelineConfig()`` defaults, read at run time) and ``negminer-no-curation`` (the same
-  with ``curate.enabled: false``); ``negminer-custom``, not run by default, mines with the
+  with ``curate.enabled: false``), ``negminer-relabel`` (``curate.false_negative_action:
+  relabel``: confident false negatives become extra positives of their anchor) and
+  ``negminer-hybrid`` (``mine.sources: [dense, bm25]``); ``negminer-custom``, not run by default, mines with the
   defaults plus ``--negminer-set SECTION.KEY=VALUE`` overrides (to try a setting);
   ``negminer-curriculum``, not run by default, mines with the defaults and
   ``mine.output_curriculum: true`` and trains on the curriculum stages in order, easy to hard
@@ -83,7 +85,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 logger = logging.getLogger("bench.downstream")
 
 CACHE = BENCH_CACHE / "downstream"
-ARMS = ("base", "in-batch", "st-naive", "st-margin", "negminer-default", "negminer-no-curation")
+ARMS = (
+    "base",
+    "in-batch",
+    "st-naive",
+    "st-margin",
+    "negminer-default",
+    "negminer-no-curation",
+    "negminer-relabel",
+    "negminer-hybrid",
+)
 ARM_LABELS = {
     "base": "base model (no training)",
     "in-batch": "in-batch negatives only",
@@ -91,6 +102,8 @@ ARM_LABELS = {
     "st-margin": "ST mine_hard_negatives relative_margin=0.05",
     "negminer-default": "negminer default",
     "negminer-no-curation": "negminer without curation",
+    "negminer-relabel": "negminer, confident false negatives relabelled as positives",
+    "negminer-hybrid": "negminer, dense + BM25 candidates",
     "negminer-custom": "negminer with --negminer-set overrides",
     "negminer-curriculum": "negminer default, trained easy → medium → hard",
 }
@@ -280,6 +293,10 @@ def negminer_rows(
         config["curate"] = {"enabled": False}
     if arm == "negminer-curriculum":
         config["mine"]["output_curriculum"] = True
+    if arm == "negminer-relabel":
+        config["curate"] = {"false_negative_action": "relabel"}
+    if arm == "negminer-hybrid":
+        config["mine"]["sources"] = ["dense", "bm25"]
     if arm == "negminer-custom":
         if not overrides:
             raise ArmSkipped("negminer-custom needs --negminer-set SECTION.KEY=VALUE")
