@@ -81,6 +81,13 @@ def mine(
     model: Annotated[str | None, typer.Option("--model", help="Local sentence-transformers folder.")] = None,
     store: Annotated[Path | None, typer.Option("--store", help="Embedding store (default ROOT/.embeddings).")] = None,
     strategy: Annotated[str | None, typer.Option("--strategy", help=_STRATEGY_HELP)] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source",
+            help="Where candidates come from: dense, bm25; repeat for both, fused (mine.sources).",
+        ),
+    ] = None,
     dask_address: Annotated[
         str | None, typer.Option("--dask-address", help="Run the shard tasks on the Dask scheduler at tcp://HOST:PORT.")
     ] = None,
@@ -129,6 +136,7 @@ def mine(
             "mine.num_negatives": num_negatives,
             "embed.model": model,
             "mine.strategy": strategy,
+            "mine.sources": source or None,
             "embed.processes": processes,
             "embed.precision": precision,
             "embed.backend": backend,

@@ -209,3 +209,27 @@ def test_a_bad_dataset_name_is_refused_before_any_work(tmp_path: Path, sample_di
     assert isinstance(result.exception, ConfigError), result.exception
     assert str(result.exception) == "dataset name 'pairs (1)' must be letters, digits, '.', '_' or '-'"
     assert not (tmp_path / "out").exists()
+
+
+def test_source_option_reaches_the_config(tmp_path: Path, sample_dir: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    import negminer.flows.mine
+    from negminer.cli import app
+    from negminer.errors import ConfigError
+
+    seen = []
+
+    def record(pairs, out, name, *, config, **kwargs):
+        seen.append(config.mine.sources)
+        raise ConfigError("recorded")  # stops the command before any work
+
+    monkeypatch.setattr(negminer.flows.mine, "run_mine", record)
+    pairs = str(sample_dir / "pairs.parquet")
+    for options, expected in (([], ("dense",)), (["--source", "dense", "--source", "bm25"], ("dense", "bm25"))):
+        result = CliRunner().invoke(app, ["mine", pairs, "--out", str(tmp_path), *options])
+        assert str(result.exception) == "recorded", result.output
+        assert seen.pop() == expected
+    result = CliRunner().invoke(app, ["mine", pairs, "--out", str(tmp_path), "--source", "sparse"])
+    assert isinstance(result.exception, ConfigError) and "mine.sources" in str(result.exception), result.exception
+    assert not seen

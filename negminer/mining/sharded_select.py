@@ -46,7 +46,7 @@ from negminer.mining.streaming import (
     select_batches,
 )
 from negminer.mining.views import negative_grids, view_slices, view_stems
-from negminer.storage.parquet_stream import StagedParquetWriter
+from negminer.storage.parquet_stream import StagedParquetWriter, staged_writers
 
 ORDER = "_order"
 # View rows the merge holds at once, over all parts (at least MIN_PART_ROWS per part).
@@ -239,8 +239,7 @@ def _write_view_parts(
     """The shard's rows of every view, each with its place in the whole view."""
     fmt = config.output_format
     step = (pairs.num_rows or 1) if fmt == "labeled-pair" else pairs_per_slice
-    writers = {stem: StagedParquetWriter(out_paths[stem]) for stem in view_stems(config)}
-    try:
+    with staged_writers({stem: out_paths[stem] for stem in view_stems(config)}) as writers:
         for start in range(0, max(pairs.num_rows, 1), step):
             part = pairs.slice(start, step)
             order = _view_order(part, positions[start : start + step], grid[0], fmt)
@@ -248,11 +247,6 @@ def _write_view_parts(
             for stem, (table, rows) in views.items():
                 keys = order if rows is None else order[rows]
                 writers[stem].write(_with_order(table, pa.array(keys, pa.int64())))
-        for writer in writers.values():
-            writer.commit()
-    finally:
-        for writer in writers.values():
-            writer.abort()
     return {stem: writer.rows for stem, writer in writers.items()}
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 from negminer.config import SelectionConfig
 from negminer.mining.difficulty import STAGE_STEMS
 from negminer.mining.formats import scored_view, text_array, training_view, view_tiers
-from negminer.storage.parquet_stream import StagedParquetWriter
+from negminer.storage.parquet_stream import staged_writers
 
 
 def negative_grids(n_anchors: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,17 +46,11 @@ def write_views(
         pair_scores = pairs.column("score").to_numpy()
     else:
         pair_scores = lowest_positive[pairs.column("anchor_idx").to_numpy()]
-    writers = {stem: StagedParquetWriter(out_paths[stem]) for stem in view_stems(config)}
-    try:
+    with staged_writers({stem: out_paths[stem] for stem in view_stems(config)}) as writers:
         for start in range(0, max(pairs.num_rows, 1), step):
             part = pairs.slice(start, step)
             for stem, (table, _) in view_slices(part, texts, grid, pair_scores[start : start + step], config).items():
                 writers[stem].write(table)
-        for writer in writers.values():
-            writer.commit()
-    finally:
-        for writer in writers.values():
-            writer.abort()
     return {stem: writer.rows for stem, writer in writers.items()}
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -103,6 +105,24 @@ class StagedParquetWriter:
             self._handle.close()
             self._handle = None
         self.tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_writers(paths: Mapping[str, str | Path]) -> Iterator[dict[str, StagedParquetWriter]]:
+    """One :class:`StagedParquetWriter` per named path: all committed when the block ends, none on an error.
+
+    Example:
+        >>> with staged_writers({"triplets": "out/triplets.parquet"}) as writers:  # doctest: +SKIP
+        ...     writers["triplets"].write(table)
+    """
+    writers = {name: StagedParquetWriter(path) for name, path in paths.items()}
+    try:
+        yield writers
+        for writer in writers.values():
+            writer.commit()
+    finally:
+        for writer in writers.values():
+            writer.abort()
 
 
 def read_row_range(path: str | Path, first: int, stop: int, *, columns: list[str] | None = None) -> pa.Table:

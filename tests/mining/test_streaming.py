@@ -28,7 +28,7 @@ from negminer.mining.strategies import select_negatives, stable_hash64
 from negminer.mining.streaming import DerivedFiles, anchor_batches, derive_files
 from negminer.storage.atomic import write_parquet_atomic
 from negminer.storage.inputs import prepare_inputs
-from negminer.storage.parquet_stream import StagedParquetWriter
+from negminer.storage.parquet_stream import StagedParquetWriter, staged_writers
 
 BATCH_ROWS = 37
 
@@ -311,6 +311,22 @@ def test_staged_writer_matches_write_table_and_publishes_only_on_commit(tmp_path
         writer.write(table)
         raise RuntimeError("killed")
     assert list(tmp_path.glob("*failed*")) == []
+
+
+def test_staged_writers_publish_every_file_or_none(tmp_path: Path):
+    table = pa.table({"x": np.arange(100, dtype=np.int64)})
+    paths = {"a": tmp_path / "a.parquet", "b": tmp_path / "b.parquet"}
+    with pytest.raises(RuntimeError), staged_writers(paths) as writers:
+        writers["a"].write(table)
+        writers["b"].write(table)
+        raise RuntimeError("killed between the two")
+    assert list(tmp_path.iterdir()) == [], "neither file nor any staged temporary is left"
+    with staged_writers(paths) as writers:
+        writers["a"].write(table)
+        writers["b"].write(table.slice(0, 10))
+        assert not paths["a"].exists(), "nothing is published before the block ends"
+    assert pq.read_table(paths["a"]).equals(table)
+    assert pq.read_table(paths["b"]).num_rows == 10 == writers["b"].rows
 
 
 def test_an_empty_candidate_file_gives_empty_tables(world: dict, tmp_path: Path):
