@@ -307,14 +307,15 @@ def gc(
     out: Annotated[Path, typer.Option("--out", help="Datasets root folder.")] = Path("datasets"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be removed.")] = False,
 ) -> None:
-    """Remove old versions, the stored embeddings only they used, and idle work folders."""
+    """Remove old versions, their evaluations, the stored embeddings only they used, and idle work folders."""
     from negminer.storage.retention import collect_garbage
 
     result = collect_garbage(out, name, keep=keep, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     typer.echo(f"{verb} {len(result.versions)} version(s) {' '.join(result.versions)}".rstrip())
     typer.echo(
-        f"{verb} {len(result.shards)} embedding shard(s), {len(result.work_dirs)} work folder(s), "
+        f"{verb} {len(result.shards)} embedding shard(s), {len(result.evaluations)} version(s)' evaluations, "
+        f"{len(result.work_dirs)} work folder(s), "
         f"{len(result.staging)} stale staging folder(s): {result.bytes_freed / 1e6:.1f} MB"
     )
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from negminer.errors import StorageError
 from negminer.storage.atomic import write_bytes_atomic
+from negminer.storage.retention import EVALUATIONS
 
 logger = logging.getLogger(__name__)
 
-EVALUATIONS = "evaluations"
 METRIC_LABELS = {"ndcg@10": "nDCG@10", "recall@100": "recall@100", "mrr@10": "MRR@10"}
 # Wang & Isola's diagnostics, shown when the record has them (lower is better for both).
 GEOMETRY_LABELS = {"alignment": "alignment", "uniformity": "uniformity"}

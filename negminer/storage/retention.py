@@ -39,6 +39,7 @@ from negminer.storage.versions import (
 logger = logging.getLogger(__name__)
 
 WORK = ".work"
+EVALUATIONS = "evaluations"  # ROOT/NAME/evaluations/VERSION: the evaluations of a version, beside it
 _SHARD_SUFFIXES = (".keys.npy", ".vec.npy", ".len.npy")  # keys first: it makes a shard visible
 
 
@@ -141,10 +142,11 @@ class GcResult(NamedTuple):
     work_dirs: list[str]
     staging: list[str]
     bytes_freed: int
+    evaluations: list[str]  # the removed versions that had evaluations beside them
 
 
 def collect_garbage(root: str | Path, name: str, *, keep: int, dry_run: bool = False) -> GcResult:
-    """Remove old versions of ``ROOT/NAME`` and the embeddings only they used.
+    """Remove old versions of ``ROOT/NAME``, their evaluations and the embeddings only they used.
 
     Args:
         root: the datasets root folder.
@@ -177,7 +179,8 @@ def collect_garbage(root: str | Path, name: str, *, keep: int, dry_run: bool = F
             work_dirs=[w for w in _all_work_dirs(root) if w not in work],
         )
         shards = _shards_used(root, doomed_paths) - still_used
-        paths = [*doomed_paths, *(f for s in sorted(shards) for f in _shard_files(s)), *work]
+        evaluations = [p for p in (dataset_dir / EVALUATIONS / v for v in doomed) if p.is_dir()]
+        paths = [*doomed_paths, *evaluations, *(f for s in sorted(shards) for f in _shard_files(s)), *work]
         freed = sum(_size(p) for p in paths)
         if not dry_run:
             _remove(paths)
@@ -188,6 +191,7 @@ def collect_garbage(root: str | Path, name: str, *, keep: int, dry_run: bool = F
         work_dirs=sorted(p.name for p in work),
         staging=[p.name for p in staging],
         bytes_freed=freed,
+        evaluations=[p.name for p in evaluations],
     )
 
 

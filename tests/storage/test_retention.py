@@ -65,6 +65,22 @@ def test_gc_removes_old_versions_and_only_their_embeddings(root: Path) -> None:
     assert result.bytes_freed > 0
 
 
+def test_gc_removes_the_evaluations_of_the_versions_it_removes(root: Path) -> None:
+    from negminer.evaluation.records import evaluations_dir
+
+    for name in ("v0001", "v0003"):
+        folder = evaluations_dir(root / "ds" / name)
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text("{}")
+
+    assert collect_garbage(root, "ds", keep=1, dry_run=True).evaluations == ["v0001"]
+    assert (root / "ds" / "evaluations" / "v0001").is_dir()
+    result = collect_garbage(root, "ds", keep=1)
+
+    assert result.evaluations == ["v0001"]
+    assert sorted(p.name for p in (root / "ds" / "evaluations").iterdir()) == ["v0003"]
+
+
 def test_gc_dry_run_removes_nothing(root: Path) -> None:
     result = collect_garbage(root, "ds", keep=1, dry_run=True)
 
