@@ -120,6 +120,7 @@ def pool_context(
         k=config.neighbor_anchors,
         exact_max_anchors=config.neighbor_exact_max_anchors,
         min_recall=config.neighbor_min_recall,
+        max_probe=config.neighbor_max_probe,
         seed=config.seed,
     )
     scores = doc_scores(candidate_batches, len(doc_texts))
@@ -167,12 +168,13 @@ def anchor_neighbors(
     k: int,
     exact_max_anchors: int | None,
     min_recall: float,
+    max_probe: int | None,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `k` most similar anchors of each anchor, outside its own family.
 
     Up to `exact_max_anchors` anchors (None: always) the search is exact; above it an IVF
-    index with 8-bit codes (a quarter of the vectors' size) tuned to `min_recall`
+    index with 8-bit codes (a quarter of the vectors' size) tuned to `min_recall` within `max_probe`
     (:func:`negminer.mining.index.build_search_index`) keeps the cost linear in the anchors
     instead of quadratic.
 
@@ -183,7 +185,7 @@ def anchor_neighbors(
     n = len(anchor_vectors)
     family_size = np.bincount(family, minlength=n)
     depth = min(n, k + int(family_size.max(initial=1)))
-    index = _anchor_index(anchor_vectors, depth, exact_max_anchors, min_recall, seed)
+    index = _anchor_index(anchor_vectors, depth, exact_max_anchors, min_recall, max_probe, seed)
     ids = np.full((n, k), -1, np.int32)
     sims = np.zeros((n, k), np.float32)
     for first in range(0, n, NEIGHBOR_BATCH):
@@ -197,7 +199,9 @@ def anchor_neighbors(
     return ids, sims
 
 
-def _anchor_index(vectors: np.ndarray, depth: int, exact_max: int | None, min_recall: float, seed: int) -> Any:
+def _anchor_index(
+    vectors: np.ndarray, depth: int, exact_max: int | None, min_recall: float, max_probe: int | None, seed: int
+) -> Any:
     import faiss
 
     from negminer.mining.index import BLOCK_ROWS, build_search_index, choose_factory
@@ -219,6 +223,7 @@ def _anchor_index(vectors: np.ndarray, depth: int, exact_max: int | None, min_re
         min_recall=min_recall,
         use_gpu=False,
         seed=seed,
+        max_probe=max_probe,
     )
     logger.info("nearest anchors: %s, recall@%d %s on 1,000 anchors", report.factory, depth, report.recall)
     return index

@@ -98,6 +98,7 @@ def build_search_index(
     min_recall: float,
     use_gpu: bool | None,
     seed: int,
+    max_probe: int | None = None,
 ) -> tuple[Any, IndexReport]:
     """Build the index for `doc_vectors` (n_docs, dim) and tune it to `min_recall`.
 
@@ -110,6 +111,8 @@ def build_search_index(
         min_recall: target recall@k against exact search on the sample.
         use_gpu: put the index on all GPUs; None means when faiss sees one.
         seed: seed for the training sample.
+        max_probe: the largest IVF nprobe the tuning may reach (None: every list), which bounds
+            the share of the vectors each query scans whatever recall that leaves.
 
     Example:
         >>> index, report = build_search_index(docs, sample_queries=anchors[:1000], k=100, kind="auto",
@@ -136,7 +139,7 @@ def build_search_index(
         index = faiss.index_cpu_to_all_gpus(index)
     if factory == FLAT:
         return index, IndexReport(factory, {}, None, 0, k, gpu, time.perf_counter() - start)
-    params, recall = _tune(index, doc_vectors, sample_queries, k, min_recall)
+    params, recall = _tune(index, doc_vectors, sample_queries, k, min_recall, max_probe)
     report = IndexReport(factory, params, recall, len(sample_queries), k, gpu, time.perf_counter() - start)
     logger.info("index %s %s: recall@%d %.4f on %d anchors", factory, params, k, recall, len(sample_queries))
     return index, report
@@ -177,8 +180,10 @@ def _want_gpu(use_gpu: bool | None) -> bool:
     return available if use_gpu is None else bool(use_gpu and available)
 
 
-def _tune(index: Any, doc_vectors: np.ndarray, queries: np.ndarray, k: int, min_recall: float) -> tuple[dict, float]:
-    """Double nprobe (IVF) or efSearch (HNSW) until recall@k reaches `min_recall` (others: measured only)."""
+def _tune(
+    index: Any, doc_vectors: np.ndarray, queries: np.ndarray, k: int, min_recall: float, max_probe: int | None
+) -> tuple[dict, float]:
+    """Double nprobe (IVF, up to `max_probe`) or efSearch (HNSW) until recall@k reaches `min_recall`."""
     import faiss
 
     queries = np.ascontiguousarray(queries, np.float32)
@@ -192,6 +197,8 @@ def _tune(index: Any, doc_vectors: np.ndarray, queries: np.ndarray, k: int, min_
             logger.warning("index recall@%d %.4f is below %.2f; it has no search knob", k, recall, min_recall)
         return {}, recall
     name, value, limit = knob
+    if name == "nprobe" and max_probe is not None:
+        value, limit = min(value, max_probe), min(limit, max_probe)
     while True:
         space.set_index_parameter(index, name, value)
         _, approx = index.search(queries, k)
@@ -267,7 +274,7 @@ def extend_search_index(
         index.add(read_rows(doc_vectors, first, first + BLOCK_ROWS))
     if factory == FLAT:
         return index, IndexReport(factory, {}, None, 0, k, False, time.perf_counter() - start)
-    params, recall = _tune(index, doc_vectors, sample_queries, k, min_recall)
+    params, recall = _tune(index, doc_vectors, sample_queries, k, min_recall, None)
     return index, IndexReport(factory, params, recall, len(sample_queries), k, False, time.perf_counter() - start)
 
 
@@ -281,7 +288,7 @@ def retune_index(
     """
     import faiss
 
-    params, recall = _tune(faiss.read_index(str(path)), doc_vectors, sample_queries, k, min_recall)
+    params, recall = _tune(faiss.read_index(str(path)), doc_vectors, sample_queries, k, min_recall, None)
     return params, recall
 
 

@@ -120,7 +120,7 @@ def test_nearest_anchors_above_the_exact_limit_come_from_a_tuned_index() -> None
     vectors = centres[rng.integers(0, 40, 4000)] + 0.3 * rng.normal(size=(4000, 32))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     family = np.arange(4000)
-    options = {"k": 10, "min_recall": 0.9, "seed": 0}
+    options = {"k": 10, "min_recall": 0.9, "max_probe": None, "seed": 0}
     exact, _ = anchor_neighbors(vectors, family, exact_max_anchors=None, **options)
     approximate, sims = anchor_neighbors(vectors, family, exact_max_anchors=1000, **options)
 

@@ -50,6 +50,15 @@ def test_approximate_index_is_tuned_to_the_recall_target(kind: str) -> None:
     assert recall_at_k(ids, exact_topk(queries, docs, 20)) >= 0.98
 
 
+def test_max_probe_bounds_the_tuning_whatever_recall_it_leaves() -> None:
+    docs, queries = clustered(20_000), clustered(200, seed=2)
+    options = {**BUILD, "kind": "IVF64,Flat", "min_recall": 1.0}
+    _, free = build_search_index(docs, sample_queries=queries, k=20, **options)
+    _, capped = build_search_index(docs, sample_queries=queries, k=20, max_probe=2, **options)
+    assert capped.params == {"nprobe": 2} and free.params["nprobe"] > 2
+    assert capped.recall < free.recall
+
+
 def test_flat_index_is_exact_and_not_measured() -> None:
     docs = clustered(500)
     index, report = build_search_index(docs, sample_queries=docs[:10], k=5, **BUILD)
