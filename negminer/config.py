@@ -313,11 +313,18 @@ class SelectionConfig(_Seeded):
     audit_extra_positives: bool = Field(
         False, description="A document a reviewer confirmed relevant (negminer audit) becomes an extra positive."
     )
+    cross_encoder: str | None = Field(
+        None,
+        description="Local sentence-transformers CrossEncoder folder whose scores replace the cosines in "
+        "min_score/max_score, the margins and the top order (as mine_hard_negatives' cross_encoder).",
+    )
+    cross_encoder_batch_size: int = Field(64, ge=1, description="Pairs per cross-encoder forward pass.")
     select_shard_size: int = Field(
         100_000,
         ge=1,
         description="Anchors per selection task: the unit the flow maps over (and Dask distributes), "
-        "and a killed run's unit of resume. The output does not depend on it.",
+        "and a killed run's unit of resume. The output does not depend on it (with cross_encoder, its scores "
+        "can differ in their last bits, as the model pads each batch to its longest pair).",
     )
 
     @model_validator(mode="before")
@@ -344,6 +351,13 @@ class SelectionConfig(_Seeded):
             "difficulty_hard_quantile",
             self.difficulty_hard_quantile,
         )
+        if self.cross_encoder is not None and (
+            self.min_score_percentile is not None or self.max_score_percentile is not None
+        ):
+            raise ValueError(
+                "min_score_percentile/max_score_percentile are percentiles of the cosines, taken before the "
+                "cross-encoder scores anything: with cross_encoder give min_score/max_score in its scale"
+            )
         if self.output_curriculum and self.output_format == "labeled-pair":
             raise ValueError(
                 "output_curriculum needs rows that hold their negatives: use output_format triplet, "

@@ -210,3 +210,50 @@ def test_curriculum_stages_load_with_datasets_and_train_in_order(searched, tmp_p
         result = SentenceTransformerTrainer(model=model, args=args, train_dataset=stage, loss=loss).train()
         assert result.global_step == 1 and np.isfinite(result.training_loss), stem
     assert not bool((next(model.parameters()) == before).all()), "the stages trained the model"
+
+
+@pytest.fixture(scope="module")
+def cross_encoder_folder(tmp_path_factory) -> Path:
+    """The packaged MiniLM as a CrossEncoder with a seeded fresh head, saved: every load scores alike."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from negminer.mining.encoder import resolve_model_path
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cross-encoder") / "model"
+    CrossEncoder(str(resolve_model_path(None)), device="cpu").save(str(folder))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_cross_encoder_scores_the_rules_in_shards_as_in_one_pass(searched, tmp_path, cross_encoder_folder) -> None:
+    work, curated = searched
+    # the untrained head's scores lie close together: relative_margin 0.05 drops every candidate
+    # here, a zero absolute margin (drop what scores above the positive) splits them
+    options = {"cross_encoder": str(cross_encoder_folder), "range_max": 6, "absolute_margin": 0.0}
+    base = SelectionConfig(
+        **{**CONFIG.mine.selection.model_dump(exclude={"strategy"}), **options, "sampling_strategy": "top"}
+    )
+    reference = single_pass(work, curated, base, tmp_path / "one-pass")
+    select = stages.select_stage(work, curated, config=base.model_copy(update={"select_shard_size": 10}))
+    # the cross-encoder pads each batch of pairs to its longest, so a score can differ in its last
+    # bits between shard sizes; the selection itself does not
+    selected = pq.read_table(select.tables["candidates"]).to_pandas()
+    one_pass = pq.read_table(reference["paths"]["candidates"]).to_pandas()
+    scores = ["cross_encoder_score", "cross_encoder_positive_score"]
+    assert selected.drop(columns=scores).equals(one_pass.drop(columns=scores))
+    for column in scores:
+        assert np.allclose(selected[column], one_pass[column], rtol=0, atol=1e-5, equal_nan=True)
+    assert Path(select.tables["triplets"]).read_bytes() == reference["paths"]["triplets"].read_bytes()
+    can_be_negative = (selected["rank"] < 6) & ~selected["is_positive"] & ~selected["same_text_as_positive"]
+    can_be_negative &= ~selected["same_text_as_anchor"]
+    assert selected["cross_encoder_score"].notna().equals(can_be_negative), "exactly the rows that could be chosen"
+    chosen = selected[selected["negative_slot"].notna()]
+    assert len(chosen) and (chosen["rank"] < 6).all()
+    assert (chosen["cross_encoder_score"] <= chosen["cross_encoder_positive_score"]).all()
+    dropped = selected[selected["reason"] == "absolute_margin"]
+    assert len(dropped) and (dropped["cross_encoder_score"] > dropped["cross_encoder_positive_score"]).all()
+    # the top order: each anchor's negatives are its best-scored eligible rows, best first
+    for _, rows in chosen.groupby("anchor_idx"):
+        assert rows.sort_values("negative_slot")["cross_encoder_score"].is_monotonic_decreasing

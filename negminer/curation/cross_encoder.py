@@ -19,15 +19,16 @@ from negminer.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 
-def load_cross_encoder(path: str | Path, *, device: str | None):
+def load_cross_encoder(path: str | Path, *, device: str | None, setting: str = "curate.cross_encoder"):
     """A sentence-transformers CrossEncoder from a local folder (raises ConfigError otherwise).
 
     `device` is a torch device; None lets sentence-transformers pick (CUDA when present).
+    `setting` is the configuration key the error names.
     """
     folder = Path(path).expanduser()
     if not (folder / "config.json").exists():
         raise ConfigError(
-            f"curate.cross_encoder {str(path)!r} is not a local model folder with config.json; "
+            f"{setting} {str(path)!r} is not a local model folder with config.json; "
             "give the path of a downloaded sentence-transformers CrossEncoder or leave it unset"
         )
     from sentence_transformers import CrossEncoder

@@ -17,7 +17,16 @@ import pyarrow.compute as pc
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 # Columns selection adds to the candidate table; dropped again before re-selecting.
-DERIVED_COLUMNS = ("anchor_id", "doc_id", "score_minus_positive", "reason", "negative_slot", "difficulty")
+DERIVED_COLUMNS = (
+    "anchor_id",
+    "doc_id",
+    "score_minus_positive",
+    "reason",
+    "negative_slot",
+    "difficulty",
+    "cross_encoder_score",
+    "cross_encoder_positive_score",
+)
 # SelectionConfig fields that select_negatives takes as keyword options (none has a default there).
 SELECT_OPTIONS = frozenset(
     {

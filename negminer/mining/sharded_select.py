@@ -133,6 +133,7 @@ def select_shard(
     anchor_texts: pa.Array | pa.ChunkedArray | None = None,
     doc_texts: Callable[[np.ndarray], pa.Array] | None = None,
     transform: Callable[[pa.Table], pa.Table] | None = None,
+    rescore: Callable[[pa.Table], pa.Table] | None = None,
     batch_rows: int,
 ) -> ShardSelection:
     """Select the candidates of one anchor range and write its parts of every table.
@@ -150,6 +151,8 @@ def select_shard(
         anchor_texts: the texts of the shard's anchors (default: from `anchors`).
         doc_texts: the texts of the given (sorted, unique) doc_idx; only the documents the
             shard's views show are asked for (default: from `docs`).
+        rescore: the cross-encoder's scores for the rules
+            (:class:`negminer.mining.rescore.CrossEncoderRescorer`), when the config names one.
         batch_rows: candidate rows read at a time (rounded up to whole anchors).
     """
     n_local, k = shard.stop - shard.first, config.num_negatives
@@ -167,6 +170,7 @@ def select_shard(
         batch_rows=batch_rows if plan.batched else None,
         rows=(shard.row_first, shard.row_stop),
         first_anchor=shard.first,
+        rescore=rescore,
     )
     pair_anchor = pairs.column("anchor_idx").to_numpy().astype(np.int64)
     positions = np.flatnonzero((pair_anchor >= shard.first) & (pair_anchor < shard.stop))

@@ -27,6 +27,10 @@ lowest-scoring positive, exactly as sentence-transformers does: ``absolute_margi
 |positive_score|·m`` (sign-safe: the bound stays below the positive), ``semi_hard_margin`` keeps
 ``positive_score − m <= score < positive_score`` (FaceNet's semi-hard band).
 
+With the optional columns ``cross_encoder_score`` and ``cross_encoder_positive_score``
+(:mod:`negminer.mining.rescore`), rules 4 and 6 and the ``top`` order read the cross-encoder's
+scores instead of the cosines, as sentence-transformers does with its ``cross_encoder``.
+
 Sampling is seeded by a hash of (anchor id, candidate id, seed), never global random state:
 ``top`` takes the best-ranked eligible candidates, ``random`` a uniform sample, ``simans`` a
 weighted sample without replacement with weight ``exp(−a·(score − positive_score − b)²)``
@@ -67,6 +71,8 @@ REASONS = (
 SELECTED = len(REASONS) - 1
 SURPLUS = REASONS.index("surplus")
 FLAG_COLUMNS = {"flagged_false_negative": "false_negative", "excluded_by_audit": "audit_decision"}
+# Optional (score, positive score) of a cross-encoder that the score rules read instead of the cosines.
+CROSS_ENCODER_COLUMNS = ("cross_encoder_score", "cross_encoder_positive_score")
 SAMPLING_STRATEGIES = ("top", "random", "simans")
 
 
@@ -219,8 +225,18 @@ def _validate(
 
 
 def _columns(candidates: pa.Table) -> dict[str, np.ndarray]:
-    """The columns the rules read, as numpy arrays; absent or null flags read as False."""
+    """The columns the rules read, as numpy arrays; absent or null flags read as False.
+
+    ``rule_score`` / ``rule_positive`` are what the score bounds, margins and ``top`` order
+    compare: the cross-encoder's scores when the table has them (:mod:`negminer.mining.rescore`;
+    a row it did not score reads NaN), else the cosines.
+    """
     col = {name: candidates.column(name).to_numpy() for name in _NUMERIC}
+    rescored = CROSS_ENCODER_COLUMNS[0] in candidates.column_names
+    rule_columns = CROSS_ENCODER_COLUMNS if rescored else ("score", "positive_score")
+    for key, name in zip(("rule_score", "rule_positive"), rule_columns, strict=True):
+        col[key] = candidates.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
+    col["rescored"] = np.array(rescored)
     for name in FLAG_COLUMNS:
         if name in candidates.column_names:
             flag = pc.fill_null(candidates.column(name).cast(pa.bool_()), False)
@@ -290,7 +306,7 @@ def _drop_masks(
     semi_hard_margin: float | None,
 ) -> dict[str, np.ndarray]:
     """reason -> boolean mask of the rows the rule drops (rules that are off are absent)."""
-    score, pos, rank = col["score"], col["positive_score"], col["rank"]
+    score, pos, rank = col["rule_score"], col["rule_positive"], col["rank"]
     low, high = percentile_bounds
     masks = {
         "positive": col["is_positive"],
@@ -357,6 +373,8 @@ def _priority(
 ) -> np.ndarray:
     """Sort key per row: the lowest keys of an anchor's eligible rows are its negatives."""
     if sampling_strategy == "top":
+        if col["rescored"]:  # the cross-encoder's order, best first; ties (and unscored rows) by rank
+            return np.nan_to_num(-col["rule_score"].astype(np.float64), nan=np.inf)
         return col["rank"].astype(np.int64)
     hashed = pair_priority(anchor_hash[col["anchor_idx"]], doc_hash[col["doc_idx"]], seed)
     if sampling_strategy == "random":

@@ -60,6 +60,7 @@ from negminer.mining.difficulty import (
 )
 from negminer.mining.formats import fill_negative_grids
 from negminer.mining.quantiles import StreamedQuantiles
+from negminer.mining.rescore import load_rescorer, texts_of
 from negminer.mining.strategies import percentile_bounds_of, select_negatives, stable_hash64
 from negminer.mining.views import negative_grids, write_views
 from negminer.storage.parquet_stream import StagedParquetWriter, read_row_range
@@ -152,6 +153,12 @@ def derive_files(
         grid=grids,
         transform=transform,
         batch_rows=batch_rows if first.grouped else None,
+        rescore=load_rescorer(
+            config,
+            pairs=pairs,
+            anchor_texts=texts_of(anchors.column("text")),
+            doc_texts=texts_of(docs.column("text")),
+        ),
     )
     rows = {"candidates": tally["rows"]}
     rows.update(
@@ -292,10 +299,13 @@ def select_batches(
     batch_rows: int | None,
     rows: tuple[int, int] | None = None,
     first_anchor: int = 0,
+    rescore: Callable[[pa.Table], pa.Table] | None = None,
 ) -> dict[str, Any]:
     """Select each batch, write the published candidates, fill the per-anchor negatives.
 
-    `grid` is :func:`negative_grids`'s (doc_idx, score, tier code), filled in place. `rows`
+    `grid` is :func:`negative_grids`'s (doc_idx, score, tier code), filled in place. `rescore`
+    (:class:`negminer.mining.rescore.CrossEncoderRescorer`) adds the cross-encoder's columns to
+    each batch after `transform`, once the columns of an earlier selection are dropped. `rows`
     limits it to candidate rows ``[first, stop)`` (whole anchors); the grids' row 0 is then
     anchor `first_anchor`. The counts by reason keep the reasons that counted none.
     """
@@ -312,6 +322,7 @@ def select_batches(
         for batch in anchor_batches(candidates_path, batch_rows, rows=rows):
             batch = transform(batch) if transform is not None else batch
             base = batch.drop_columns([c for c in DERIVED_COLUMNS if c in batch.column_names])
+            base = rescore(base) if rescore is not None else base
             selection = select_negatives(base, **hashes, percentile_bounds=bounds, **options)
             published = with_ids(selection.candidates, anchors, docs)
             codes = candidate_tiers(published, difficulty)

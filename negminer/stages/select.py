@@ -125,6 +125,7 @@ def select_shard_stage(
     """Select the anchors of one shard into its parts; a finished part (its marker) is reused."""
     from negminer.curation.decisions import BatchedFeedback
     from negminer.mining.difficulty import DifficultyThresholds
+    from negminer.mining.rescore import load_rescorer, texts_of
     from negminer.mining.sharded_select import SelectionPlan, ShardRange, select_shard
     from negminer.mining.streaming import BATCH_ROWS
     from negminer.mining.views import view_stems
@@ -171,6 +172,9 @@ def select_shard_stage(
             anchor_texts=anchor_texts.slice(shard.first, shard.stop - shard.first).combine_chunks(),
             doc_texts=lambda wanted: doc_texts.take(pa.array(wanted, pa.int64())).combine_chunks(),
             transform=feedback,
+            rescore=load_rescorer(
+                config, pairs=feedback.pairs, anchor_texts=texts_of(anchor_texts), doc_texts=texts_of(doc_texts)
+            ),
             batch_rows=batch_rows or BATCH_ROWS,
         )
     ref = SelectPartRef(
