@@ -314,7 +314,7 @@ def gc(
     verb = "would remove" if dry_run else "removed"
     typer.echo(f"{verb} {len(result.versions)} version(s) {' '.join(result.versions)}".rstrip())
     typer.echo(
-        f"{verb} {len(result.shards)} embedding shard(s), {len(result.evaluations)} version(s)' evaluations, "
+        f"{verb} {len(result.shards)} embedding shard(s), the evaluations of {len(result.evaluations)} version(s), "
         f"{len(result.work_dirs)} work folder(s), "
         f"{len(result.staging)} stale staging folder(s): {result.bytes_freed / 1e6:.1f} MB"
     )

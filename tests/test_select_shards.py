@@ -53,7 +53,7 @@ def single_pass(work: Path, curated: CurateRef, config: SelectionConfig, out: Pa
     all_pairs = with_pair_scores(
         pq.read_table(work / "pairs.parquet"), *(np.load(work / f"{s}.npy") for s in ("anchors", "docs"))
     )
-    pairs, held_out = _split_training_pairs(all_pairs, curated)
+    pairs, held_out = _split_training_pairs(all_pairs, pq.read_table(curated.pairs).column("pair_idx"))
     anchors = pq.read_table(work / "anchors.parquet", columns=["anchor_id", "text"])
     docs = pq.read_table(work / "docs.parquet", columns=["doc_id", "text", "text_key"])
     decisions = pa.table({c: pa.array([], pa.string()) for c in ("anchor_id", "doc_id", "decision")})

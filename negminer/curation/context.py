@@ -175,8 +175,8 @@ def anchor_neighbors(
 
     Up to `exact_max_anchors` anchors (None: always) the search is exact; above it an IVF
     index with 8-bit codes (a quarter of the vectors' size) tuned to `min_recall` within `max_probe`
-    (:func:`negminer.mining.index.build_search_index`) keeps the cost linear in the anchors
-    instead of quadratic.
+    (:func:`negminer.mining.index.build_search_index`) cuts the cost from n² to about n·√n:
+    each query scans at most `max_probe` of its ~4·√n lists.
 
     Returns:
         (neighbors int32, similarities float32), each (n_anchors, k); -1 and 0.0 pad anchors

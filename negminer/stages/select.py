@@ -64,12 +64,14 @@ def select_plan_stage(
 
     work_dir = Path(work_dir)
     start = time.perf_counter()
+    given = pq.read_table(work_dir / "pairs.parquet")
+    training = given if Path(curated.pairs) == work_dir / "pairs.parquet" else pq.read_table(curated.pairs)
     all_pairs = with_pair_scores(
-        _given_and_relabelled_pairs(work_dir, curated),
+        _given_and_relabelled_pairs(given, training),
         np.load(work_dir / "anchors.npy", mmap_mode="r"),
         np.load(work_dir / "docs.npy", mmap_mode="r"),
     )
-    pairs, held_out = _split_training_pairs(all_pairs, curated)
+    pairs, held_out = _split_training_pairs(all_pairs, training.column("pair_idx"))
     inputs = {
         "pairs": write_parquet_atomic(work_dir / "pairs-scored.parquet", pairs),
         "held_out": write_parquet_atomic(work_dir / "select-held-out.parquet", held_out),
@@ -247,20 +249,17 @@ def _remove_parts(work_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _given_and_relabelled_pairs(work_dir: Path, curated: CurateRef) -> pa.Table:
+def _given_and_relabelled_pairs(given: pa.Table, training: pa.Table) -> pa.Table:
     """The read stage's pairs plus the extra positives curation relabelled (``false_negative_action: relabel``)."""
-    given = pq.read_table(work_dir / "pairs.parquet")
-    if Path(curated.pairs) == work_dir / "pairs.parquet":
+    if training is given:
         return given
-    training = pq.read_table(curated.pairs)
     known = pc.is_in(training.column("pair_idx"), value_set=given.column("pair_idx").combine_chunks())
     extra = training.filter(pc.invert(known))
     return pa.concat_tables([given, extra.cast(given.schema)]) if extra.num_rows else given
 
 
-def _split_training_pairs(all_pairs: pa.Table, curated: CurateRef) -> tuple[pa.Table, pa.Table]:
-    """(training pairs, pairs curation held out of training), both from `all_pairs`."""
-    training = pq.read_table(curated.pairs, columns=["pair_idx"]).column("pair_idx")
+def _split_training_pairs(all_pairs: pa.Table, training: pa.ChunkedArray) -> tuple[pa.Table, pa.Table]:
+    """(training pairs, pairs curation held out of training), both from `all_pairs`; `training`: their pair_idx."""
     in_training = pc.is_in(all_pairs.column("pair_idx"), value_set=training.combine_chunks())
     return all_pairs.filter(in_training), all_pairs.filter(pc.invert(in_training))
 

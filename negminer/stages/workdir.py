@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from negminer.config import EmbedConfig, PipelineConfig
-from negminer.errors import InputError
 from negminer.stages.refs import EmbedRef, InputFingerprint, RefT, load_ref
 from negminer.storage.atomic import sha256_file, write_bytes_atomic
+from negminer.storage.readers import require_input
 
 if TYPE_CHECKING:
     from negminer.mining.backends import Encoding
@@ -26,9 +26,7 @@ def fingerprint_input(path: str | Path | None) -> InputFingerprint | None:
     """sha256 and size of an input file, or of every Parquet file in a folder."""
     if path is None:
         return None
-    path = Path(path)
-    if not path.exists():
-        raise InputError("file not found", path=str(path))
+    path = require_input(path)
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for file in files:

@@ -155,9 +155,16 @@ def read_table_parts(
     return PartedRead(table, rejects, raw.parts)
 
 
-def _read_any(path: Path, columns: list[str], required: list[str], on_bad_rows: OnBadRows) -> RawRead:
+def require_input(path: str | Path) -> Path:
+    """`path` as a Path, or the one-line InputError that names it when nothing is there."""
+    path = Path(path)
     if not path.exists():
         raise InputError("file not found", path=str(path))
+    return path
+
+
+def _read_any(path: Path, columns: list[str], required: list[str], on_bad_rows: OnBadRows) -> RawRead:
+    require_input(path)
     if path.is_dir():
         return read_parquet_files(parquet_files(path), columns, required, folder=path)
     if not path.is_file():

@@ -81,7 +81,7 @@ def test_dask_workers_option_builds_a_local_cluster_runner() -> None:
     from prefect_dask import DaskTaskRunner
 
     from negminer.errors import ConfigError
-    from negminer.flows.mine import dask_task_runner
+    from negminer.flows.runtime import dask_task_runner
 
     runner = dask_task_runner(workers=2)
     assert isinstance(runner, DaskTaskRunner)
@@ -95,7 +95,7 @@ def test_workers_are_pointed_at_this_process_temporary_server(monkeypatch) -> No
     import prefect.server.api.server as server_module
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from negminer.flows.mine import shared_api
+    from negminer.flows.runtime import shared_api
 
     started = []
 

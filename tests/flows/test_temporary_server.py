@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from negminer.flows.mine import lower_cpu_priority, start_temporary_server
+from negminer.flows.runtime import lower_cpu_priority, start_temporary_server
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread niceness from /proc")
 
@@ -53,7 +53,7 @@ def test_flows_use_the_lowered_temporary_server(tmp_path) -> None:
         """
         from pathlib import Path
         from prefect import flow, get_client
-        from negminer.flows.mine import start_temporary_server
+        from negminer.flows.runtime import start_temporary_server
 
         server = start_temporary_server()
         nice = [int((t / "stat").read_text().rsplit(")", 1)[1].split()[16])
