@@ -134,6 +134,7 @@ def select_shard(
     doc_texts: Callable[[np.ndarray], pa.Array] | None = None,
     transform: Callable[[pa.Table], pa.Table] | None = None,
     rescore: Callable[[pa.Table], pa.Table] | None = None,
+    keys: dict[str, np.ndarray | None] | None = None,
     batch_rows: int,
 ) -> ShardSelection:
     """Select the candidates of one anchor range and write its parts of every table.
@@ -153,6 +154,8 @@ def select_shard(
             shard's views show are asked for (default: from `docs`).
         rescore: the cross-encoder's scores for the rules
             (:class:`negminer.mining.rescore.CrossEncoderRescorer`), when the config names one.
+        keys: :func:`negminer.mining.streaming.selection_keys` of every anchor and doc, computed
+            once for all shards (default: from `anchors` and `docs`, which then need ids and keys).
         batch_rows: candidate rows read at a time (rounded up to whole anchors).
     """
     n_local, k = shard.stop - shard.first, config.num_negatives
@@ -171,6 +174,7 @@ def select_shard(
         rows=(shard.row_first, shard.row_stop),
         first_anchor=shard.first,
         rescore=rescore,
+        keys=keys,
     )
     pair_anchor = pairs.column("anchor_idx").to_numpy().astype(np.int64)
     positions = np.flatnonzero((pair_anchor >= shard.first) & (pair_anchor < shard.stop))

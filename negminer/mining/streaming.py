@@ -300,21 +300,19 @@ def select_batches(
     rows: tuple[int, int] | None = None,
     first_anchor: int = 0,
     rescore: Callable[[pa.Table], pa.Table] | None = None,
+    keys: dict[str, np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Select each batch, write the published candidates, fill the per-anchor negatives.
 
     `grid` is :func:`negative_grids`'s (doc_idx, score, tier code), filled in place. `rescore`
     (:class:`negminer.mining.rescore.CrossEncoderRescorer`) adds the cross-encoder's columns to
-    each batch after `transform`, once the columns of an earlier selection are dropped. `rows`
+    each batch after `transform`, once the columns of an earlier selection are dropped. `keys`
+    (:func:`selection_keys`, e.g. memory-mapped) saves computing them from `anchors` and `docs`. `rows`
     limits it to candidate rows ``[first, stop)`` (whole anchors); the grids' row 0 is then
     anchor `first_anchor`. The counts by reason keep the reasons that counted none.
     """
     options = config.model_dump(include=SELECT_OPTIONS)
-    hashes = {
-        "anchor_hash": stable_hash64(anchors.column("anchor_id").to_pylist()),
-        "doc_hash": stable_hash64(docs.column("doc_id").to_pylist()),
-        "doc_text_group": text_groups(docs),
-    }
+    hashes = keys if keys is not None else selection_keys(anchors, docs)
     reasons: Counter[str] = Counter()
     by_difficulty: Counter[str] = Counter({tier: 0 for tier in TIERS})
     tally = {"rows": 0, "negatives": 0, "anchors_short": 0}
@@ -346,6 +344,16 @@ def select_batches(
             tally["anchors_short"] += selection.anchors_short
         writer.commit()
     return {**tally, "reasons": dict(reasons), "by_difficulty": dict(by_difficulty)}
+
+
+def selection_keys(anchors: pa.Table, docs: pa.Table) -> dict[str, np.ndarray | None]:
+    """What :func:`select_negatives` takes besides the rows: the ids' seeded-sampling hashes and
+    each doc's text group (None without ``text_key``)."""
+    return {
+        "anchor_hash": stable_hash64(anchors.column("anchor_id").to_pylist()),
+        "doc_hash": stable_hash64(docs.column("doc_id").to_pylist()),
+        "doc_text_group": text_groups(docs),
+    }
 
 
 def streamed_score_quantiles(path: str | Path, *, batch_rows: int = BATCH_ROWS) -> dict[str, dict[str, float]]:
