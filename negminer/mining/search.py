@@ -21,10 +21,14 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negminer.mining.vectors import read_rows, take_rows
 from negminer.storage.atomic import atomic_write
+
+# Normalised-text keys (negminer.textkeys.text_key), as bytes or an Arrow binary column.
+TextKeys = list[bytes] | pa.Array | pa.ChunkedArray
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -104,8 +108,8 @@ def search_candidates(
     *,
     pair_anchor: np.ndarray,
     pair_doc: np.ndarray,
-    doc_text_keys: list[bytes],
-    anchor_text_keys: list[bytes],
+    doc_text_keys: TextKeys,
+    anchor_text_keys: TextKeys,
     search_depth: int,
     batch_size: int,
     index: Any = None,
@@ -290,18 +294,17 @@ def _write_candidates(out_path: str | Path, tables: Iterable[pa.Table], *, schem
 def _exclusions(
     pair_anchor: np.ndarray,
     pair_doc: np.ndarray,
-    doc_text_keys: list[bytes],
-    anchor_text_keys: list[bytes],
+    doc_text_keys: TextKeys,
+    anchor_text_keys: TextKeys,
     n_docs: int,
 ) -> _Exclusions:
-    groups: dict[bytes, int] = {}
-    doc_group = np.fromiter((groups.setdefault(k, len(groups)) for k in doc_text_keys), np.int64, n_docs)
-    anchor_group = np.fromiter((groups.get(k, -1) for k in anchor_text_keys), np.int64, len(anchor_text_keys))
-    n_groups = max(len(groups), 1)
-    first_with_text: dict[bytes, int] = {}
-    family = np.fromiter(
-        (first_with_text.setdefault(k, i) for i, k in enumerate(anchor_text_keys)), np.int64, len(anchor_text_keys)
-    )
+    doc_keys = pc.dictionary_encode(_key_array(doc_text_keys))  # group ids in order of first appearance
+    doc_group = doc_keys.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    anchor_keys = _key_array(anchor_text_keys)
+    anchor_group = pc.index_in(anchor_keys, value_set=doc_keys.dictionary)
+    anchor_group = pc.fill_null(anchor_group, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    n_groups = max(len(doc_keys.dictionary), 1)
+    family = _first_with_same_key(anchor_keys)
     pair_family = family[pair_anchor]
     return _Exclusions(
         anchor_family=family,
@@ -311,6 +314,19 @@ def _exclusions(
         anchor_group=anchor_group,
         n_groups=n_groups,
     )
+
+
+def _key_array(keys: TextKeys) -> pa.Array:
+    if isinstance(keys, pa.ChunkedArray):
+        return keys.combine_chunks()
+    return keys if isinstance(keys, pa.Array) else pa.array(keys, pa.binary())
+
+
+def _first_with_same_key(keys: pa.Array) -> np.ndarray:
+    """(n,) for each row, the first row with its key (an anchor's family)."""
+    group = pc.dictionary_encode(keys).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    _, first = np.unique(group, return_index=True)
+    return first[group].astype(np.int64)
 
 
 def _candidate_batch(
@@ -354,9 +370,8 @@ def _isin_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return sorted_keys[pos] == values
 
 
-def _max_positives_per_family(pair_anchor: np.ndarray, anchor_text_keys: list[bytes]) -> int:
+def _max_positives_per_family(pair_anchor: np.ndarray, anchor_text_keys: TextKeys) -> int:
     if len(pair_anchor) == 0:
         return 0
-    family: dict[bytes, int] = {}
-    ids = np.fromiter((family.setdefault(k, len(family)) for k in anchor_text_keys), np.int64)
-    return int(np.bincount(ids[pair_anchor]).max())
+    family = _first_with_same_key(_key_array(anchor_text_keys))
+    return int(np.bincount(family[pair_anchor]).max())
