@@ -25,8 +25,13 @@ def positive_similarity(rows: PairRows, positives: Positives, doc_vectors: np.nd
     for first in range(0, len(rows.anchor), ROW_BATCH):
         part = np.arange(first, min(first + ROW_BATCH, len(rows.anchor)))
         owner, _, pos_doc = expand_positives(rows.anchor[part], positives)
-        other = pos_doc != rows.doc[part][owner]
-        sims = np.einsum("ij,ij->i", doc_vectors[rows.doc[part][owner]], doc_vectors[pos_doc])
+        row_doc = rows.doc[part][owner]
+        other = pos_doc != row_doc
+        # each document once: an anchor's positive recurs on every row of the anchor, and a
+        # gathered row of a memory-mapped pool costs a page fault
+        docs, where = np.unique(np.concatenate([row_doc, pos_doc]), return_inverse=True)
+        vectors = doc_vectors[docs]
+        sims = np.einsum("ij,ij->i", vectors[where[: len(row_doc)]], vectors[where[len(row_doc) :]])
         best = segment_max(np.where(other, sims, -np.inf), owner, len(part))
         out[part] = np.where(np.isfinite(best), best, np.nan)
     return out

@@ -147,20 +147,26 @@ def feedback_features(
         neighborhood[first : first + ROW_BATCH] = np.einsum(
             "ak,akd->ad", weight[part], anchor_vectors[neighbors[part].clip(0)]
         )
-    return {
-        "feedback_score": _row_cosine(doc_vectors, rows.doc, feedback, local),
-        "neighborhood_score": _row_cosine(doc_vectors, rows.doc, neighborhood, local),
-    }
+    feedback_score, neighborhood_score = _row_cosines(doc_vectors, rows.doc, (feedback, neighborhood), local)
+    return {"feedback_score": feedback_score, "neighborhood_score": neighborhood_score}
 
 
-def _row_cosine(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, right_rows: np.ndarray) -> np.ndarray:
-    """Cosine of left[left_rows[i]] and right[right_rows[i]] (0 where right is a zero vector)."""
-    norms = np.linalg.norm(right, axis=1)
-    right = right / np.where(norms > 0, norms, 1.0)[:, None]
-    out = np.empty(len(left_rows), np.float32)
+def _row_cosines(
+    left: np.ndarray, left_rows: np.ndarray, rights: tuple[np.ndarray, ...], right_rows: np.ndarray
+) -> list[np.ndarray]:
+    """For each `right`: cosine of left[left_rows[i]] and right[right_rows[i]] (0 where right is a
+    zero vector). Each left row is gathered once for all of them: from a memory-mapped pool every
+    gathered row is a page fault."""
+    units = []
+    for right in rights:
+        norms = np.linalg.norm(right, axis=1)
+        units.append(right / np.where(norms > 0, norms, 1.0)[:, None])
+    out = [np.empty(len(left_rows), np.float32) for _ in rights]
     for first in range(0, len(left_rows), ROW_BATCH * 16):
         part = slice(first, first + ROW_BATCH * 16)
-        out[part] = np.einsum("ij,ij->i", left[left_rows[part]], right[right_rows[part]])
+        gathered = left[left_rows[part]]
+        for result, right in zip(out, units, strict=True):
+            result[part] = np.einsum("ij,ij->i", gathered, right[right_rows[part]])
     return out
 
 

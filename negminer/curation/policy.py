@@ -28,7 +28,7 @@ from negminer.curation.rows import PairRows
 
 KINDS = ("false_negative", "false_positive", "near_duplicate")
 ACTIONS = ("drop", "quarantine", "keep", "relabel")
-IdSource = list[str] | pa.Array  # ids by *_idx: a list, or an Arrow string array (no Python copies)
+IdSource = list[str] | pa.Array | pa.ChunkedArray  # ids by *_idx: a list, or Arrow strings (no Python copies)
 Action = Literal["drop", "quarantine", "keep", "relabel"]
 
 
@@ -133,8 +133,8 @@ def _id_columns(
     return out
 
 
-def _as_arrow(ids: IdSource) -> pa.Array:
-    return ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+def _as_arrow(ids: IdSource) -> pa.Array | pa.ChunkedArray:
+    return ids if isinstance(ids, pa.Array | pa.ChunkedArray) else pa.array(ids, pa.string())
 
 
 def training_pairs(pairs: pa.Table, excluded_pair_idx: np.ndarray) -> pa.Table:
