@@ -461,7 +461,8 @@ class CurateConfig(_Frozen):
         200,
         ge=1,
         description="Random documents per anchor (a seeded draw from the whole pool) that a given positive's "
-        "cosine is compared with: the null of the false-positive check. Memory grows with anchors times this.",
+        "cosine is compared with: the null of the false-positive check with false_positive_score cosine (unused "
+        "with relevance). Memory grows with anchors times this.",
     )
     false_positive_score: Literal["cosine", "relevance"] = Field(
         "relevance",

@@ -215,21 +215,22 @@ def describe_rows(
     features["positive_similarity"] = positive_sim
     content = (rows.label, pool.context.doc_hash[rows.doc], pool.family_hash[rows.anchor])
     is_pos = rows.label == 1
-    null = null_scores(
-        rows.anchor[is_pos],
-        rows.doc[is_pos],
-        rows.score[is_pos],
-        **vectors,
-        anchor_hash=pool.family_hash,
-        doc_order=pool.context.doc_order,
-        samples=config.null_samples,
-        seed=config.seed,
-    )
     null_p, null_z = np.full(len(rows.label), np.nan), np.full(len(rows.label), np.nan)
-    null_p[is_pos], null_z[is_pos] = null.p_anchor, null.z
-    return Described(
-        rows, features, matrix, duplicate, positive_sim, folds, np.lexsort(content), null_p, null_z, null.pooled
-    )
+    pooled = np.zeros(0, np.float32)
+    if config.false_positive_score == "cosine":  # "relevance" places the positives with its own judge
+        null = null_scores(
+            rows.anchor[is_pos],
+            rows.doc[is_pos],
+            rows.score[is_pos],
+            **vectors,
+            anchor_hash=pool.family_hash,
+            doc_order=pool.context.doc_order,
+            samples=config.null_samples,
+            seed=config.seed,
+        )
+        null_p[is_pos], null_z[is_pos], pooled = null.p_anchor, null.z, null.pooled
+    order = np.lexsort(content)
+    return Described(rows, features, matrix, duplicate, positive_sim, folds, order, null_p, null_z, pooled)
 
 
 def anchor_families(anchor_texts: TextSource, *, keys: pa.Array | None = None) -> tuple[np.ndarray, np.ndarray]:
