@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from negminer.curation.rows import ROW_BATCH, PairRows, Positives, expand_positives, segment_max
+from negminer.mining.vectors import gather_order
 
 
 def positive_similarity(rows: PairRows, positives: Positives, doc_vectors: np.ndarray) -> np.ndarray:
@@ -22,16 +23,17 @@ def positive_similarity(rows: PairRows, positives: Positives, doc_vectors: np.nd
         >>> sim = positive_similarity(rows, positives, doc_vectors)  # doctest: +SKIP
     """
     out = np.full(len(rows.anchor), np.nan, np.float32)
+    # every positive of the rows' anchors once, then the rows' documents in doc order: a gathered
+    # row of a memory-mapped pool costs a page fault unless a neighbouring row was just read
+    positive_docs = np.unique(expand_positives(np.unique(rows.anchor), positives)[2])
+    positive_vectors = doc_vectors[positive_docs]
+    order = gather_order(rows.doc)
     for first in range(0, len(rows.anchor), ROW_BATCH):
-        part = np.arange(first, min(first + ROW_BATCH, len(rows.anchor)))
+        part = order[first : first + ROW_BATCH]
         owner, _, pos_doc = expand_positives(rows.anchor[part], positives)
-        row_doc = rows.doc[part][owner]
-        other = pos_doc != row_doc
-        # each document once: an anchor's positive recurs on every row of the anchor, and a
-        # gathered row of a memory-mapped pool costs a page fault
-        docs, where = np.unique(np.concatenate([row_doc, pos_doc]), return_inverse=True)
-        vectors = doc_vectors[docs]
-        sims = np.einsum("ij,ij->i", vectors[where[: len(row_doc)]], vectors[where[len(row_doc) :]])
+        other = pos_doc != rows.doc[part][owner]
+        row_vectors = doc_vectors[rows.doc[part]][owner]
+        sims = np.einsum("ij,ij->i", row_vectors, positive_vectors[np.searchsorted(positive_docs, pos_doc)])
         best = segment_max(np.where(other, sims, -np.inf), owner, len(part))
         out[part] = np.where(np.isfinite(best), best, np.nan)
     return out

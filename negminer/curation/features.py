@@ -33,6 +33,7 @@ from negminer.curation.context import PoolContext
 from negminer.curation.lexical import TextSource, lexical_features
 from negminer.curation.rows import ROW_BATCH, PairRows, Positives, expand_positives, lookup_sorted, segment_max
 from negminer.mining.strategies import pair_priority
+from negminer.mining.vectors import gather_order
 
 
 def pair_features(
@@ -162,8 +163,9 @@ def _row_cosines(
         norms = np.linalg.norm(right, axis=1)
         units.append(right / np.where(norms > 0, norms, 1.0)[:, None])
     out = [np.empty(len(left_rows), np.float32) for _ in rights]
+    order = gather_order(left_rows)
     for first in range(0, len(left_rows), ROW_BATCH * 16):
-        part = slice(first, first + ROW_BATCH * 16)
+        part = order[first : first + ROW_BATCH * 16]
         gathered = left[left_rows[part]]
         for result, right in zip(out, units, strict=True):
             result[part] = np.einsum("ij,ij->i", gathered, right[right_rows[part]])

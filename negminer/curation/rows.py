@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from negminer.mining.strategies import pair_priority
+from negminer.mining.vectors import gather_order
 
 ROW_BATCH = 4096
 SCORE_BATCH = 16384  # rows whose cosine is computed at once (2 × SCORE_BATCH × dim floats)
@@ -144,6 +145,7 @@ def _row_scores(
     (gathering both vectors of every row at once would hold 2 × dim floats per row)."""
     score = table_score[rows_table.clip(0)].astype(np.float32)
     computed = np.nonzero(rows_table < 0)[0]
+    computed = computed[gather_order(doc[computed])]
     for first in range(0, len(computed), SCORE_BATCH):
         part = computed[first : first + SCORE_BATCH]
         score[part] = np.einsum("ij,ij->i", anchor_vectors[anchor[part]], doc_vectors[doc[part]])
