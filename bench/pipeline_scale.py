@@ -76,6 +76,7 @@ time, time per anchor, and peak RSS.
 Run: python -m bench.pipeline_scale --anchors 2000 --docs 20000
      python -m bench.pipeline_scale --anchors 10000 100000 --docs 100000 1000000
      python -m bench.pipeline_scale --preset 100k-1M 1M-1M --timeout 14400
+     python -m bench.pipeline_scale --preset 1M-10M --resume   # continue a killed run
 """
 
 from __future__ import annotations
@@ -611,9 +612,9 @@ def run_size(anchors: int, docs: int, args: argparse.Namespace) -> Result:
     print(f"inputs: {folder} ({how}; {inputs['topics']:,} topics, .npz float32 vectors)", flush=True)
 
     root = folder / "run"
-    if root.exists():
+    if root.exists() and not args.resume:
         shutil.rmtree(root)
-    root.mkdir()
+    root.mkdir(exist_ok=True)
     free = shutil.disk_usage(root).free
     if free < _run_bytes(anchors, docs):
         print(f"warning: the run may need ~{_run_bytes(anchors, docs) / 1e9:.0f} GB, {free / 1e9:.0f} GB free")
@@ -796,6 +797,12 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
     parser.add_argument("--keep", action="store_true", help="keep the run's output (ROOT) after it")
     parser.add_argument("--quiet", action="store_true", help="do not echo negminer's stderr as it runs")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run left in ROOT by a killed (or --keep) run: negminer reuses its finished stages, "
+        "and the figures are those of this second part only",
+    )
     args = parser.parse_args()
     sizes = _sizes(args)
     print(f"command: python -m bench.pipeline_scale {shlex.join(sys.argv[1:])}")

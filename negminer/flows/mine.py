@@ -363,7 +363,10 @@ def mine_flow(
     """Mine hard negatives for `pairs` (against `corpus`) into a new version of `out`/`name`."""
     check_dataset_name(name)
     logger = get_run_logger()
-    store_root = store or str(stages.default_store_root(out))
+    # absolute, so that the cached stages' keys name the place: a work folder that was copied or
+    # moved is recomputed rather than served refs to the files of its old place
+    out = str(Path(out).resolve())
+    store_root = str(Path(store).resolve()) if store else str(stages.default_store_root(out))
     work_dir = stages.work_dir_for(out, name, pairs=pairs, corpus=corpus, config=config, store=store_root)
     clock = _Clock()
     with work_lock(work_dir):

@@ -241,6 +241,28 @@ def test_an_incremental_run_takes_over_the_index_shards(prefect_harness, tiny_in
     assert manifest(second)["changes"]["pairs"] == {"added": 2, "removed": 0, "kept": 40}
 
 
+def test_a_copied_root_reached_by_a_relative_out_is_mined_again_in_its_new_place(
+    prefect_harness, tiny_inputs, tmp_path, monkeypatch
+) -> None:
+    """Relative --out and store, root copied elsewhere and the old place deleted: the rerun must
+    not be served the cached refs of the old place's files."""
+    import shutil
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    monkeypatch.chdir(old)
+    run_flow(tiny_inputs, "pairs40", Path("datasets"), Path("store"))
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    monkeypatch.chdir(new)
+
+    version, _ = run_flow(tiny_inputs, "pairs40", Path("datasets"), Path("store"))
+
+    assert version.resolve().is_relative_to(new.resolve())
+    assert pq.read_metadata(version / "triplets.parquet").num_rows > 0
+    assert manifest(version)["embedding_store"]["path"] == str((new / "store").resolve())
+
+
 @pytest.mark.extended
 def test_a_rerun_into_another_store_embeds_into_it_and_records_it(prefect_harness, tiny_inputs, tmp_path) -> None:
     """The store is part of the work folder's key: the rerun's manifest names its own store and counts."""
