@@ -534,6 +534,14 @@ class CurateConfig(_Frozen):
     shard_anchors: int = Field(
         10_000, ge=1, description="Anchors judged at once once the judges are trained (the unit of memory)."
     )
+    shard_threads: int = Field(
+        2,
+        ge=1,
+        description="Shards judged at the same time by a run in one process, on threads (on Dask the "
+        "workers share the shards out instead). Half of a shard's time is spent outside Python's lock, "
+        "reading memory-mapped vectors and in numerical kernels, so two shards keep two cores busy; each "
+        "holds one shard's memory. The output does not depend on it.",
+    )
 
     @model_validator(mode="after")
     def _check_relabel(self) -> CurateConfig:

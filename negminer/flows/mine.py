@@ -13,6 +13,7 @@ run every time. Retries are for I/O errors only (:class:`StorageError`, transien
 ``OSError``), never for bad input or configuration.
 """
 
+import inspect
 import re
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from prefect import Task, flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from negminer import stages
@@ -277,11 +279,22 @@ class _Clock:
         self.add(stage, time.perf_counter() - start, cached=state.name == "Cached")
         return result
 
-    def map(self, stage: str, task_: Task, *args: Any) -> list[Any]:
-        """``task_.map(*args)``, waited for; timed as one stage named with its number of runs."""
+    def map(self, stage: str, task_: Task, *args: Any, threads: int = 1) -> list[Any]:
+        """``task_.map(*args)``, waited for; timed as one stage named with its number of runs.
+
+        With `threads` > 1 a run on the flow's (one-thread) local runner maps over a pool of that
+        many threads instead; a Dask runner keeps its own distribution.
+        """
         start = time.perf_counter()
-        futures = task_.map(*args)
-        results = [future.result() for future in futures]
+        runner = FlowRunContext.get().task_runner
+        if threads > 1 and isinstance(runner, ThreadPoolTaskRunner):
+            parameters = dict(zip(inspect.signature(task_.fn).parameters, args, strict=False))
+            with ThreadPoolTaskRunner(max_workers=threads) as pool:
+                futures = pool.map(task_, parameters)
+                results = [future.result() for future in futures]
+        else:
+            futures = task_.map(*args)
+            results = [future.result() for future in futures]
         cached = bool(futures) and all(f.state.name == "Cached" for f in futures)
         self.add(f"{stage} ({len(results)})", time.perf_counter() - start, cached=cached)
         return results
@@ -333,8 +346,8 @@ def _curate(work_dir: str, config: CurateConfig, search: SearchRef, clock: _Cloc
     plan = clock.run("curate-plan", curate_plan_task, work_dir, search, config)
     parts = []
     if plan.shards:
-        options = (unmapped(plan), list(plan.shards), unmapped(config))
-        parts = clock.map("curate-shards", curate_shard_task, unmapped(work_dir), *options)
+        options = (unmapped(work_dir), unmapped(plan), list(plan.shards), unmapped(config))
+        parts = clock.map("curate-shards", curate_shard_task, *options, threads=config.shard_threads)
     return clock.run("curate", curate_task, work_dir, plan, parts, config)
 
 
