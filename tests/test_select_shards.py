@@ -147,6 +147,18 @@ def test_a_killed_selection_reuses_its_finished_shards(searched, tmp_path, monke
     assert stages.select_plan_stage(work, curated, config=other).key != plan.key, "other settings: other parts"
 
 
+def test_a_cross_encoder_retrained_in_place_gets_other_parts(searched, tmp_path) -> None:
+    work, curated = searched
+    model = tmp_path / "judge"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"first weights")
+    config = CONFIG.mine.selection.model_copy(update={"cross_encoder": str(model)})
+    first = stages.select_plan_stage(work, curated, config=config).key
+    assert stages.select_plan_stage(work, curated, config=config).key == first
+    (model / "model.safetensors").write_bytes(b"retrained weights")
+    assert stages.select_plan_stage(work, curated, config=config).key != first
+
+
 def test_curriculum_stages_are_the_training_view_by_rising_difficulty(searched, tmp_path) -> None:
     work, curated = searched
     config = CONFIG.mine.selection.model_copy(

@@ -29,13 +29,14 @@ import logging
 import os
 import tempfile
 import threading
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from negminer.config import EmbedConfig
 from negminer.errors import ConfigError
 from negminer.mining.allocator import freeze_long_lived
+from negminer.mining.encoder import MODELS_KEPT
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -302,17 +303,21 @@ def _fast_bf16(backend: Backend, device: str) -> bool:
     return device == "cuda" and torch.cuda.is_bf16_supported()
 
 
-@cache
+@lru_cache(maxsize=MODELS_KEPT)
 def _own_model(
-    model: str | None, device: str | None, max_seq_length: int | None, encoding: Encoding, cache_dir: str
+    model: str | None,
+    device: str | None,
+    max_seq_length: int | None,
+    encoding: Encoding,
+    cache_dir: str,
+    fingerprint: str,
 ) -> SentenceTransformer:
-    from negminer.mining.encoder import load_model, model_fingerprint, resolve_model_path
+    from negminer.mining.encoder import load_model
 
     loaded = load_model(model, device=device, max_seq_length=max_seq_length)
     if encoding.backend == "openvino":
         from negminer.mining.openvino_model import to_openvino
 
-        fingerprint = model_fingerprint(resolve_model_path(model))
         converted = to_openvino(
             loaded, fingerprint=fingerprint, precision=encoding.precision, cache_dir=Path(cache_dir)
         )
@@ -350,5 +355,10 @@ def encoding_model(config: EmbedConfig, encoding: Encoding) -> SentenceTransform
 
     if not encoding.own_model:
         return shared_model(config)
+    from negminer.mining.encoder import model_fingerprint, resolve_model_path
+
+    fingerprint = model_fingerprint(resolve_model_path(config.model))  # a model retrained in place: loaded again
     with _LOCK:
-        return _own_model(config.model, config.device, config.max_seq_length, encoding, str(cache_root(config)))
+        return _own_model(
+            config.model, config.device, config.max_seq_length, encoding, str(cache_root(config)), fingerprint
+        )

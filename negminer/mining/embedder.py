@@ -32,7 +32,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -41,7 +41,14 @@ from negminer.errors import ConfigError
 from negminer.mining.allocator import freeze_long_lived
 from negminer.mining.backends import Encoding, encoding_model, resolve_encoding
 from negminer.mining.embedding import Side
-from negminer.mining.encoder import Task, embedding_dimension, load_model, model_fingerprint, resolve_model_path
+from negminer.mining.encoder import (
+    MODELS_KEPT,
+    Task,
+    embedding_dimension,
+    load_model,
+    model_fingerprint,
+    resolve_model_path,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -172,8 +179,12 @@ def store_key(config: EmbedConfig) -> str:
     return key if config.store_dtype == "float32" else f"{key}-{config.store_dtype}"
 
 
-@cache
-def _cached_model(model: str | None, device: str | None, max_seq_length: int | None) -> SentenceTransformer:
+@lru_cache(maxsize=MODELS_KEPT)
+def _cached_model(
+    model: str | None, device: str | None, max_seq_length: int | None, fingerprint: str
+) -> SentenceTransformer:
+    """The loaded model; `fingerprint` (its files' hash) is part of the key, so a model retrained in
+    place is loaded again by a long-lived process."""
     loaded = load_model(model, device=device, max_seq_length=max_seq_length)
     freeze_long_lived()  # the model and its libraries live as long as the process
     return loaded
@@ -190,7 +201,8 @@ def shared_model(config: EmbedConfig) -> SentenceTransformer:
         256
     """
     with _MODEL_LOCK:
-        return _cached_model(config.model, config.device, config.max_seq_length)
+        fingerprint = model_fingerprint(resolve_model_path(config.model))
+        return _cached_model(config.model, config.device, config.max_seq_length, fingerprint)
 
 
 _shared_model = shared_model

@@ -50,17 +50,33 @@ def resolve_model_path(model: str | None) -> Path:
     return path
 
 
-@cache
+# Loaded models a process keeps (per encoding): a served deployment whose model is retrained in
+# place loads the new one, and the oldest goes.
+MODELS_KEPT = 2
+
+
 def model_fingerprint(path: Path) -> str:
-    """sha256 over the relative paths and bytes of every file in the model folder."""
+    """sha256 over the relative paths and bytes of every file in the model folder.
+
+    Kept per process by the files' names, sizes and modification times, so a long-lived process
+    (``negminer serve``) hashes a model retrained in place again instead of reusing its old vectors.
+    """
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p.relative_to(path).as_posix()))
+    stats = tuple((file.relative_to(path).as_posix(), file.stat().st_size, file.stat().st_mtime_ns) for file in files)
+    return _hash_files(path, stats)
+
+
+def _ignored(rel: str) -> bool:
+    return rel.startswith(".") or "/." in rel or rel.endswith(".pyc")
+
+
+@cache
+def _hash_files(path: Path, stats: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = file.relative_to(path).as_posix()
-        if rel.startswith(".") or "/." in rel or rel.endswith(".pyc"):
-            continue
+    for rel, size, _ in stats:
         digest.update(rel.encode())
-        digest.update(file.stat().st_size.to_bytes(8, "little"))
-        with file.open("rb") as handle:
+        digest.update(size.to_bytes(8, "little"))
+        with (path / rel).open("rb") as handle:
             for block in iter(lambda h=handle: h.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()

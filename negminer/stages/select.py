@@ -137,6 +137,10 @@ def _plan_key(candidates: str, inputs: list[Path], config: SelectionConfig) -> s
         "files": [sha256_file(path) for path in (candidates, *inputs)],
         "config": config.model_dump(mode="json", exclude={"select_shard_size"}),
     }
+    if config.cross_encoder is not None:  # a model retrained in place must not reuse the old scores
+        from negminer.mining.encoder import model_fingerprint
+
+        digest["cross_encoder"] = model_fingerprint(Path(config.cross_encoder))
     return hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:16]
 
 

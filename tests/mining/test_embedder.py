@@ -96,6 +96,23 @@ def test_the_model_is_loaded_once_per_process() -> None:
 
 
 @pytest.mark.slow
+def test_a_model_retrained_in_place_is_loaded_again_by_the_same_process(tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model_path(None), folder)
+    config = EmbedConfig(model=str(folder), device="cpu", **TORCH_FLOAT32)
+    before, fingerprint = Embedder(config).model, model_fingerprint(folder)
+    assert Embedder(config).model is before and model_fingerprint(folder) == fingerprint
+
+    settings = folder / "config_sentence_transformers.json"  # a retrained model's files change
+    settings.write_text(settings.read_text() + "\n")
+
+    assert model_fingerprint(folder) != fingerprint
+    assert Embedder(config).model is not before
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("store_dtype", ["float32", "float16"])
 def test_the_store_is_opened_under_its_key(tmp_path, store_dtype) -> None:
     embedder = Embedder(EmbedConfig(device="cpu", store_dtype=store_dtype))
