@@ -533,6 +533,7 @@ class StageTime:
     end: float | None  # seconds after the process started
     wall: float | None
     own: float | None
+    reused: bool = False  # finished by an earlier run (--resume): its files are older than this one
 
 
 def stage_times(root: Path, name: str, outcome: Outcome) -> list[StageTime]:
@@ -550,6 +551,9 @@ def stage_times(root: Path, name: str, outcome: Outcome) -> list[StageTime]:
                 end = last.stat().st_mtime - outcome.started
                 if stage in OWN_SECONDS:  # the merged marker is written after any shard's
                     own = json.loads(last.read_text()).get("seconds")
+                if end < 0:
+                    out.append(StageTime(stage, pattern.removeprefix("../../"), None, None, own, reused=True))
+                    continue
         wall = None if end is None else end - previous
         out.append(StageTime(stage, pattern.removeprefix("../../"), end, wall, own))
         if end is not None:
@@ -677,6 +681,9 @@ def _print_stages(stages: list[StageTime], outcome: Outcome) -> None:
     )
     samples, start = outcome.memory.samples, 0.0
     for stage in stages:
+        if stage.reused:
+            print(f"| {stage.name} | reused (finished by the earlier run) | | | {stage.marker} | - | - |")
+            continue
         end = outcome.seconds if stage.end is None else stage.end
         during = [(m, t) for at, m, t in samples if start < at <= end]
         peak = f"{_gb(max(m for m, _ in during))} | {_gb(max(t for _, t in during))}" if during else "- | -"
