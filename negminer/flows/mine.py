@@ -378,9 +378,9 @@ def mine_flow(
     logger = get_run_logger()
     # absolute, so that the cached stages' keys name the place: a work folder that was copied or
     # moved is recomputed rather than served refs to the files of its old place
-    out = str(Path(out).resolve())
-    store_root = str(Path(store).resolve()) if store else str(stages.default_store_root(out))
-    work_dir = stages.work_dir_for(out, name, pairs=pairs, corpus=corpus, config=config, store=store_root)
+    root = str(Path(out).resolve())
+    store_root = str(Path(store).resolve()) if store else str(stages.default_store_root(root))
+    work_dir = stages.work_dir_for(root, name, pairs=pairs, corpus=corpus, config=config, store=store_root)
     clock = _Clock()
     with work_lock(work_dir):
         tasks, w = _cached_in(work_dir), str(work_dir)
@@ -388,7 +388,7 @@ def mine_flow(
         logger.info("read %s", read.counts)
         embed = _embed(tasks, w, config.embed, store_root, clock)
         logger.info("embedded %s", embed.manifest_counts())
-        parent = stages.parent_work_dir(out, name)
+        parent = stages.parent_work_dir(root, name)
         index = _index(tasks, w, config, read.docs, parent, clock)
         search = _search(tasks, w, config, index, read.anchors, clock)
         curate = _curate(w, config.curate, search, clock)
