@@ -291,10 +291,10 @@ class _Clock:
             parameters = dict(zip(inspect.signature(task_.fn).parameters, args, strict=False))
             with ThreadPoolTaskRunner(max_workers=threads) as pool:
                 futures = pool.map(task_, parameters)
-                results = [future.result() for future in futures]
+                futures.wait()
         else:
             futures = task_.map(*args)
-            results = [future.result() for future in futures]
+        results = [future.result() for future in futures]
         cached = bool(futures) and all(f.state.name == "Cached" for f in futures)
         self.add(f"{stage} ({len(results)})", time.perf_counter() - start, cached=cached)
         return results

@@ -62,8 +62,8 @@ def model_fingerprint(path: Path) -> str:
     (``negminer serve``) hashes a model retrained in place again instead of reusing its old vectors.
     """
     files = sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p.relative_to(path).as_posix()))
-    stats = tuple((file.relative_to(path).as_posix(), file.stat().st_size, file.stat().st_mtime_ns) for file in files)
-    return _hash_files(path, stats)
+    stats = [(file.relative_to(path).as_posix(), file.stat()) for file in files]
+    return _hash_files(path, tuple((rel, stat.st_size, stat.st_mtime_ns) for rel, stat in stats))
 
 
 def _ignored(rel: str) -> bool:
