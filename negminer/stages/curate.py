@@ -12,8 +12,12 @@ curation disabled, the candidates and pairs pass through unchanged.
 
 from __future__ import annotations
 
+import os
 import pickle
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +72,8 @@ def curate_shard_stage(
 
     work_dir = Path(work_dir)
     stem = f"part{shard.first:010d}-{shard.stop:010d}"
-    with open(plan.fit, "rb") as handle:
-        fitted = pickle.load(handle)  # written by this run's plan, in its own work folder
-    result = curate_shard(fitted, plan.candidates, (shard.first, shard.stop), _pool_inputs(work_dir), config=config)
+    with _SHARED.use(work_dir, plan.fit) as (fitted, pool):
+        result = curate_shard(fitted, plan.candidates, (shard.first, shard.stop), pool, config=config)
     curated = write_parquet_atomic(work_dir / f"curated.{stem}.parquet", result.curated)
     flagged = write_parquet_atomic(work_dir / f"flagged.{stem}.parquet", result.flagged)
     return CuratePartRef(
@@ -119,6 +122,56 @@ def curate_merge_stage(
         noise=summary.noise,
         seconds=round(time.perf_counter() - start + plan.seconds, 3),
     )
+
+
+class _SharedShardInputs:
+    """The plan's fitted judges and the pool inputs, loaded once for the shards running at once.
+
+    The pickled fit holds the pool context (a score per candidate row, several arrays per
+    document) and the inputs hold the documents' keys and mapped texts: at 10M documents that
+    is over a gigabyte, which every shard on a thread of its own used to load again. The copy
+    is dropped when no shard uses it, so it never outlives the curation shards.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._value: tuple | None = None
+        self._users = 0
+
+    @contextmanager
+    def use(self, work_dir: Path, fit: str) -> Iterator[tuple]:
+        status = os.stat(fit)
+        key = (str(work_dir.resolve()), str(Path(fit).resolve()), status.st_size, status.st_mtime_ns)
+        with self._lock:
+            shared = self._key == key or not self._users
+            if shared and self._key != key:
+                self._key, self._value = key, _load_shard_inputs(work_dir, fit)
+            if shared:
+                self._users += 1
+                value = self._value
+        if not shared:  # another plan's shards hold the copy (two runs in one process)
+            value = _load_shard_inputs(work_dir, fit)
+        try:
+            yield value
+        finally:
+            if shared:
+                with self._lock:
+                    self._users -= 1
+                    if not self._users:
+                        self._key = self._value = None
+
+    def loaded(self) -> bool:
+        return self._value is not None
+
+
+_SHARED = _SharedShardInputs()
+
+
+def _load_shard_inputs(work_dir: Path, fit: str) -> tuple:
+    with open(fit, "rb") as handle:
+        fitted = pickle.load(handle)  # written by this run's plan, in its own work folder
+    return fitted, _pool_inputs(work_dir)
 
 
 def _pool_inputs(work_dir: Path):

@@ -117,3 +117,27 @@ def test_families_from_the_read_stages_keys_are_the_families_of_the_texts(search
         by_text, by_key = anchor_families(words), anchor_families(words, keys=keys)
         assert all(np.array_equal(a, b) for a, b in zip(by_text, by_key, strict=True))
     assert anchor_families(planted, keys=planted_keys)[0].tolist() == [0, 1, 0, 1, 0]
+
+
+def test_shards_running_at_once_share_one_load_of_the_fit_and_drop_it_after(searched, tmp_path, monkeypatch) -> None:
+    """Two curation threads used to hold two copies of the fit's pool context (a gigabyte at 10M docs)."""
+    from negminer.stages import curate as curate_module
+
+    work, _ = searched
+    config = CurateConfig(fit_anchors=100, shard_anchors=50)
+    search = stages.search_stage(work, config=CONFIG.mine, index_config=CONFIG.index)
+    plan = stages.curate_plan_stage(work, search, config=config)
+    loads = []
+    real_load = curate_module._load_shard_inputs
+    monkeypatch.setattr(curate_module, "_load_shard_inputs", lambda *a: loads.append(a) or real_load(*a))
+    shared = curate_module._SHARED
+
+    with shared.use(work, plan.fit) as first, shared.use(work, plan.fit) as second:
+        assert first is second and len(loads) == 1
+        other_fit = tmp_path / "other-fit.pkl"
+        shutil.copyfile(plan.fit, other_fit)
+        with shared.use(work, str(other_fit)) as other:
+            assert other is not first and len(loads) == 2, "another plan's shards load their own"
+    assert not shared.loaded(), "nothing is kept once no shard runs"
+    with shared.use(work, plan.fit):
+        assert len(loads) == 3
