@@ -135,6 +135,7 @@ class Budget:
     max_seq_length: int = 128
     num_negatives: int = 1
     device: Device = "cpu"
+    precision: str = _DEFAULTS.precision
 
 
 @dataclass(frozen=True)
@@ -458,6 +459,7 @@ def train(
         seed=seed,
         device=budget.device,
         output_dir=output_dir,
+        precision=budget.precision,
     )
 
 
@@ -487,8 +489,11 @@ def train_stages(
 
 def result_key(task: Task, data: ArmData, *, budget: Budget, seed: int | None) -> str:
     """Names a result: the budget, seed, training rows and evaluation set."""
+    trained = asdict(budget)
+    if trained["precision"] == "float32":  # the only precision before the option: keeps those results' names
+        del trained["precision"]
     key = {
-        "budget": asdict(budget) if data.rows is not None else {"max_seq_length": budget.max_seq_length},
+        "budget": trained if data.rows is not None else {"max_seq_length": budget.max_seq_length},
         "seed": seed,
         "rows": data.fingerprint,
         "test": sorted(task.test_queries),
@@ -705,6 +710,7 @@ def pick_budget(args: argparse.Namespace) -> Budget:
         max_seq_length=args.max_seq_length,
         num_negatives=args.num_negatives,
         device=device,
+        precision=args.precision,
     )
 
 
@@ -727,6 +733,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=_DEFAULTS.learning_rate)
     parser.add_argument("--warmup-ratio", type=float, default=_DEFAULTS.warmup_ratio)
     parser.add_argument("--max-seq-length", type=int, default=128, help="for training and evaluation")
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default=_DEFAULTS.precision,
+        help="training arithmetic (bfloat16: mixed precision, about 1.4x faster on a CPU with AVX512-BF16)",
+    )
     parser.add_argument("--num-negatives", type=int, default=1, help="per pair, for every mined arm")
     parser.add_argument("--max-positives", type=int, default=2, help="training positives per query")
     parser.add_argument("--max-test-queries", type=int, help="evaluate on the first N test queries (a quick check)")

@@ -27,6 +27,7 @@ SamplingStrategy = Literal["top", "random", "simans"]
 OutputFormat = Literal["triplet", "n-tuple", "labeled-pair", "labeled-list"]
 StrategyName = Literal["naive", "positive-aware", "semi-hard", "calibrated", "simans"]
 CandidateSource = Literal["dense", "bm25"]
+TrainingPrecision = Literal["float32", "bfloat16"]
 Fusion = Literal["rrf", "score"]
 
 # Every selection setting a preset fixes; options not named here (num_negatives, seed,
@@ -651,6 +652,11 @@ class EvaluateConfig(_Frozen):
         128, ge=1, description="Token length for training and evaluation; None keeps the model's own."
     )
     seed: int = Field(1, ge=0, le=_CLASSIFIER_SEED_MAX, description="Seeds the model's training and batch order.")
+    precision: TrainingPrecision = Field(
+        "float32",
+        description="Training arithmetic: float32, or bfloat16 mixed precision (autocast; weights stay float32). "
+        "bfloat16 trains about 1.4x faster on CPUs with AVX512-BF16 or AMX and is slower on CPUs without them.",
+    )
     eval_batch_size: int = Field(32, ge=1, description="Texts per encoding batch during evaluation.")
     device: str | None = Field(None, description="torch device; None picks CUDA when present.")
     diagnostics: DiagnosticsConfig = Field(

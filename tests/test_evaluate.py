@@ -241,3 +241,38 @@ def test_training_raises_the_score_of_the_train_queries(sample_dir: Path, versio
     assert result.against.metrics == after  # same rows, budget and seed: the same model
     assert after["alignment"] < before["alignment"], "trained on these pairs: they move closer"
     assert result.path is None and [a.arm for a in result.arms] == ["base", "train", "against"]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_training_precision_sets_the_arithmetic_and_keeps_float32_weights(precision, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("accelerate", reason="SentenceTransformerTrainer needs accelerate")
+    import torch
+
+    from negminer.evaluation import train
+
+    seen: set[torch.dtype] = set()
+    made = train.fresh_model
+
+    def watched(*args, **kwargs):
+        model = made(*args, **kwargs)
+        first_linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        first_linear.register_forward_hook(lambda _m, _i, output: seen.add(output.dtype))
+        return model
+
+    monkeypatch.setattr(train, "fresh_model", watched)
+    rows = pa.table({c: [f"{c} {i} on vitamin d and bone density" for i in range(8)] for c in ("anchor", "pos", "neg")})
+    trained = train.train_model(
+        rows,
+        model=None,
+        steps=1,
+        batch_size=4,
+        learning_rate=5e-5,
+        warmup_ratio=0.0,
+        max_seq_length=32,
+        seed=1,
+        device="cpu",
+        output_dir=tmp_path,
+        precision=precision,
+    )
+    assert seen == {getattr(torch, precision)}
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}

@@ -36,6 +36,10 @@ def evaluate_command(
     max_seq_length: Annotated[
         int | None, typer.Option("--max-seq-length", min=1, help="Token length for training and evaluation.")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option("--precision", help="Training arithmetic: float32 or bfloat16 (evaluate.precision)."),
+    ] = None,
     max_queries: Annotated[
         int | None, typer.Option("--max-queries", min=1, help="Only the first N queries (a quick check).")
     ] = None,
@@ -69,6 +73,7 @@ def evaluate_command(
         "learning_rate": learning_rate,
         "seed": seed,
         "max_seq_length": max_seq_length,
+        "precision": precision,
         "max_queries": max_queries,
         "max_corpus": max_corpus,
         "titles": titles,

@@ -238,6 +238,7 @@ def _trained_arm(
             seed=settings.seed,
             device=settings.device,
             output_dir=scratch,
+            precision=settings.precision,
         )
     trained = time.perf_counter()
     metrics = {**score(model, evaluator), **_geometry(model, data, settings)}

@@ -93,6 +93,7 @@ def train_model(
     seed: int,
     device: str | None,
     output_dir: str | Path,
+    precision: str,
 ) -> SentenceTransformer:
     """Fine-tune a fresh copy of `model` on `rows` with MultipleNegativesRankingLoss for `steps`.
 
@@ -110,6 +111,7 @@ def train_model(
         seed: seeds the weights' random state and the batch order.
         device: torch device; None picks CUDA when present.
         output_dir: scratch folder of the trainer (nothing is saved there).
+        precision: "float32", or "bfloat16" for mixed precision (the trainer's ``bf16``).
 
     Returns:
         The trained model (in memory).
@@ -118,7 +120,7 @@ def train_model(
         >>> rows = pq.read_table("datasets/scifact-sample/v0001/triplets.parquet")  # doctest: +SKIP
         >>> trained = train_model(rows, model=None, steps=240, batch_size=16, learning_rate=5e-5,
         ...                       warmup_ratio=0.1, max_seq_length=128, seed=1, device="cpu",
-        ...                       output_dir="/tmp/train")  # doctest: +SKIP
+        ...                       output_dir="/tmp/train", precision="float32")  # doctest: +SKIP
     """
     if rows.num_rows < batch_size:
         raise InputError(f"{rows.num_rows} training rows, fewer than the batch size {batch_size}; lower --batch-size")
@@ -154,6 +156,7 @@ def train_model(
             logging_steps=max(1, steps // 5),
             use_cpu=str(trained.device) == "cpu",
             dataloader_drop_last=True,
+            bf16=precision == "bfloat16",
         )
     except ImportError as err:  # the trainer's arguments need accelerate
         raise ConfigError(_TRAIN_PACKAGES) from err
