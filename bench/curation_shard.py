@@ -16,7 +16,6 @@ Run: python -m bench.curation_shard WORK_DIR [--shard 5] [--out /tmp/before]
 from __future__ import annotations
 
 import argparse
-import pickle
 import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig
 from negminer.curation.sharded import curate_shard, shard_ranges
-from negminer.stages.curate import FIT_FILE, _pool_inputs
+from negminer.stages.curate import _SHARED, FIT_FILE
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,14 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = CurateConfig()
     candidates = str(next(args.work_dir.glob("candidates-*.parquet")))
-    with open(args.work_dir / FIT_FILE, "rb") as handle:
-        fitted = pickle.load(handle)  # written by that run's curation plan
     n_anchors = pq.ParquetFile(args.work_dir / "anchors.parquet").metadata.num_rows
     ranges = shard_ranges(candidates, n_anchors=n_anchors, config=config)
 
     def judge(number: int):
         start = time.perf_counter()
-        result = curate_shard(fitted, candidates, ranges[number], _pool_inputs(args.work_dir), config=config)
+        with _SHARED.use(args.work_dir, str(args.work_dir / FIT_FILE)) as (fitted, pool):  # as the flow's shards
+            result = curate_shard(fitted, candidates, ranges[number], pool, config=config)
         print(f"  shard {number} rows {ranges[number]}: {time.perf_counter() - start:.1f} s", flush=True)
         return result
 
