@@ -9,12 +9,14 @@ per distinct (anchor, doc) pair.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from negminer.curation.lexical import TextSource, texts_at
 from negminer.errors import ConfigError
+from negminer.mining.encoder import MODELS_KEPT, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +33,15 @@ def load_cross_encoder(path: str | Path, *, device: str | None, setting: str = "
             f"{setting} {str(path)!r} is not a local model folder with config.json; "
             "give the path of a downloaded sentence-transformers CrossEncoder or leave it unset"
         )
+    return _loaded(str(folder.resolve()), model_fingerprint(folder), device)
+
+
+@lru_cache(maxsize=MODELS_KEPT)
+def _loaded(folder: str, _fingerprint: str, device: str | None):
+    """One model per folder, files and device, for every shard a process runs (a retrained folder loads again)."""
     from sentence_transformers import CrossEncoder
 
-    return CrossEncoder(str(folder), device=device)
+    return CrossEncoder(folder, device=device)
 
 
 def cross_encoder_scores(

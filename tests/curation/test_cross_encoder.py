@@ -52,3 +52,17 @@ def test_curation_with_a_local_cross_encoder(world):
     result = curate_candidates(world.candidates, **world.kwargs(), config=config)
     assert "feature_cross_encoder" in result.flagged.column_names
     assert np.isfinite(result.flagged.column("feature_cross_encoder").to_numpy()).all()
+
+
+@pytest.mark.slow
+def test_a_folder_loads_once_per_process_until_its_files_change(tmp_path):
+    """Every curation and selection shard asks for the model: one load serves them, a retrained folder loads anew."""
+    import shutil
+
+    folder = tmp_path / "cross-encoder"
+    shutil.copytree(resolve_model_path(None), folder)
+    first = load_cross_encoder(folder, device="cpu")
+    assert load_cross_encoder(folder, device="cpu") is first
+    with (folder / "config.json").open("a") as config:
+        config.write("\n")  # as a retraining rewrites it
+    assert load_cross_encoder(folder, device="cpu") is not first
