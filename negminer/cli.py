@@ -85,8 +85,12 @@ def mine(
         list[str] | None,
         typer.Option(
             "--source",
-            help="Where candidates come from: dense, bm25; repeat for both, fused (mine.sources).",
+            help="Where candidates come from: dense, bm25, dense2; repeat to fuse several (mine.sources).",
         ),
+    ] = None,
+    second_model: Annotated[
+        str | None,
+        typer.Option("--second-model", help="Local model folder of the dense2 source (mine.second_model)."),
     ] = None,
     dask_address: Annotated[
         str | None, typer.Option("--dask-address", help="Run the shard tasks on the Dask scheduler at tcp://HOST:PORT.")
@@ -137,6 +141,7 @@ def mine(
             "embed.model": model,
             "mine.strategy": strategy,
             "mine.sources": source or None,
+            "mine.second_model": second_model,
             "embed.processes": processes,
             "embed.precision": precision,
             "embed.backend": backend,

@@ -26,7 +26,7 @@ CurationIssueRule = Literal["confident_joint", "find_label_issues"]
 SamplingStrategy = Literal["top", "random", "simans"]
 OutputFormat = Literal["triplet", "n-tuple", "labeled-pair", "labeled-list"]
 StrategyName = Literal["naive", "positive-aware", "semi-hard", "calibrated", "simans"]
-CandidateSource = Literal["dense", "bm25"]
+CandidateSource = Literal["dense", "bm25", "dense2"]
 TrainingPrecision = Literal["float32", "bfloat16"]
 Fusion = Literal["rrf", "score"]
 
@@ -221,7 +221,14 @@ class RetrievalConfig(_Seeded):
         ("dense",),
         min_length=1,
         description="Views that propose candidates, fused into one list per anchor: dense (the embedding "
-        "model's nearest neighbours) and bm25 (lexical, bm25s). Every candidate's score stays the dense cosine.",
+        "model's nearest neighbours), bm25 (lexical, bm25s) and dense2 (the nearest neighbours under "
+        "second_model). Every candidate's score stays the embedding model's cosine.",
+    )
+    second_model: str | None = Field(
+        None,
+        description="Local sentence-transformers folder of the dense2 source: a second embedding model whose "
+        "nearest neighbours join the candidates. Embedded through the store with the embed section's "
+        "settings (its own prompts, if it has any) and indexed like the first; needs dense2 in sources.",
     )
     fusion: Fusion = Field(
         "rrf",
@@ -242,6 +249,15 @@ class RetrievalConfig(_Seeded):
         if len(set(sources)) != len(sources):
             raise ValueError(f"{list(sources)} names a source twice")
         return sources
+
+    @model_validator(mode="after")
+    def _check_second_model(self) -> RetrievalConfig:
+        if ("dense2" in self.sources) != (self.second_model is not None):
+            raise ValueError(
+                "the dense2 source and second_model go together: name the second model's local folder in "
+                "second_model and add dense2 to sources, or neither"
+            )
+        return self
 
     @property
     def hybrid(self) -> bool:

@@ -65,8 +65,9 @@ MANIFEST_FIELDS: dict[str, str] = {
     "extended.",
     "sources": "Only when `mine.sources` is not `[dense]`: the candidate `sources` in fusion order, `fusion` "
     "(`rrf` or `score`), `rrf_k`, `rows_by_source` (candidate rows per value of the `source` column: `dense`, "
-    "`bm25`, `dense+bm25`) and `bm25`: the BM25 index's `key`, `rows`, `scoring` (tokens, k1, b, tf and idf "
-    "variants) and its `shards` (`first`, `stop`, `postings`).",
+    "`bm25`, `dense+bm25`, ...), `bm25`: the BM25 index's `key`, `rows`, `scoring` (tokens, k1, b, tf and idf "
+    "variants) and its `shards` (`first`, `stop`, `postings`), and with the dense2 source `dense2`: the second "
+    "`model` (as `model`, without its path) and its `index` (as `index`).",
     "work": "The run's work folder key (`ROOT/NAME/.work/KEY`), which a rerun reuses.",
     "embedding_store": "The embedding store used: `path` (relative to the datasets root when inside it), "
     "its `folder` for this model and the `shards` this version's vectors came from (what `negminer gc` "

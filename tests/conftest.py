@@ -101,3 +101,19 @@ def tiny_inputs(sample_dir: Path, tmp_path_factory) -> dict[str, Path]:
         "pairs42": folder / "pairs42.parquet",
         "corpus": folder / "corpus.parquet",
     }
+
+
+@pytest.fixture(scope="session")
+def second_model(tmp_path_factory) -> Path:
+    """A real second model: the packaged all-MiniLM-L6-v2 cut to its first two layers, saved locally."""
+    from sentence_transformers import SentenceTransformer
+
+    from negminer.mining.encoder import resolve_model_path
+
+    model = SentenceTransformer(str(resolve_model_path(None)), device="cpu")
+    bert = model[0].auto_model
+    bert.encoder.layer = bert.encoder.layer[:2]
+    bert.config.num_hidden_layers = 2
+    folder = tmp_path_factory.mktemp("second-model") / "minilm-2-layers"
+    model.save(str(folder))
+    return folder

@@ -62,6 +62,7 @@ from negminer.stages.refs import (
     ReadRef,
     SearchPartRef,
     SearchRef,
+    SecondDenseRef,
     SelectPartRef,
     SelectPlanRef,
     SelectRef,
@@ -153,8 +154,9 @@ def search_shard_task(
     index_config: IndexConfig,
     index: IndexRef,
     bm25: Bm25Ref | None = None,
+    second: SecondDenseRef | None = None,
 ) -> SearchPartRef:
-    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25}
+    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25, "second": second}
     return stages.search_shard_stage(work_dir, shard, **options)
 
 
@@ -166,8 +168,9 @@ def search_task(
     index: IndexRef,
     shards: list[DocRange],
     bm25: Bm25Ref | None = None,
+    second: SecondDenseRef | None = None,
 ) -> SearchRef:
-    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25}
+    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25, "second": second}
     return stages.search_merge_stage(work_dir, shards, **options)
 
 
@@ -303,21 +306,37 @@ class _Clock:
         self.timings[stage] = {"seconds": round(seconds, 3), "cached": cached}
 
 
-def _embed(tasks: _Tasks, work_dir: str, config: EmbedConfig, store_root: str, clock: _Clock) -> EmbedRef:
-    plan = clock.run("embed-plan", tasks.embed_plan, work_dir, config, store_root)
-    clock.map("embed-shards", tasks.embed_shard, list(plan.shards), unmapped(config), unmapped(store_root))
-    return clock.run("embed", tasks.embed, work_dir, config, store_root)
+def _embed(
+    tasks: _Tasks, work_dir: str, config: EmbedConfig, store_root: str, clock: _Clock, *, label: str
+) -> EmbedRef:
+    """Plan, map the shards, assemble; the stages timed as `label` + embed-plan, embed-shards, embed."""
+    plan = clock.run(f"{label}embed-plan", tasks.embed_plan, work_dir, config, store_root)
+    clock.map(f"{label}embed-shards", tasks.embed_shard, list(plan.shards), unmapped(config), unmapped(store_root))
+    return clock.run(f"{label}embed", tasks.embed, work_dir, config, store_root)
 
 
 def _index(
-    tasks: _Tasks, work_dir: str, config: PipelineConfig, n_docs: int, parent: str | None, clock: _Clock
+    tasks: _Tasks, work_dir: str, config: PipelineConfig, n_docs: int, parent: str | None, clock: _Clock, *, label: str
 ) -> IndexRef:
     """Map the index shards' builds (when the pool is sharded), then collect the index reference."""
     retrieval = config.mine.retrieval
     if shards := stages.index_shards(n_docs, config=config.index):
         options = (unmapped(config.index), unmapped(retrieval), unmapped(parent))
-        clock.map("index-shards", tasks.index_shard, unmapped(work_dir), shards, *options)
-    return clock.run("index", tasks.index, work_dir, config.index, retrieval, parent=parent)
+        clock.map(f"{label}index-shards", tasks.index_shard, unmapped(work_dir), shards, *options)
+    return clock.run(f"{label}index", tasks.index, work_dir, config.index, retrieval, parent=parent)
+
+
+def _second_dense(
+    tasks: _Tasks, work_dir: str, config: PipelineConfig, n_docs: int, store_root: str, clock: _Clock
+) -> SecondDenseRef | None:
+    """The dense2 source's vectors and index (stages/second_dense.py), as the first model's are made."""
+    if "dense2" not in config.mine.retrieval.sources:
+        return None
+    folder = str(stages.second_work_dir(work_dir, config, store_root))
+    second = stages.second_embed_config(config)
+    embed = _embed(tasks, folder, second, store_root, clock, label="dense2-")
+    index = _index(tasks, folder, config, n_docs, None, clock, label="dense2-")
+    return stages.second_dense_ref(folder, embed, index)
 
 
 def _bm25(tasks: _Tasks, work_dir: str, retrieval: RetrievalConfig, clock: _Clock) -> Bm25Ref | None:
@@ -330,15 +349,21 @@ def _bm25(tasks: _Tasks, work_dir: str, retrieval: RetrievalConfig, clock: _Cloc
 
 
 def _search(
-    tasks: _Tasks, work_dir: str, config: PipelineConfig, index: IndexRef, n_anchors: int, clock: _Clock
+    tasks: _Tasks,
+    work_dir: str,
+    config: PipelineConfig,
+    index: IndexRef,
+    n_anchors: int,
+    clock: _Clock,
+    second: SecondDenseRef | None,
 ) -> SearchRef:
     """Map the search over shards of anchors, then merge their parts (exactly) into one table."""
     retrieval = config.mine.retrieval
     bm25 = _bm25(tasks, work_dir, retrieval, clock)
     shards = stages.search_shards(n_anchors, config=retrieval)
-    options = (unmapped(retrieval), unmapped(config.index), unmapped(index), unmapped(bm25))
+    options = (unmapped(retrieval), unmapped(config.index), unmapped(index), unmapped(bm25), unmapped(second))
     clock.map("search-shards", tasks.search_shard, unmapped(work_dir), shards, *options)
-    return clock.run("search", tasks.search, work_dir, retrieval, config.index, index, shards, bm25)
+    return clock.run("search", tasks.search, work_dir, retrieval, config.index, index, shards, bm25, second)
 
 
 def _curate(work_dir: str, config: CurateConfig, search: SearchRef, clock: _Clock) -> CurateRef:
@@ -386,11 +411,12 @@ def mine_flow(
         tasks, w = _cached_in(work_dir), str(work_dir)
         read = clock.run("read", tasks.read, pairs, corpus, w, config.input)
         logger.info("read %s", read.counts)
-        embed = _embed(tasks, w, config.embed, store_root, clock)
+        embed = _embed(tasks, w, config.embed, store_root, clock, label="")
         logger.info("embedded %s", embed.manifest_counts())
         parent = stages.parent_work_dir(root, name)
-        index = _index(tasks, w, config, read.docs, parent, clock)
-        search = _search(tasks, w, config, index, read.anchors, clock)
+        index = _index(tasks, w, config, read.docs, parent, clock, label="")
+        second = _second_dense(tasks, w, config, read.docs, store_root, clock)
+        search = _search(tasks, w, config, index, read.anchors, clock, second)
         curate = _curate(w, config.curate, search, clock)
         logger.info("curation flagged %s", curate.counts.get("flagged_by_kind", "nothing (disabled)"))
         select = _select(w, config.mine.selection, curate, clock)

@@ -7,7 +7,7 @@ anchor and any of its known positives), ``is_positive`` bool (a known positive b
 ``same_text_as_positive`` bool (normalised text equals a positive's), ``same_text_as_anchor``
 bool. Anchors whose normalised texts are equal share their positives: a positive of one is
 never a negative of the other. With candidate sources besides the dense index (:class:`Hybrid`)
-the table has one more column, ``source`` string (``dense``, ``bm25`` or ``dense+bm25``: the
+the table has one more column, ``source`` string (``dense``, ``bm25``, ``dense+bm25``, ...: the
 views that proposed the row), ``rank`` is the rank in the fused list and ``score`` stays the cosine.
 """
 
@@ -50,17 +50,28 @@ CANDIDATE_SCHEMA = pa.schema(
     ]
 )
 HYBRID_SCHEMA = CANDIDATE_SCHEMA.append(pa.field("source", pa.string()))
+# The order of the names in a ``source`` value ("dense+bm25+dense2"), whatever the config's order.
+SOURCE_ORDER = ("dense", "bm25", "dense2")
 
 
 class Hybrid(NamedTuple):
     """Candidate sources besides (or instead of) the dense index, fused per anchor (see fusion.py)."""
 
-    sources: tuple[str, ...]  # in config order: "dense", "bm25"
+    sources: tuple[str, ...]  # in config order: "dense", "bm25", "dense2"
     fusion: str
     rrf_k: int
     bm25_shards: list[Bm25Shard]
     anchor_texts: Callable[[int, int], Iterable[list[str]]]  # texts of anchors [first, stop), in batches
     doc_keys: np.ndarray  # (n_docs,) uint64 hash of each doc id: breaks ties whatever the corpus's row order
+    second: SecondView | None = None  # the dense2 source
+
+
+class SecondView(NamedTuple):
+    """A second embedding model's vectors (rows as the first model's) and its index (or index shards)."""
+
+    anchor_vectors: np.ndarray
+    doc_vectors: np.ndarray
+    index: Any
 
 
 class SearchResult(NamedTuple):
@@ -189,8 +200,11 @@ def _hybrid_docs(
     from negminer.mining.fusion import dense_scores, fuse_lists, source_names
 
     start_row, stop_row = anchor_range
-    names = tuple(name for name in ("dense", "bm25") if name in hybrid.sources)  # "dense+bm25" in any config order
+    names = tuple(name for name in SOURCE_ORDER if name in hybrid.sources)  # "dense+bm25" in any config order
     dense = _top_docs(anchor_vectors, doc_vectors, index, anchor_range, depth, batch_size)
+    second = hybrid.second
+    if second is not None:
+        dense2 = _top_docs(second.anchor_vectors, second.doc_vectors, second.index, anchor_range, depth, batch_size)
     for first in range(start_row, stop_row, batch_size):
         stop = min(first + batch_size, stop_row)
         lists = {}
@@ -200,6 +214,8 @@ def _hybrid_docs(
             lists["bm25"] = search_bm25_shards(
                 hybrid.bm25_shards, hybrid.anchor_texts(first, stop), stop - first, depth, doc_keys=hybrid.doc_keys
             )
+        if "dense2" in names:
+            lists["dense2"] = next(dense2)[1:]
         options = {"depth": depth, "fusion": hybrid.fusion, "rrf_k": hybrid.rrf_k, "doc_keys": hybrid.doc_keys}
         fused = fuse_lists([lists[name] for name in names], **options)
         scores = dense_scores(fused.ids, first, anchor_vectors, doc_vectors, lists.get("dense"))

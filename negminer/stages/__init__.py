@@ -15,6 +15,7 @@ from negminer.stages.publish import PUBLISHING, StageRefs, audit_load_stage, pub
 from negminer.stages.read import read_stage
 from negminer.stages.runner import run_stages
 from negminer.stages.search import search_merge_stage, search_shard_stage, search_shards, search_stage
+from negminer.stages.second_dense import second_dense_ref, second_dense_stage, second_embed_config, second_work_dir
 from negminer.stages.select import select_merge_stage, select_plan_stage, select_shard_stage, select_stage
 from negminer.stages.workdir import (
     default_store_root,
@@ -54,6 +55,10 @@ __all__ = [
     "search_shard_stage",
     "search_shards",
     "search_stage",
+    "second_dense_ref",
+    "second_dense_stage",
+    "second_embed_config",
+    "second_work_dir",
     "select_merge_stage",
     "select_plan_stage",
     "select_shard_stage",

@@ -254,6 +254,18 @@ class SearchPartRef(Ref):
     source_counts: dict[str, int] | None = None  # rows by source (hybrid searches)
 
 
+class SecondDenseRef(Ref):
+    """The dense2 source: a second model's ``anchors.npy`` / ``docs.npy`` and their index, in `work_dir`."""
+
+    work_dir: str
+    model: ModelRef
+    index: IndexRef
+
+    def summary(self) -> dict[str, Any]:
+        """What the manifest records of it: the model and its index (no paths)."""
+        return {"model": self.model.model_dump(mode="json", exclude={"path"}), "index": self.index.summary()}
+
+
 class SearchRef(Ref):
     """The candidate table: `search_depth` candidates per anchor plus its positives."""
 

@@ -16,6 +16,7 @@ from negminer.stages.index import index_stage
 from negminer.stages.publish import StageRefs, audit_load_stage, publish_stage
 from negminer.stages.read import read_stage
 from negminer.stages.search import search_merge_stage, search_shards
+from negminer.stages.second_dense import second_dense_stage
 from negminer.stages.select import select_stage
 from negminer.stages.workdir import default_store_root, parent_work_dir, work_dir_for
 
@@ -48,9 +49,11 @@ def run_stages(
         index = index_stage(work_dir, config=config.index, retrieval=retrieval, parent=parent_work_dir(out, name))
         shards = search_shards(read.anchors, config=retrieval)
         bm25 = bm25_stage(work_dir, config=retrieval) if "bm25" in retrieval.sources else None
-        search = search_merge_stage(
-            work_dir, shards, config=retrieval, index_config=config.index, index=index, bm25=bm25
-        )
+        second = None
+        if "dense2" in retrieval.sources:
+            second = second_dense_stage(work_dir, config=config, store_root=store_root)
+        options = {"config": retrieval, "index_config": config.index, "index": index, "bm25": bm25, "second": second}
+        search = search_merge_stage(work_dir, shards, **options)
         curate = curate_stage(work_dir, search, config=config.curate)
         select = select_stage(work_dir, curate, config=config.mine.selection)
         refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select)

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 from negminer.config import IndexConfig, RetrievalConfig
 from negminer.mining.allocator import releases_memory
 from negminer.stages.index import index_stage, open_index
-from negminer.stages.refs import Bm25Ref, DocRange, IndexRef, SearchPartRef, SearchRef
+from negminer.stages.refs import Bm25Ref, DocRange, IndexRef, SearchPartRef, SearchRef, SecondDenseRef
+from negminer.stages.second_dense import DOC_KEYS
 from negminer.stages.workdir import finish, finished
 
 
@@ -38,7 +39,7 @@ def consecutive_ranges(n: int, size: int) -> list[DocRange]:
     return [DocRange(shard=i, first=first, stop=min(first + size, n)) for i, first in enumerate(starts)]
 
 
-def _stem(config: RetrievalConfig, index: IndexRef) -> str:
+def _stem(config: RetrievalConfig, index: IndexRef, second: SecondDenseRef | None) -> str:
     """Names the candidate table: depth and index, plus the sources and fusion of a hybrid search."""
     stem = f"d{config.search_depth}-{index.key}"
     if not config.hybrid:
@@ -46,6 +47,8 @@ def _stem(config: RetrievalConfig, index: IndexRef) -> str:
     from negminer.stages.bm25 import bm25_key
 
     key = {"sources": config.sources, "fusion": config.fusion, "rrf_k": config.rrf_k, "bm25": bm25_key()}
+    if second is not None:  # the second model's vectors (their folder's name) and index
+        key["dense2"] = [Path(second.work_dir).name, second.index.key]
     return f"{stem}-h{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
@@ -58,17 +61,31 @@ def _bm25(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None) -> Bm25
     return bm25 or bm25_stage(work_dir, config=config)
 
 
-def _sources_entry(config: RetrievalConfig, bm25: Bm25Ref | None, counts: dict[str, int]) -> dict | None:
+def _sources_entry(
+    config: RetrievalConfig, bm25: Bm25Ref | None, counts: dict[str, int], second: SecondDenseRef | None
+) -> dict | None:
     """The manifest's ``sources``: what proposed the candidates and how they were fused."""
     if not config.hybrid:
         return None
-    return {
+    entry = {
         "sources": list(config.sources),
         "fusion": config.fusion,
         "rrf_k": config.rrf_k,
         "rows_by_source": dict(sorted(counts.items())),
         "bm25": bm25.summary() if bm25 else None,
     }
+    if second is not None:
+        entry["dense2"] = second.summary()
+    return entry
+
+
+def _second(config: RetrievalConfig, second: SecondDenseRef | None) -> SecondDenseRef | None:
+    """The dense2 source's reference, which a search naming dense2 must be given (see stages/second_dense.py)."""
+    if "dense2" not in config.sources:
+        return None
+    if second is None:
+        raise ValueError("mine.sources names dense2: pass second_dense_stage's reference as `second`")
+    return second
 
 
 def _marker(work_dir: Path, stem: str) -> Path:
@@ -88,6 +105,7 @@ def _search(
     index: IndexRef,
     anchor_range: tuple[int, int] | None = None,
     bm25: Bm25Ref | None = None,
+    second: SecondDenseRef | None = None,
 ):
     from negminer.mining.search import search_candidates
 
@@ -106,23 +124,32 @@ def _search(
         batch_size=config.search_batch_size,
         index=open_index(index, index_config) if "dense" in config.sources else None,
         anchor_range=anchor_range,
-        hybrid=_hybrid(work_dir, config, bm25),
+        hybrid=_hybrid(work_dir, config, bm25, second, index_config),
     )
 
 
-def _hybrid(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None):
+def _hybrid(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None, second: SecondDenseRef | None, index_config):
     from negminer.mining.bm25 import Bm25Shard, text_batches
-    from negminer.mining.search import Hybrid
+    from negminer.mining.search import Hybrid, SecondView
 
     if not config.hybrid:
         return None
+    view = None
+    if second is not None:
+        folder = Path(second.work_dir)
+        view = SecondView(
+            anchor_vectors=np.load(folder / "anchors.npy", mmap_mode="r"),
+            doc_vectors=np.load(folder / "docs.npy", mmap_mode="r"),
+            index=open_index(second.index, index_config),
+        )
     return Hybrid(
+        second=view,
         sources=config.sources,
         fusion=config.fusion,
         rrf_k=config.rrf_k,
         bm25_shards=[Bm25Shard(s.path, s.first, s.stop) for s in bm25.shards] if bm25 else [],
         anchor_texts=lambda first, stop: text_batches(work_dir / "anchors.parquet", first=first, stop=stop),
-        doc_keys=np.load(bm25.doc_keys, mmap_mode="r"),
+        doc_keys=np.load(bm25.doc_keys if bm25 else Path(second.work_dir) / DOC_KEYS, mmap_mode="r"),
     )
 
 
@@ -133,6 +160,7 @@ def search_stage(
     index_config: IndexConfig,
     index: IndexRef | None = None,
     bm25: Bm25Ref | None = None,
+    second: SecondDenseRef | None = None,
 ) -> SearchRef:
     """Retrieve `search_depth` candidates per anchor into ``candidates-d<depth>-<index key>.parquet``.
 
@@ -142,7 +170,8 @@ def search_stage(
     """
     work_dir = Path(work_dir)
     index = index or index_stage(work_dir, config=index_config, retrieval=config)
-    stem = _stem(config, index)
+    second = _second(config, second)
+    stem = _stem(config, index, second)
     if ref := finished(_marker(work_dir, stem), SearchRef):
         return ref
     bm25 = _bm25(work_dir, config, bm25)
@@ -153,6 +182,7 @@ def search_stage(
         index_config=index_config,
         index=index,
         bm25=bm25,
+        second=second,
     )
     ref = SearchRef(
         candidates=str(result.path),
@@ -160,7 +190,7 @@ def search_stage(
         depth=result.depth,
         index=index.summary(),
         seconds=round(result.seconds, 3),
-        sources=_sources_entry(config, bm25, result.source_counts or {}),
+        sources=_sources_entry(config, bm25, result.source_counts or {}, second),
     )
     return finish(_marker(work_dir, stem), ref)
 
@@ -174,6 +204,7 @@ def search_shard_stage(
     index_config: IndexConfig,
     index: IndexRef,
     bm25: Bm25Ref | None = None,
+    second: SecondDenseRef | None = None,
 ) -> SearchPartRef:
     """Search one shard of anchors (:func:`search_shards`) into its part of the candidate table.
 
@@ -181,7 +212,8 @@ def search_shard_stage(
     searched again.
     """
     work_dir = Path(work_dir)
-    stem = _stem(config, index)
+    second = _second(config, second)
+    stem = _stem(config, index, second)
     part = _part_path(work_dir, stem, shard)
     if _marker(work_dir, stem).exists():
         return SearchPartRef(shard=shard.shard, rows=None, merged=True)
@@ -195,6 +227,7 @@ def search_shard_stage(
         index=index,
         anchor_range=(shard.first, shard.stop),
         bm25=_bm25(work_dir, config, bm25),
+        second=second,
     )
     ref = SearchPartRef(
         shard=shard.shard,
@@ -218,6 +251,7 @@ def search_merge_stage(
     index_config: IndexConfig,
     index: IndexRef,
     bm25: Bm25Ref | None = None,
+    second: SecondDenseRef | None = None,
 ) -> SearchRef:
     """Concatenate the shards' parts, in anchor order, into the candidate table of :func:`search_stage`.
 
@@ -226,13 +260,15 @@ def search_merge_stage(
     after its shards, or its parts removed by that merge) returns that merge's reference.
     """
     work_dir = Path(work_dir)
-    stem = _stem(config, index)
+    second = _second(config, second)
+    stem = _stem(config, index, second)
     if ref := finished(_marker(work_dir, stem), SearchRef):
         return ref
     bm25 = _bm25(work_dir, config, bm25)
-    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25}
+    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25, "second": second}
     parts = [search_shard_stage(work_dir, shard, **options) for shard in shards]
-    ref = finished(_marker(work_dir, stem), SearchRef) or _merge_parts(work_dir, stem, parts, index, config, bm25)
+    sources = (bm25, second)
+    ref = finished(_marker(work_dir, stem), SearchRef) or _merge_parts(work_dir, stem, parts, index, config, sources)
     _remove_parts(work_dir, stem)
     return ref
 
@@ -243,7 +279,7 @@ def _merge_parts(
     parts: list[SearchPartRef],
     index: IndexRef,
     config: RetrievalConfig,
-    bm25: Bm25Ref | None,
+    sources: tuple[Bm25Ref | None, SecondDenseRef | None],
 ) -> SearchRef:
     """Merge the shards' parts into the candidate table and record it (``search-<stem>.json``).
 
@@ -271,7 +307,7 @@ def _merge_parts(
         depth=parts[0].depth,
         index=index.summary(),
         seconds=round(seconds, 3),
-        sources=_sources_entry(config, bm25, counts),
+        sources=_sources_entry(config, sources[0], counts, sources[1]),
     )
     return finish(_marker(work_dir, stem), ref)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from negminer.config import EmbedConfig, PipelineConfig
 from negminer.stages.refs import EmbedRef, InputFingerprint, RefT, load_ref
@@ -60,23 +60,28 @@ def work_dir_for(
         "pairs": fingerprint_input(pairs).sha256,
         "corpus": corpus_print.sha256 if corpus_print else None,
         "input": config.input.model_dump(),
-        "model": embedding_source_fingerprint(config.embed),
-        "max_seq_length": config.embed.max_seq_length,
+        **vectors_key(config.embed, store=store, root=root),
     }
-    if not config.embed.precomputed:  # other vectors: another work folder
-        if config.embed.store_dtype != "float32":
-            key["store_dtype"] = config.embed.store_dtype
-        encoding = _encoding(config.embed)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(root) / name / ".work" / digest
+
+
+def vectors_key(config: EmbedConfig, *, store: str | Path | None, root: str | Path) -> dict[str, Any]:
+    """What the vectors depend on: the model's content (or the vector files'), and how it is run."""
+    key: dict[str, Any] = {"model": embedding_source_fingerprint(config), "max_seq_length": config.max_seq_length}
+    if not config.precomputed:  # other vectors: another work folder
+        if config.store_dtype != "float32":
+            key["store_dtype"] = config.store_dtype
+        encoding = _encoding(config)
         if encoding.backend != "torch":
             key["backend"] = encoding.backend
         if encoding.precision != "float32":
             key["precision"] = encoding.precision
-        if (prompts := _prompts_key(config.embed)) is not None:
+        if (prompts := _prompts_key(config)) is not None:
             key["prompts"] = prompts
         if store is not None and (resolved := Path(store).resolve()) != default_store_root(root).resolve():
             key["store"] = str(resolved)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return Path(root) / name / ".work" / digest
+    return key
 
 
 def _encoding(config: EmbedConfig) -> Encoding:
