@@ -101,8 +101,8 @@ def test_another_second_model_gets_its_own_folder_and_candidates(searched, secon
         handle.write("\n")
     config = _config(other, sources=["dense", "dense2"])
     store = work.parent / "store"  # the searched fixture's
-    assert stages.second_work_dir(work, config, store) != Path(second.work_dir)
-    again = stages.second_work_dir(work, _config(second_model, sources=["dense", "dense2"]), store)
+    assert stages.second_work_dir(work, config) != Path(second.work_dir)
+    again = stages.second_work_dir(work, _config(second_model, sources=["dense", "dense2"]))
     assert again == Path(second.work_dir)
     assert json.loads((again / "embed.json").read_text())["model"]["fingerprint"] == model_fingerprint(second_model)
     other_second = stages.second_dense_stage(work, config=config, store_root=store)

@@ -332,7 +332,7 @@ def _second_dense(
     """The dense2 source's vectors and index (stages/second_dense.py), as the first model's are made."""
     if "dense2" not in config.mine.retrieval.sources:
         return None
-    folder = str(stages.second_work_dir(work_dir, config, store_root))
+    folder = str(stages.second_work_dir(work_dir, config))
     second = stages.second_embed_config(config)
     embed = _embed(tasks, folder, second, store_root, clock, label="dense2-")
     index = _index(tasks, folder, config, n_docs, None, clock, label="dense2-")

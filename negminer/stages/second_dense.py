@@ -35,10 +35,10 @@ def second_embed_config(config: PipelineConfig) -> EmbedConfig:
     return config.embed.model_copy(update=update)
 
 
-def second_work_dir(work_dir: str | Path, config: PipelineConfig, store_root: str | Path) -> Path:
+def second_work_dir(work_dir: str | Path, config: PipelineConfig) -> Path:
     """The sub-folder the second model's vectors and index live in, with the read stage's tables linked in."""
     work_dir = Path(work_dir)
-    key = vectors_key(second_embed_config(config), store=store_root, root=work_dir)
+    key = vectors_key(second_embed_config(config), store=None, root=work_dir)  # the store: in work_dir's key
     folder = work_dir / (FOLDER_PREFIX + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12])
     folder.mkdir(exist_ok=True)
     for name in READ_TABLES:
@@ -69,7 +69,7 @@ def second_dense_stage(work_dir: str | Path, *, config: PipelineConfig, store_ro
 
     The flow runs the same embed and index stages as tasks, mapped over their shards.
     """
-    folder = second_work_dir(work_dir, config, store_root)
+    folder = second_work_dir(work_dir, config)
     embed = embed_stage(folder, config=second_embed_config(config), store_root=store_root)
     index = index_stage(folder, config=config.index, retrieval=config.mine.retrieval)
     return second_dense_ref(folder, embed, index)
