@@ -234,8 +234,12 @@ def _sharded_index(
     )
 
 
-def open_index(index: IndexRef, config: IndexConfig) -> Any:
-    """The loaded index, or the list of index shards that the search loads one at a time."""
+def open_index(index: IndexRef, config: IndexConfig, *, loaded_in_turn: bool = False) -> Any:
+    """The loaded index, or the list of index shards that the search loads one at a time.
+
+    `loaded_in_turn`: a one-file index as a list of one shard too, so that a search of several
+    indexes (the dense2 source's beside the first model's) holds one of them at a time.
+    """
     from negminer.mining.index import IndexShard, load_index
 
     if index.shards:
@@ -243,4 +247,6 @@ def open_index(index: IndexRef, config: IndexConfig) -> Any:
             IndexShard(shard.path, shard.first, shard.stop, shard.params, use_gpu=config.use_gpu)
             for shard in index.shards
         ]
+    if loaded_in_turn:
+        return [IndexShard(index.path, 0, index.rows, index.params, use_gpu=config.use_gpu)]
     return load_index(index.path, params=index.params, use_gpu=config.use_gpu)

@@ -122,7 +122,7 @@ def _search(
         anchor_text_keys=anchors.column("text_key"),
         search_depth=config.search_depth,
         batch_size=config.search_batch_size,
-        index=open_index(index, index_config) if "dense" in config.sources else None,
+        index=open_index(index, index_config, loaded_in_turn=second is not None) if "dense" in config.sources else None,
         anchor_range=anchor_range,
         hybrid=_hybrid(work_dir, config, bm25, second, index_config),
     )
@@ -140,7 +140,7 @@ def _hybrid(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None, secon
         view = SecondView(
             anchor_vectors=np.load(folder / "anchors.npy", mmap_mode="r"),
             doc_vectors=np.load(folder / "docs.npy", mmap_mode="r"),
-            index=open_index(second.index, index_config),
+            index=open_index(second.index, index_config, loaded_in_turn=True),
         )
     return Hybrid(
         second=view,
