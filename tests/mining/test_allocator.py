@@ -1,13 +1,14 @@
 import gc
+import json
 import os
 import platform
-import resource
+import subprocess
+import sys
 import weakref
 
-import numpy as np
 import pytest
 
-from negminer.mining.allocator import _glibc, freeze_long_lived, releases_memory, tensor_memory_kept
+from negminer.mining.allocator import _glibc, freeze_long_lived, releases_memory
 
 pytestmark = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt"
@@ -16,43 +17,65 @@ pytestmark = pytest.mark.skipif(
 MB = 1 << 20
 
 
-def _allocate_touch_free(size: int) -> None:
+# The malloc settings are process-wide, and a library loaded by an earlier test in the same
+# process may have changed them (one CI run under load saw no faults at all outside the block):
+# the fault counts are measured in a fresh interpreter.
+_FAULTS = """
+import json, resource
+import numpy as np
+from negminer.mining.allocator import tensor_memory_kept
+
+MB = 1 << 20
+
+def allocate_touch_free(size):
     block = np.empty(size, np.uint8)
     block[::4096] = 1  # touch every page
     del block
 
-
-def _faults_of_big_allocations(rounds: int = 12, size: int = 48 * MB) -> int:
-    """Minor page faults of this thread while it allocates, writes and frees `size` bytes `rounds` times.
-
-    One round first, not counted: whatever the heap held before, the counted rounds find the
-    block's memory either kept (reused, no faults) or handed back (faulted in every round).
-    """
-    _allocate_touch_free(size)
+def faults(rounds=12, size=48 * MB):
+    # One round first, not counted: whatever the heap held before, the counted rounds find the
+    # block's memory either kept (reused, no faults) or handed back (faulted in every round).
+    allocate_touch_free(size)
     before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
     for _ in range(rounds):
-        _allocate_touch_free(size)
+        allocate_touch_free(size)
     return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+"""
+
+
+def _faults_in_a_fresh_process(body: str) -> dict[str, int]:
+    """Run `body` after :data:`_FAULTS` in a new interpreter; it prints a JSON object of fault counts."""
+    done = subprocess.run([sys.executable, "-c", _FAULTS + body], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_big_blocks_are_reused_inside_and_handed_back_after():
-    outside = _faults_of_big_allocations()
-    with tensor_memory_kept():
-        inside = _faults_of_big_allocations()
-    after = _faults_of_big_allocations()
+    counts = _faults_in_a_fresh_process(
+        """
+outside = faults()
+with tensor_memory_kept():
+    inside = faults()
+print(json.dumps({"outside": outside, "inside": inside, "after": faults()}))
+"""
+    )
     huge_pages_per_round = 48 * MB // (2 * MB)
-    assert outside >= 12 * huge_pages_per_round  # every round faults its block in again
-    assert inside < outside / 4  # the freed block is reused by the next round
-    assert after > 2 * inside  # restored: freed blocks go back to the kernel again
+    assert counts["outside"] >= 12 * huge_pages_per_round, counts  # every round faults its block in again
+    assert counts["inside"] < counts["outside"] / 4, counts  # the freed block is reused by the next round
+    assert counts["after"] > 2 * counts["inside"], counts  # restored: freed blocks go back to the kernel again
 
 
 def test_an_inner_block_ending_does_not_restore_the_settings():
+    counts = _faults_in_a_fresh_process(
+        """
+with tensor_memory_kept():
     with tensor_memory_kept():
-        with tensor_memory_kept():
-            pass
-        still_kept = _faults_of_big_allocations()
-    restored = _faults_of_big_allocations()
-    assert still_kept < restored / 4
+        pass
+    still_kept = faults()
+print(json.dumps({"still_kept": still_kept, "restored": faults()}))
+"""
+    )
+    assert counts["still_kept"] < counts["restored"] / 4, counts
 
 
 def _anon_mb() -> float:
