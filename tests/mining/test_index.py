@@ -131,22 +131,3 @@ def test_a_kind_faiss_builds_only_for_l2_is_refused_naming_the_key() -> None:
 
     with pytest.raises(ConfigError, match=r"^index\.kind: FAISS builds 'HNSW16,PQ8' with L2 distance only"):
         build_search_index(clustered(300), sample_queries=clustered(5), k=5, **{**BUILD, "kind": "HNSW16,PQ8"})
-
-
-@pytest.mark.parametrize("kind", ["IVF16,Flat", "IVF16,SQ8", "IVF16,PQ8"])
-def test_rows_added_in_reserved_lists_make_the_index_a_plain_add_makes(kind: str, monkeypatch) -> None:
-    """add_rows reserves each IVF list at its final size: the same bytes as index.add, block by block."""
-    import faiss
-
-    from negminer.mining import index as index_module
-
-    monkeypatch.setattr(index_module, "BLOCK_ROWS", 700)  # several blocks, the last a partial one
-    docs = clustered(3000)
-    plain, reserved = (faiss.index_factory(32, kind, faiss.METRIC_INNER_PRODUCT) for _ in range(2))
-    for index in (plain, reserved):
-        index.train(docs[:2000])
-    plain.add(docs)
-    index_module.add_rows(reserved, docs, 0, 1900)
-    index_module.add_rows(reserved, docs, 1900, 3000)  # extending keeps what the lists hold
-    assert reserved.ntotal == 3000
-    assert np.array_equal(faiss.serialize_index(reserved), faiss.serialize_index(plain))
