@@ -16,6 +16,11 @@ and scoring seconds).
 
 Run: python -m bench.judge [--datasets nfcorpus scifact] [--epochs 1] [--max-length 128]
      [--negatives-per-pair 2] [--random-per-pair 1] [--negative-ranks 30 100]
+     [--max-rank 100] [--tail-samples 50]
+
+The judge scores every row curation judges (``curate.max_rank`` candidates and
+``curate.tail_samples`` random documents per anchor, and the positives); on a CPU, lower both
+for both arms (``--max-rank 30 --tail-samples 10``) to bound its cost.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from bench.false_negatives import CURATED_ARMS, Prepared, evaluate, prepare
+from negminer.config import CurateConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -132,7 +138,9 @@ def judge_rows(prep: Prepared, judge: Path | None, args: argparse.Namespace) -> 
     """The curated arms with the default features, or with the judge's score as one more."""
     from bench.curation_eval import run_negminer_curated
 
-    options = {"cross_encoder": str(judge), "cross_encoder_batch_size": 64} if judge else {}
+    options = {"max_rank": args.max_rank, "tail_samples": args.tail_samples}  # both arms: the judge's cost
+    if judge:
+        options |= {"cross_encoder": str(judge), "cross_encoder_batch_size": 64}
     rows = []
     for label, strategy in CURATED_ARMS:
         start = time.perf_counter()
@@ -187,6 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--random-per-pair", type=int, default=1, help="random corpus documents")
     parser.add_argument("--negative-ranks", type=int, nargs=2, default=[30, 100], metavar=("LOW", "HIGH"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-rank", type=int, default=CurateConfig().max_rank, help="curate.max_rank of both arms (rows judged)"
+    )
+    parser.add_argument(
+        "--tail-samples", type=int, default=CurateConfig().tail_samples, help="curate.tail_samples of both arms"
+    )
     args = parser.parse_args(argv)
     import torch
 

@@ -108,3 +108,19 @@ def test_another_second_model_gets_its_own_folder_and_candidates(searched, secon
     other_second = stages.second_dense_stage(work, config=config, store_root=store)
     other_ref = stages.search_stage(work, config=config.mine, index_config=config.index, second=other_second)
     assert other_ref.candidates != ref.candidates
+
+
+def test_bm25_dense2_and_selection_share_one_doc_keys_file(searched, second_model) -> None:
+    from negminer.mining.bm25 import id_hashes
+    from negminer.mining.strategies import stable_hash64
+    from negminer.stages.workdir import DOC_KEYS
+
+    work, second, _, _, _ = searched
+    config = _config(second_model, sources=["dense", "bm25", "dense2"])
+    bm25 = stages.bm25_stage(work, config=config.mine)
+    doc_ids = pq.read_table(work / "docs.parquet", columns=["doc_id"]).column("doc_id").to_pylist()
+    assert Path(bm25.doc_keys) == work / DOC_KEYS
+    assert not (Path(second.work_dir) / DOC_KEYS).exists(), "the second model's folder keeps no copy"
+    assert np.array_equal(np.load(work / DOC_KEYS), stable_hash64(doc_ids))
+    assert np.array_equal(id_hashes(work / "docs.parquet", "doc_id"), stable_hash64(doc_ids))
+    assert not list(work.glob("bm25-*.doc-keys.npy")) and not (work / "select-doc_hash.npy").exists()

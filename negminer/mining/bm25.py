@@ -67,9 +67,15 @@ def text_batches(path: str | Path, *, first: int = 0, stop: int | None = None) -
 def doc_keys(path: str | Path) -> np.ndarray:
     """A 64-bit hash of each ``doc_id`` of a Parquet file, read in batches: the tie-breaker of the
     BM25 and fused lists (the same whatever the order of the corpus rows)."""
+    return id_hashes(path, "doc_id")
+
+
+def id_hashes(path: str | Path, column: str) -> np.ndarray:
+    """:func:`~negminer.mining.strategies.stable_hash64` of every id of a Parquet file's `column`,
+    hashed a record batch at a time."""
     from negminer.mining.strategies import stable_hash64
 
-    batches = pq.ParquetFile(path).iter_batches(batch_size=STATS_BATCH, columns=["doc_id"])
+    batches = pq.ParquetFile(path).iter_batches(batch_size=STATS_BATCH, columns=[column])
     keys = [stable_hash64(batch.column(0).to_pylist()) for batch in batches]
     return np.concatenate(keys) if keys else np.zeros(0, np.uint64)
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from negminer.config import RetrievalConfig
 from negminer.mining.allocator import releases_memory
 from negminer.stages.refs import Bm25PlanRef, Bm25Ref, Bm25ShardRef, DocRange
-from negminer.stages.workdir import finish, finished
+from negminer.stages.workdir import doc_keys_file, finish, finished
 
 
 def bm25_key() -> str:
@@ -46,8 +46,7 @@ def bm25_shards(n_docs: int, *, config: RetrievalConfig) -> list[DocRange]:
 @releases_memory
 def bm25_plan_stage(work_dir: str | Path, *, config: RetrievalConfig) -> Bm25PlanRef:
     """Stream docs.parquet once into the pool's BM25 statistics; plan the doc ranges to index."""
-    from negminer.mining.bm25 import doc_keys, pool_stats, save_stats, text_batches
-    from negminer.storage.atomic import write_npy_atomic
+    from negminer.mining.bm25 import pool_stats, save_stats, text_batches
 
     work_dir = Path(work_dir)
     key = bm25_key()
@@ -58,7 +57,7 @@ def bm25_plan_stage(work_dir: str | Path, *, config: RetrievalConfig) -> Bm25Pla
     start = time.perf_counter()
     stats = pool_stats(text_batches(work_dir / "docs.parquet"))
     path = save_stats(stats, work_dir / f"bm25-{key}.stats.npz")
-    keys = write_npy_atomic(work_dir / f"bm25-{key}.doc-keys.npy", doc_keys(work_dir / "docs.parquet"))
+    keys = doc_keys_file(work_dir)
     ref = Bm25PlanRef(
         key=key,
         stats=str(path),

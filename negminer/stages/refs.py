@@ -214,7 +214,7 @@ class Bm25PlanRef(Ref):
 
     key: str
     stats: str
-    doc_keys: str  # bm25-KEY.doc-keys.npy: a hash of each doc id, the tie-breaker of the fused lists
+    doc_keys: str  # doc-keys.npy: a hash of each doc id, the tie-breaker of the fused lists
     rows: int
     shards: tuple[DocRange, ...]
     seconds: float

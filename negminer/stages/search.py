@@ -19,8 +19,7 @@ from negminer.config import IndexConfig, RetrievalConfig
 from negminer.mining.allocator import releases_memory
 from negminer.stages.index import index_stage, open_index
 from negminer.stages.refs import Bm25Ref, DocRange, IndexRef, SearchPartRef, SearchRef, SecondDenseRef
-from negminer.stages.second_dense import DOC_KEYS
-from negminer.stages.workdir import finish, finished
+from negminer.stages.workdir import doc_keys_file, finish, finished
 
 
 def search_shards(n_anchors: int, *, config: RetrievalConfig) -> list[DocRange]:
@@ -149,7 +148,7 @@ def _hybrid(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None, secon
         rrf_k=config.rrf_k,
         bm25_shards=[Bm25Shard(s.path, s.first, s.stop) for s in bm25.shards] if bm25 else [],
         anchor_texts=lambda first, stop: text_batches(work_dir / "anchors.parquet", first=first, stop=stop),
-        doc_keys=np.load(bm25.doc_keys if bm25 else Path(second.work_dir) / DOC_KEYS, mmap_mode="r"),
+        doc_keys=np.load(bm25.doc_keys if bm25 else doc_keys_file(work_dir), mmap_mode="r"),
     )
 
 

@@ -20,11 +20,10 @@ from negminer.config import EmbedConfig, PipelineConfig
 from negminer.stages.embed import embed_stage
 from negminer.stages.index import index_stage
 from negminer.stages.refs import EmbedRef, IndexRef, SecondDenseRef
-from negminer.stages.workdir import vectors_key
-from negminer.storage.atomic import atomic_path, write_npy_atomic
+from negminer.stages.workdir import doc_keys_file, vectors_key
+from negminer.storage.atomic import atomic_path
 
 FOLDER_PREFIX = "dense2-"
-DOC_KEYS = "doc-keys.npy"  # each doc id's stable hash: the fusion's tie-break when no BM25 index has them
 READ_TABLES = ("anchors.parquet", "docs.parquet")
 _NO_PROMPTS = dict.fromkeys(("query_prompt", "query_prompt_name", "document_prompt", "document_prompt_name"))
 
@@ -45,10 +44,7 @@ def second_work_dir(work_dir: str | Path, config: PipelineConfig) -> Path:
         if not (folder / name).exists():
             with atomic_path(folder / name) as tmp:
                 _link(work_dir / name, tmp)
-    if not (folder / DOC_KEYS).exists():
-        from negminer.mining.bm25 import doc_keys
-
-        write_npy_atomic(folder / DOC_KEYS, doc_keys(work_dir / "docs.parquet"))
+    doc_keys_file(work_dir)  # the fusion's tie-break, shared with the BM25 source
     return folder
 
 

@@ -29,7 +29,7 @@ from negminer.config import SelectionConfig
 from negminer.mining.allocator import releases_memory
 from negminer.mining.difficulty import STAGE_STEMS
 from negminer.stages.refs import CurateRef, SelectPartRef, SelectPlanRef, SelectRef, SelectShard
-from negminer.stages.workdir import finish, finished
+from negminer.stages.workdir import DOC_KEYS, doc_keys_file, finish, finished
 from negminer.storage.atomic import naming_failures, sha256_file, write_npy_atomic, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
@@ -106,29 +106,26 @@ def select_plan_stage(
 
 
 def _write_selection_keys(work_dir: Path) -> None:
-    """The ids' sampling hashes and the docs' text groups, once for every shard (``select-NAME.npy``).
+    """The ids' sampling hashes and the docs' text groups, once for every shard.
 
-    Each shard memory-maps them instead of hashing every doc id and grouping every text key
-    again: at 10M docs that is about 20 s and 1.7 GB a shard.
+    Each shard memory-maps them (:func:`_selection_key_files`) instead of hashing every doc id
+    and grouping every text key again: at 10M docs that is about 20 s and 1.7 GB a shard. The
+    doc ids' hashes are the work folder's ``doc-keys.npy``, shared with the fused searches.
     """
+    from negminer.mining.bm25 import id_hashes
     from negminer.mining.derive import text_groups
 
-    keys = {
-        "anchor_hash": _id_hashes(work_dir / "anchors.parquet", "anchor_id"),
-        "doc_hash": _id_hashes(work_dir / "docs.parquet", "doc_id"),
-        "doc_text_group": text_groups(pq.read_table(work_dir / "docs.parquet", columns=["text_key"])),
-    }
-    for name in SELECTION_KEYS:
-        write_npy_atomic(work_dir / f"select-{name}.npy", keys[name])
+    doc_keys_file(work_dir)
+    files = _selection_key_files(work_dir)
+    write_npy_atomic(files["anchor_hash"], id_hashes(work_dir / "anchors.parquet", "anchor_id"))
+    text_keys = pq.read_table(work_dir / "docs.parquet", columns=["text_key"])
+    write_npy_atomic(files["doc_text_group"], text_groups(text_keys))
 
 
-def _id_hashes(path: Path, column: str) -> np.ndarray:
-    """:func:`stable_hash64` of every id of `column`, hashed a record batch at a time."""
-    from negminer.mining.strategies import stable_hash64
-    from negminer.mining.streaming import BATCH_ROWS
-
-    batches = pq.ParquetFile(path).iter_batches(columns=[column], batch_size=BATCH_ROWS)
-    return np.concatenate([np.zeros(0, np.uint64), *(stable_hash64(b.column(0).to_pylist()) for b in batches)])
+def _selection_key_files(work_dir: Path) -> dict[str, Path]:
+    """select_negatives' keyword arrays by name, as files of the work folder."""
+    names = {name: f"select-{name}.npy" for name in SELECTION_KEYS} | {"doc_hash": DOC_KEYS}
+    return {name: work_dir / file for name, file in names.items()}
 
 
 def _plan_key(candidates: str, inputs: list[Path], config: SelectionConfig) -> str:
@@ -202,7 +199,7 @@ def select_shard_stage(
             anchor_texts=anchor_texts.slice(shard.first, shard.stop - shard.first).combine_chunks(),
             doc_texts=lambda wanted: doc_texts.take(pa.array(wanted, pa.int64())).combine_chunks(),
             transform=feedback,
-            keys={name: np.load(work_dir / f"select-{name}.npy", mmap_mode="r") for name in SELECTION_KEYS},
+            keys={name: np.load(path, mmap_mode="r") for name, path in _selection_key_files(work_dir).items()},
             rescore=load_rescorer(
                 config, pairs=feedback.pairs, anchor_texts=texts_of(anchor_texts), doc_texts=texts_of(doc_texts)
             ),

@@ -108,6 +108,21 @@ def embedding_source_fingerprint(config: EmbedConfig) -> str:
     return Embedder(config).fingerprint
 
 
+DOC_KEYS = "doc-keys.npy"
+
+
+def doc_keys_file(work_dir: str | Path) -> Path:
+    """``work_dir/doc-keys.npy``: each doc id's 64-bit hash, the tie-break of the fused candidate
+    lists (BM25 and dense2 share it), written the first time a source asks for it."""
+    path = Path(work_dir) / DOC_KEYS
+    if not path.exists():
+        from negminer.mining.bm25 import doc_keys
+        from negminer.storage.atomic import write_npy_atomic
+
+        write_npy_atomic(path, doc_keys(Path(work_dir) / "docs.parquet"))
+    return path
+
+
 def finished(path: Path, kind: type[RefT]) -> RefT | None:
     """The reference of a stage whose completion marker is `path`, or None."""
     return load_ref(path, kind)
