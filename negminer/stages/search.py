@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,6 +21,9 @@ from negminer.mining.allocator import releases_memory
 from negminer.stages.index import index_stage, open_index
 from negminer.stages.refs import Bm25Ref, DocRange, IndexRef, SearchPartRef, SearchRef, SecondDenseRef
 from negminer.stages.workdir import doc_keys_file, finish, finished
+
+if TYPE_CHECKING:
+    from negminer.mining.search import Hybrid
 
 
 def search_shards(n_anchors: int, *, config: RetrievalConfig) -> list[DocRange]:
@@ -38,6 +42,13 @@ def consecutive_ranges(n: int, size: int) -> list[DocRange]:
     return [DocRange(shard=i, first=first, stop=min(first + size, n)) for i, first in enumerate(starts)]
 
 
+class _Sources(NamedTuple):
+    """The candidate sources a search reads besides the first model's index (None: not in ``mine.sources``)."""
+
+    bm25: Bm25Ref | None
+    second: SecondDenseRef | None
+
+
 def _stem(config: RetrievalConfig, index: IndexRef, second: SecondDenseRef | None) -> str:
     """Names the candidate table: depth and index, plus the sources and fusion of a hybrid search."""
     stem = f"d{config.search_depth}-{index.key}"
@@ -51,18 +62,16 @@ def _stem(config: RetrievalConfig, index: IndexRef, second: SecondDenseRef | Non
     return f"{stem}-h{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
-def _bm25(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None) -> Bm25Ref | None:
-    """The BM25 index a hybrid search needs (built here when not given); None for dense-only searches."""
-    if "bm25" not in config.sources:
-        return None
-    from negminer.stages.bm25 import bm25_stage
+def _sources(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None, second: SecondDenseRef | None) -> _Sources:
+    """The sources ``config.sources`` names: the BM25 index (built here when not given) and dense2's reference."""
+    if "bm25" in config.sources and bm25 is None:
+        from negminer.stages.bm25 import bm25_stage
 
-    return bm25 or bm25_stage(work_dir, config=config)
+        bm25 = bm25_stage(work_dir, config=config)
+    return _Sources(bm25 if "bm25" in config.sources else None, _second(config, second))
 
 
-def _sources_entry(
-    config: RetrievalConfig, bm25: Bm25Ref | None, counts: dict[str, int], second: SecondDenseRef | None
-) -> dict | None:
+def _sources_entry(config: RetrievalConfig, sources: _Sources, counts: dict[str, int]) -> dict | None:
     """The manifest's ``sources``: what proposed the candidates and how they were fused."""
     if not config.hybrid:
         return None
@@ -71,10 +80,10 @@ def _sources_entry(
         "fusion": config.fusion,
         "rrf_k": config.rrf_k,
         "rows_by_source": dict(sorted(counts.items())),
-        "bm25": bm25.summary() if bm25 else None,
+        "bm25": sources.bm25.summary() if sources.bm25 else None,
     }
-    if second is not None:
-        entry["dense2"] = second.summary()
+    if sources.second is not None:
+        entry["dense2"] = sources.second.summary()
     return entry
 
 
@@ -102,9 +111,8 @@ def _search(
     config: RetrievalConfig,
     index_config: IndexConfig,
     index: IndexRef,
+    sources: _Sources,
     anchor_range: tuple[int, int] | None = None,
-    bm25: Bm25Ref | None = None,
-    second: SecondDenseRef | None = None,
 ):
     from negminer.mining.search import search_candidates
 
@@ -121,25 +129,27 @@ def _search(
         anchor_text_keys=anchors.column("text_key"),
         search_depth=config.search_depth,
         batch_size=config.search_batch_size,
-        index=open_index(index, index_config, loaded_in_turn=second is not None) if "dense" in config.sources else None,
+        index=open_index(index, index_config, loaded_in_turn=sources.second is not None)
+        if "dense" in config.sources
+        else None,
         anchor_range=anchor_range,
-        hybrid=_hybrid(work_dir, config, bm25, second, index_config),
+        hybrid=_hybrid(work_dir, config, sources, index_config),
     )
 
 
-def _hybrid(work_dir: Path, config: RetrievalConfig, bm25: Bm25Ref | None, second: SecondDenseRef | None, index_config):
+def _hybrid(work_dir: Path, config: RetrievalConfig, sources: _Sources, index_config: IndexConfig) -> Hybrid | None:
     from negminer.mining.bm25 import Bm25Shard, text_batches
     from negminer.mining.search import Hybrid, SecondView
 
     if not config.hybrid:
         return None
-    view = None
-    if second is not None:
-        folder = Path(second.work_dir)
+    bm25, view = sources.bm25, None
+    if sources.second is not None:
+        folder = Path(sources.second.work_dir)
         view = SecondView(
             anchor_vectors=np.load(folder / "anchors.npy", mmap_mode="r"),
             doc_vectors=np.load(folder / "docs.npy", mmap_mode="r"),
-            index=open_index(second.index, index_config, loaded_in_turn=True),
+            index=open_index(sources.second.index, index_config, loaded_in_turn=True),
         )
     return Hybrid(
         second=view,
@@ -169,19 +179,17 @@ def search_stage(
     """
     work_dir = Path(work_dir)
     index = index or index_stage(work_dir, config=index_config, retrieval=config)
-    second = _second(config, second)
-    stem = _stem(config, index, second)
+    stem = _stem(config, index, _second(config, second))
     if ref := finished(_marker(work_dir, stem), SearchRef):
         return ref
-    bm25 = _bm25(work_dir, config, bm25)
+    sources = _sources(work_dir, config, bm25, second)
     result = _search(
         work_dir,
         work_dir / f"candidates-{stem}.parquet",
         config=config,
         index_config=index_config,
         index=index,
-        bm25=bm25,
-        second=second,
+        sources=sources,
     )
     ref = SearchRef(
         candidates=str(result.path),
@@ -189,7 +197,7 @@ def search_stage(
         depth=result.depth,
         index=index.summary(),
         seconds=round(result.seconds, 3),
-        sources=_sources_entry(config, bm25, result.source_counts or {}, second),
+        sources=_sources_entry(config, sources, result.source_counts or {}),
     )
     return finish(_marker(work_dir, stem), ref)
 
@@ -211,8 +219,7 @@ def search_shard_stage(
     searched again.
     """
     work_dir = Path(work_dir)
-    second = _second(config, second)
-    stem = _stem(config, index, second)
+    stem = _stem(config, index, _second(config, second))
     part = _part_path(work_dir, stem, shard)
     if _marker(work_dir, stem).exists():
         return SearchPartRef(shard=shard.shard, rows=None, merged=True)
@@ -224,9 +231,8 @@ def search_shard_stage(
         config=config,
         index_config=index_config,
         index=index,
+        sources=_sources(work_dir, config, bm25, second),
         anchor_range=(shard.first, shard.stop),
-        bm25=_bm25(work_dir, config, bm25),
-        second=second,
     )
     ref = SearchPartRef(
         shard=shard.shard,
@@ -259,14 +265,12 @@ def search_merge_stage(
     after its shards, or its parts removed by that merge) returns that merge's reference.
     """
     work_dir = Path(work_dir)
-    second = _second(config, second)
-    stem = _stem(config, index, second)
+    stem = _stem(config, index, _second(config, second))
     if ref := finished(_marker(work_dir, stem), SearchRef):
         return ref
-    bm25 = _bm25(work_dir, config, bm25)
-    options = {"config": config, "index_config": index_config, "index": index, "bm25": bm25, "second": second}
+    sources = _sources(work_dir, config, bm25, second)
+    options = {"config": config, "index_config": index_config, "index": index, **sources._asdict()}
     parts = [search_shard_stage(work_dir, shard, **options) for shard in shards]
-    sources = (bm25, second)
     ref = finished(_marker(work_dir, stem), SearchRef) or _merge_parts(work_dir, stem, parts, index, config, sources)
     _remove_parts(work_dir, stem)
     return ref
@@ -278,7 +282,7 @@ def _merge_parts(
     parts: list[SearchPartRef],
     index: IndexRef,
     config: RetrievalConfig,
-    sources: tuple[Bm25Ref | None, SecondDenseRef | None],
+    sources: _Sources,
 ) -> SearchRef:
     """Merge the shards' parts into the candidate table and record it (``search-<stem>.json``).
 
@@ -306,7 +310,7 @@ def _merge_parts(
         depth=parts[0].depth,
         index=index.summary(),
         seconds=round(seconds, 3),
-        sources=_sources_entry(config, sources[0], counts, sources[1]),
+        sources=_sources_entry(config, sources, counts),
     )
     return finish(_marker(work_dir, stem), ref)
 
