@@ -581,7 +581,8 @@ def paired_margin(ours: list[dict[str, Any]], theirs: list[dict[str, Any]], metr
     diffs = [r[metric] - by_seed[r["seed"]] for r in ours if r["seed"] in by_seed]
     if not diffs:
         return None
-    return {"n": len(diffs), "mean": statistics.fmean(diffs), "min": min(diffs), "max": max(diffs)}
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return {"n": len(diffs), "mean": statistics.fmean(diffs), "std": spread, "min": min(diffs), "max": max(diffs)}
 
 
 def markdown_table(name: str, by_arm: dict[str, list[dict[str, Any]]], info: dict[str, dict[str, Any]]) -> str:
@@ -604,14 +605,29 @@ def markdown_table(name: str, by_arm: dict[str, list[dict[str, Any]]], info: dic
             f"| {label} | {len(results)} | {cells[0]} | {cells[1]} | {mined.get('rows', '—')} | "
             f"{mined.get('anchors', '—')} | {'—' if fn is None else f'{100 * fn:.1f}%'} |"
         )
-    margin = paired_margin(by_arm.get("negminer-default", []), by_arm.get("st-margin", []), "ndcg@10")
-    if margin:
-        lines += [
-            "",
-            f"negminer default − ST relative_margin=0.05, nDCG@10, paired by seed ({margin['n']} seeds): "
-            f"{margin['mean']:+.4f} (min {margin['min']:+.4f}, max {margin['max']:+.4f})",
-        ]
+    lines += default_margins(by_arm)
     return "\n".join(lines + gain_over_base(by_arm))
+
+
+def default_margins(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """negminer default − each other trained arm, nDCG@10 paired by seed: mean, spread, per seed."""
+    ours = by_arm.get("negminer-default", [])
+    lines = []
+    for arm, theirs in by_arm.items():
+        margin = paired_margin(ours, theirs, "ndcg@10") if arm not in ("base", "negminer-default") else None
+        if margin is None:
+            continue
+        if not lines:
+            lines = [
+                "",
+                "| negminer default − | seeds | nDCG@10 mean | stdev | min | max |",
+                "|---|---|---|---|---|---|",
+            ]
+        lines.append(
+            f"| {ARM_LABELS[arm]} | {margin['n']} | {margin['mean']:+.4f} | {margin['std']:.4f} | "
+            f"{margin['min']:+.4f} | {margin['max']:+.4f} |"
+        )
+    return lines
 
 
 def gain_over_base(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -4,6 +4,7 @@ in docs/benchmarks.md); the model tests train one step and evaluate on a handful
 from __future__ import annotations
 
 import json
+import statistics
 
 import pyarrow as pa
 import pytest
@@ -114,7 +115,15 @@ def test_summary_margin_and_table() -> None:
         "tiny", {"negminer-default": ours, "st-margin": theirs}, {"st-margin": {"rows": 7, "false_negative_rate": 0.1}}
     )
     assert "| negminer default | 3 | 0.6200 ± 0.0200 (0.6000–0.6400) |" in table
-    assert "10.0%" in table and "paired by seed (3 seeds): +0.0167" in table
+    assert "10.0%" in table
+    diffs = [0.02, -0.01, 0.04]  # ours − theirs, seeds 1, 2, 3
+    spread = pytest.approx(statistics.stdev(diffs), abs=1e-4)
+    margins = table[table.index("| negminer default − |") :]
+    row = next(line for line in margins.splitlines() if line.startswith("| ST mine_hard_negatives relative_margin"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+    assert cells[0] == "3" and cells[1] == "+0.0167" and float(cells[2]) == spread
+    assert (cells[3], cells[4]) == ("-0.0100", "+0.0400")
+    assert margin["std"] == pytest.approx(statistics.stdev(diffs))
     assert "base model" not in table  # no base arm in this run
 
 
