@@ -67,7 +67,8 @@ MANIFEST_FIELDS: dict[str, str] = {
     "(`rrf` or `score`), `rrf_k`, `rows_by_source` (candidate rows per value of the `source` column: `dense`, "
     "`bm25`, `dense+bm25`, ...), `bm25`: the BM25 index's `key`, `rows`, `scoring` (tokens, k1, b, tf and idf "
     "variants) and its `shards` (`first`, `stop`, `postings`), and with the dense2 source `dense2`: the second "
-    "`model` (as `model`, without its path) and its `index` (as `index`).",
+    "`model` (as `model`, without its path), its `index` (as `index`) and its `embedding_store` (as "
+    "`embedding_store`: the shards of the second model's vectors, which `negminer gc` keeps or frees).",
     "work": "The run's work folder key (`ROOT/NAME/.work/KEY`), which a rerun reuses.",
     "embedding_store": "The embedding store used: `path` (relative to the datasets root when inside it), "
     "its `folder` for this model and the `shards` this version's vectors came from (what `negminer gc` "

@@ -421,7 +421,7 @@ def mine_flow(
         logger.info("curation flagged %s", curate.counts.get("flagged_by_kind", "nothing (disabled)"))
         select = _select(w, config.mine.selection, curate, clock)
         logger.info("selected %s", select.counts)
-        refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select)
+        refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select, second=second)
         version = clock.run("write", write_task, w, out, name, config, refs)
     clock.run("audit-load", audit_load_task, version, out)
     clock.run("report", report_task, version, name, dict(clock.timings))

@@ -15,7 +15,16 @@ from typing import Any, NamedTuple
 
 from negminer.config import PipelineConfig
 from negminer.mining.allocator import releases_memory
-from negminer.stages.refs import AuditLoadRef, CurateRef, EmbedRef, ReadRef, SearchRef, SelectRef, StoreRef
+from negminer.stages.refs import (
+    AuditLoadRef,
+    CurateRef,
+    EmbedRef,
+    ReadRef,
+    SearchRef,
+    SecondDenseRef,
+    SelectRef,
+    StoreRef,
+)
 from negminer.stages.workdir import read_marker, write_marker
 from negminer.storage.atomic import sha256_file
 
@@ -34,6 +43,7 @@ class StageRefs(NamedTuple):
     search: SearchRef
     curate: CurateRef
     select: SelectRef
+    second: SecondDenseRef | None = None  # the dense2 source, when mine.sources names it
 
 
 @releases_memory
@@ -96,7 +106,7 @@ def _version_manifest(
         "selection": refs.select.selection,
         "search_depth": refs.search.depth,
         "index": refs.search.index,
-        **({"sources": refs.search.sources} if refs.search.sources else {}),
+        **({"sources": _sources(refs, root)} if refs.search.sources else {}),
         "work": {"key": work_dir.name},
         "embedding_store": _store_entry(refs.embed.store, root),
         "diagnostics": _diagnostics(work_dir, config=config, refs=refs),
@@ -179,6 +189,14 @@ def _embedding_counts(embed: EmbedRef, *, published: dict[str, Any] | None) -> d
     if not published:
         return counts
     return {stem: {**c, "embedded": 0, "reused": c["rows"]} for stem, c in counts.items()}
+
+
+def _sources(refs: StageRefs, root: str | Path) -> dict[str, Any]:
+    """The search's ``sources``, with the store shards of the dense2 model's vectors (gc keeps or frees them)."""
+    sources = dict(refs.search.sources or {})
+    if refs.second is not None and "dense2" in sources:
+        sources["dense2"] = {**sources["dense2"], "embedding_store": _store_entry(refs.second.store, root)}
+    return sources
 
 
 def _store_entry(store: StoreRef | None, root: str | Path) -> dict[str, Any] | None:

@@ -260,6 +260,7 @@ class SecondDenseRef(Ref):
     work_dir: str
     model: ModelRef
     index: IndexRef
+    store: StoreRef | None = None  # where its vectors are stored (the manifest names its shards, for gc)
 
     def summary(self) -> dict[str, Any]:
         """What the manifest records of it: the model and its index (no paths)."""

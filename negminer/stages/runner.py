@@ -56,7 +56,7 @@ def run_stages(
         search = search_merge_stage(work_dir, shards, **options)
         curate = curate_stage(work_dir, search, config=config.curate)
         select = select_stage(work_dir, curate, config=config.mine.selection)
-        refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select)
+        refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select, second=second)
         version = publish_stage(work_dir, out, name, config=config, refs=refs)
     audit_load_stage(version, out)
     return version

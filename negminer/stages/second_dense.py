@@ -57,7 +57,7 @@ def _link(source: Path, target: Path) -> None:
 
 
 def second_dense_ref(folder: str | Path, embed: EmbedRef, index: IndexRef) -> SecondDenseRef:
-    return SecondDenseRef(work_dir=str(folder), model=embed.model, index=index)
+    return SecondDenseRef(work_dir=str(folder), model=embed.model, index=index, store=embed.store)
 
 
 def second_dense_stage(work_dir: str | Path, *, config: PipelineConfig, store_root: str | Path) -> SecondDenseRef:

@@ -216,11 +216,13 @@ def _shards_used(root: Path, version_dirs: list[Path], *, work_dirs: list[Path] 
     """The store shard paths (without suffix) that these versions and work folders name."""
     used: set[Path] = set()
     for version_dir in version_dirs:
-        used |= _store_entry_shards(root, read_manifest(version_dir).get("embedding_store"))
+        manifest = read_manifest(version_dir)
+        second = ((manifest.get("sources") or {}).get("dense2") or {}).get("embedding_store")
+        used |= _store_entry_shards(root, manifest.get("embedding_store")) | _store_entry_shards(root, second)
     for work_dir in work_dirs:
-        embed = work_dir / "embed.json"
-        if embed.exists():
-            used |= _store_entry_shards(root, json.loads(embed.read_text()).get("store"))
+        for embed in (work_dir / "embed.json", *work_dir.glob("dense2-*/embed.json")):  # stages/second_dense.py
+            if embed.exists():
+                used |= _store_entry_shards(root, json.loads(embed.read_text()).get("store"))
     return used
 
 

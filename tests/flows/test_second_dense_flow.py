@@ -44,6 +44,10 @@ def test_flow_and_local_runner_fuse_a_second_model_into_the_same_dataset(
     sources = manifest["sources"]
     assert sources["sources"] == ["dense", "bm25", "dense2"]
     assert sources["dense2"]["model"]["fingerprint"] == model_fingerprint(second_model)
+    second_store = sources["dense2"]["embedding_store"]  # what negminer gc keeps or frees
+    assert second_store["folder"] != manifest["embedding_store"]["folder"] and second_store["shards"]
+    for shard in second_store["shards"]:
+        assert (tmp_path / "flow" / second_store["path"] / second_store["folder"] / f"{shard}.keys.npy").exists()
     candidates = pq.read_table(flow_version / "candidates.parquet")
     counts = {c["values"]: c["counts"] for c in pc.value_counts(candidates.column("source")).to_pylist()}
     assert sources["rows_by_source"] == counts

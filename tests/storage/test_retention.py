@@ -34,10 +34,13 @@ def shards(root: Path) -> set[str]:
     return {p.name.removesuffix(".keys.npy") for p in (root / ".embeddings" / FOLDER).glob("*.keys.npy")}
 
 
-def version(root: Path, name: str, shard_names: list[str], work: str) -> str:
+def version(root: Path, name: str, shard_names: list[str], work: str, dense2: list[str] | None = None) -> str:
     (root / name / ".work" / work).mkdir(parents=True, exist_ok=True)
     entry = {"path": ".embeddings", "folder": FOLDER, "shards": shard_names}
     manifest = {"embedding_store": entry, "work": {"key": work}}
+    if dense2 is not None:  # the second model's vectors, as the publish stage records them
+        second = {"path": ".embeddings", "folder": FOLDER, "shards": dense2}
+        manifest["sources"] = {"sources": ["dense", "dense2"], "dense2": {"embedding_store": second}}
     return write_version(root, name, tables={"triplets": pa.table({"a": [1]})}, manifest=manifest).name
 
 
@@ -114,6 +117,22 @@ def test_gc_keeps_shards_a_running_flow_has_assembled(root: Path) -> None:
     with work_lock(work):
         collect_garbage(root, "ds", keep=1)
     assert "shard-a" in shards(root) and "shard-c" not in shards(root)
+
+
+def test_gc_frees_and_keeps_the_second_model_s_shards_like_the_first_s(tmp_path: Path) -> None:
+    for shard in ("first-1", "second-1", "first-2", "second-2", "second-running"):
+        make_shard(tmp_path, shard)
+    version(tmp_path, "ds", ["first-1"], "w1", dense2=["second-1", "second-running"])
+    version(tmp_path, "ds", ["first-2"], "w2", dense2=["second-2"])
+    running = tmp_path / "ds" / ".work" / "running" / "dense2-abc"
+    running.mkdir(parents=True)
+    store = {"root": str(tmp_path / ".embeddings"), "folder": FOLDER, "shards": ["second-running"]}
+    (running / "embed.json").write_text(json.dumps({"store": store}))
+    make_shard(tmp_path, "second-running")
+    with work_lock(running.parent):
+        result = collect_garbage(tmp_path, "ds", keep=1)
+    assert result.versions == ["v0001"]
+    assert shards(tmp_path) == {"first-2", "second-2", "second-running"}
 
 
 def test_gc_rejects_keep_below_one(root: Path) -> None:
