@@ -423,6 +423,17 @@ def measure_embedding(prep: Prepared) -> float:
         return time.perf_counter() - start
 
 
+def extra_curated_arms(settings: list[list[str]]) -> list[tuple[str, dict[str, Any]]]:
+    """``--curated`` arms: (label, mine options), the options parsed as YAML values."""
+    import yaml
+
+    arms = []
+    for items in settings:
+        options = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in items)}
+        arms.append((", ".join(items) + " + curation", options))
+    return arms
+
+
 def bench_dataset(name: str, args: argparse.Namespace, model) -> tuple[list[Row], dict[str, Any]]:
     k, depth = args.num_negatives, args.search_depth
     with tempfile.TemporaryDirectory() as tmp:
@@ -434,7 +445,7 @@ def bench_dataset(name: str, args: argparse.Namespace, model) -> tuple[list[Row]
             negatives_of[label], seconds = run_negminer(prep, options, k=k, depth=depth)
             metrics = evaluate(prep, negatives_of[label], k=k)
             rows.append(Row(name, label, **metrics, seconds=shared + seconds, derive=seconds))
-        for label, options in CURATED_ARMS if not args.no_curation else []:
+        for label, options in [*CURATED_ARMS, *extra_curated_arms(args.curated)] if not args.no_curation else []:
             from bench.curation_eval import run_negminer_curated
 
             negatives_of[label], seconds, result = run_negminer_curated(prep, options, k=k, depth=depth)
@@ -565,6 +576,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-st", action="store_true", help="skip sentence-transformers' arms")
     parser.add_argument("--no-curation", action="store_true", help="skip the curated arms (issue 4)")
     parser.add_argument("--no-hybrid", action="store_true", help="skip the dense + BM25 arms")
+    parser.add_argument(
+        "--curated",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more curated arm with these mine options (YAML values), e.g. --curated simans_b=-0.05; repeatable",
+    )
     args = parser.parse_args(argv)
     import torch
 
