@@ -69,7 +69,7 @@ def run_negminer_curated(
     path = prep.work / "curated-candidates.parquet"  # run_negminer derives from the file, as refilter does
     pq.write_table(result.candidates, path)
     curated = dataclasses.replace(prep, tables={**prep.tables, "candidates": result.candidates}, candidates_path=path)
-    negatives, _ = run_negminer(curated, options, k=k, depth=depth)
+    negatives, _ = run_negminer(curated, options, k=k, depth=depth, noise=result.noise)
     for qid in excluded_anchor_ids(prep, result.excluded_pairs):
         negatives[qid] = []  # an excluded given positive leaves its anchor without training rows
     return negatives, time.perf_counter() - start, result

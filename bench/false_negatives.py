@@ -70,7 +70,7 @@ NEGMINER_ARMS: list[tuple[str, dict[str, Any]]] = [
     ("positive-aware", {"strategy": "positive-aware"}),
     ("semi-hard", {"strategy": "semi-hard"}),
     ("calibrated", {"strategy": "calibrated"}),
-    ("simans (default)", {"strategy": "simans"}),
+    ("simans (default without curation)", {"strategy": "simans"}),
     ("naive range_min=10", {"strategy": "naive", "range_min": 10}),
     ("naive range_min=20", {"strategy": "naive", "range_min": 20}),
     ("positive-aware, ST's window", {"strategy": "positive-aware", "range_max": "st"}),
@@ -84,16 +84,17 @@ NEGMINER_ARMS: list[tuple[str, dict[str, Any]]] = [
 ]
 # Curated with CurateConfig() defaults, then the strategy: issue 4's arms.
 CURATED_ARMS: list[tuple[str, dict[str, Any]]] = [
-    ("simans (default) + curation", {"strategy": "simans"}),
+    ("auto (default) + curation", {}),  # naive or simans, from curation's noise estimate
+    ("simans + curation", {"strategy": "simans"}),
     ("naive + curation", {"strategy": "naive"}),
 ]
 # (label, fusion, MineConfig options, curated): arms over the fused dense + BM25 candidates.
 HYBRID_ARMS: list[tuple[str, str, dict[str, Any], bool]] = [
     ("naive, dense+bm25 rrf", "rrf", {"strategy": "naive"}, False),
     ("positive-aware, dense+bm25 rrf", "rrf", {"strategy": "positive-aware"}, False),
-    ("simans (default), dense+bm25 rrf", "rrf", {"strategy": "simans"}, False),
-    ("simans (default), dense+bm25 score", "score", {"strategy": "simans"}, False),
-    ("simans (default) + curation, dense+bm25 rrf", "rrf", {"strategy": "simans"}, True),
+    ("simans, dense+bm25 rrf", "rrf", {"strategy": "simans"}, False),
+    ("simans, dense+bm25 score", "score", {"strategy": "simans"}, False),
+    ("simans + curation, dense+bm25 rrf", "rrf", {"strategy": "simans"}, True),
     ("naive + curation, dense+bm25 rrf", "rrf", {"strategy": "naive"}, True),
 ]
 TARGET_BASELINE = "ST relative_margin=0.05"
@@ -195,19 +196,23 @@ def st_range_max(num_negatives: int, pairs: pa.Table) -> int:
     return 10 * num_negatives + 2 * max_positives
 
 
-def run_negminer(prep: Prepared, options: dict[str, Any], *, k: int, depth: int) -> tuple[dict, float]:
+def run_negminer(
+    prep: Prepared, options: dict[str, Any], *, k: int, depth: int, noise: dict[str, Any] | None = None
+) -> tuple[dict, float]:
     """query id -> negative texts in slot order, and the seconds the selection took.
 
     The selection is ``derive_files`` over the stored candidate file, as ``refilter`` runs it:
     the seconds include reading the candidates and writing the candidate table and views.
+    `noise` is curation's estimate, which ``strategy: auto`` (the default) chooses from.
     """
     from negminer.config import MineConfig
+    from negminer.mining.auto_strategy import resolve_strategy
     from negminer.mining.streaming import derive_files
 
     options = dict(options)
     if options.get("range_max") == "st":
         options["range_max"] = st_range_max(k, prep.pairs)
-    config = MineConfig(num_negatives=k, search_depth=depth, **options)
+    config = resolve_strategy(MineConfig(num_negatives=k, search_depth=depth, **options), noise)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         derived = derive_files(
@@ -453,6 +458,7 @@ def bench_dataset(name: str, args: argparse.Namespace, model) -> tuple[list[Row]
             excluded = len(result.excluded_pairs) / prep.pairs.num_rows
             rows.append(Row(name, label, **metrics, seconds=shared + seconds, derive=None, excluded=excluded))
             notes.setdefault("curation_counts", {})[label] = result.counts
+            notes["noise"] = result.noise
         if not args.no_hybrid:
             rows += _hybrid_rows(prep, args, negatives_of, notes)
         st_was_cold = not (ST_CACHE / name).exists()
@@ -559,6 +565,15 @@ def print_table(name: str, rows: list[Row], notes: dict[str, Any], k: int) -> No
         print(
             f"{label}: given positives flagged false_positive {counts['false_positive']}, kept "
             f"{counts['false_positive_kept']}, excluded {counts['false_positive_excluded']}"
+        )
+    if notes.get("noise"):
+        from negminer.config import MineConfig
+        from negminer.mining.auto_strategy import auto_choice
+
+        choice = auto_choice(MineConfig(), notes["noise"])
+        print(
+            f"curation's noise.negatives_relevant {notes['noise'].get('negatives_relevant')}: "
+            f"strategy auto chose {choice['chosen']} ({choice['reason']})"
         )
     for line in notes.get("target", []):
         print(line)

@@ -65,7 +65,8 @@ def _configure_logging(debug: bool) -> None:
 
 
 _STRATEGY_HELP = (
-    "Preset: naive, positive-aware, semi-hard, calibrated or simans (docs/strategies.md); "
+    "Preset: auto (the default: naive or simans, chosen from curation's estimate of the relevant candidates), "
+    "naive, positive-aware, semi-hard, calibrated or simans (docs/strategies.md); "
     "options set in --config override it."
 )
 

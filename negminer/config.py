@@ -25,7 +25,7 @@ CurationClassifier = Literal["hist_gradient_boosting", "logistic_regression"]
 CurationIssueRule = Literal["confident_joint", "find_label_issues"]
 SamplingStrategy = Literal["top", "random", "simans"]
 OutputFormat = Literal["triplet", "n-tuple", "labeled-pair", "labeled-list"]
-StrategyName = Literal["naive", "positive-aware", "semi-hard", "calibrated", "simans"]
+StrategyName = Literal["auto", "naive", "positive-aware", "semi-hard", "calibrated", "simans"]
 CandidateSource = Literal["dense", "bm25", "dense2"]
 TrainingPrecision = Literal["float32", "bfloat16"]
 Fusion = Literal["rrf", "score"]
@@ -269,12 +269,23 @@ class SelectionConfig(_Seeded):
     """How negatives are chosen among the retrieved candidates: everything ``refilter`` may change.
 
     ``strategy`` names a preset from :data:`STRATEGY_PRESETS`; options given explicitly
-    (in the YAML file or on the command line) override the preset's values. Without a preset
-    the defaults equal the ``simans`` preset (``naive`` gives sentence-transformers' top-k).
+    (in the YAML file or on the command line) override the preset's values. The default,
+    ``auto``, picks ``naive`` or ``simans`` from curation's estimate of how many candidates are
+    relevant (:mod:`negminer.mining.auto_strategy`); the field defaults equal the ``simans``
+    preset, which ``strategy: null`` keeps as given (``naive`` is sentence-transformers' top-k).
     """
 
     strategy: StrategyName | None = Field(
-        None, description="Named preset of selection settings; explicit options override it."
+        "auto",
+        description="Named preset of selection settings (auto: naive or simans, chosen from curation's "
+        "noise.negatives_relevant); explicit options override it.",
+    )
+    auto_naive_below: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="strategy auto picks naive (top-k after curation) when curation estimates that fewer than "
+        "this share of the candidates are relevant, simans otherwise or when curation estimated nothing.",
     )
     num_negatives: int = Field(3, ge=1, description="Negatives per anchor.")
     range_min: int = Field(0, ge=0, description="Skip candidates with raw rank below this.")

@@ -58,7 +58,9 @@ MANIFEST_FIELDS: dict[str, str] = {
     "`max_score_from_percentile`; null when not used) and `difficulty_thresholds`: the margins "
     "(score − positive score) from which a candidate is `medium` and `hard`, the run's "
     "`mine.difficulty_medium_quantile` and `mine.difficulty_hard_quantile` quantiles of every retrieved "
-    "non-positive candidate's margin (null without candidates).",
+    "non-positive candidate's margin (null without candidates); with `mine.strategy: auto`, "
+    "`auto_strategy`: the preset it chose (`chosen`), why, and the `negatives_relevant` estimate and "
+    "`auto_naive_below` threshold it compared.",
     "search_depth": "Candidates retrieved per anchor (`mine.search_depth` plus room for the anchor's own positives).",
     "index": "The FAISS index searched: `factory`, `params`, `rows`, measured `recall` on `recall_sample` "
     "anchors (null for an exact index), `k`, `gpu`, `key`, and `extended_from` when a parent's index was "

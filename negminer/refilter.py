@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from negminer.config import CurateConfig, MineConfig, PipelineConfig, RetrievalConfig, read_yaml_sections
 from negminer.errors import ConfigError, StorageError
+from negminer.mining.auto_strategy import auto_choice, resolve_strategy
 from negminer.mining.difficulty import STAGE_STEMS
 from negminer.storage.atomic import sha256_file
 from negminer.storage.lineage import version_changes
@@ -165,7 +166,8 @@ def refilter(
     scratch = _scratch_dir(root / name)
     try:
         change = _policy_change(version_dir, curation)
-        derived, audit_counts, rewritten = _derive(version_dir, scratch, mine, change, batch_rows=batch_rows)
+        selection = resolve_strategy(mine, manifest.get("noise"))
+        derived, audit_counts, rewritten = _derive(version_dir, scratch, selection, change, batch_rows=batch_rows)
         carried = {s: version_dir / f"{s}.parquet" for s in _stems(manifest) if s not in DERIVED_FILES}
         files = {**carried, **rewritten, **derived.paths}
         new_manifest = _child_manifest(manifest, version_dir, mine, derived, time.perf_counter() - start)
@@ -301,6 +303,8 @@ def _child_manifest(
         manifest["counts"]["embedding"] = _nothing_embedded(embedding)
     manifest["score_quantiles"] = derived.score_quantiles
     manifest["selection"] = derived.selection
+    if choice := auto_choice(mine, parent.get("noise")):
+        manifest["selection"] = {**derived.selection, "auto_strategy": choice}
     manifest["derived_from"] = {
         "path": str(version_dir.resolve()),
         "version": parent.get("version", version_dir.name),

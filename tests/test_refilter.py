@@ -6,6 +6,7 @@ sample pairs with seeded random vectors in place of the model, so these tests st
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,22 @@ def test_the_same_settings_give_the_same_bytes(version: Path):
     kept = moved["by_difficulty"]["kept"]
     assert {tier: kept[tier][tier] for tier in kept} == manifest["counts"]["negatives_by_difficulty"]
     assert verify_version(result.path) == []
+
+
+def test_auto_chooses_from_the_parents_noise_estimate(version: Path):
+    """A parent whose curation estimated few relevant candidates: auto refilters as naive does."""
+    manifest_path = version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["noise"] = {"negatives_relevant": 0.02, "positives_irrelevant": 0.0}
+    manifest_path.write_text(json.dumps(manifest))
+    auto = refilter(version, mine=refilter_config(version))
+    naive = refilter(version, mine=refilter_config(version, strategy="naive"))
+    assert files(auto.path)["triplets.parquet"] == files(naive.path)["triplets.parquet"]
+    assert files(auto.path)["triplets.parquet"] != files(version)["triplets.parquet"]
+    child = read_manifest(auto.path)
+    assert child["config"]["mine"]["strategy"] == "auto"
+    assert child["selection"]["auto_strategy"]["chosen"] == "naive"
+    assert "auto_strategy" not in read_manifest(naive.path)["selection"]
 
 
 def test_the_new_manifest_names_its_parent(version: Path):

@@ -41,6 +41,7 @@ from negminer.errors import NegminerError, StorageError
 from negminer.flows import stopping
 from negminer.flows.runtime import dask_task_runner, shared_api, start_temporary_server
 from negminer.mining.allocator import freeze_long_lived
+from negminer.mining.auto_strategy import resolve_strategy
 from negminer.mining.embedder import Embedder
 from negminer.report import run_report
 from negminer.stages.publish import StageRefs
@@ -419,7 +420,7 @@ def mine_flow(
         search = _search(tasks, w, config, index, read.anchors, clock, second)
         curate = _curate(w, config.curate, search, clock)
         logger.info("curation flagged %s", curate.counts.get("flagged_by_kind", "nothing (disabled)"))
-        select = _select(w, config.mine.selection, curate, clock)
+        select = _select(w, resolve_strategy(config.mine.selection, curate.noise), curate, clock)
         logger.info("selected %s", select.counts)
         refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select, second=second)
         version = clock.run("write", write_task, w, out, name, config, refs)

@@ -103,7 +103,7 @@ def _version_manifest(
         },
         "score_quantiles": refs.select.score_quantiles,
         "noise": refs.curate.noise,  # cleanlab's estimated label noise
-        "selection": refs.select.selection,
+        "selection": _selection(config, refs),
         "search_depth": refs.search.depth,
         "index": refs.search.index,
         **({"sources": _sources(refs, root)} if refs.search.sources else {}),
@@ -111,6 +111,14 @@ def _version_manifest(
         "embedding_store": _store_entry(refs.embed.store, root),
         "diagnostics": _diagnostics(work_dir, config=config, refs=refs),
     }
+
+
+def _selection(config: PipelineConfig, refs: StageRefs) -> dict[str, Any]:
+    """Selection's figures, and what ``strategy: auto`` chose (negminer.mining.auto_strategy)."""
+    from negminer.mining.auto_strategy import auto_choice
+
+    choice = auto_choice(config.mine.selection, refs.curate.noise)
+    return {**refs.select.selection, **({"auto_strategy": choice} if choice else {})}
 
 
 def _diagnostics(work_dir: Path, *, config: PipelineConfig, refs: StageRefs) -> dict[str, Any] | None:

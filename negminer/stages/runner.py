@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from negminer.config import PipelineConfig
+from negminer.mining.auto_strategy import resolve_strategy
 from negminer.stages.bm25 import bm25_stage
 from negminer.stages.curate import curate_stage
 from negminer.stages.embed import embed_stage
@@ -55,7 +56,8 @@ def run_stages(
         options = {"config": retrieval, "index_config": config.index, "index": index, "bm25": bm25, "second": second}
         search = search_merge_stage(work_dir, shards, **options)
         curate = curate_stage(work_dir, search, config=config.curate)
-        select = select_stage(work_dir, curate, config=config.mine.selection)
+        selection = resolve_strategy(config.mine.selection, curate.noise)
+        select = select_stage(work_dir, curate, config=selection)
         refs = StageRefs(read=read, embed=embed, search=search, curate=curate, select=select, second=second)
         version = publish_stage(work_dir, out, name, config=config, refs=refs)
     audit_load_stage(version, out)
