@@ -509,13 +509,21 @@ def result_path(task: Task, data: ArmData, *, budget: Budget, seed: int | None) 
     return CACHE / "results" / task.name / f"{name}-{result_key(task, data, budget=budget, seed=seed)}.json"
 
 
-def run_one(task: Task, data: ArmData, *, budget: Budget, seed: int | None) -> dict[str, Any]:
-    """Train (unless base) and evaluate one arm and seed; cached as JSON, reused when present."""
+def run_one(
+    task: Task, data: ArmData, *, budget: Budget, seed: int | None, cached_only: bool = False
+) -> dict[str, Any] | None:
+    """Train (unless base) and evaluate one arm and seed; cached as JSON, reused when present.
+
+    With `cached_only`, an (arm, seed) not cached yet is not run: None.
+    """
     path = result_path(task, data, budget=budget, seed=seed)
     if path.exists():
         cached = json.loads(path.read_text())
         shared = {"same_rows_as": cached["arm"]} if cached["arm"] != data.arm else {}
         return {**cached, "arm": data.arm, "mined": data.info, **shared}
+    if cached_only:
+        logger.warning("%s %s seed %s: not run yet (--cached-only)", task.name, data.arm, seed)
+        return None
     logger.info("%s %s seed %s: training on %s rows", task.name, data.arm, seed, data.info.get("rows", 0))
     start = time.perf_counter()
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -683,7 +691,8 @@ def run_dataset(name: str, args: argparse.Namespace, budget: Budget) -> str:
             continue
         info[arm] = data.info
         seeds = [None] if arm == "base" else args.seeds
-        by_arm[arm] = [run_one(task, data, budget=budget, seed=seed) for seed in seeds]
+        results = [run_one(task, data, budget=budget, seed=seed, cached_only=args.cached_only) for seed in seeds]
+        by_arm[arm] = [result for result in results if result is not None]
     return markdown_table(name, by_arm, info)
 
 
@@ -761,6 +770,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-test-corpus", type=int, help="evaluate against N documents (a quick check)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report the cached results only; train nothing (arms are mined)"
+    )
     return parser.parse_args(argv)
 
 

@@ -104,6 +104,15 @@ def test_run_one_reuses_a_cached_result(task: downstream.Task, tmp_path, monkeyp
     assert downstream.run_one(task, data, budget=budget, seed=3)["ndcg@10"] == 0.5
 
 
+def test_cached_only_reports_and_trains_nothing(task: downstream.Task, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(downstream, "CACHE", tmp_path)
+    monkeypatch.setattr(downstream, "train", lambda *args, **kwargs: pytest.fail("--cached-only trained"))
+    budget = downstream.Budget(steps=1, batch_size=2)
+    data = downstream.in_batch_rows(task)
+    assert downstream.run_one(task, data, budget=budget, seed=4, cached_only=True) is None
+    assert not (tmp_path / "results").exists()
+
+
 def test_summary_margin_and_table() -> None:
     ours = [{"seed": s, "ndcg@10": v, "recall@100": 0.9} for s, v in ((1, 0.62), (2, 0.60), (3, 0.64))]
     theirs = [{"seed": s, "ndcg@10": v, "recall@100": 0.8} for s, v in ((1, 0.60), (2, 0.61), (3, 0.60))]
