@@ -39,6 +39,7 @@ def mine_summary(version_dir: str | Path, *, root: str | Path | None = None) -> 
     return [
         _totals(counts),
         _drops(counts.get("dropped_by_reason") or {}),
+        *_strategy(manifest),
         _positives(counts, manifest.get("config", {}).get("curate", {})),
         _flagged(counts.get("flagged_by_kind") or {}, version_dir),
         f"  report: prefect artifact inspect {_artifact_key(name)}-report; counts: {version_dir / 'manifest.json'}",
@@ -64,6 +65,20 @@ def _drops(by_reason: dict[str, int]) -> str:
         f"  candidates: {retrieved} retrieved, {by_reason.get('selected', 0)} chosen, "
         f"{by_reason.get('surplus', 0)} eligible but not sampled; dropped: {listed}"
     )
+
+
+def _strategy(manifest: dict[str, Any]) -> list[str]:
+    """What ``strategy: auto`` chose and from what estimate (no line for any other strategy)."""
+    choice = (manifest.get("selection") or {}).get("auto_strategy")
+    if not choice:
+        return []
+    relevant = choice.get("negatives_relevant")
+    if relevant is None:
+        return [f"  strategy: auto chose {choice['chosen']} (curation estimated nothing)"]
+    return [
+        f"  strategy: auto chose {choice['chosen']} (curation estimates {relevant:.1%} of the candidates "
+        f"relevant; naive below {choice['auto_naive_below']:.0%})"
+    ]
 
 
 def _positives(counts: dict[str, Any], curate: dict[str, Any]) -> str:

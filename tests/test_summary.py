@@ -57,3 +57,15 @@ def test_without_curation_every_given_positive_is_kept(tmp_path: Path) -> None:
     assert lines[2] == "  given positives: 10, all kept (curation off)"
     assert lines[3].startswith("  flagged: none (")
     assert f"--root {tmp_path / 'root'} " in lines[5], "the version's grandparent by default"
+
+
+def test_the_choice_of_strategy_auto_has_its_line(tmp_path: Path) -> None:
+    version = _version(tmp_path, COUNTS, {"enabled": True})
+    manifest = json.loads((version / "manifest.json").read_text())
+    choice = {"chosen": "naive", "reason": "few", "negatives_relevant": 0.0157, "auto_naive_below": 0.1}
+    manifest["selection"] = {"auto_strategy": choice}
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    lines = mine_summary(version)
+    expected = "  strategy: auto chose naive (curation estimates 1.6% of the candidates relevant; naive below 10%)"
+    assert lines[2] == expected
+    assert lines[3].startswith("  given positives: 10;")
