@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.flow, pytest.mark.slow]
 CONFIG = {
     "embed": {"max_seq_length": 64},
     "mine": {
+        "strategy": "simans",  # sampled below the positive, so BM25-only candidates get chosen too
         "num_negatives": 2,
         "search_depth": 20,
         "sources": ["dense", "bm25"],
