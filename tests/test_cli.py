@@ -68,6 +68,7 @@ def test_mine_prints_the_versions_warnings_on_stderr(mined_with_stderr: tuple[Pa
 def test_mine_ends_with_a_summary_on_stderr_and_the_version_on_stdout(
     mined_with_stderr: tuple[Path, Path, str],
 ) -> None:
+    from negminer.storage.versions import read_manifest
     from negminer.summary import mine_summary
 
     out, version, stderr = mined_with_stderr

@@ -88,7 +88,7 @@ def test_every_tutorial_command_runs(tmp_path: Path) -> None:
     blocks = code_blocks(REPO / "docs" / "tutorial.md")
     (mined,) = run_block(*blocks[0], folder)
     assert mined.stdout.strip().splitlines()[-1] == "datasets/scifact-sample/v0001", "the version path, last"
-    assert mined.stderr.splitlines()[-6].startswith("summary: 225 pairs in")
+    assert mined.stderr.splitlines()[-7].startswith("summary: 225 pairs in")
     manifest = (folder / "datasets" / "scifact-sample" / "v0001" / "manifest.json").read_text()
     _check_documented_keys(manifest)
     for lang, code in blocks[1:]:
