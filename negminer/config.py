@@ -21,6 +21,7 @@ from negminer.errors import ConfigError
 
 OnBadRows = Literal["fail", "quarantine"]
 CurationAction = Literal["drop", "quarantine", "keep", "relabel"]
+FalseNegativeAction = Literal["auto", "drop", "quarantine", "keep", "relabel"]
 CurationClassifier = Literal["hist_gradient_boosting", "logistic_regression"]
 CurationIssueRule = Literal["confident_joint", "find_label_issues"]
 SamplingStrategy = Literal["top", "random", "simans"]
@@ -479,11 +480,21 @@ class CurateConfig(_Frozen):
     near_duplicate_threshold: float = Field(
         0.95, gt=0, le=1, description="Cosine to a positive at or above which a candidate is a near-duplicate."
     )
-    false_negative_action: CurationAction = Field(
-        "drop",
-        description="What happens to a candidate flagged as likely relevant: the next candidate replaces it as a "
-        "negative; relabel also makes it an extra positive of its anchor (extra training rows in every output "
-        "format) until a reviewer says otherwise.",
+    false_negative_action: FalseNegativeAction = Field(
+        "auto",
+        description="What happens to a candidate flagged as likely relevant: drop (the next candidate replaces it "
+        "as a negative), quarantine, keep (it stays a negative; the flag is recorded and queued for review), "
+        "relabel (also an extra positive of its anchor, in every output format, until a reviewer says otherwise); "
+        "auto: drop when curation estimates at least false_negative_drop_from of the candidates relevant, keep "
+        "below it, where a flag is more often wrong than right.",
+    )
+    false_negative_drop_from: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="false_negative_action auto drops flagged candidates from this estimated share of relevant "
+        "candidates (noise.negatives_relevant) up, and keeps them below it; the same point as "
+        "mine.auto_naive_below by default.",
     )
     null_samples: int = Field(
         200,

@@ -201,7 +201,7 @@ def _policy_change(version_dir: Path, curation: CurateConfig | None) -> Any:
     if curation is None or not path.exists():
         return None
     n_docs = pq.ParquetFile(version_dir / "docs.parquet").metadata.num_rows
-    return PolicyChange(pq.read_table(path), curation, n_docs=n_docs)
+    return PolicyChange(pq.read_table(path), curation, n_docs=n_docs, noise=read_manifest(version_dir).get("noise"))
 
 
 def _derive(

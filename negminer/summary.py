@@ -68,17 +68,23 @@ def _drops(by_reason: dict[str, int]) -> str:
 
 
 def _strategy(manifest: dict[str, Any]) -> list[str]:
-    """What ``strategy: auto`` chose and from what estimate (no line for any other strategy)."""
-    choice = (manifest.get("selection") or {}).get("auto_strategy")
-    if not choice:
+    """What the ``auto`` settings chose from curation's estimate (no line when none is auto)."""
+    choices = []
+    if choice := (manifest.get("selection") or {}).get("auto_strategy"):
+        choices.append(f"strategy {choice['chosen']}")
+    curate = (manifest.get("config") or {}).get("curate") or {}
+    noise = manifest.get("noise") or {}
+    if curate.get("false_negative_action") == "auto" and curate.get("enabled", True) and noise:
+        from negminer.config import CurateConfig
+        from negminer.curation.policy import resolved_false_negative_action
+
+        action = resolved_false_negative_action(CurateConfig.model_validate(curate), noise)
+        choices.append("flagged false negatives " + ("kept as negatives, for review" if action == "keep" else action))
+    if not choices:
         return []
-    relevant = choice.get("negatives_relevant")
-    if relevant is None:
-        return [f"  strategy: auto chose {choice['chosen']} (curation estimated nothing)"]
-    return [
-        f"  strategy: auto chose {choice['chosen']} (curation estimates {relevant:.1%} of the candidates "
-        f"relevant; naive below {choice['auto_naive_below']:.0%})"
-    ]
+    relevant = noise.get("negatives_relevant")
+    estimate = "no estimate" if relevant is None else f"curation estimates {relevant:.1%} of the candidates relevant"
+    return [f"  auto: {', '.join(choices)} ({estimate})"]
 
 
 def _positives(counts: dict[str, Any], curate: dict[str, Any]) -> str:

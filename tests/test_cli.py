@@ -78,7 +78,7 @@ def test_mine_ends_with_a_summary_on_stderr_and_the_version_on_stdout(
     assert summary[0].startswith("summary: 225 pairs in (0 rejected), 800 documents -> ")
     assert any(line.startswith("  given positives: 225") for line in summary)
     chosen = read_manifest(version)["selection"]["auto_strategy"]["chosen"]
-    assert any(line.startswith(f"  strategy: auto chose {chosen} (curation estimates ") for line in summary)
+    assert any(line.startswith(f"  auto: strategy {chosen}, flagged false negatives ") for line in summary)
 
 
 def test_triplets_are_text_only_and_exclude_positives(mined: tuple[Path, Path], sample_dir: Path) -> None:

@@ -59,13 +59,16 @@ def test_without_curation_every_given_positive_is_kept(tmp_path: Path) -> None:
     assert f"--root {tmp_path / 'root'} " in lines[5], "the version's grandparent by default"
 
 
-def test_the_choice_of_strategy_auto_has_its_line(tmp_path: Path) -> None:
-    version = _version(tmp_path, COUNTS, {"enabled": True})
+def test_the_choices_of_auto_have_their_line(tmp_path: Path) -> None:
+    version = _version(tmp_path, COUNTS, {"enabled": True, "false_negative_action": "auto"})
     manifest = json.loads((version / "manifest.json").read_text())
     choice = {"chosen": "naive", "reason": "few", "negatives_relevant": 0.0157, "auto_naive_below": 0.1}
     manifest["selection"] = {"auto_strategy": choice}
+    manifest["noise"] = {"negatives_relevant": 0.0157}
     (version / "manifest.json").write_text(json.dumps(manifest))
     lines = mine_summary(version)
-    expected = "  strategy: auto chose naive (curation estimates 1.6% of the candidates relevant; naive below 10%)"
-    assert lines[2] == expected
+    assert lines[2] == (
+        "  auto: strategy naive, flagged false negatives kept as negatives, for review "
+        "(curation estimates 1.6% of the candidates relevant)"
+    )
     assert lines[3].startswith("  given positives: 10;")

@@ -17,6 +17,7 @@ per (pair, kind): see :func:`flagged_table`. :func:`apply_policies` turns scored
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -57,6 +58,25 @@ class Scored(NamedTuple):
     noise: dict[str, Any]
     skipped: str | None = None  # why no model judged the rows (see _fold_shortfall); None when they were
     confidence: np.ndarray | None = None  # given positives: confidence of being a random document (NaN elsewhere)
+
+
+def resolved_false_negative_action(config: CurateConfig, noise: Mapping[str, Any] | None) -> Action:
+    """``false_negative_action``, with ``auto`` resolved from curation's estimate of the relevant candidates.
+
+    Auto drops the flagged candidates when at least ``false_negative_drop_from`` of the
+    candidates are estimated relevant, and keeps them (flagged, queued for review) below it:
+    when unlabelled positives are that rare, most flags are topically close negatives, the
+    most useful rows to train on (docs/benchmarks.md). Without an estimate it drops.
+
+    Example:
+        >>> resolved_false_negative_action(CurateConfig(), {"negatives_relevant": 0.04})
+        'keep'
+    """
+    action = config.false_negative_action
+    if action != "auto":
+        return action
+    relevant = (noise or {}).get("negatives_relevant")
+    return "keep" if relevant is not None and relevant < config.false_negative_drop_from else "drop"
 
 
 def excludes(action: Action) -> bool:
@@ -201,7 +221,7 @@ def apply_policies(
     """
     rows, flags = scored.rows, scored.flags
     actions = {
-        "false_negative": config.false_negative_action,
+        "false_negative": resolved_false_negative_action(config, scored.noise),
         "false_positive": config.false_positive_action,
         "near_duplicate": config.near_duplicate_action,
     }

@@ -13,13 +13,15 @@ parent's; only what each kind's action does changes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
 from negminer.curation.decisions import CURATION_FLAG_COLUMN, as_pair_rows
-from negminer.curation.policy import excludes, false_positive_actions
+from negminer.curation.policy import excludes, false_positive_actions, resolved_false_negative_action
 
 _CONFIDENCE = "feature_false_positive_confidence"
 
@@ -43,8 +45,11 @@ class PolicyChange:
         ...                                                                 # doctest: +SKIP
     """
 
-    def __init__(self, flagged: pa.Table, config: CurateConfig, *, n_docs: int) -> None:
+    def __init__(
+        self, flagged: pa.Table, config: CurateConfig, *, n_docs: int, noise: dict[str, Any] | None = None
+    ) -> None:
         actions = {kind.removesuffix("_action"): getattr(config, kind) for kind in _KIND_ACTIONS}
+        actions["false_negative"] = resolved_false_negative_action(config, noise)  # auto: the parent's estimate
         kinds = flagged.column("kind").to_pylist()
         _refuse_relabel_change(flagged, actions["false_negative"])
         new = np.asarray([actions[k] for k in kinds], dtype=object)

@@ -111,6 +111,26 @@ def test_false_negative_policy(world, scored, action):
     assert (excluded > 0) == (action != "keep")
 
 
+@pytest.mark.parametrize(("share", "action"), [(0.01, "keep"), (0.5, "drop"), (None, "drop")])
+def test_auto_false_negative_policy_follows_the_estimated_share_of_relevant_candidates(world, scored, share, action):
+    """Few relevant candidates: a flag is more often wrong than right, so auto keeps it as a negative."""
+    estimated = scored._replace(noise={**scored.noise, "negatives_relevant": share})
+    out = apply_policies(estimated, world.candidates, config=CurateConfig())
+    assert CurateConfig().false_negative_action == "auto"
+    assert set(_flags(out, "false_negative").column("action").to_pylist()) == {action}
+    expected = apply_policies(scored, world.candidates, config=CurateConfig(false_negative_action=action))
+    assert out.candidates.equals(expected.candidates)
+    assert out.counts["negatives_excluded"] == expected.counts["negatives_excluded"]
+
+
+def test_auto_false_negative_threshold_is_a_setting(world, scored):
+    estimated = scored._replace(noise={**scored.noise, "negatives_relevant": 0.15})
+    assert _flags(apply_policies(estimated, world.candidates), "false_negative").column("action")[0].as_py() == "drop"
+    config = CurateConfig(false_negative_drop_from=0.2)
+    out = apply_policies(estimated, world.candidates, config=config)
+    assert set(_flags(out, "false_negative").column("action").to_pylist()) == {"keep"}
+
+
 @pytest.mark.parametrize("false_negative_action", ["drop", "keep"])
 def test_near_duplicate_keep_keeps_it_whatever_the_false_negative_policy(world, scored, false_negative_action):
     config = CurateConfig(false_negative_action=false_negative_action, near_duplicate_action="keep")
