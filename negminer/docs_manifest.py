@@ -54,6 +54,10 @@ MANIFEST_FIELDS: dict[str, str] = {
     "confident joint over the candidates), `positives_irrelevant` (the estimated share of given positives "
     "that score like random documents of the corpus) and `false_positive_null` (null samples per anchor, "
     "that share, the scale applied to the confidences); empty without curation.",
+    "policies": "The curation actions applied (null without curation): `false_negative_action`, "
+    "`false_positive_action`, `false_positive_uncertain_action` and `near_duplicate_action` as in "
+    "`curate`, with `auto` replaced by the action it resolved to from `noise.negatives_relevant`; a "
+    "`refilter` with new policies records its own.",
     "selection": "Score bounds the strategy derived from this run (`min_score_from_percentile`, "
     "`max_score_from_percentile`; null when not used) and `difficulty_thresholds`: the margins "
     "(score − positive score) from which a candidate is `medium` and `hard`, the run's "

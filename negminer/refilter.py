@@ -165,7 +165,7 @@ def refilter(
     root = Path(root) if root is not None else version_dir.parent.parent
     scratch = _scratch_dir(root / name)
     try:
-        change = _policy_change(version_dir, curation)
+        change = _policy_change(version_dir, curation, noise=manifest.get("noise"))
         selection = resolve_strategy(mine, manifest.get("noise"))
         derived, audit_counts, rewritten = _derive(version_dir, scratch, selection, change, batch_rows=batch_rows)
         carried = {s: version_dir / f"{s}.parquet" for s in _stems(manifest) if s not in DERIVED_FILES}
@@ -174,6 +174,7 @@ def refilter(
         new_manifest["counts"]["audit"] = audit_counts
         if change is not None:
             new_manifest["config"]["curate"] = curation.model_dump(mode="json")
+            new_manifest["policies"] = change.actions
             new_manifest["counts"]["curation"] = {**new_manifest["counts"].get("curation", {}), **change.counts}
         new_manifest["changes"] = version_changes(version_dir, files=files, score_quantiles=derived.score_quantiles)
         if new_manifest.get("diagnostics"):
@@ -193,7 +194,7 @@ def refilter(
     return RefilterResult(path, derived.counts, time.perf_counter() - start)
 
 
-def _policy_change(version_dir: Path, curation: CurateConfig | None) -> Any:
+def _policy_change(version_dir: Path, curation: CurateConfig | None, *, noise: dict[str, Any] | None) -> Any:
     """The parent's flags under `curation`'s policies (None: no new policies, or nothing flagged)."""
     from negminer.curation.reapply import PolicyChange
 
@@ -201,7 +202,7 @@ def _policy_change(version_dir: Path, curation: CurateConfig | None) -> Any:
     if curation is None or not path.exists():
         return None
     n_docs = pq.ParquetFile(version_dir / "docs.parquet").metadata.num_rows
-    return PolicyChange(pq.read_table(path), curation, n_docs=n_docs, noise=read_manifest(version_dir).get("noise"))
+    return PolicyChange(pq.read_table(path), curation, n_docs=n_docs, noise=noise)
 
 
 def _derive(

@@ -74,11 +74,8 @@ def _strategy(manifest: dict[str, Any]) -> list[str]:
         choices.append(f"strategy {choice['chosen']}")
     curate = (manifest.get("config") or {}).get("curate") or {}
     noise = manifest.get("noise") or {}
-    if curate.get("false_negative_action") == "auto" and curate.get("enabled", True) and noise:
-        from negminer.config import CurateConfig
-        from negminer.curation.policy import resolved_false_negative_action
-
-        action = resolved_false_negative_action(CurateConfig.model_validate(curate), noise)
+    action = (manifest.get("policies") or {}).get("false_negative_action")
+    if curate.get("false_negative_action") == "auto" and action and noise:
         choices.append("flagged false negatives " + ("kept as negatives, for review" if action == "keep" else action))
     if not choices:
         return []

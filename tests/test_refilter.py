@@ -350,6 +350,8 @@ def test_new_curation_policies_are_applied_to_the_stored_flags(version: Path, tm
     assert wrong_pair not in pq.read_table(dropped.path / "pairs.parquet").column("pair_idx").to_pylist()
     curate = read_manifest(kept.path)["config"]["curate"]
     assert (curate["near_duplicate_action"], curate["false_positive_action"]) == ("keep", "keep")
+    policies = read_manifest(kept.path)["policies"]
+    assert (policies["near_duplicate_action"], policies["false_positive_action"]) == ("keep", "keep")
     assert refilter_policies(curated, None) is None
 
 

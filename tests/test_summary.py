@@ -65,6 +65,7 @@ def test_the_choices_of_auto_have_their_line(tmp_path: Path) -> None:
     choice = {"chosen": "naive", "reason": "few", "negatives_relevant": 0.0157, "auto_naive_below": 0.1}
     manifest["selection"] = {"auto_strategy": choice}
     manifest["noise"] = {"negatives_relevant": 0.0157}
+    manifest["policies"] = {"false_negative_action": "keep"}
     (version / "manifest.json").write_text(json.dumps(manifest))
     lines = mine_summary(version)
     assert lines[2] == (

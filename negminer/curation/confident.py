@@ -16,6 +16,7 @@ the latent noise estimates.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -328,6 +329,20 @@ def _pruned(labels: np.ndarray, pred_probs: np.ndarray, *, batched_above: int, r
     from cleanlab.filter import find_label_issues
 
     return find_label_issues(labels, pred_probs, filter_by="prune_by_noise_rate", n_jobs=1)
+
+
+def few_candidates_relevant(noise: Mapping[str, Any] | None, below: float) -> bool | None:
+    """Whether curation estimated fewer than `below` of the candidates relevant; None without an estimate.
+
+    The ``auto`` settings (``mine.strategy``, ``curate.false_negative_action``) both ask this of
+    :func:`noise_rates`' ``negatives_relevant``.
+
+    Example:
+        >>> few_candidates_relevant({"negatives_relevant": 0.04}, 0.1)
+        True
+    """
+    relevant = (noise or {}).get("negatives_relevant")
+    return None if relevant is None else relevant < below
 
 
 def noise_rates(labels: np.ndarray, pred_probs: np.ndarray) -> dict[str, Any]:

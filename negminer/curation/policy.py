@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
+from negminer.curation.confident import few_candidates_relevant
 from negminer.curation.rows import PairRows
 
 KINDS = ("false_negative", "false_positive", "near_duplicate")
@@ -75,8 +76,22 @@ def resolved_false_negative_action(config: CurateConfig, noise: Mapping[str, Any
     action = config.false_negative_action
     if action != "auto":
         return action
-    relevant = (noise or {}).get("negatives_relevant")
-    return "keep" if relevant is not None and relevant < config.false_negative_drop_from else "drop"
+    return "keep" if few_candidates_relevant(noise, config.false_negative_drop_from) else "drop"
+
+
+def applied_actions(config: CurateConfig, noise: Mapping[str, Any] | None) -> dict[str, str]:
+    """Each ``*_action`` setting as curation applies it, ``auto`` resolved: the manifest's ``policies``.
+
+    Example:
+        >>> applied_actions(CurateConfig(), {"negatives_relevant": 0.04})["false_negative_action"]
+        'keep'
+    """
+    return {
+        "false_negative_action": resolved_false_negative_action(config, noise),
+        "false_positive_action": config.false_positive_action,
+        "false_positive_uncertain_action": config.false_positive_uncertain_action,
+        "near_duplicate_action": config.near_duplicate_action,
+    }
 
 
 def excludes(action: Action) -> bool:
@@ -221,9 +236,9 @@ def apply_policies(
     """
     rows, flags = scored.rows, scored.flags
     actions = {
-        "false_negative": resolved_false_negative_action(config, scored.noise),
-        "false_positive": config.false_positive_action,
-        "near_duplicate": config.near_duplicate_action,
+        kind.removesuffix("_action"): action
+        for kind, action in applied_actions(config, scored.noise).items()
+        if kind in ("false_negative_action", "false_positive_action", "near_duplicate_action")
     }
     exclude_row = np.zeros(len(rows.label), bool)
     for kind in ("false_negative", "near_duplicate"):

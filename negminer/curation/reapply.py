@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
 from negminer.curation.decisions import CURATION_FLAG_COLUMN, as_pair_rows
-from negminer.curation.policy import excludes, false_positive_actions, resolved_false_negative_action
+from negminer.curation.policy import applied_actions, excludes, false_positive_actions
 
 _CONFIDENCE = "feature_false_positive_confidence"
 
@@ -48,8 +48,8 @@ class PolicyChange:
     def __init__(
         self, flagged: pa.Table, config: CurateConfig, *, n_docs: int, noise: dict[str, Any] | None = None
     ) -> None:
-        actions = {kind.removesuffix("_action"): getattr(config, kind) for kind in _KIND_ACTIONS}
-        actions["false_negative"] = resolved_false_negative_action(config, noise)  # auto: the parent's estimate
+        self.actions = applied_actions(config, noise)  # auto: from the parent's estimate
+        actions = {kind.removesuffix("_action"): self.actions[kind] for kind in _KIND_ACTIONS}
         kinds = flagged.column("kind").to_pylist()
         _refuse_relabel_change(flagged, actions["false_negative"])
         new = np.asarray([actions[k] for k in kinds], dtype=object)

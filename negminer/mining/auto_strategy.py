@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from negminer.config import STRATEGY_PRESETS, SelectionConfig
+from negminer.curation.confident import few_candidates_relevant
 
 AUTO = "auto"
 _Selection = TypeVar("_Selection", bound=SelectionConfig)
@@ -28,17 +29,17 @@ def auto_choice(config: SelectionConfig, noise: Mapping[str, Any] | None) -> dic
     """What ``strategy: auto`` chose and from what (the manifest's record); None for any other strategy."""
     if config.strategy != AUTO:
         return None
-    relevant = (noise or {}).get("negatives_relevant")
-    if relevant is None:
+    few = few_candidates_relevant(noise, config.auto_naive_below)
+    if few is None:
         chosen, reason = "simans", "curation estimated nothing (off or skipped)"
-    elif relevant < config.auto_naive_below:
+    elif few:
         chosen, reason = "naive", "few candidates are relevant"
     else:
         chosen, reason = "simans", "many candidates are relevant"
     return {
         "chosen": chosen,
         "reason": reason,
-        "negatives_relevant": relevant,
+        "negatives_relevant": (noise or {}).get("negatives_relevant"),
         "auto_naive_below": config.auto_naive_below,
     }
 

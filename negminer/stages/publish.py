@@ -103,6 +103,7 @@ def _version_manifest(
         },
         "score_quantiles": refs.select.score_quantiles,
         "noise": refs.curate.noise,  # cleanlab's estimated label noise
+        "policies": _policies(config, refs),
         "selection": _selection(config, refs),
         "search_depth": refs.search.depth,
         "index": refs.search.index,
@@ -119,6 +120,13 @@ def _selection(config: PipelineConfig, refs: StageRefs) -> dict[str, Any]:
 
     choice = auto_choice(config.mine.selection, refs.curate.noise)
     return {**refs.select.selection, **({"auto_strategy": choice} if choice else {})}
+
+
+def _policies(config: PipelineConfig, refs: StageRefs) -> dict[str, str] | None:
+    """The curation actions applied, ``auto`` resolved from the estimate (None without curation)."""
+    from negminer.curation.policy import applied_actions
+
+    return applied_actions(config.curate, refs.curate.noise) if config.curate.enabled else None
 
 
 def _diagnostics(work_dir: Path, *, config: PipelineConfig, refs: StageRefs) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ def test_auto_takes_the_parents_estimate(noise, action, excluded):
     estimate = None if noise is None else {"negatives_relevant": noise}
     change = PolicyChange(_flags(), CurateConfig(), n_docs=10, noise=estimate)
     assert change.flagged.column("action").to_pylist() == [action, action]
+    assert change.actions["false_negative_action"] == action, "what refilter's manifest records as policies"
     assert change.counts["negatives_excluded"] == excluded
     candidates = pa.table({"anchor_idx": pa.array([0, 1, 1], pa.int32()), "doc_idx": pa.array([5, 6, 7], pa.int32())})
     assert change(candidates).column("flagged_false_negative").to_pylist() == [action == "drop"] * 2 + [False]
