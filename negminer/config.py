@@ -534,6 +534,13 @@ class CurateConfig(_Frozen):
         "random documents, the positives are loose rather than wrong, and every confidence is scaled by this "
         "share over the estimated one (so such a dataset's flags are kept for audit, not excluded).",
     )
+    false_positive_corroborating_anchors: int = Field(
+        10,
+        ge=0,
+        description="A given positive that one of its anchor's this many nearest other anchors also has as a "
+        "given positive is corroborated: its confidence of being a random document is scaled by the chance of "
+        "that for a random document over the share of the given positives corroborated (0: no corroboration).",
+    )
     false_positive_action: CurationAction = Field(
         "quarantine", description="What happens to a given positive confidently flagged as a random document."
     )

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from negminer.config import CurateConfig
 from negminer.curation.confident import anchor_folds
 from negminer.curation.context import PoolContext, key_matrix, pool_context, text_hashes
+from negminer.curation.corroboration import corroborated_positives
 from negminer.curation.duplicates import near_duplicates
 from negminer.curation.features import pair_features
 from negminer.curation.judges import Described, fit_judges, judge
@@ -213,6 +214,10 @@ def describe_rows(
         rows, positives, pool.doc_vectors, threshold=config.near_duplicate_threshold
     )
     features["positive_similarity"] = positive_sim
+    corroborated, chance = corroborated_positives(
+        rows, positives, pool.context.neighbors, k=config.false_positive_corroborating_anchors
+    )
+    features["corroborated"], features["corroboration_chance"] = corroborated.astype(np.float32), chance
     content = (rows.label, pool.context.doc_hash[rows.doc], pool.family_hash[rows.anchor])
     is_pos = rows.label == 1
     null_p, null_z = np.full(len(rows.label), np.nan), np.full(len(rows.label), np.nan)

@@ -35,6 +35,7 @@ from negminer.curation.confident import (
     noise_rates,
     predict_folds,
 )
+from negminer.curation.corroboration import corroboration_scale
 from negminer.curation.null import NullFit, combined_p_values, fit_null, null_verdicts, stratified_p_values
 from negminer.curation.policy import Scored
 from negminer.curation.rows import PairRows
@@ -75,6 +76,7 @@ class Judges(NamedTuple):
     noise: dict[str, Any]
     skipped: str | None
     population: SideModel | None = None  # false_positive_score "relevance": the judge whose relevance is placed
+    corroborated_share: float = 0.0  # share of the fitted given positives a near-neighbour anchor names too
 
 
 def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config: CurateConfig) -> Judges:
@@ -101,6 +103,8 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
     threshold = None
     if config.false_negative_quantile is not None and window_positive.any():
         threshold = float(np.quantile(relevance[window_positive], config.false_negative_quantile))
+    is_pos = rows.label == 1
+    corroborated_share = float(described.features["corroborated"][is_pos].mean()) if is_pos.any() else 0.0
     noise = {
         "negatives_relevant": candidate_noise["negatives_relevant"],
         "positives_irrelevant": round(null.pi0, 6),
@@ -109,9 +113,10 @@ def fit_judges(described: Described, *, n_docs: int, family: np.ndarray, config:
             "samples": config.null_samples,
             "random_positives": round(null.pi0, 6),
             "confidence_scale": round(min(1.0, config.false_positive_max_share / null.pi0) if null.pi0 else 1.0, 6),
+            "corroborated_share": round(corroborated_share, 6),
         },
     }
-    return Judges(candidate_side, null, threshold, noise, None, population)
+    return Judges(candidate_side, null, threshold, noise, None, population, corroborated_share)
 
 
 def _in_content_order(described: Described) -> Described:
@@ -150,6 +155,11 @@ def judge(described: Described, judges: Judges, *, n_docs: int, config: CurateCo
     else:
         placed = _positive_p_values(described, judges.population, n_docs=n_docs, config=config)
         p_value[is_pos], confidence[is_pos] = null_verdicts(placed, np.zeros(len(placed)), judges.null)
+    confidence[is_pos] *= corroboration_scale(
+        described.features["corroborated"][is_pos] > 0,
+        described.features["corroboration_chance"][is_pos],
+        judges.corroborated_share,
+    )
     relevance = negative_side.relevance
     candidate = (rows.label == 0) & ~rows.tail
     false_negative = candidate & negative_side.issues.is_issue

@@ -25,6 +25,7 @@ from negminer.textkeys import text_key
 
 TOPICS, DOCS_PER_TOPIC, ANCHORS_PER_TOPIC, DIM = 30, 10, 4, 48
 WRONG_PAIR = 1  # pair_idx (= anchor_idx) whose positive is a random far document
+CORROBORATING = 2  # an anchor of WRONG_PAIR's topic (see build_world's corroborated_wrong_pair)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def build_world(tmp: Path, seed: int = 0) -> World:
+def build_world(tmp: Path, seed: int = 0, *, corroborated_wrong_pair: bool = False) -> World:
+    """The world; with `corroborated_wrong_pair`, anchor ``CORROBORATING`` (of WRONG_PAIR's topic) is
+    given WRONG_PAIR's far document as its positive too."""
     rng = np.random.default_rng(seed)
     centers = _unit(rng.normal(size=(TOPICS, DIM)))
     n_docs = TOPICS * DOCS_PER_TOPIC
@@ -65,6 +68,8 @@ def build_world(tmp: Path, seed: int = 0) -> World:
     positive = anchor_topic * DOCS_PER_TOPIC + rng.integers(0, DOCS_PER_TOPIC, len(anchor_topic))
     far_topic = int(np.argmin(centers @ centers[anchor_topic[WRONG_PAIR]]))
     positive[WRONG_PAIR] = far_topic * DOCS_PER_TOPIC
+    if corroborated_wrong_pair:
+        positive[CORROBORATING] = positive[WRONG_PAIR]
     paraphrase = n_docs
     docs = np.vstack([docs, _unit(docs[positive[0]] + 0.02 * rng.normal(size=DIM))])
     doc_texts.append(doc_texts[positive[0]].replace("document", "text", 1) + " (reworded)")
