@@ -47,7 +47,13 @@ SWEEP = [0.5, 0.3, 0.25, 0.2, 0.15]
 
 
 def run_negminer_curated(
-    prep, options: dict[str, Any], *, k: int, depth: int, curate_options: dict[str, Any] | None = None
+    prep,
+    options: dict[str, Any],
+    *,
+    k: int,
+    depth: int,
+    curate_options: dict[str, Any] | None = None,
+    curated: CurationResult | None = None,
 ) -> tuple[dict[str, list[str]], float, CurationResult]:
     """Negatives (query id -> texts) after curation, the seconds it took, and curation's result.
 
@@ -57,6 +63,8 @@ def run_negminer_curated(
         k: negatives per anchor.
         depth: search depth.
         curate_options: CurateConfig options (default: the defaults).
+        curated: a curation result of `prep` to select from instead of curating again (its
+            seconds are not counted).
 
     Example:
         >>> negatives, seconds, result = run_negminer_curated(prep, {"strategy": "naive"}, k=5, depth=100)
@@ -65,7 +73,7 @@ def run_negminer_curated(
     from bench.false_negatives import run_negminer
 
     start = time.perf_counter()
-    result = curate_prepared(prep, CurateConfig(**(curate_options or {})))
+    result = curated or curate_prepared(prep, CurateConfig(**(curate_options or {})))
     path = prep.work / "curated-candidates.parquet"  # run_negminer derives from the file, as refilter does
     pq.write_table(result.candidates, path)
     curated = dataclasses.replace(prep, tables={**prep.tables, "candidates": result.candidates}, candidates_path=path)

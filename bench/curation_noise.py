@@ -14,7 +14,14 @@ from training (the confident flags, `false_positive_confidence`):
   pairs (the other kind of swap is left out, so each kind is scored on its own);
 * AUC = how well curation's label-quality score ranks that kind below the clean pairs.
 
+With ``--judge`` a cross-encoder is fine-tuned on the noisy pairs themselves (bench/judge.py's
+recipe: the given pairs against candidates at ranks 30-100 and random documents) and passed to
+curation as ``curate.cross_encoder``; curation then judges ``--judge-max-rank`` candidates and
+``--judge-tail-samples`` random documents per anchor (the cross-encoder's cost on a CPU), and
+the same curation without the judge is scored first for comparison.
+
 Run: python -m bench.curation_noise [--splits train test] [--rate 0.1] [--seed 0] [--curate KEY=VALUE ...]
+     [--judge [--judge-max-rank 30] [--judge-tail-samples 10]]
 """
 
 from __future__ import annotations
@@ -125,22 +132,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curate", nargs="*", default=[], help="CurateConfig options as KEY=VALUE (YAML values)")
+    parser.add_argument("--judge", action="store_true", help="also curate with a fine-tuned cross-encoder")
+    parser.add_argument("--judge-max-rank", type=int, default=30, help="curate.max_rank of both --judge runs")
+    parser.add_argument("--judge-tail-samples", type=int, default=10, help="curate.tail_samples of both --judge runs")
     args = parser.parse_args(argv)
     import yaml
 
     config = CurateConfig(**{k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.curate)})
+    if args.judge:
+        config = config.model_copy(update={"max_rank": args.judge_max_rank, "tail_samples": args.judge_tail_samples})
     pairs, corpus, qrels = relevant_pairs(args.splits)
     noisy, kind = plant_noise(pairs, corpus, qrels, rate=args.rate, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         prep = prepare_pairs("scifact", noisy, corpus, {}, Path(tmp), search_depth=CurateConfig().max_rank)
-        start = time.perf_counter()
-        result = curate_prepared(prep, config)
-        seconds = time.perf_counter() - start
+        report(prep, config, kind, args, label="")
+        if args.judge:
+            from bench.judge import fine_tune_judge, judge_parser
+
+            training = fine_tune_judge(prep, Path(tmp) / "judge", judge_parser().parse_args([]))
+            print(f"\njudge: {training['examples']} examples, trained in {training['seconds']:.0f} s")
+            judged = config.model_copy(update={"cross_encoder": str(Path(tmp) / "judge" / "judge")})
+            report(prep, judged, kind, args, label=" + fine-tuned judge")
+
+
+def report(prep: Prepared, config: CurateConfig, kind: np.ndarray, args: argparse.Namespace, *, label: str) -> None:
+    """Curate the prepared pairs with `config`; print recall, precision and AUC per kind of swap."""
+    start = time.perf_counter()
+    result = curate_prepared(prep, config)
+    seconds = time.perf_counter() - start
     quality = np.ones(prep.tables["pairs"].num_rows)
     quality[result.pair_scores.column("pair_idx").to_numpy()] = result.pair_scores.column("quality").to_numpy()
     print(
-        f"scifact {'+'.join(args.splits)}: {noisy.num_rows} pairs, {prep.tables['anchors'].num_rows} anchors, "
-        f"{args.rate:.0%} random + {args.rate:.0%} close swaps, curation {seconds:.1f}s"
+        f"\nscifact {'+'.join(args.splits)}{label}: {prep.tables['pairs'].num_rows} pairs, "
+        f"{prep.tables['anchors'].num_rows} anchors, {args.rate:.0%} random + {args.rate:.0%} close swaps, "
+        f"curation {seconds:.1f}s (max_rank {config.max_rank}, tail_samples {config.tail_samples})"
     )
     verdicts = [
         ("flagged false_positive", result.false_positive_pairs),

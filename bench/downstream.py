@@ -321,12 +321,19 @@ def negminer_rows(
         "flagged_by_kind": manifest["counts"].get("flagged_by_kind"),
         "mine_seconds": round(time.perf_counter() - start, 1),
         **({"stages": stages} if stages else {}),
+        **({"overrides": _override_text(overrides)} if arm == "negminer-custom" else {}),
     }
     curate_on = (manifest["config"].get("curate") or {}).get("enabled")
     if arm == "negminer-default" and curate_on and not info["curation_ran"]:
         info["note"] = "curate.enabled is true but the mine flow wrote no curation output (flagged.parquet)"
         logger.warning("%s: %s", task.name, info["note"])
     return ArmData(arm, rows, {**info, **mined_stats(rows, task)})
+
+
+def _override_text(overrides: dict[str, dict[str, Any]] | None) -> str:
+    """``section.key=value ...``, as given to --negminer-set."""
+    items = ((section, key, value) for section, values in (overrides or {}).items() for key, value in values.items())
+    return " ".join(f"{section}.{key}={value}" for section, key, value in items)
 
 
 def run_negminer_mine(task: Task, folder: Path, *, name: str, config: dict[str, Any]) -> Path:
@@ -608,16 +615,23 @@ def markdown_table(name: str, by_arm: dict[str, list[dict[str, Any]]], info: dic
         mined = info.get(arm, {})
         fn = mined.get("false_negative_rate")
         no_curation = arm == "negminer-default" and mined.get("curation_ran") is False
-        label = ARM_LABELS[arm] + (" (the flow ran no curation)" if no_curation else "")
+        label = arm_label(arm, mined) + (" (the flow ran no curation)" if no_curation else "")
         lines.append(
             f"| {label} | {len(results)} | {cells[0]} | {cells[1]} | {mined.get('rows', '—')} | "
             f"{mined.get('anchors', '—')} | {'—' if fn is None else f'{100 * fn:.1f}%'} |"
         )
-    lines += default_margins(by_arm)
+    lines += default_margins(by_arm, info)
     return "\n".join(lines + gain_over_base(by_arm))
 
 
-def default_margins(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
+def arm_label(arm: str, mined: dict[str, Any]) -> str:
+    """The arm's name in the tables; the custom arm is named by its overrides."""
+    return f"negminer with {mined['overrides']}" if mined.get("overrides") else ARM_LABELS[arm]
+
+
+def default_margins(
+    by_arm: dict[str, list[dict[str, Any]]], info: dict[str, dict[str, Any]] | None = None
+) -> list[str]:
     """negminer default − each other trained arm, nDCG@10 paired by seed: mean, spread, per seed."""
     ours = by_arm.get("negminer-default", [])
     lines = []
@@ -632,7 +646,8 @@ def default_margins(by_arm: dict[str, list[dict[str, Any]]]) -> list[str]:
                 "|---|---|---|---|---|---|",
             ]
         lines.append(
-            f"| {ARM_LABELS[arm]} | {margin['n']} | {margin['mean']:+.4f} | {margin['std']:.4f} | "
+            f"| {arm_label(arm, (info or {}).get(arm, {}))} | {margin['n']} | {margin['mean']:+.4f} | "
+            f"{margin['std']:.4f} | "
             f"{margin['min']:+.4f} | {margin['max']:+.4f} |"
         )
     return lines

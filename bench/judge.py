@@ -136,16 +136,18 @@ def fine_tune_judge(prep: Prepared, folder: Path, args: argparse.Namespace) -> d
 
 def judge_rows(prep: Prepared, judge: Path | None, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The curated arms with the default features, or with the judge's score as one more."""
-    from bench.curation_eval import run_negminer_curated
+    from bench.curation_eval import curate_prepared, run_negminer_curated
 
     options = {"max_rank": args.max_rank, "tail_samples": args.tail_samples}  # both arms: the judge's cost
     if judge:
         options |= {"cross_encoder": str(judge), "cross_encoder_batch_size": 64}
+    start = time.perf_counter()
+    curated = curate_prepared(prep, CurateConfig(**options))  # once: every arm selects from the same verdicts
+    curation_seconds = time.perf_counter() - start
     rows = []
     for label, strategy in CURATED_ARMS:
-        start = time.perf_counter()
-        negatives, _, result = run_negminer_curated(
-            prep, strategy, k=args.num_negatives, depth=args.search_depth, curate_options=options
+        negatives, seconds, result = run_negminer_curated(
+            prep, strategy, k=args.num_negatives, depth=args.search_depth, curated=curated
         )
         metrics = evaluate(prep, negatives, k=args.num_negatives)
         rows.append(
@@ -154,7 +156,7 @@ def judge_rows(prep: Prepared, judge: Path | None, args: argparse.Namespace) -> 
                 **metrics,
                 "excluded": len(result.excluded_pairs) / prep.pairs.num_rows,
                 "flagged_fn": result.counts.get("false_negative"),
-                "seconds": time.perf_counter() - start,
+                "seconds": curation_seconds + seconds,
             }
         )
     return rows
@@ -182,7 +184,8 @@ def bench_dataset(name: str, args: argparse.Namespace) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
+def judge_parser() -> argparse.ArgumentParser:
+    """This benchmark's options; ``judge_parser().parse_args([])`` gives the judge's default training."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["nfcorpus", "scifact"])
     parser.add_argument("--num-negatives", type=int, default=5)
@@ -201,7 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tail-samples", type=int, default=CurateConfig().tail_samples, help="curate.tail_samples of both arms"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = judge_parser().parse_args(argv)
     import torch
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}")

@@ -136,6 +136,16 @@ def test_summary_margin_and_table() -> None:
     assert "base model" not in table  # no base arm in this run
 
 
+def test_the_custom_arm_is_named_by_its_overrides() -> None:
+    ours = [{"seed": 1, "ndcg@10": 0.62, "recall@100": 0.9}]
+    custom = [{"seed": 1, "ndcg@10": 0.60, "recall@100": 0.9}]
+    info = {"negminer-custom": {"overrides": downstream._override_text({"mine": {"strategy": "naive"}})}}
+    table = downstream.markdown_table("tiny", {"negminer-default": ours, "negminer-custom": custom}, info)
+    assert "| negminer with mine.strategy=naive | 1 | 0.6000 |" in table
+    assert "| negminer with mine.strategy=naive | 1 | +0.0200 |" in table, "the margins table names it alike"
+    assert downstream.ARM_LABELS["negminer-custom"] not in table
+
+
 def test_table_says_when_no_trained_arm_beats_the_base_model() -> None:
     base = [{"seed": 0, "ndcg@10": 0.61, "recall@100": 0.9}]
     ours = [{"seed": s, "ndcg@10": v, "recall@100": 0.9} for s, v in ((1, 0.60), (2, 0.64))]
