@@ -144,7 +144,11 @@ def test_a_killed_selection_reuses_its_finished_shards(searched, tmp_path, monke
     assert {stem: Path(path).read_bytes() for stem, path in again.tables.items()} == expected
     assert again.counts == whole.counts and again.score_quantiles == whole.score_quantiles
     other = config.model_copy(update={"num_negatives": 2})
+    keys = sorted(work.glob("select-*.npy"))
+    written = {path: path.stat().st_mtime_ns for path in keys}
+    assert len(keys) == 2, "the anchors' hashes and the docs' text groups"
     assert stages.select_plan_stage(work, curated, config=other).key != plan.key, "other settings: other parts"
+    assert {path: path.stat().st_mtime_ns for path in keys} == written, "written once per work folder"
 
 
 def test_a_cross_encoder_retrained_in_place_gets_other_parts(searched, tmp_path) -> None:

@@ -116,10 +116,12 @@ def _write_selection_keys(work_dir: Path) -> None:
     from negminer.mining.derive import text_groups
 
     doc_keys_file(work_dir)
-    files = _selection_key_files(work_dir)
-    write_npy_atomic(files["anchor_hash"], id_hashes(work_dir / "anchors.parquet", "anchor_id"))
-    text_keys = pq.read_table(work_dir / "docs.parquet", columns=["text_key"])
-    write_npy_atomic(files["doc_text_group"], text_groups(text_keys))
+    files = _selection_key_files(work_dir)  # the work folder's inputs never change: written once, like doc-keys
+    if not files["anchor_hash"].exists():
+        write_npy_atomic(files["anchor_hash"], id_hashes(work_dir / "anchors.parquet", "anchor_id"))
+    if not files["doc_text_group"].exists():
+        text_keys = pq.read_table(work_dir / "docs.parquet", columns=["text_key"])
+        write_npy_atomic(files["doc_text_group"], text_groups(text_keys))
 
 
 def _selection_key_files(work_dir: Path) -> dict[str, Path]:
