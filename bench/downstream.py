@@ -374,7 +374,7 @@ def _write_if_changed(path: Path, table: pa.Table) -> None:
     """Keep the file (and so negminer's work folder key) when its content is unchanged."""
     if path.exists() and pq.read_table(path).equals(table):
         return
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two benchmark processes may write it at once
     pq.write_table(table, tmp)
     tmp.replace(path)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from negminer.curation.rows import ROW_BATCH, PairRows, Positives, lookup_sorted
+from negminer.curation.rows import ROW_BATCH, PairRows, Positives, family_owner_counts, neighbors_naming
 
 
 def corroborated_positives(
@@ -44,15 +44,12 @@ def corroborated_positives(
     is_pos = np.nonzero(rows.label == 1)[0]
     if k == 0 or len(is_pos) == 0:
         return corroborated, chance
-    n_docs, family, keys = positives.n_docs, positives.family, positives.family_keys
-    owners = np.bincount(keys % n_docs, minlength=n_docs)
-    n_families = max(len(np.unique(family)), 1)
+    owners = family_owner_counts(positives)
+    nearest = neighbors[:, :k]
+    n_families = max(len(np.unique(positives.family)), 1)
     for first in range(0, len(is_pos), ROW_BATCH):
         part = is_pos[first : first + ROW_BATCH]
-        nbr = neighbors[rows.anchor[part], :k]
-        nbr_keys = family[nbr.clip(0)] * n_docs + rows.doc[part, None]
-        hit = (lookup_sorted(nbr_keys.ravel(), keys) >= 0).reshape(nbr.shape) & (nbr >= 0)
-        corroborated[part] = hit.any(axis=1)
+        corroborated[part] = neighbors_naming(rows.anchor[part], rows.doc[part], positives, nearest).any(axis=1)
         others = np.maximum(owners[rows.doc[part]] - 1, 0)
         chance[part] = 1.0 - (1.0 - min(1.0, k / n_families)) ** others
     return corroborated, chance

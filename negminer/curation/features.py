@@ -31,7 +31,16 @@ import pyarrow as pa
 
 from negminer.curation.context import PoolContext
 from negminer.curation.lexical import TextSource, lexical_features
-from negminer.curation.rows import ROW_BATCH, PairRows, Positives, expand_positives, lookup_sorted, segment_max
+from negminer.curation.rows import (
+    ROW_BATCH,
+    PairRows,
+    Positives,
+    expand_positives,
+    family_owner_counts,
+    lookup_sorted,
+    neighbors_naming,
+    segment_max,
+)
 from negminer.mining.strategies import pair_priority
 from negminer.mining.vectors import gather_order
 
@@ -176,19 +185,14 @@ def cross_anchor_features(
     rows: PairRows, positives: Positives, neighbors: np.ndarray, neighbor_sims: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Is the document a given positive of other (similar) anchors? Leave-anchor-out."""
-    n_docs = positives.n_docs
-    fam = positives.family
-    keys = positives.family_keys
-    doc_of_key = keys % n_docs
-    family_count = np.bincount(doc_of_key, minlength=n_docs)
-    own = lookup_sorted(fam[rows.anchor] * n_docs + rows.doc, keys) >= 0
+    family_count = family_owner_counts(positives)
+    own_keys = positives.family[rows.anchor] * positives.n_docs + rows.doc
+    own = lookup_sorted(own_keys, positives.family_keys) >= 0
     best = np.zeros(len(rows.anchor), np.float32)
     hits = np.zeros(len(rows.anchor), np.int64)
     for first in range(0, len(rows.anchor), ROW_BATCH):
         part = slice(first, first + ROW_BATCH)
-        nbr = neighbors[rows.anchor[part]]
-        nbr_keys = fam[nbr.clip(0)] * n_docs + rows.doc[part, None]
-        hit = (lookup_sorted(nbr_keys.ravel(), keys) >= 0).reshape(nbr.shape) & (nbr >= 0)
+        hit = neighbors_naming(rows.anchor[part], rows.doc[part], positives, neighbors)
         best[part] = np.where(hit, neighbor_sims[rows.anchor[part]], 0.0).max(axis=1, initial=0.0)
         hits[part] = hit.sum(axis=1)
     return {

@@ -86,11 +86,17 @@ def applied_actions(config: CurateConfig, noise: Mapping[str, Any] | None) -> di
         >>> applied_actions(CurateConfig(), {"negatives_relevant": 0.04})["false_negative_action"]
         'keep'
     """
+    by_kind = {f"{kind}_action": action for kind, action in kind_actions(config, noise).items()}
+    return {**by_kind, "false_positive_uncertain_action": config.false_positive_uncertain_action}
+
+
+def kind_actions(config: CurateConfig, noise: Mapping[str, Any] | None) -> dict[str, Action]:
+    """The action of each flag kind (``false_negative``, ``false_positive``, ``near_duplicate``),
+    ``auto`` resolved; confident and uncertain false positives are split later by confidence."""
     return {
-        "false_negative_action": resolved_false_negative_action(config, noise),
-        "false_positive_action": config.false_positive_action,
-        "false_positive_uncertain_action": config.false_positive_uncertain_action,
-        "near_duplicate_action": config.near_duplicate_action,
+        "false_negative": resolved_false_negative_action(config, noise),
+        "false_positive": config.false_positive_action,
+        "near_duplicate": config.near_duplicate_action,
     }
 
 
@@ -235,11 +241,7 @@ def apply_policies(
         ...                                                             # doctest: +SKIP
     """
     rows, flags = scored.rows, scored.flags
-    actions = {
-        kind.removesuffix("_action"): action
-        for kind, action in applied_actions(config, scored.noise).items()
-        if kind in ("false_negative_action", "false_positive_action", "near_duplicate_action")
-    }
+    actions = kind_actions(config, scored.noise)
     exclude_row = np.zeros(len(rows.label), bool)
     for kind in ("false_negative", "near_duplicate"):
         if excludes(actions[kind]):

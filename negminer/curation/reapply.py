@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
 from negminer.curation.decisions import CURATION_FLAG_COLUMN, as_pair_rows
-from negminer.curation.policy import applied_actions, excludes, false_positive_actions
+from negminer.curation.policy import applied_actions, excludes, false_positive_actions, kind_actions
 
 _CONFIDENCE = "feature_false_positive_confidence"
 
@@ -32,7 +32,6 @@ POLICY_KEYS = (
     "false_positive_uncertain_action",
     "false_positive_confidence",
 )
-_KIND_ACTIONS = ("false_negative_action", "false_positive_action", "near_duplicate_action")
 
 
 class PolicyChange:
@@ -49,7 +48,7 @@ class PolicyChange:
         self, flagged: pa.Table, config: CurateConfig, *, n_docs: int, noise: dict[str, Any] | None = None
     ) -> None:
         self.actions = applied_actions(config, noise)  # auto: from the parent's estimate
-        actions = {kind.removesuffix("_action"): self.actions[kind] for kind in _KIND_ACTIONS}
+        actions = kind_actions(config, noise)
         kinds = flagged.column("kind").to_pylist()
         _refuse_relabel_change(flagged, actions["false_negative"])
         new = np.asarray([actions[k] for k in kinds], dtype=object)

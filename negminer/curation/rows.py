@@ -199,6 +199,19 @@ def lookup_sorted(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     return np.where(sorted_keys[pos] == values, pos, -1)
 
 
+def family_owner_counts(positives: Positives) -> np.ndarray:
+    """(n_docs,) how many anchor families name each document as a given positive."""
+    return np.bincount(positives.family_keys % positives.n_docs, minlength=positives.n_docs)
+
+
+def neighbors_naming(anchors: np.ndarray, docs: np.ndarray, positives: Positives, neighbors: np.ndarray) -> np.ndarray:
+    """(len(anchors), neighbors.shape[1]) whether each neighbour of an anchor has that row's
+    document as a given positive (in its family); -1 padded neighbours are False."""
+    nbr = neighbors[anchors]
+    keys = positives.family[nbr.clip(0)] * positives.n_docs + docs[:, None]
+    return (lookup_sorted(keys.ravel(), positives.family_keys) >= 0).reshape(nbr.shape) & (nbr >= 0)
+
+
 def expand_positives(anchor: np.ndarray, positives: Positives) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (row, positive of the row's anchor) combination.
 
