@@ -86,7 +86,12 @@ def applied_actions(config: CurateConfig, noise: Mapping[str, Any] | None) -> di
         >>> applied_actions(CurateConfig(), {"negatives_relevant": 0.04})["false_negative_action"]
         'keep'
     """
-    by_kind = {f"{kind}_action": action for kind, action in kind_actions(config, noise).items()}
+    return policies_record(kind_actions(config, noise), config)
+
+
+def policies_record(actions: Mapping[str, Action], config: CurateConfig) -> dict[str, str]:
+    """The manifest's ``policies`` from :func:`kind_actions`' per-kind map."""
+    by_kind = {f"{kind}_action": action for kind, action in actions.items()}
     return {**by_kind, "false_positive_uncertain_action": config.false_positive_uncertain_action}
 
 

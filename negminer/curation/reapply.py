@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from negminer.config import CurateConfig
 from negminer.curation.decisions import CURATION_FLAG_COLUMN, as_pair_rows
-from negminer.curation.policy import applied_actions, excludes, false_positive_actions, kind_actions
+from negminer.curation.policy import excludes, false_positive_actions, kind_actions, policies_record
 
 _CONFIDENCE = "feature_false_positive_confidence"
 
@@ -47,8 +47,8 @@ class PolicyChange:
     def __init__(
         self, flagged: pa.Table, config: CurateConfig, *, n_docs: int, noise: dict[str, Any] | None = None
     ) -> None:
-        self.actions = applied_actions(config, noise)  # auto: from the parent's estimate
-        actions = kind_actions(config, noise)
+        actions = kind_actions(config, noise)  # auto: from the parent's estimate
+        self.actions = policies_record(actions, config)
         kinds = flagged.column("kind").to_pylist()
         _refuse_relabel_change(flagged, actions["false_negative"])
         new = np.asarray([actions[k] for k in kinds], dtype=object)

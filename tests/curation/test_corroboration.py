@@ -49,7 +49,8 @@ def test_the_scale_is_the_likelihood_ratio_capped_at_one():
 
 def test_a_wrong_looking_positive_two_neighbouring_anchors_agree_on_is_kept_for_review(tmp_path):
     world = build_world(tmp_path, corroborated_wrong_pair=True)
-    corroborating = CurateConfig(false_positive_corroborating_anchors=10)
+    corroborating = CurateConfig()  # on by default
+    assert corroborating.false_positive_corroborating_anchors > 0
     kept = curate_candidates(world.candidates, **world.kwargs(), config=corroborating)
     flagged = kept.flagged.filter(np.asarray(kept.flagged.column("kind").to_pylist()) == "false_positive")
     by_pair = dict(zip(flagged.column("pair_idx").to_pylist(), flagged.to_pylist(), strict=True))
@@ -60,5 +61,6 @@ def test_a_wrong_looking_positive_two_neighbouring_anchors_agree_on_is_kept_for_
     assert not {WRONG_PAIR, CORROBORATING} & set(kept.excluded_pairs.tolist())
     assert 0 < kept.noise["false_positive_null"]["corroborated_share"] < 1
 
-    alone = curate_candidates(world.candidates, **world.kwargs(), config=CurateConfig())  # off by default
+    off = CurateConfig(false_positive_corroborating_anchors=0)
+    alone = curate_candidates(world.candidates, **world.kwargs(), config=off)
     assert {WRONG_PAIR, CORROBORATING} <= set(alone.excluded_pairs.tolist())
