@@ -105,11 +105,15 @@ def test_the_openvino_conversion_is_cached_on_disk(cache) -> None:
 def test_auto_picks_the_fastest_encoding_that_passes_the_check(cache) -> None:
     config = EmbedConfig(device="cpu", cache_dir=str(cache))
     chosen = resolve_encoding(config)
-    expected = candidates(config)[0]
-    assert chosen == expected  # on this CPU the fastest candidate passes (mean cosine 0.99998)
+    options = candidates(config)
+    assert chosen == options[0]  # where bfloat16 is fast, it passes the check (mean cosine 0.99998)
     if backends.openvino_installed() and backends._fast_bf16("openvino", "cpu"):
         assert chosen == Encoding("openvino", "bfloat16")
-    checks = json.loads(next((cache / "checks").glob("*.json")).read_text())
+    written = sorted((cache / "checks").glob("*.json"))
+    if len(options) == 1:  # a CPU without fast bfloat16: torch float32, the reference, needs no check
+        assert chosen == Encoding("torch", "float32") and not written
+        return
+    checks = json.loads(written[0].read_text())
     assert all(cosine >= 0.9999 for cosine in checks.values())
 
 
